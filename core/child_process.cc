@@ -1,0 +1,249 @@
+#include "core/child_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "core/errno_status.h"
+#include "core/status_macros.h"
+
+namespace execd::core {
+namespace {
+
+constexpr size_t kReadChunk = 64 << 10;
+
+absl::Status SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    return ErrnoToStatus(errno, "fcntl(O_NONBLOCK)");
+  }
+  return absl::OkStatus();
+}
+
+// /dev/null, opened once, for children that get no stdin.
+absl::StatusOr<int> DevNull() {
+  static const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open /dev/null");
+  return fd;
+}
+
+absl::Duration FromTimeval(const timeval& tv) {
+  return absl::Seconds(tv.tv_sec) + absl::Microseconds(tv.tv_usec);
+}
+
+}  // namespace
+
+ChildProcess::ChildProcess(EventLoop& loop, const Command& command, const Options& options,
+                           Observer* observer)
+    : loop_(loop),
+      observer_(observer),
+      stream_output_(command.stream_output),
+      max_output_bytes_(command.limits.max_output_bytes),
+      kill_grace_(options.kill_grace) {}
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loop,
+                                                                   ProcessOs& os,
+                                                                   Command& command,
+                                                                   const Options& options,
+                                                                   Observer* observer) {
+  std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
+  UniqueFd stdin_read;
+  int child_stdin;
+  if (command.stdin_data.empty()) {
+    ASSIGN_OR_RETURN(child_stdin, DevNull());
+  } else {
+    ASSIGN_OR_RETURN(auto stdin_pipe, os.Pipe());
+    stdin_read = std::move(stdin_pipe.first);
+    child->stdin_ = std::move(stdin_pipe.second);
+    child_stdin = stdin_read.get();
+    RETURN_IF_ERROR(SetNonBlocking(child->stdin_.get()));
+    child->stdin_data_ = std::move(command.stdin_data);
+  }
+  ASSIGN_OR_RETURN(auto stdout_pipe, os.Pipe());
+  ASSIGN_OR_RETURN(auto stderr_pipe, os.Pipe());
+  child->output_[0] = std::move(stdout_pipe.first);
+  child->output_[1] = std::move(stderr_pipe.first);
+  for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
+
+  SpawnSpec spec;
+  spec.executable = &command.executable;
+  spec.argv = &command.argv;
+  spec.env = &command.env;
+  spec.cwd = &command.cwd;
+  spec.stdin_fd = child_stdin;
+  spec.stdout_fd = stdout_pipe.second.get();
+  spec.stderr_fd = stderr_pipe.second.get();
+  ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
+  child->exec_done_ = loop.clock().Now();
+  child->pid_ = spawned.pid;
+  child->pidfd_ = std::move(spawned.pidfd);
+  child->result_.pid = spawned.pid;
+  // The child holds its own copies now; closing ours lets it see EOF / EPIPE correctly.
+  stdin_read.reset();
+  stdout_pipe.second.reset();
+  stderr_pipe.second.reset();
+
+  // From here the child runs: any failure must kill it, which the destructor does.
+  RETURN_IF_ERROR(loop.Watch(child->pidfd_.get(), EPOLLIN, child.get()));
+  for (const UniqueFd& fd : child->output_) {
+    RETURN_IF_ERROR(loop.Watch(fd.get(), EPOLLIN, child.get()));
+  }
+  if (child->stdin_.valid()) {
+    RETURN_IF_ERROR(loop.Watch(child->stdin_.get(), EPOLLOUT, child.get()));
+  }
+  child->timeout_timer_ =
+      loop.AddTimer(child->exec_done_ + options.timeout, [c = child.get()]() mutable {
+        c->timeout_timer_ = 0;
+        c->Terminate(Termination::kTimedOut);
+      });
+  return child;
+}
+
+ChildProcess::~ChildProcess() {
+  if (timeout_timer_ != 0) loop_.CancelTimer(timeout_timer_);
+  if (kill_timer_ != 0) loop_.CancelTimer(kill_timer_);
+  for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &pidfd_}) CloseStream(*fd);
+  if (pid_ > 0 && !exited_) {
+    KillGroup(SIGKILL);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+void ChildProcess::KillGroup(int signal) {
+  // The child called setsid(), so its pid is its process group id. ESRCH (group already
+  // gone) is the expected race and needs no handling.
+  kill(-pid_, signal);
+}
+
+void ChildProcess::Terminate(Termination reason) {
+  if (exited_ || terminating_) return;
+  terminating_ = true;
+  result_.termination = reason;
+  if (reason == Termination::kOutputLimitExceeded) {
+    KillGroup(SIGKILL);
+    return;
+  }
+  KillGroup(SIGTERM);
+  KillGroup(SIGCONT);  // A stopped process acts on SIGTERM only once continued.
+  kill_timer_ = loop_.AddTimer(loop_.clock().Now() + kill_grace_, [this]() mutable {
+    kill_timer_ = 0;
+    KillGroup(SIGKILL);
+  });
+}
+
+void ChildProcess::OnFdReady(int fd, uint32_t events) {
+  (void)events;
+  if (fd == pidfd_.get()) {
+    OnExited();
+  } else if (fd == output_[0].get()) {
+    ReadOutput(0, /*drain=*/false);
+  } else if (fd == output_[1].get()) {
+    ReadOutput(1, /*drain=*/false);
+  } else if (fd == stdin_.get()) {
+    WriteStdin();
+  }
+}
+
+void ChildProcess::CloseStream(UniqueFd& fd) {
+  if (!fd.valid()) return;
+  loop_.Unwatch(fd.get());
+  fd.reset();
+}
+
+void ChildProcess::Deliver(int index, const char* data, size_t size) {
+  int64_t room = std::max<int64_t>(0, max_output_bytes_ - captured_[index]);
+  size_t keep = std::min<size_t>(size, room);
+  if (keep > 0) {
+    captured_[index] += keep;
+    if (stream_output_) {
+      observer_->OnOutput(index == 0 ? OutputStream::kStdout : OutputStream::kStderr,
+                          absl::string_view(data, keep));
+    } else {
+      (index == 0 ? result_.stdout_data : result_.stderr_data).append(data, keep);
+    }
+  }
+  if (keep < size) {
+    (index == 0 ? result_.stdout_truncated : result_.stderr_truncated) = true;
+    Terminate(Termination::kOutputLimitExceeded);
+  }
+}
+
+void ChildProcess::ReadOutput(int index, bool drain) {
+  // Bounded per wake-up so one chatty child cannot starve the loop; a drain after exit
+  // takes what is buffered, bounded too in case an escaped process keeps writing.
+  const int max_reads = drain ? 64 : 4;
+  char buf[kReadChunk];
+  for (int i = 0; i < max_reads && output_[index].valid(); ++i) {
+    ssize_t n = read(output_[index].get(), buf, sizeof(buf));
+    if (n > 0) {
+      Deliver(index, buf, static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < sizeof(buf) && !drain) return;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    CloseStream(output_[index]);  // EOF or a read error: nothing more will come.
+  }
+}
+
+void ChildProcess::WriteStdin() {
+  while (stdin_offset_ < stdin_data_.size()) {
+    ssize_t n = write(stdin_.get(), stdin_data_.data() + stdin_offset_,
+                      stdin_data_.size() - stdin_offset_);
+    if (n > 0) {
+      stdin_offset_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    break;  // EPIPE: the child closed its stdin; the rest is not wanted.
+  }
+  CloseStream(stdin_);
+  std::string().swap(stdin_data_);
+}
+
+void ChildProcess::OnExited() {
+  // Sweep the group first, while the leader is still unreaped so its pid (the group id)
+  // cannot be reused: nothing the command started outlives it.
+  KillGroup(SIGKILL);
+  int status = 0;
+  rusage usage{};
+  pid_t r;
+  do {
+    r = wait4(pid_, &status, WNOHANG, &usage);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) return;  // Not yet reapable (spurious wake-up); the pidfd stays readable.
+  // r < 0 (ECHILD) would mean something else reaped our child; report it as killed rather
+  // than spin on a pidfd that stays readable.
+  if (r < 0) status = SIGKILL;
+  exited_ = true;
+  CloseStream(pidfd_);
+  CloseStream(stdin_);
+  for (int i = 0; i < 2; ++i) {
+    ReadOutput(i, /*drain=*/true);
+    CloseStream(output_[i]);
+  }
+  if (timeout_timer_ != 0) loop_.CancelTimer(timeout_timer_);
+  if (kill_timer_ != 0) loop_.CancelTimer(kill_timer_);
+  timeout_timer_ = kill_timer_ = 0;
+
+  result_.status = ExitStatus::FromWaitStatus(status);
+  if (!terminating_) {
+    result_.termination =
+        result_.status.exited ? Termination::kExited : Termination::kSignaled;
+  }
+  result_.usage.user_cpu = FromTimeval(usage.ru_utime);
+  result_.usage.system_cpu = FromTimeval(usage.ru_stime);
+  result_.usage.max_rss_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  result_.run = loop_.clock().Now() - exec_done_;
+  observer_->OnExit(std::move(result_));
+}
+
+}  // namespace execd::core

@@ -1,0 +1,90 @@
+// ChildProcess: one running child driven by an EventLoop. It feeds stdin, reads stdout and
+// stderr without blocking, caps captured output, enforces the timeout, and when the child
+// ends for any reason kills its whole process group and reaps it.
+//
+// Thread-safety: created, used and destroyed on the loop thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/command.h"
+#include "core/event_loop.h"
+#include "core/spawn.h"
+#include "core/unique_fd.h"
+
+namespace execd::core {
+
+class ChildProcess final : public EventLoop::FdHandler {
+ public:
+  class Observer {
+   public:
+    virtual ~Observer() = default;
+    // Only when the command has stream_output set; `data` is valid for the call only.
+    virtual void OnOutput(OutputStream stream, absl::string_view data) = 0;
+    // Exactly once, last. The observer may destroy the ChildProcess afterwards, but not from
+    // inside this call.
+    virtual void OnExit(Result result) = 0;
+  };
+
+  struct Options {
+    absl::Duration timeout = absl::Seconds(60);
+    // Time between SIGTERM and SIGKILL when the child is stopped for a timeout or cancel.
+    absl::Duration kill_grace = absl::Milliseconds(500);
+  };
+
+  // Spawns `command` (its stdin_data is moved out). On error nothing is left running.
+  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(EventLoop& loop, ProcessOs& os,
+                                                              Command& command,
+                                                              const Options& options,
+                                                              Observer* observer);
+  // Kills and reaps the process group if it is still running (server shutdown).
+  ~ChildProcess() override;
+
+  // Stops the child for `reason`: SIGTERM to the group, then SIGKILL after the grace. The
+  // first reason given is the one reported. No-op once the child has exited.
+  void Terminate(Termination reason);
+
+  pid_t pid() const { return pid_; }
+
+  void OnFdReady(int fd, uint32_t events) override;
+
+ private:
+  ChildProcess(EventLoop& loop, const Command& command, const Options& options,
+               Observer* observer);
+  void ReadOutput(int index, bool drain);
+  void Deliver(int index, const char* data, size_t size);
+  void WriteStdin();
+  void CloseStream(UniqueFd& fd);
+  void OnExited();
+  void KillGroup(int signal);
+
+  EventLoop& loop_;
+  Observer* const observer_;
+  const bool stream_output_;
+  const int64_t max_output_bytes_;
+  const absl::Duration kill_grace_;
+
+  pid_t pid_ = -1;
+  UniqueFd pidfd_;
+  UniqueFd stdin_;
+  std::array<UniqueFd, 2> output_;  // stdout, stderr read ends.
+  std::array<int64_t, 2> captured_{0, 0};
+  std::string stdin_data_;
+  size_t stdin_offset_ = 0;
+
+  EventLoop::TimerId timeout_timer_ = 0;
+  EventLoop::TimerId kill_timer_ = 0;
+  bool terminating_ = false;
+  bool exited_ = false;
+  Result result_;
+  absl::Time exec_done_;
+};
+
+}  // namespace execd::core

@@ -1,0 +1,34 @@
+#include "core/command.h"
+
+#include <sys/wait.h>
+
+namespace execd::core {
+
+absl::string_view TerminationName(Termination t) {
+  switch (t) {
+    case Termination::kExited:
+      return "EXITED";
+    case Termination::kSignaled:
+      return "SIGNALED";
+    case Termination::kTimedOut:
+      return "TIMED_OUT";
+    case Termination::kOutputLimitExceeded:
+      return "OUTPUT_LIMIT_EXCEEDED";
+    case Termination::kCancelled:
+      return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+ExitStatus ExitStatus::FromWaitStatus(int wait_status) {
+  ExitStatus s;
+  if (WIFEXITED(wait_status)) {
+    s.exited = true;
+    s.code = WEXITSTATUS(wait_status);
+  } else if (WIFSIGNALED(wait_status)) {
+    s.signal = WTERMSIG(wait_status);
+  }
+  return s;
+}
+
+}  // namespace execd::core

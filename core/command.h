@@ -1,0 +1,90 @@
+// The engine's value types: what to run (Command), and how it ended (Result).
+// Plain structs, no behaviour beyond decoding; safe to copy and move between threads.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <utility>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace execd::core {
+
+// A command as a caller asked for it, before validation. Zero limits mean "server default".
+struct CommandRequest {
+  std::vector<std::string> argv;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::string> inherit_env;
+  std::string cwd;
+  std::string stdin_data;
+  absl::Duration timeout = absl::ZeroDuration();
+  int64_t max_output_bytes = 0;
+  std::string request_id;
+};
+
+struct Limits {
+  absl::Duration timeout = absl::Seconds(60);
+  int64_t max_output_bytes = 1 << 20;
+};
+
+// A validated, normalised command, ready to spawn.
+struct Command {
+  std::vector<std::string> argv;
+  std::string executable;        // Resolved path passed to execve.
+  std::vector<std::string> env;  // "NAME=value", exactly the child's environment.
+  std::string cwd;               // Empty: the server's working directory.
+  std::string stdin_data;
+  Limits limits;
+  std::string request_id;
+  // When set, output is handed to the observer as it arrives instead of being collected.
+  bool stream_output = false;
+  // The caller's deadline on the engine clock; the timeout is capped to it.
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+enum class Termination {
+  kExited,
+  kSignaled,
+  kTimedOut,
+  kOutputLimitExceeded,
+  kCancelled,
+};
+
+absl::string_view TerminationName(Termination t);
+
+// A wait status decoded once.
+struct ExitStatus {
+  bool exited = false;  // Exited by itself; otherwise killed by `signal`.
+  int code = 0;
+  int signal = 0;
+
+  static ExitStatus FromWaitStatus(int wait_status);
+};
+
+struct ResourceUsage {
+  absl::Duration user_cpu;
+  absl::Duration system_cpu;
+  int64_t max_rss_bytes = 0;
+};
+
+enum class OutputStream { kStdout, kStderr };
+
+struct Result {
+  Termination termination = Termination::kExited;
+  ExitStatus status;
+  pid_t pid = 0;
+  std::string stdout_data;
+  std::string stderr_data;
+  bool stdout_truncated = false;
+  bool stderr_truncated = false;
+  ResourceUsage usage;
+  absl::Duration queued;  // Submit to admission.
+  absl::Duration spawn;   // Admission to exec done.
+  absl::Duration run;     // Exec done to exit and output drained.
+};
+
+}  // namespace execd::core

@@ -1,0 +1,15 @@
+// Turns an errno value into an absl::Status whose code a caller can act on.
+#pragma once
+
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+
+namespace execd::core {
+
+// Maps `err` to a status code (ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED,
+// EMFILE/EAGAIN/ENOMEM -> RESOURCE_EXHAUSTED, ...) with the message
+// "<what>: <strerror>".
+absl::Status ErrnoToStatus(int err, absl::string_view what);
+
+}  // namespace execd::core

@@ -1,0 +1,88 @@
+// EventLoop: one thread that owns a set of descriptors (epoll, level-triggered) and timers,
+// and runs posted tasks. A child costs descriptors here, not a thread.
+//
+// Thread-safety: Post() and IsLoopThread() may be called from any thread; everything else
+// only from the loop thread (inside a posted task, a timer or a handler).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+#include "core/unique_fd.h"
+
+namespace execd::core {
+
+class EventLoop {
+ public:
+  using Task = absl::AnyInvocable<void() &&>;
+  using TimerId = uint64_t;
+
+  class FdHandler {
+   public:
+    virtual ~FdHandler() = default;
+    // `events` is the epoll mask that fired (EPOLLIN, EPOLLOUT, EPOLLHUP, EPOLLERR).
+    virtual void OnFdReady(int fd, uint32_t events) = 0;
+  };
+
+  // Starts the loop thread. Timers use `clock`, which must be monotonic and outlive the loop.
+  static absl::StatusOr<std::unique_ptr<EventLoop>> Start(
+      const Clock& clock = MonotonicClock::Get());
+  // Stops the thread; tasks not yet run are dropped.
+  ~EventLoop();
+
+  void Post(Task task);
+  bool IsLoopThread() const { return std::this_thread::get_id() == thread_.get_id(); }
+  const Clock& clock() const { return clock_; }
+
+  absl::Status Watch(int fd, uint32_t events, FdHandler* handler);
+  absl::Status Modify(int fd, uint32_t events);
+  // Stops watching `fd`; no event for it is delivered afterwards, even one already fetched.
+  void Unwatch(int fd);
+
+  TimerId AddTimer(absl::Time when, Task task);
+  void CancelTimer(TimerId id);
+
+  size_t watched_count() const { return watched_; }
+
+ private:
+  struct Slot {
+    FdHandler* handler = nullptr;
+    uint32_t generation = 0;
+  };
+
+  EventLoop(const Clock& clock, UniqueFd epoll_fd, UniqueFd wake_fd);
+  void Run();
+  int NextTimeoutMs();
+  void RunDueTimers();
+  void RunPostedTasks();
+
+  const Clock& clock_;
+  UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;
+  std::vector<Slot> slots_;  // Indexed by fd.
+  uint32_t next_generation_ = 1;
+  size_t watched_ = 0;
+
+  std::map<std::pair<absl::Time, TimerId>, Task> timers_;
+  absl::flat_hash_map<TimerId, absl::Time> timer_deadlines_;
+  TimerId next_timer_id_ = 1;
+
+  absl::Mutex mu_;
+  std::vector<Task> posted_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::thread thread_;
+};
+
+}  // namespace execd::core

@@ -1,0 +1,187 @@
+#include "core/spawn.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "core/errno_status.h"
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+namespace execd::core {
+namespace {
+
+// What the child failed at, reported through memory it shares with the parent (CLONE_VM)
+// while the parent is suspended (CLONE_VFORK).
+enum class ChildStep { kNone, kParentGone, kDup, kChdir, kCloseRange, kExec };
+
+struct ChildArgs {
+  const char* path;
+  char* const* argv;
+  char* const* envp;
+  const char* cwd;  // Null: inherit.
+  int fds[3];
+  pid_t parent_pid;
+  ChildStep failed_step;
+  int error;
+};
+
+[[noreturn]] void ChildFail(ChildArgs* args, ChildStep step) {
+  args->error = errno;
+  args->failed_step = step;
+  _exit(127);
+}
+
+// Runs in the child, on its own stack, sharing the parent's memory until execve. Only
+// async-signal-safe calls: no allocation, no locks.
+int ChildMain(void* raw) {
+  auto* args = static_cast<ChildArgs*>(raw);
+  // Every signal is blocked (inherited from the parent thread). Give each one its default
+  // disposition before unblocking, so no parent handler ever runs in the child and signals
+  // the server ignores (SIGPIPE) are not ignored by the child.
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof(dfl));
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    struct sigaction old;
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler != SIG_DFL) {
+      sigaction(sig, &dfl, nullptr);
+    }
+  }
+  setsid();
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != args->parent_pid) {
+    errno = ESRCH;
+    ChildFail(args, ChildStep::kParentGone);
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (dup2(args->fds[i], i) < 0) ChildFail(args, ChildStep::kDup);
+  }
+  if (args->cwd != nullptr && chdir(args->cwd) != 0) ChildFail(args, ChildStep::kChdir);
+  if (close_range(3, ~0U, 0) != 0) ChildFail(args, ChildStep::kCloseRange);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  execve(args->path, args->argv, args->envp);
+  ChildFail(args, ChildStep::kExec);
+}
+
+absl::Status ChildFailureStatus(const ChildArgs& args, const SpawnSpec& spec) {
+  const std::string& path = *spec.executable;
+  switch (args.failed_step) {
+    case ChildStep::kChdir:
+      return ErrnoToStatus(args.error, absl::StrCat("chdir to cwd \"", *spec.cwd, "\""));
+    case ChildStep::kExec:
+      switch (args.error) {
+        case ENOENT:
+          return absl::NotFoundError(absl::StrCat("argv[0] \"", path, "\" not found"));
+        case EACCES:
+          return absl::PermissionDeniedError(
+              absl::StrCat("argv[0] \"", path, "\" is not executable by the server's user"));
+        case ENOEXEC:
+          return absl::InvalidArgumentError(absl::StrCat(
+              "argv[0] \"", path,
+              "\" is not in an executable format; a script needs a #! line"));
+        case E2BIG:
+          return absl::InvalidArgumentError("argv and env are too large for execve");
+        default:
+          return ErrnoToStatus(args.error, absl::StrCat("execve \"", path, "\""));
+      }
+    case ChildStep::kDup:
+      return ErrnoToStatus(args.error, "dup2 in child");
+    case ChildStep::kCloseRange:
+      return ErrnoToStatus(args.error, "close_range in child");
+    case ChildStep::kParentGone:
+      return absl::UnavailableError("the spawning thread exited during spawn");
+    case ChildStep::kNone:
+      break;
+  }
+  return absl::InternalError("child failed before exec for an unknown reason");
+}
+
+// Pointers into `strings`, null-terminated, as execve wants them.
+std::vector<char*> CStringArray(const std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (const std::string& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+class SystemOs final : public ProcessOs {
+ public:
+  absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() override {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe2");
+    return std::make_pair(UniqueFd(fds[0]), UniqueFd(fds[1]));
+  }
+
+  absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) override {
+    // The child only runs a few syscalls before execve; 64 KiB is ample and one stack per
+    // thread suffices because CLONE_VFORK suspends this thread until the child execs or exits.
+    constexpr size_t kStackSize = 64 << 10;
+    thread_local std::unique_ptr<char[]> stack(new char[kStackSize]);
+
+    std::vector<char*> argv = CStringArray(*spec.argv);
+    std::vector<char*> envp = CStringArray(*spec.env);
+    ChildArgs args{};
+    args.path = spec.executable->c_str();
+    args.argv = argv.data();
+    args.envp = envp.data();
+    args.cwd = spec.cwd->empty() ? nullptr : spec.cwd->c_str();
+    args.fds[0] = spec.stdin_fd;
+    args.fds[1] = spec.stdout_fd;
+    args.fds[2] = spec.stderr_fd;
+    args.parent_pid = getpid();
+    args.failed_step = ChildStep::kNone;
+
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int pidfd = -1;
+    pid_t pid = clone(ChildMain, stack.get() + kStackSize,
+                      CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return ErrnoToStatus(clone_errno, "clone");
+    UniqueFd owned_pidfd(pidfd);
+    if (args.failed_step != ChildStep::kNone) {
+      int status;
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return ChildFailureStatus(args, spec);
+    }
+    return SpawnedProcess{pid, std::move(owned_pidfd)};
+  }
+};
+
+}  // namespace
+
+ProcessOs& SystemProcessOs() {
+  static SystemOs os;
+  return os;
+}
+
+void EnsureStandardDescriptorsOpen() {
+  for (int fd = 0; fd < 3; ++fd) {
+    if (fcntl(fd, F_GETFD) >= 0) continue;
+    int null_fd = open("/dev/null", O_RDWR);
+    if (null_fd >= 0 && null_fd != fd) {
+      dup2(null_fd, fd);
+      close(null_fd);
+    }
+  }
+}
+
+}  // namespace execd::core

@@ -1,0 +1,51 @@
+// Starting a child process. ProcessOs is the seam between the engine and the kernel for the
+// calls that can run out of resources (pipe, spawn), so tests can inject EMFILE or EAGAIN the
+// way LevelDB's Env does. The system implementation is thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/unique_fd.h"
+
+namespace execd::core {
+
+struct SpawnSpec {
+  const std::string* executable = nullptr;
+  const std::vector<std::string>* argv = nullptr;
+  const std::vector<std::string>* env = nullptr;  // "NAME=value"
+  const std::string* cwd = nullptr;               // Empty: inherit.
+  // Descriptors that become the child's 0, 1 and 2. Every other descriptor is closed.
+  int stdin_fd = -1;
+  int stdout_fd = -1;
+  int stderr_fd = -1;
+};
+
+struct SpawnedProcess {
+  pid_t pid = -1;
+  UniqueFd pidfd;  // Readable once the process has exited; the caller must still reap it.
+};
+
+class ProcessOs {
+ public:
+  virtual ~ProcessOs() = default;
+  // A pipe with both ends close-on-exec: {read end, write end}.
+  virtual absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() = 0;
+  // Starts the child in a new session (its own process group), with default signal
+  // dispositions, an empty signal mask and SIGKILL as its parent-death signal. Returns once
+  // exec has succeeded, or the reason it failed (NOT_FOUND, PERMISSION_DENIED, ...).
+  virtual absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) = 0;
+};
+
+// The real kernel: pipe2(O_CLOEXEC) and clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD).
+ProcessOs& SystemProcessOs();
+
+// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), so no pipe the engine
+// creates can land on them. Call once at start-up.
+void EnsureStandardDescriptorsOpen();
+
+}  // namespace execd::core

@@ -1,0 +1,39 @@
+// Request validation: turns a CommandRequest into a Command the spawner can run, or an
+// INVALID_ARGUMENT / NOT_FOUND / PERMISSION_DENIED status whose message names the field,
+// the value and the fix. Thread-safe (reads the filesystem, touches no shared state).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/command.h"
+
+namespace execd::core {
+
+struct RequestPolicy {
+  absl::Duration default_timeout = absl::Seconds(60);
+  absl::Duration max_timeout = absl::Minutes(30);
+  int64_t default_max_output_bytes = 1 << 20;
+  int64_t max_output_bytes = 64 << 20;
+  // Upper bound on the bytes of argv plus env, as the kernel's ARG_MAX would reject more.
+  int64_t max_argv_env_bytes = 1 << 20;
+  int64_t max_stdin_bytes = 256 << 20;
+  size_t max_request_id_bytes = 128;
+  // The server's own environment, for `inherit_env` and PATH lookup; snapshot at start-up.
+  absl::flat_hash_map<std::string, std::string> server_env;
+
+  // A policy over this process's environment (environ read once).
+  static RequestPolicy FromProcessEnvironment();
+};
+
+absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPolicy& policy);
+
+// Resolves argv[0] the way the server will execute it: a path with '/' is taken as is
+// (relative to `cwd` when not absolute); a bare name is searched in `path_var`.
+absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const std::string& cwd,
+                                              const std::string& path_var);
+
+}  // namespace execd::core

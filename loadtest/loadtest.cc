@@ -1,0 +1,216 @@
+#include "loadtest/loadtest.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "execd/v1/execd.grpc.pb.h"
+
+extern char** environ;
+
+namespace execd::loadtest {
+namespace {
+
+// One request of the configured kind; returns an error text, empty on success.
+class Requester {
+ public:
+  virtual ~Requester() = default;
+  virtual std::string Send() = 0;
+};
+
+class ExecuteRequester final : public Requester {
+ public:
+  ExecuteRequester(v1::Executor::Stub& stub, const std::vector<std::string>& argv) : stub_(stub) {
+    for (const std::string& a : argv) request_.add_argv(a);
+  }
+  std::string Send() override {
+    grpc::ClientContext context;
+    v1::ExecuteResponse response;
+    grpc::Status status = stub_.Execute(&context, request_, &response);
+    if (!status.ok()) return status.error_message();
+    if (response.termination() != v1::EXITED || response.exit_code() != 0) {
+      return absl::StrFormat("command ended with %s, exit %d",
+                             v1::Termination_Name(response.termination()), response.exit_code());
+    }
+    return "";
+  }
+
+ private:
+  v1::Executor::Stub& stub_;
+  v1::ExecuteRequest request_;
+};
+
+class PingRequester final : public Requester {
+ public:
+  PingRequester(v1::Executor::Stub& stub, int payload_bytes) : stub_(stub) {
+    request_.set_payload(std::string(payload_bytes, 'x'));
+  }
+  std::string Send() override {
+    grpc::ClientContext context;
+    v1::PingResponse response;
+    grpc::Status status = stub_.Ping(&context, request_, &response);
+    return status.ok() ? "" : status.error_message();
+  }
+
+ private:
+  v1::Executor::Stub& stub_;
+  v1::PingRequest request_;
+};
+
+// The baseline: what the same command costs spawned locally, output to /dev/null.
+class LocalSpawnRequester final : public Requester {
+ public:
+  explicit LocalSpawnRequester(const std::vector<std::string>& argv) : argv_(argv) {
+    for (std::string& a : argv_) pointers_.push_back(a.data());
+    pointers_.push_back(nullptr);
+    posix_spawn_file_actions_init(&actions_);
+    posix_spawn_file_actions_addopen(&actions_, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions_, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions_, 2, "/dev/null", O_WRONLY, 0);
+  }
+  ~LocalSpawnRequester() override { posix_spawn_file_actions_destroy(&actions_); }
+  std::string Send() override {
+    pid_t pid;
+    int err = posix_spawnp(&pid, pointers_[0], &actions_, nullptr, pointers_.data(), environ);
+    if (err != 0) return std::strerror(err);
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+      if (errno != EINTR) return std::strerror(errno);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "command failed";
+    return "";
+  }
+
+ private:
+  std::vector<std::string> argv_;
+  std::vector<char*> pointers_;
+  posix_spawn_file_actions_t actions_;
+};
+
+absl::Duration Percentile(const std::vector<absl::Duration>& sorted, double p) {
+  if (sorted.empty()) return absl::ZeroDuration();
+  size_t i = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+}  // namespace
+
+std::string ModeName(Mode mode) {
+  switch (mode) {
+    case Mode::kExecute:
+      return "execute";
+    case Mode::kPing:
+      return "ping";
+    case Mode::kLocalSpawn:
+      return "local_spawn";
+  }
+  return "unknown";
+}
+
+Report Run(const Config& config) {
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(-1);
+  auto channel =
+      grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), channel_args);
+  auto stub = v1::Executor::NewStub(channel);
+
+  std::atomic<int64_t> issued{0};
+  std::atomic<int64_t> errors{0};
+  absl::Mutex mu;
+  std::vector<absl::Duration> latencies;
+  std::string first_error;
+  const absl::Time start = absl::Now();
+  const absl::Time end = start + config.duration;
+
+  auto worker = [&] {
+    std::unique_ptr<Requester> requester;
+    switch (config.mode) {
+      case Mode::kExecute:
+        requester = std::make_unique<ExecuteRequester>(*stub, config.argv);
+        break;
+      case Mode::kPing:
+        requester = std::make_unique<PingRequester>(*stub, config.payload_bytes);
+        break;
+      case Mode::kLocalSpawn:
+        requester = std::make_unique<LocalSpawnRequester>(config.argv);
+        break;
+    }
+    std::vector<absl::Duration> mine;
+    for (;;) {
+      if (config.requests > 0) {
+        if (issued.fetch_add(1) >= config.requests) break;
+      } else if (absl::Now() >= end) {
+        break;
+      }
+      absl::Time t0 = absl::Now();
+      std::string error = requester->Send();
+      mine.push_back(absl::Now() - t0);
+      if (!error.empty()) {
+        errors.fetch_add(1);
+        absl::MutexLock lock(&mu);
+        if (first_error.empty()) first_error = error;
+      }
+    }
+    absl::MutexLock lock(&mu);
+    latencies.insert(latencies.end(), mine.begin(), mine.end());
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < config.concurrency; ++i) threads.emplace_back(worker);
+  for (std::thread& t : threads) t.join();
+
+  Report report;
+  report.mode = config.mode;
+  report.concurrency = config.concurrency;
+  report.elapsed = absl::Now() - start;
+  report.requests = static_cast<int64_t>(latencies.size());
+  report.errors = errors.load();
+  report.first_error = first_error;
+  report.requests_per_second =
+      static_cast<double>(report.requests) / absl::ToDoubleSeconds(report.elapsed);
+  std::sort(latencies.begin(), latencies.end());
+  report.p50 = Percentile(latencies, 0.50);
+  report.p90 = Percentile(latencies, 0.90);
+  report.p99 = Percentile(latencies, 0.99);
+  report.max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
+  return report;
+}
+
+std::string FormatText(const Report& r) {
+  std::string out = absl::StrFormat(
+      "mode=%s concurrency=%d requests=%d errors=%d elapsed=%.2fs\n"
+      "throughput: %.1f req/s\n"
+      "latency: p50=%.3fms p90=%.3fms p99=%.3fms max=%.3fms\n",
+      ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
+      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max));
+  if (!r.first_error.empty()) absl::StrAppend(&out, "first error: ", r.first_error, "\n");
+  return out;
+}
+
+std::string FormatJson(const Report& r) {
+  std::string escaped;
+  for (char c : r.first_error) {
+    if (c == '"' || c == '\\') escaped.push_back('\\');
+    if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
+  }
+  return absl::StrFormat(
+      "{\"mode\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"errors\":%d,\"elapsed_s\":%.6f,"
+      "\"requests_per_second\":%.3f,\"p50_ms\":%.6f,\"p90_ms\":%.6f,\"p99_ms\":%.6f,"
+      "\"max_ms\":%.6f,\"first_error\":\"%s\"}\n",
+      ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
+      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max), escaped);
+}
+
+}  // namespace execd::loadtest

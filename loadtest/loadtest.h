@@ -1,0 +1,42 @@
+// Closed-loop load generation: `concurrency` workers each send one request, wait for the
+// answer, and send the next, for a duration or a number of requests. Three targets share
+// the same loop so their figures compare: Execute, Ping, and a local posix_spawn baseline.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace execd::loadtest {
+
+enum class Mode { kExecute, kPing, kLocalSpawn };
+
+struct Config {
+  Mode mode = Mode::kExecute;
+  std::string target = "127.0.0.1:50051";
+  int concurrency = 8;
+  absl::Duration duration = absl::Seconds(10);
+  int64_t requests = 0;  // When > 0, stop after this many instead of after `duration`.
+  std::vector<std::string> argv;
+  int payload_bytes = 0;  // Ping payload.
+};
+
+struct Report {
+  Mode mode;
+  int concurrency = 0;
+  int64_t requests = 0;
+  int64_t errors = 0;
+  std::string first_error;
+  absl::Duration elapsed;
+  double requests_per_second = 0;
+  absl::Duration p50, p90, p99, max;
+};
+
+Report Run(const Config& config);
+std::string ModeName(Mode mode);
+std::string FormatText(const Report& report);
+std::string FormatJson(const Report& report);
+
+}  // namespace execd::loadtest

@@ -1,0 +1,82 @@
+#include "server/convert.h"
+
+#include <string>
+#include <utility>
+
+namespace execd::server {
+
+core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
+  core::CommandRequest out;
+  out.argv.reserve(request.argv_size());
+  for (std::string& arg : *request.mutable_argv()) out.argv.push_back(std::move(arg));
+  out.env.reserve(request.env_size());
+  for (auto& [name, value] : *request.mutable_env()) out.env.emplace_back(name, std::move(value));
+  for (std::string& name : *request.mutable_inherit_env()) out.inherit_env.push_back(std::move(name));
+  out.cwd = std::move(*request.mutable_cwd());
+  out.stdin_data = std::move(*request.mutable_stdin());
+  out.request_id = std::move(*request.mutable_request_id());
+  if (request.has_limits()) {
+    out.timeout = DurationFromProto(request.limits().timeout());
+    out.max_output_bytes = request.limits().max_output_bytes();
+  }
+  return out;
+}
+
+namespace {
+
+v1::Termination TerminationToProto(core::Termination t) {
+  switch (t) {
+    case core::Termination::kExited:
+      return v1::EXITED;
+    case core::Termination::kSignaled:
+      return v1::SIGNALED;
+    case core::Termination::kTimedOut:
+      return v1::TIMED_OUT;
+    case core::Termination::kOutputLimitExceeded:
+      return v1::OUTPUT_LIMIT_EXCEEDED;
+    case core::Termination::kCancelled:
+      return v1::CANCELLED;
+  }
+  return v1::TERMINATION_UNSPECIFIED;
+}
+
+}  // namespace
+
+void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
+  response->set_termination(TerminationToProto(result.termination));
+  response->set_exit_code(result.status.exited ? result.status.code : 0);
+  response->set_signal(result.status.signal);
+  response->set_stdout_truncated(result.stdout_truncated);
+  response->set_stderr_truncated(result.stderr_truncated);
+  response->set_pid(result.pid);
+  v1::Timings* timings = response->mutable_timings();
+  DurationToProto(result.queued, timings->mutable_queued());
+  DurationToProto(result.spawn, timings->mutable_spawn());
+  DurationToProto(result.run, timings->mutable_run());
+  v1::ResourceUsage* usage = response->mutable_usage();
+  DurationToProto(result.usage.user_cpu, usage->mutable_user_cpu());
+  DurationToProto(result.usage.system_cpu, usage->mutable_system_cpu());
+  usage->set_max_rss_bytes(result.usage.max_rss_bytes);
+}
+
+void DurationToProto(absl::Duration d, google::protobuf::Duration* out) {
+  int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
+}
+
+absl::Duration DurationFromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Duration TimeUntilDeadline(std::chrono::system_clock::time_point deadline) {
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteDuration();
+  return absl::FromChrono(deadline - std::chrono::system_clock::now());
+}
+
+}  // namespace execd::server

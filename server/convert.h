@@ -1,0 +1,32 @@
+// Translation between the public proto (execd.v1) and core types, and absl::Status to
+// grpc::Status. The only place that knows both sides.
+#pragma once
+
+#include <chrono>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "core/command.h"
+#include "execd/v1/execd.pb.h"
+#include "google/protobuf/duration.pb.h"
+
+namespace execd::server {
+
+// Moves the request's fields (argv, env, stdin, ...) out of `request`.
+core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request);
+
+// Everything but stdout/stderr, which the caller moves in (unary) or already streamed.
+void ResultToProto(const core::Result& result, v1::ExecuteResponse* response);
+
+void DurationToProto(absl::Duration d, google::protobuf::Duration* out);
+absl::Duration DurationFromProto(const google::protobuf::Duration& d);
+
+// absl::StatusCode values are gRPC's codes, so this is a cast plus the message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Time left until the call's deadline; InfiniteDuration when it has none.
+absl::Duration TimeUntilDeadline(std::chrono::system_clock::time_point deadline);
+
+}  // namespace execd::server

@@ -1,0 +1,266 @@
+#include "server/executor_service.h"
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+#include "server/convert.h"
+
+namespace execd::server {
+namespace {
+
+// What both reactors share: validating and submitting the request, cancelling it, and
+// logging its end. A reactor finishes only after its Start() has returned and the engine
+// has reported the end, so neither path can touch the reactor after the other finished it.
+class CallBase : public core::Engine::Observer {
+ protected:
+  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
+      : service_(service), context_(context), rpc_(rpc), received_(absl::Now()) {}
+
+  // Validates and submits; on failure returns the status to finish the call with.
+  absl::Status Submit(const v1::ExecuteRequest& request, bool stream_output) {
+    // gRPC owns the request message until the call ends and reads it no more: its fields
+    // (stdin can be large) are moved out rather than copied.
+    core::CommandRequest command_request =
+        CommandRequestFromProto(const_cast<v1::ExecuteRequest&>(request));
+    request_id_ = command_request.request_id;
+    if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
+    auto command = core::ValidateRequest(std::move(command_request), service_.policy());
+    if (!command.ok()) return command.status();
+    command->stream_output = stream_output;
+    absl::Duration left = TimeUntilDeadline(context_->deadline());
+    if (left != absl::InfiniteDuration()) {
+      command->deadline = service_.engine().clock().Now() + left;
+    }
+    auto execution = service_.engine().Submit(*std::move(command), this);
+    if (!execution.ok()) return execution.status();
+    absl::MutexLock lock(&mu_);
+    execution_ = *std::move(execution);
+    if (cancelled_) service_.engine().Cancel(execution_);
+    return absl::OkStatus();
+  }
+
+  void CancelExecution() {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().Cancel(execution);
+  }
+
+  void Log(const absl::StatusOr<core::Result>& result) {
+    RequestLog::Entry entry;
+    entry.rpc = rpc_;
+    entry.request_id = request_id_;
+    std::string peer = context_->peer();
+    entry.peer = peer;
+    entry.argv0 = argv0_;
+    entry.result = &result;
+    entry.total = absl::Now() - received_;
+    service_.log().Write(entry);
+  }
+
+  ExecutorService& service_;
+  grpc::CallbackServerContext* const context_;
+  const absl::string_view rpc_;
+  const absl::Time received_;
+  std::string request_id_;
+  std::string argv0_;
+
+ private:
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
+};
+
+class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
+ public:
+  ExecuteReactor(ExecutorService& service, grpc::CallbackServerContext* context,
+                 v1::ExecuteResponse* response)
+      : CallBase(service, context, "Execute"), response_(response) {}
+
+  void Start(const v1::ExecuteRequest& request) {
+    absl::Status submitted = Submit(request, /*stream_output=*/false);
+    if (!submitted.ok()) {
+      OnFinished(submitted);  // Releases the engine's hold; the engine will never call.
+    }
+    if (ReleaseHold()) Finish(status_);
+  }
+
+  void OnFinished(absl::StatusOr<core::Result> result) override {
+    if (result.ok()) {
+      ResultToProto(*result, response_);
+      DurationToProto(absl::Now() - received_, response_->mutable_timings()->mutable_total());
+    } else {
+      status_ = ToGrpcStatus(result.status());
+    }
+    Log(result);
+    if (result.ok()) {
+      response_->set_stdout(std::move(result->stdout_data));
+      response_->set_stderr(std::move(result->stderr_data));
+    }
+    if (ReleaseHold()) Finish(status_);
+  }
+
+  void OnCancel() override { CancelExecution(); }
+  void OnDone() override { delete this; }
+
+ private:
+  // Returns true for the caller that releases the last hold and so must finish the call.
+  bool ReleaseHold() { return holds_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+
+  v1::ExecuteResponse* const response_;
+  grpc::Status status_;
+  std::atomic<int> holds_{2};  // Start() and the engine's OnFinished.
+};
+
+class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEvent>,
+                                   public CallBase {
+ public:
+  ExecuteStreamReactor(ExecutorService& service, grpc::CallbackServerContext* context)
+      : CallBase(service, context, "ExecuteStream") {}
+
+  void Start(const v1::ExecuteRequest& request) {
+    absl::Status submitted = Submit(request, /*stream_output=*/true);
+    if (!submitted.ok()) OnFinished(submitted);
+    {
+      absl::MutexLock lock(&mu_);
+      start_done_ = true;
+    }
+    Pump();
+  }
+
+  void OnStarted(pid_t pid, absl::Duration queued) override {
+    v1::ExecuteEvent event;
+    event.mutable_started()->set_pid(pid);
+    DurationToProto(queued, event.mutable_started()->mutable_queued());
+    Enqueue(std::move(event), /*coalesce=*/false);
+  }
+
+  void OnOutput(core::OutputStream stream, absl::string_view data) override {
+    v1::ExecuteEvent event;
+    v1::ExecuteEvent::Output* output = event.mutable_output();
+    output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
+                                                             : v1::ExecuteEvent::STDERR);
+    output->set_data(data.data(), data.size());
+    Enqueue(std::move(event), /*coalesce=*/true);
+  }
+
+  void OnFinished(absl::StatusOr<core::Result> result) override {
+    Log(result);
+    bool ok = result.ok();
+    if (ok) {
+      v1::ExecuteEvent event;
+      ResultToProto(*result, event.mutable_exited());
+      DurationToProto(absl::Now() - received_,
+                      event.mutable_exited()->mutable_timings()->mutable_total());
+      Enqueue(std::move(event), /*coalesce=*/false);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      final_status_ = ok ? grpc::Status::OK : ToGrpcStatus(result.status());
+      engine_done_ = true;
+    }
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        // The client is gone; nothing more can be sent. Finish once the engine is done.
+        broken_ = true;
+        queue_.clear();
+      }
+    }
+    Pump();
+  }
+
+  void OnCancel() override { CancelExecution(); }
+  void OnDone() override { delete this; }
+
+ private:
+  static constexpr size_t kMaxCoalescedBytes = 256 << 10;
+
+  void Enqueue(v1::ExecuteEvent event, bool coalesce) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) return;
+      // While a write is in flight, consecutive output of one stream is merged into one
+      // message rather than queued as many small ones.
+      if (coalesce && !queue_.empty() && queue_.back().has_output() &&
+          queue_.back().output().stream() == event.output().stream() &&
+          queue_.back().output().data().size() < kMaxCoalescedBytes) {
+        queue_.back().mutable_output()->mutable_data()->append(event.output().data());
+      } else {
+        queue_.push_back(std::move(event));
+      }
+    }
+    Pump();
+  }
+
+  // Starts the next write, or finishes the call when everything has been written. Writes
+  // are issued one at a time and never under the lock.
+  void Pump() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!start_done_ || writing_ || finished_) return;
+      if (!queue_.empty()) {
+        current_ = std::move(queue_.front());
+        queue_.pop_front();
+        writing_ = true;
+        action = kWrite;
+      } else if (engine_done_) {
+        finished_ = true;
+        action = kFinish;
+      }
+    }
+    if (action == kWrite) StartWrite(&current_);
+    if (action == kFinish) Finish(final_status_);
+  }
+
+  absl::Mutex mu_;
+  std::deque<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(mu_);
+  v1::ExecuteEvent current_;
+  bool start_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* context,
+                                                   const v1::ExecuteRequest* request,
+                                                   v1::ExecuteResponse* response) {
+  auto* reactor = new ExecuteReactor(*this, context, response);
+  reactor->Start(*request);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
+    grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
+  auto* reactor = new ExecuteStreamReactor(*this, context);
+  reactor->Start(*request);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ExecutorService::Ping(grpc::CallbackServerContext* context,
+                                                const v1::PingRequest* request,
+                                                v1::PingResponse* response) {
+  response->set_payload(request->payload());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace execd::server

@@ -1,0 +1,39 @@
+// ExecutorService implements execd.v1.Executor on gRPC's callback API: no thread per call;
+// handlers validate, hand the command to the engine and return. Each call's reactor finishes
+// itself when the engine reports the end. Thread-safe.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "core/engine.h"
+#include "core/validate.h"
+#include "execd/v1/execd.grpc.pb.h"
+#include "server/request_log.h"
+
+namespace execd::server {
+
+class ExecutorService final : public v1::Executor::CallbackService {
+ public:
+  ExecutorService(core::Engine& engine, const core::RequestPolicy& policy, RequestLog& log)
+      : engine_(engine), policy_(policy), log_(log) {}
+
+  grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* context,
+                                    const v1::ExecuteRequest* request,
+                                    v1::ExecuteResponse* response) override;
+  grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecuteStream(
+      grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) override;
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
+                                 const v1::PingRequest* request,
+                                 v1::PingResponse* response) override;
+
+  core::Engine& engine() { return engine_; }
+  const core::RequestPolicy& policy() const { return policy_; }
+  RequestLog& log() { return log_; }
+
+ private:
+  core::Engine& engine_;
+  const core::RequestPolicy& policy_;
+  RequestLog& log_;
+};
+
+}  // namespace execd::server

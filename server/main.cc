@@ -1,0 +1,82 @@
+// execd: the process-execution server. Parses flags, builds the server, serves until
+// SIGTERM or SIGINT, then drains and exits 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port to serve gRPC on");
+ABSL_FLAG(int, max_concurrency, 0,
+          "commands running at once; 0 means 4 per CPU core. More wait in a queue");
+ABSL_FLAG(int, max_queue, 1024,
+          "commands waiting for a slot; past this, requests get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received or sent");
+ABSL_FLAG(absl::Duration, default_timeout, absl::Seconds(60),
+          "a command's timeout when the request sets none");
+ABSL_FLAG(absl::Duration, max_timeout, absl::Minutes(30), "largest timeout a request may ask");
+ABSL_FLAG(int64_t, default_max_output_bytes, 1 << 20,
+          "bytes captured per stream when the request sets no limit");
+ABSL_FLAG(int64_t, max_output_bytes, 16 << 20, "largest per-stream output limit a request may ask");
+ABSL_FLAG(absl::Duration, kill_grace, absl::Milliseconds(500),
+          "time between SIGTERM and SIGKILL when a command is stopped");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
+          "on SIGTERM, how long running commands may take before they are killed");
+ABSL_FLAG(bool, log_requests, true, "write one logfmt line per request to stderr");
+
+namespace {
+
+execd::server::ServerConfig ConfigFromFlags() {
+  execd::server::ServerConfig c;
+  c.listen = absl::GetFlag(FLAGS_listen);
+  c.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
+  if (c.max_concurrency == 0) {
+    c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  c.max_queue = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_max_queue)));
+  c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  c.kill_grace = absl::GetFlag(FLAGS_kill_grace);
+  c.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  c.log_requests = absl::GetFlag(FLAGS_log_requests);
+  c.policy = execd::core::RequestPolicy::FromProcessEnvironment();
+  c.policy.default_timeout = absl::GetFlag(FLAGS_default_timeout);
+  c.policy.max_timeout = absl::GetFlag(FLAGS_max_timeout);
+  c.policy.default_max_output_bytes = absl::GetFlag(FLAGS_default_max_output_bytes);
+  c.policy.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
+  return c;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "execd: runs processes for remote callers over gRPC.\n"
+      "  execd [--listen=127.0.0.1:50051] [--flagfile=execd.flags] [--helpfull]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the shutdown signals before any thread starts, so every thread inherits the mask
+  // and only the sigwait below receives them. Children get a clean mask at spawn.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // A child closing its stdin early must not kill the server.
+
+  auto server = execd::server::Server::Start(ConfigFromFlags());
+  if (!server.ok()) {
+    fprintf(stderr, "execd: %s\n", std::string(server.status().message()).c_str());
+    return 2;
+  }
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  (*server)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,69 @@
+#include "server/request_log.h"
+
+#include <cstdio>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace execd::server {
+namespace {
+
+std::string Quoted(absl::string_view s) { return absl::StrCat("\"", absl::CHexEscape(s), "\""); }
+
+std::string Ms(absl::Duration d) { return absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(d)); }
+
+std::string Timestamp(absl::Time now) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", now, absl::UTCTimeZone());
+}
+
+constexpr absl::string_view kCodeNames[] = {
+    "OK",        "CANCELLED",         "UNKNOWN",          "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",   "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL",      "UNAVAILABLE",      "DATA_LOSS",
+    "UNAUTHENTICATED"};
+
+absl::string_view CodeName(absl::StatusCode code) {
+  size_t i = static_cast<size_t>(code);
+  return i < std::size(kCodeNames) ? kCodeNames[i] : "UNKNOWN";
+}
+
+}  // namespace
+
+std::string RequestLog::Format(const Entry& e, absl::Time now) {
+  std::string line = absl::StrCat("ts=", Timestamp(now), " rpc=", e.rpc,
+                                  " request_id=", Quoted(e.request_id), " peer=", e.peer,
+                                  " argv0=", Quoted(e.argv0));
+  if (e.result != nullptr && e.result->ok()) {
+    const core::Result& r = **e.result;
+    absl::StrAppend(&line, " status=OK termination=", core::TerminationName(r.termination),
+                    " exit=", r.status.code, " signal=", r.status.signal, " pid=", r.pid,
+                    " queued_ms=", Ms(r.queued), " spawn_ms=", Ms(r.spawn),
+                    " run_ms=", Ms(r.run), " total_ms=", Ms(e.total),
+                    " stdout_bytes=", r.stdout_data.size(), " stderr_bytes=", r.stderr_data.size());
+  } else {
+    absl::Status status = e.result == nullptr ? absl::UnknownError("no result")
+                                              : e.result->status();
+    absl::StrAppend(&line, " status=", CodeName(status.code()),
+                    " total_ms=", Ms(e.total), " error=", Quoted(status.message()));
+  }
+  return line;
+}
+
+void RequestLog::Write(const Entry& entry) {
+  if (!enabled_) return;
+  std::string line = Format(entry, absl::Now());
+  line.push_back('\n');
+  absl::MutexLock lock(&mu_);
+  fwrite(line.data(), 1, line.size(), stderr);
+}
+
+void RequestLog::Event(absl::string_view fields) {
+  std::string line = absl::StrCat("ts=", Timestamp(absl::Now()), " ", fields, "\n");
+  absl::MutexLock lock(&mu_);
+  fwrite(line.data(), 1, line.size(), stderr);
+  fflush(stderr);
+}
+
+}  // namespace execd::server

@@ -1,0 +1,102 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace execd::server {
+namespace {
+
+absl::Status CheckConfig(const ServerConfig& c) {
+  if (c.max_concurrency < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_concurrency must be at least 1, got ", c.max_concurrency));
+  }
+  if (c.max_message_bytes < (1 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_bytes must be at least 1048576, got ", c.max_message_bytes));
+  }
+  const core::RequestPolicy& p = c.policy;
+  if (p.default_max_output_bytes < 1 || p.default_max_output_bytes > p.max_output_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default_max_output_bytes must be between 1 and --max_output_bytes (",
+        p.max_output_bytes, "), got ", p.default_max_output_bytes));
+  }
+  // A unary response carries both streams; it must fit in one message.
+  int64_t worst_response = 2 * p.max_output_bytes + (64 << 10);
+  if (worst_response > c.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_output_bytes (", p.max_output_bytes, ") is too large for --max_message_bytes (",
+        c.max_message_bytes, "): a response with both streams full needs ", worst_response,
+        " bytes; raise --max_message_bytes or lower --max_output_bytes"));
+  }
+  if (p.default_timeout <= absl::ZeroDuration() || p.default_timeout > p.max_timeout) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--default_timeout must be positive and at most --max_timeout (",
+        absl::FormatDuration(p.max_timeout), "), got ", absl::FormatDuration(p.default_timeout)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Server::Server(ServerConfig config) : config_(std::move(config)), log_(config_.log_requests) {}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
+  if (absl::Status s = CheckConfig(config); !s.ok()) return s;
+  std::unique_ptr<Server> server(new Server(std::move(config)));
+  const ServerConfig& c = server->config_;
+
+  core::Engine::Options engine_options;
+  engine_options.max_concurrency = c.max_concurrency;
+  engine_options.max_queue = c.max_queue;
+  engine_options.kill_grace = c.kill_grace;
+  auto engine = core::Engine::Create(engine_options);
+  if (!engine.ok()) return engine.status();
+  server->engine_ = *std::move(engine);
+  server->service_ =
+      std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  builder.SetMaxReceiveMessageSize(c.max_message_bytes);
+  builder.SetMaxSendMessageSize(c.max_message_bytes);
+  // gRPC 1.51 predates fixes for several HTTP/2 abuse CVEs: bound what one connection may
+  // ask of the server.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1024);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on --listen=", c.listen, " (address in use, or not a valid host:port)"));
+  }
+  grpc::HealthCheckServiceInterface* health = server->grpc_server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(v1::Executor::service_full_name(), true);
+  server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
+                                  " max_concurrency=", c.max_concurrency));
+  return server;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown() {
+  if (shut_down_ || grpc_server_ == nullptr) return;
+  shut_down_ = true;
+  log_.Event(absl::StrCat("event=draining drain_timeout=",
+                          absl::FormatDuration(config_.drain_timeout)));
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  // Refuses new calls, waits for running ones until the deadline, then cancels them: the
+  // cancellations reach the engine, which kills those processes.
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + config_.drain_timeout));
+  engine_->Shutdown(absl::ZeroDuration());
+  grpc_server_->Wait();
+  log_.Event("event=stopped");
+}
+
+}  // namespace execd::server

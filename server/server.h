@@ -1,0 +1,58 @@
+// Server: builds the engine and the gRPC server (Executor, health, reflection) from a
+// ServerConfig, and tears them down in reverse order. Thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/engine.h"
+#include "core/validate.h"
+#include "server/executor_service.h"
+#include "server/request_log.h"
+
+namespace execd::server {
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  int max_concurrency = 8;
+  size_t max_queue = 1024;
+  int max_message_bytes = 64 << 20;
+  absl::Duration kill_grace = absl::Milliseconds(500);
+  absl::Duration drain_timeout = absl::Seconds(30);
+  bool log_requests = true;
+  core::RequestPolicy policy;
+};
+
+class Server {
+ public:
+  // Starts serving; fails with a message naming the flag when the configuration is
+  // inconsistent or the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerConfig config);
+  ~Server();
+
+  // The bound port (useful with a ":0" listen address).
+  int port() const { return port_; }
+
+  // Health turns NOT_SERVING, new calls are refused, running calls get up to the drain
+  // timeout to finish, then the rest are cancelled and their processes killed. Idempotent.
+  void Shutdown();
+
+  core::Engine& engine() { return *engine_; }
+
+ private:
+  explicit Server(ServerConfig config);
+
+  ServerConfig config_;
+  RequestLog log_;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<ExecutorService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace execd::server

@@ -1,0 +1,181 @@
+#include "tools/execctl/args.h"
+
+#include <functional>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+
+namespace execd::execctl {
+
+const char kUsage[] =
+    "usage: execctl [--target=HOST:PORT] COMMAND [flags]\n"
+    "\n"
+    "commands:\n"
+    "  run [flags] -- PROGRAM [ARGS...]   run a command on the server; exit with its code\n"
+    "      --timeout=5s          wall-clock limit (default: the server's)\n"
+    "      --stdin=FILE|-        send FILE (or execctl's stdin) as the command's stdin\n"
+    "      --env NAME=VALUE      set a variable (repeatable); the child gets only these\n"
+    "      --inherit_env NAME    pass the server's value of NAME (repeatable)\n"
+    "      --cwd=DIR             working directory on the server\n"
+    "      --max_output_bytes=N  per-stream capture limit\n"
+    "      --request_id=ID       shown in the server's request log\n"
+    "      --stream              print output live (ExecuteStream)\n"
+    "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
+    "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
+    "\n"
+    "--target defaults to $EXECD_TARGET, else 127.0.0.1:50051.\n"
+    "exit codes: the command's own code; 128+N when killed by signal N; 124 timed out;\n"
+    "  127 not found; 126 permission denied; 125 any other execctl or RPC error.\n";
+
+namespace {
+
+using FlagHandler = std::function<absl::Status(const std::string& value)>;
+
+struct FlagSpec {
+  const char* name;
+  bool takes_value;
+  FlagHandler handle;
+};
+
+absl::Status ParseEnv(const std::string& value, Args& out) {
+  size_t eq = value.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--env wants NAME=VALUE, got \"", value, "\""));
+  }
+  out.env.emplace_back(value.substr(0, eq), value.substr(eq + 1));
+  return absl::OkStatus();
+}
+
+absl::Status ParseTimeout(const std::string& value, Args& out) {
+  if (!absl::ParseDuration(value, &out.timeout) || out.timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--timeout wants a duration such as 5s or 200ms, got \"", value, "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseBytes(const std::string& value, Args& out) {
+  if (!absl::SimpleAtoi(value, &out.max_output_bytes) || out.max_output_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_output_bytes wants a non-negative number, got \"", value, "\""));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
+  auto set = [](std::string& field) {
+    return [&field](const std::string& v) {
+      field = v;
+      return absl::OkStatus();
+    };
+  };
+  switch (command) {
+    case Args::Command::kRun:
+      return {
+          {"stream", false, [&out](const std::string&) {
+             out.stream = true;
+             return absl::OkStatus();
+           }},
+          {"timeout", true, [&out](const std::string& v) { return ParseTimeout(v, out); }},
+          {"stdin", true, set(out.stdin_path)},
+          {"env", true, [&out](const std::string& v) { return ParseEnv(v, out); }},
+          {"inherit_env", true, [&out](const std::string& v) {
+             out.inherit_env.push_back(v);
+             return absl::OkStatus();
+           }},
+          {"cwd", true, set(out.cwd)},
+          {"max_output_bytes", true, [&out](const std::string& v) { return ParseBytes(v, out); }},
+          {"request_id", true, set(out.request_id)},
+      };
+    case Args::Command::kHealth:
+      return {{"service", true, set(out.service)}};
+    case Args::Command::kPing:
+      return {{"payload", true, set(out.payload)}};
+    case Args::Command::kHelp:
+      break;
+  }
+  return {};
+}
+
+// Applies args[i] (and args[i+1] for "--name value") when it is one of `flags`.
+absl::StatusOr<bool> ApplyFlag(const std::vector<FlagSpec>& flags,
+                               const std::vector<std::string>& args, size_t& i) {
+  const std::string& arg = args[i];
+  for (const FlagSpec& flag : flags) {
+    std::string name = absl::StrCat("--", flag.name);
+    if (arg == name) {
+      if (!flag.takes_value) {
+        RETURN_IF_ERROR(flag.handle(""));
+        return true;
+      }
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
+      }
+      RETURN_IF_ERROR(flag.handle(args[++i]));
+      return true;
+    }
+    if (flag.takes_value && absl::StartsWith(arg, absl::StrCat(name, "="))) {
+      RETURN_IF_ERROR(flag.handle(arg.substr(name.size() + 1)));
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
+                               const std::string& default_target) {
+  Args out;
+  if (!default_target.empty()) out.target = default_target;
+  size_t i = 0;
+  std::vector<FlagSpec> global = {{"target", true, [&out](const std::string& v) {
+                                     out.target = v;
+                                     return absl::OkStatus();
+                                   }}};
+  for (; i < args.size(); ++i) {
+    ASSIGN_OR_RETURN(bool matched, ApplyFlag(global, args, i));
+    if (!matched) break;
+  }
+  if (i >= args.size()) return out;  // No command: help.
+  const std::string& command = args[i++];
+  if (command == "run") {
+    out.command = Args::Command::kRun;
+  } else if (command == "health") {
+    out.command = Args::Command::kHealth;
+  } else if (command == "ping") {
+    out.command = Args::Command::kPing;
+  } else if (command == "help" || command == "--help" || command == "-h") {
+    return out;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown command \"", command, "\""));
+  }
+
+  std::vector<FlagSpec> flags = FlagsFor(out.command, out);
+  for (; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") {
+      ++i;
+      break;
+    }
+    if (!absl::StartsWith(arg, "-")) break;  // The command starts; "--" is optional.
+    ASSIGN_OR_RETURN(bool matched, ApplyFlag(flags, args, i));
+    if (!matched) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag \"", arg, "\" for ", command));
+    }
+  }
+  if (out.command == Args::Command::kRun) {
+    out.argv.assign(args.begin() + static_cast<long>(i), args.end());
+    if (out.argv.empty()) {
+      return absl::InvalidArgumentError(
+          "run needs a command: execctl run [flags] -- PROGRAM ARGS...");
+    }
+  } else if (i < args.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", args[i], "\""));
+  }
+  return out;
+}
+
+}  // namespace execd::execctl

@@ -1,0 +1,40 @@
+// execctl's command line: a global --target, a subcommand, its flags, and (for run) the
+// command after "--". Parsed by hand because flags such as --env repeat.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace execd::execctl {
+
+struct Args {
+  enum class Command { kRun, kHealth, kPing, kHelp };
+  Command command = Command::kHelp;
+  std::string target = "127.0.0.1:50051";
+  // run
+  std::vector<std::string> argv;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::vector<std::string> inherit_env;
+  std::string cwd;
+  std::string stdin_path;  // "-" for execctl's own stdin.
+  absl::Duration timeout = absl::ZeroDuration();  // Zero: the server default.
+  long long max_output_bytes = 0;
+  std::string request_id;
+  bool stream = false;
+  // health
+  std::string service;
+  // ping
+  std::string payload;
+};
+
+// `default_target` is used when --target is absent (execctl passes $EXECD_TARGET if set).
+absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
+                               const std::string& default_target);
+
+extern const char kUsage[];
+
+}  // namespace execd::execctl

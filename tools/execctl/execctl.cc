@@ -1,0 +1,192 @@
+#include "tools/execctl/execctl.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "execd/v1/execd.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace execd::execctl {
+namespace {
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(-1);
+  channel_args.SetMaxSendMessageSize(-1);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), channel_args);
+}
+
+int ExitForRpcError(const grpc::Status& status, const std::string& target) {
+  std::cerr << "execctl: " << status.error_message();
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    std::cerr << " (is execd running at " << target << "?)";
+  }
+  std::cerr << " [" << static_cast<int>(status.error_code()) << "]\n";
+  switch (status.error_code()) {
+    case grpc::StatusCode::NOT_FOUND:
+      return kExitNotFound;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return kExitPermissionDenied;
+    default:
+      return kExitError;
+  }
+}
+
+bool WriteAll(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// The exit code execctl returns for a finished command, with a note on stderr when execd
+// stopped it.
+int ExitForResult(const v1::ExecuteResponse& r) {
+  if (r.stdout_truncated() || r.stderr_truncated()) {
+    std::cerr << "execctl: output truncated (" << (r.stdout_truncated() ? "stdout" : "")
+              << (r.stdout_truncated() && r.stderr_truncated() ? " and " : "")
+              << (r.stderr_truncated() ? "stderr" : "") << " over the limit)\n";
+  }
+  switch (r.termination()) {
+    case v1::TIMED_OUT:
+      std::cerr << "execctl: command timed out\n";
+      return kExitTimedOut;
+    case v1::OUTPUT_LIMIT_EXCEEDED:
+      std::cerr << "execctl: command stopped: output limit exceeded\n";
+      break;
+    case v1::CANCELLED:
+      std::cerr << "execctl: command cancelled\n";
+      break;
+    default:
+      break;
+  }
+  if (r.signal() != 0) return 128 + r.signal();
+  return r.exit_code();
+}
+
+absl::StatusOr<std::string> ReadStdin(const std::string& path) {
+  if (path.empty()) return std::string();
+  if (path == "-") {
+    std::ostringstream ss;
+    ss << std::cin.rdbuf();
+    return ss.str();
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read --stdin file \"", path, "\""));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+int Run(const Args& args) {
+  v1::ExecuteRequest request;
+  for (const std::string& a : args.argv) request.add_argv(a);
+  for (const auto& [name, value] : args.env) (*request.mutable_env())[name] = value;
+  for (const std::string& name : args.inherit_env) request.add_inherit_env(name);
+  request.set_cwd(args.cwd);
+  request.set_request_id(args.request_id);
+  auto stdin_data = ReadStdin(args.stdin_path);
+  if (!stdin_data.ok()) {
+    std::cerr << "execctl: " << stdin_data.status().message() << "\n";
+    return kExitError;
+  }
+  request.set_stdin(*std::move(stdin_data));
+  if (args.timeout > absl::ZeroDuration()) {
+    int64_t ns = absl::ToInt64Nanoseconds(args.timeout);
+    request.mutable_limits()->mutable_timeout()->set_seconds(ns / 1000000000);
+    request.mutable_limits()->mutable_timeout()->set_nanos(static_cast<int>(ns % 1000000000));
+  }
+  request.mutable_limits()->set_max_output_bytes(args.max_output_bytes);
+
+  auto stub = v1::Executor::NewStub(Connect(args.target));
+  grpc::ClientContext context;
+  if (!args.stream) {
+    v1::ExecuteResponse response;
+    grpc::Status status = stub->Execute(&context, request, &response);
+    if (!status.ok()) return ExitForRpcError(status, args.target);
+    WriteAll(STDOUT_FILENO, response.stdout());
+    WriteAll(STDERR_FILENO, response.stderr());
+    return ExitForResult(response);
+  }
+  auto reader = stub->ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  v1::ExecuteResponse exited;
+  bool got_exit = false;
+  while (reader->Read(&event)) {
+    if (event.has_output()) {
+      WriteAll(event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
+               event.output().data());
+    } else if (event.has_exited()) {
+      exited = event.exited();
+      got_exit = true;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return ExitForRpcError(status, args.target);
+  if (!got_exit) {
+    std::cerr << "execctl: the stream ended without an exit event\n";
+    return kExitError;
+  }
+  return ExitForResult(exited);
+}
+
+int Health(const Args& args) {
+  auto stub = grpc::health::v1::Health::NewStub(Connect(args.target));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(args.service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) return ExitForRpcError(status, args.target);
+  std::cout << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())
+            << "\n";
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+int Ping(const Args& args) {
+  auto stub = v1::Executor::NewStub(Connect(args.target));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::PingRequest request;
+  request.set_payload(args.payload);
+  v1::PingResponse response;
+  absl::Time start = absl::Now();
+  grpc::Status status = stub->Ping(&context, request, &response);
+  if (!status.ok()) return ExitForRpcError(status, args.target);
+  std::cout << "pong from " << args.target << " in " << absl::FormatDuration(absl::Now() - start)
+            << (response.payload().empty() ? "" : ": ") << response.payload() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int RunCommand(const Args& args) {
+  switch (args.command) {
+    case Args::Command::kRun:
+      return Run(args);
+    case Args::Command::kHealth:
+      return Health(args);
+    case Args::Command::kPing:
+      return Ping(args);
+    case Args::Command::kHelp:
+      break;
+  }
+  std::cout << kUsage;
+  return 0;
+}
+
+}  // namespace execd::execctl
