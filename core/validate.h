@@ -17,7 +17,7 @@ struct RequestPolicy {
   absl::Duration default_timeout = absl::Seconds(60);
   absl::Duration max_timeout = absl::Minutes(30);
   int64_t default_max_output_bytes = 1 << 20;
-  int64_t max_output_bytes = 64 << 20;
+  int64_t max_output_bytes = 16 << 20;
   // Upper bound on the bytes of argv plus env, as the kernel's ARG_MAX would reject more.
   int64_t max_argv_env_bytes = 1 << 20;
   int64_t max_stdin_bytes = 256 << 20;

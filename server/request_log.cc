@@ -17,18 +17,6 @@ std::string Timestamp(absl::Time now) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", now, absl::UTCTimeZone());
 }
 
-constexpr absl::string_view kCodeNames[] = {
-    "OK",        "CANCELLED",         "UNKNOWN",          "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",   "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",      "UNAVAILABLE",      "DATA_LOSS",
-    "UNAUTHENTICATED"};
-
-absl::string_view CodeName(absl::StatusCode code) {
-  size_t i = static_cast<size_t>(code);
-  return i < std::size(kCodeNames) ? kCodeNames[i] : "UNKNOWN";
-}
-
 }  // namespace
 
 std::string RequestLog::Format(const Entry& e, absl::Time now) {
@@ -45,7 +33,7 @@ std::string RequestLog::Format(const Entry& e, absl::Time now) {
   } else {
     absl::Status status = e.result == nullptr ? absl::UnknownError("no result")
                                               : e.result->status();
-    absl::StrAppend(&line, " status=", CodeName(status.code()),
+    absl::StrAppend(&line, " status=", absl::StatusCodeToString(status.code()),
                     " total_ms=", Ms(e.total), " error=", Quoted(status.message()));
   }
   return line;

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "execd/v1/execd.grpc.pb.h"
@@ -28,11 +29,12 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
 }
 
 int ExitForRpcError(const grpc::Status& status, const std::string& target) {
-  std::cerr << "execctl: " << status.error_message();
+  std::cerr << "execctl: "
+            << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": " << status.error_message();
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
     std::cerr << " (is execd running at " << target << "?)";
   }
-  std::cerr << " [" << static_cast<int>(status.error_code()) << "]\n";
+  std::cerr << "\n";
   switch (status.error_code()) {
     case grpc::StatusCode::NOT_FOUND:
       return kExitNotFound;

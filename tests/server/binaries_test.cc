@@ -1,0 +1,181 @@
+// The shipped binaries as a user runs them: execd started as a process, execctl and
+// execd-loadtest pointed at it.
+#include <signal.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+
+namespace execd {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ProcessResult;
+using testing::RunProcess;
+using testing::ServerProcess;
+
+class BinariesTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(server_.ok()) << server_.log(); }
+
+  ProcessResult Execctl(std::vector<std::string> args, const std::string& stdin_data = "") {
+    args.insert(args.begin(), {EXECCTL_BIN, "--target=" + server_.target()});
+    return RunProcess(args, stdin_data);
+  }
+
+  ServerProcess server_{EXECD_BIN, {"--kill_grace=200ms", "--drain_timeout=2s"}};
+};
+
+TEST_F(BinariesTest, RunEchoPrintsHelloAndExitsZero) {
+  ProcessResult r = Execctl({"run", "--", "/bin/echo", "hello"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "hello\n");
+}
+
+TEST_F(BinariesTest, RunExitsWithTheCommandsExitCode) {
+  ProcessResult r = Execctl({"run", "--", "/bin/sh", "-c", "exit 3"});
+  EXPECT_EQ(r.exit_code, 3);
+}
+
+TEST_F(BinariesTest, RunWithTimeoutReturnsWithinASecondAsTimedOut) {
+  ProcessResult r = Execctl({"run", "--timeout=200ms", "--", "/bin/sleep", "10"});
+  EXPECT_EQ(r.exit_code, 124);
+  EXPECT_THAT(r.err, HasSubstr("timed out"));
+  EXPECT_LT(r.elapsed, absl::Seconds(1.5));
+}
+
+TEST_F(BinariesTest, MissingBinaryIsNotFoundWithItsPath) {
+  ProcessResult r = Execctl({"run", "--", "/usr/bin/pyton3"});
+  EXPECT_EQ(r.exit_code, 127);
+  EXPECT_THAT(r.err, HasSubstr("/usr/bin/pyton3"));
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+}
+
+TEST_F(BinariesTest, FloodOnBothStreamsCompletesAndReportsTruncation) {
+  ProcessResult r = Execctl(
+      {"run", "--", "/bin/sh", "-c", "head -c 50000000 /dev/zero; head -c 50000000 /dev/zero >&2"});
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.out.size(), 1u << 20);
+  EXPECT_THAT(r.err, HasSubstr("output truncated (stdout"));
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL);
+}
+
+TEST_F(BinariesTest, StdinEnvAndStream) {
+  ProcessResult r = Execctl({"run", "--stdin=-", "--env", "WHO=world", "--stream", "--",
+                             "/bin/sh", "-c", "cat; echo \"hello $WHO\" >&2"},
+                            "piped\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "piped\n");
+  EXPECT_EQ(r.err, "hello world\n");
+}
+
+TEST_F(BinariesTest, SignalledCommandExitsWith128PlusSignal) {
+  ProcessResult r = Execctl({"run", "--", "/bin/sh", "-c", "kill -KILL $$"});
+  EXPECT_EQ(r.exit_code, 128 + SIGKILL);
+}
+
+TEST_F(BinariesTest, HealthPrintsServing) {
+  ProcessResult r = Execctl({"health"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "SERVING\n");
+}
+
+TEST_F(BinariesTest, UnreachableServerIsADistinctErrorWithAHint) {
+  ProcessResult r = RunProcess({EXECCTL_BIN, "--target=127.0.0.1:1", "run", "--", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_THAT(r.err, HasSubstr("is execd running"));
+}
+
+TEST_F(BinariesTest, UsageErrorsExplainThemselves) {
+  ProcessResult r = Execctl({"run", "--timeout=soon", "--", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_THAT(r.err, HasSubstr("--timeout"));
+  r = Execctl({"run"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_THAT(r.err, HasSubstr("run needs a command"));
+}
+
+TEST_F(BinariesTest, LoadtestReportsThroughputAndLatencyForExecuteAndPing) {
+  for (const std::vector<std::string>& mode :
+       {std::vector<std::string>{"--", "/bin/true"}, std::vector<std::string>{"--ping"}}) {
+    std::vector<std::string> args = {LOADTEST_BIN, "--target=" + server_.target(),
+                                     "--concurrency=4", "--requests=200", "--json"};
+    args.insert(args.end(), mode.begin(), mode.end());
+    ProcessResult r = RunProcess(args);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_THAT(r.out, HasSubstr("\"requests\":200,\"errors\":0"));
+    EXPECT_THAT(r.out, HasSubstr("\"p99_ms\":"));
+  }
+}
+
+TEST_F(BinariesTest, RequestLogHasOneLinePerRequest) {
+  ASSERT_EQ(Execctl({"run", "--request_id=req-42", "--", "/bin/sh", "-c", "exit 7"}).exit_code, 7);
+  ASSERT_TRUE(server_.WaitForLog("request_id=\"req-42\"", absl::Seconds(5)));
+  std::string log = server_.log();
+  std::string line = log.substr(log.find("request_id=\"req-42\""));
+  line = line.substr(0, line.find('\n'));
+  EXPECT_THAT(line, HasSubstr("argv0=\"/bin/sh\""));
+  EXPECT_THAT(line, HasSubstr("termination=EXITED exit=7"));
+  EXPECT_THAT(line, HasSubstr("total_ms="));
+}
+
+TEST(ServerShutdown, SigtermLetsRunningCommandsFinishThenExitsZero) {
+  ServerProcess server(EXECD_BIN, {"--drain_timeout=10s"});
+  ASSERT_TRUE(server.ok()) << server.log();
+  // A command that finishes on its own once released by the test: it waits for a file.
+  std::string gate = ::testing::TempDir() + "execd_gate_" + std::to_string(getpid());
+  unlink(gate.c_str());
+  ProcessResult result;
+  std::thread client([&] {
+    result = RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh",
+                         "-c", absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done; echo finished")});
+  });
+  // Wait until the command runs (its sh is a child of execd), then ask execd to stop.
+  ASSERT_TRUE(testing::WaitFor([&] { return !testing::ChildrenOf(server.pid()).empty(); },
+                               absl::Seconds(10)));
+  kill(server.pid(), SIGTERM);
+  ASSERT_TRUE(server.WaitForLog("event=draining", absl::Seconds(5)));
+  FILE* f = fopen(gate.c_str(), "w");
+  fclose(f);
+  client.join();
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(result.out, "finished\n");
+  EXPECT_EQ(server.Stop(0, absl::Seconds(10)), 0);
+  unlink(gate.c_str());
+}
+
+TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
+  ServerProcess server(EXECD_BIN, {"--drain_timeout=300ms", "--kill_grace=100ms"});
+  ASSERT_TRUE(server.ok()) << server.log();
+  std::string pid_file = ::testing::TempDir() + "execd_drain_" + std::to_string(getpid());
+  unlink(pid_file.c_str());
+  ProcessResult result;
+  std::thread client([&] {
+    result = RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh",
+                         "-c", absl::StrCat("echo $$ > ", pid_file, ".tmp; mv ", pid_file,
+                                            ".tmp ", pid_file, "; exec sleep 100")});
+  });
+  pid_t pid = 0;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        FILE* f = fopen(pid_file.c_str(), "r");
+        if (f == nullptr) return false;
+        bool ok = fscanf(f, "%d", &pid) == 1;
+        fclose(f);
+        return ok;
+      },
+      absl::Seconds(10)));
+  kill(server.pid(), SIGTERM);
+  EXPECT_EQ(server.Stop(0, absl::Seconds(10)), 0);
+  client.join();
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(2)));
+  unlink(pid_file.c_str());
+}
+
+}  // namespace
+}  // namespace execd
