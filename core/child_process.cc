@@ -47,11 +47,10 @@ ChildProcess::ChildProcess(EventLoop& loop, const Command& command, const Option
       max_output_bytes_(command.limits.max_output_bytes),
       kill_grace_(options.kill_grace) {}
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loop,
-                                                                   ProcessOs& os,
-                                                                   Command& command,
-                                                                   const Options& options,
-                                                                   Observer* observer) {
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loop, ProcessOs& os,
+                                                                  Command& command,
+                                                                  const Options& options,
+                                                                  Observer* observer) {
   std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
   UniqueFd stdin_read;
   int child_stdin;
@@ -195,8 +194,8 @@ void ChildProcess::ReadOutput(int index, bool drain) {
 
 void ChildProcess::WriteStdin() {
   while (stdin_offset_ < stdin_data_.size()) {
-    ssize_t n = write(stdin_.get(), stdin_data_.data() + stdin_offset_,
-                      stdin_data_.size() - stdin_offset_);
+    ssize_t n =
+        write(stdin_.get(), stdin_data_.data() + stdin_offset_, stdin_data_.size() - stdin_offset_);
     if (n > 0) {
       stdin_offset_ += static_cast<size_t>(n);
       continue;
@@ -236,8 +235,7 @@ void ChildProcess::OnExited() {
 
   result_.status = ExitStatus::FromWaitStatus(status);
   if (!terminating_) {
-    result_.termination =
-        result_.status.exited ? Termination::kExited : Termination::kSignaled;
+    result_.termination = result_.status.exited ? Termination::kExited : Termination::kSignaled;
   }
   result_.usage.user_cpu = FromTimeval(usage.ru_utime);
   result_.usage.system_cpu = FromTimeval(usage.ru_stime);

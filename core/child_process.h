@@ -10,9 +10,9 @@
 #include <array>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/command.h"
 #include "core/event_loop.h"
@@ -41,9 +41,9 @@ class ChildProcess final : public EventLoop::FdHandler {
 
   // Spawns `command` (its stdin_data is moved out). On error nothing is left running.
   static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(EventLoop& loop, ProcessOs& os,
-                                                              Command& command,
-                                                              const Options& options,
-                                                              Observer* observer);
+                                                             Command& command,
+                                                             const Options& options,
+                                                             Observer* observer);
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
 
@@ -56,8 +56,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   void OnFdReady(int fd, uint32_t events) override;
 
  private:
-  ChildProcess(EventLoop& loop, const Command& command, const Options& options,
-               Observer* observer);
+  ChildProcess(EventLoop& loop, const Command& command, const Options& options, Observer* observer);
   void ReadOutput(int index, bool drain);
   void Deliver(int index, const char* data, size_t size);
   void WriteStdin();

@@ -30,8 +30,8 @@ class Engine::Execution final : public ChildProcess::Observer {
   Command command_;
   Engine::Observer* observer_;
   absl::Time submitted_;
-  absl::Time admitted_;     // loop
-  absl::Time spawn_done_;   // loop
+  absl::Time admitted_;    // loop
+  absl::Time spawn_done_;  // loop
   State state_ = State::kQueued;
   bool cancel_requested_ = false;        // loop
   std::unique_ptr<ChildProcess> child_;  // loop
@@ -54,7 +54,7 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop)
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
 absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command command,
-                                                                 Observer* observer) {
+                                                                  Observer* observer) {
   auto execution = std::make_shared<Execution>(*this, std::move(command), observer);
   execution->submitted_ = options_.clock->Now();
   absl::MutexLock lock(&mu_);
@@ -68,9 +68,9 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   } else if (queue_.size() < options_.max_queue) {
     queue_.push_back(execution);
   } else {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the server is at capacity: ", running_, " commands running and ",
-                     queue_.size(), " queued (the queue limit); retry later"));
+    return absl::ResourceExhaustedError(absl::StrCat("the server is at capacity: ", running_,
+                                                     " commands running and ", queue_.size(),
+                                                     " queued (the queue limit); retry later"));
   }
   live_.emplace(execution.get(), execution);
   return execution;

@@ -1,9 +1,8 @@
 // Turns an errno value into an absl::Status whose code a caller can act on.
 #pragma once
 
-#include "absl/strings/string_view.h"
-
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace execd::core {
 

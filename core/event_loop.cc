@@ -79,8 +79,7 @@ absl::Status EventLoop::Watch(int fd, uint32_t events, FdHandler* handler) {
 absl::Status EventLoop::Modify(int fd, uint32_t events) {
   epoll_event ev{};
   ev.events = events;
-  ev.data.u64 =
-      static_cast<uint64_t>(fd) | (static_cast<uint64_t>(slots_.at(fd).generation) << 32);
+  ev.data.u64 = static_cast<uint64_t>(fd) | (static_cast<uint64_t>(slots_.at(fd).generation) << 32);
   if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) {
     return ErrnoToStatus(errno, absl::StrCat("epoll_ctl(MOD, ", fd, ")"));
   }
@@ -114,8 +113,8 @@ int EventLoop::NextTimeoutMs() {
   absl::Duration left = timers_.begin()->first.first - clock_.Now();
   if (left <= absl::ZeroDuration()) return 0;
   // Round up so a timer never fires early.
-  return static_cast<int>(absl::ToInt64Milliseconds(left + absl::Milliseconds(1) -
-                                                    absl::Nanoseconds(1)));
+  return static_cast<int>(
+      absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1)));
 }
 
 void EventLoop::RunDueTimers() {

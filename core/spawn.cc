@@ -91,8 +91,7 @@ absl::Status ChildFailureStatus(const ChildArgs& args, const SpawnSpec& spec) {
               absl::StrCat("argv[0] \"", path, "\" is not executable by the server's user"));
         case ENOEXEC:
           return absl::InvalidArgumentError(absl::StrCat(
-              "argv[0] \"", path,
-              "\" is not in an executable format; a script needs a #! line"));
+              "argv[0] \"", path, "\" is not in an executable format; a script needs a #! line"));
         case E2BIG:
           return absl::InvalidArgumentError("argv and env are too large for execve");
         default:

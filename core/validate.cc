@@ -34,10 +34,11 @@ absl::Status InvalidArgument(absl::string_view field, absl::string_view why) {
 
 absl::Status CheckEnvName(absl::string_view field, absl::string_view name) {
   if (name.empty()) return InvalidArgument(field, "has an empty variable name");
-  if (HasNul(name)) return InvalidArgument(field, absl::StrCat(Quote(name), " contains a NUL byte"));
+  if (HasNul(name))
+    return InvalidArgument(field, absl::StrCat(Quote(name), " contains a NUL byte"));
   if (name.find('=') != absl::string_view::npos) {
-    return InvalidArgument(field, absl::StrCat("name ", Quote(name),
-                                               " contains '='; pass the value separately"));
+    return InvalidArgument(
+        field, absl::StrCat("name ", Quote(name), " contains '='; pass the value separately"));
   }
   return absl::OkStatus();
 }
@@ -71,8 +72,9 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path) 
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) {
-      return absl::NotFoundError(absl::StrCat("argv[0] ", Quote(argv0), " not found",
-                                              path == argv0 ? "" : absl::StrCat(" (as ", Quote(path), ")")));
+      return absl::NotFoundError(
+          absl::StrCat("argv[0] ", Quote(argv0), " not found",
+                       path == argv0 ? "" : absl::StrCat(" (as ", Quote(path), ")")));
     }
     return absl::PermissionDeniedError(
         absl::StrCat("argv[0] ", Quote(path), " cannot be read: ", strerror(errno)));
@@ -152,14 +154,14 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
                                         policy.max_argv_env_bytes, "; pass data through stdin"));
   }
   if (static_cast<int64_t>(request.stdin_data.size()) > policy.max_stdin_bytes) {
-    return InvalidArgument("stdin", absl::StrCat("is ", request.stdin_data.size(),
-                                                 " bytes, over the limit of ",
-                                                 policy.max_stdin_bytes));
+    return InvalidArgument(
+        "stdin", absl::StrCat("is ", request.stdin_data.size(), " bytes, over the limit of ",
+                              policy.max_stdin_bytes));
   }
   if (request.request_id.size() > policy.max_request_id_bytes) {
-    return InvalidArgument("request_id", absl::StrCat("is ", request.request_id.size(),
-                                                      " bytes, over the limit of ",
-                                                      policy.max_request_id_bytes));
+    return InvalidArgument(
+        "request_id", absl::StrCat("is ", request.request_id.size(), " bytes, over the limit of ",
+                                   policy.max_request_id_bytes));
   }
 
   Command cmd;
@@ -168,10 +170,10 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
                            absl::StrCat(absl::FormatDuration(request.timeout), " is negative"));
   }
   if (request.timeout > policy.max_timeout) {
-    return InvalidArgument("limits.timeout",
-                           absl::StrCat(absl::FormatDuration(request.timeout),
-                                        " exceeds the server maximum of ",
-                                        absl::FormatDuration(policy.max_timeout)));
+    return InvalidArgument(
+        "limits.timeout",
+        absl::StrCat(absl::FormatDuration(request.timeout), " exceeds the server maximum of ",
+                     absl::FormatDuration(policy.max_timeout)));
   }
   cmd.limits.timeout =
       request.timeout == absl::ZeroDuration() ? policy.default_timeout : request.timeout;
@@ -181,18 +183,18 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
   }
   if (request.max_output_bytes > policy.max_output_bytes) {
     return InvalidArgument("limits.max_output_bytes",
-                           absl::StrCat(request.max_output_bytes,
-                                        " exceeds the server maximum of ", policy.max_output_bytes));
+                           absl::StrCat(request.max_output_bytes, " exceeds the server maximum of ",
+                                        policy.max_output_bytes));
   }
-  cmd.limits.max_output_bytes = request.max_output_bytes == 0 ? policy.default_max_output_bytes
-                                                              : request.max_output_bytes;
+  cmd.limits.max_output_bytes =
+      request.max_output_bytes == 0 ? policy.default_max_output_bytes : request.max_output_bytes;
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
   auto path_it = policy.server_env.find("PATH");
-  ASSIGN_OR_RETURN(cmd.executable,
-                   ResolveExecutable(request.argv[0], request.cwd,
-                                     path_it == policy.server_env.end() ? "/usr/bin:/bin"
-                                                                        : path_it->second));
+  ASSIGN_OR_RETURN(
+      cmd.executable,
+      ResolveExecutable(request.argv[0], request.cwd,
+                        path_it == policy.server_env.end() ? "/usr/bin:/bin" : path_it->second));
 
   absl::flat_hash_map<std::string, std::string> env;
   for (const auto& name : request.inherit_env) {

@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (config.concurrency < 1 || (config.requests <= 0 && config.duration <= absl::ZeroDuration())) {
-    fprintf(stderr, "execd-loadtest: --concurrency must be >= 1 and --duration or --requests > 0\n");
+    fprintf(stderr,
+            "execd-loadtest: --concurrency must be >= 1 and --duration or --requests > 0\n");
     return 2;
   }
   execd::loadtest::Report report = execd::loadtest::Run(config);

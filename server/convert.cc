@@ -11,7 +11,8 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
   for (std::string& arg : *request.mutable_argv()) out.argv.push_back(std::move(arg));
   out.env.reserve(request.env_size());
   for (auto& [name, value] : *request.mutable_env()) out.env.emplace_back(name, std::move(value));
-  for (std::string& name : *request.mutable_inherit_env()) out.inherit_env.push_back(std::move(name));
+  for (std::string& name : *request.mutable_inherit_env())
+    out.inherit_env.push_back(std::move(name));
   out.cwd = std::move(*request.mutable_cwd());
   out.stdin_data = std::move(*request.mutable_stdin());
   out.request_id = std::move(*request.mutable_request_id());

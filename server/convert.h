@@ -2,9 +2,9 @@
 // grpc::Status. The only place that knows both sides.
 #pragma once
 
-#include <chrono>
-
 #include <grpcpp/grpcpp.h>
+
+#include <chrono>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"

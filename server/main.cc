@@ -21,18 +21,22 @@ ABSL_FLAG(int, max_concurrency, 0,
           "commands running at once; 0 means 4 per CPU core. More wait in a queue");
 ABSL_FLAG(int, max_queue, static_cast<int>(kDefaults.max_queue),
           "commands waiting for a slot; past this, requests get RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, max_message_bytes, kDefaults.max_message_bytes, "largest gRPC message received or sent");
+ABSL_FLAG(int, max_message_bytes, kDefaults.max_message_bytes,
+          "largest gRPC message received or sent");
 ABSL_FLAG(absl::Duration, default_timeout, kDefaults.policy.default_timeout,
           "a command's timeout when the request sets none");
-ABSL_FLAG(absl::Duration, max_timeout, kDefaults.policy.max_timeout, "largest timeout a request may ask");
+ABSL_FLAG(absl::Duration, max_timeout, kDefaults.policy.max_timeout,
+          "largest timeout a request may ask");
 ABSL_FLAG(int64_t, default_max_output_bytes, kDefaults.policy.default_max_output_bytes,
           "bytes captured per stream when the request sets no limit");
-ABSL_FLAG(int64_t, max_output_bytes, kDefaults.policy.max_output_bytes, "largest per-stream output limit a request may ask");
+ABSL_FLAG(int64_t, max_output_bytes, kDefaults.policy.max_output_bytes,
+          "largest per-stream output limit a request may ask");
 ABSL_FLAG(absl::Duration, kill_grace, kDefaults.kill_grace,
           "time between SIGTERM and SIGKILL when a command is stopped");
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM, how long running commands may take before they are killed");
-ABSL_FLAG(bool, log_requests, kDefaults.log_requests, "write one logfmt line per request to stderr");
+ABSL_FLAG(bool, log_requests, kDefaults.log_requests,
+          "write one logfmt line per request to stderr");
 
 namespace {
 

@@ -20,19 +20,19 @@ std::string Timestamp(absl::Time now) {
 }  // namespace
 
 std::string RequestLog::Format(const Entry& e, absl::Time now) {
-  std::string line = absl::StrCat("ts=", Timestamp(now), " rpc=", e.rpc,
-                                  " request_id=", Quoted(e.request_id), " peer=", e.peer,
-                                  " argv0=", Quoted(e.argv0));
+  std::string line =
+      absl::StrCat("ts=", Timestamp(now), " rpc=", e.rpc, " request_id=", Quoted(e.request_id),
+                   " peer=", e.peer, " argv0=", Quoted(e.argv0));
   if (e.result != nullptr && e.result->ok()) {
     const core::Result& r = **e.result;
     absl::StrAppend(&line, " status=OK termination=", core::TerminationName(r.termination),
                     " exit=", r.status.code, " signal=", r.status.signal, " pid=", r.pid,
-                    " queued_ms=", Ms(r.queued), " spawn_ms=", Ms(r.spawn),
-                    " run_ms=", Ms(r.run), " total_ms=", Ms(e.total),
-                    " stdout_bytes=", r.stdout_data.size(), " stderr_bytes=", r.stderr_data.size());
+                    " queued_ms=", Ms(r.queued), " spawn_ms=", Ms(r.spawn), " run_ms=", Ms(r.run),
+                    " total_ms=", Ms(e.total), " stdout_bytes=", r.stdout_data.size(),
+                    " stderr_bytes=", r.stderr_data.size());
   } else {
-    absl::Status status = e.result == nullptr ? absl::UnknownError("no result")
-                                              : e.result->status();
+    absl::Status status =
+        e.result == nullptr ? absl::UnknownError("no result") : e.result->status();
     absl::StrAppend(&line, " status=", absl::StatusCodeToString(status.code()),
                     " total_ms=", Ms(e.total), " error=", Quoted(status.message()));
   }

@@ -19,9 +19,9 @@ absl::Status CheckConfig(const ServerConfig& c) {
   }
   const core::RequestPolicy& p = c.policy;
   if (p.default_max_output_bytes < 1 || p.default_max_output_bytes > p.max_output_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--default_max_output_bytes must be between 1 and --max_output_bytes (",
-        p.max_output_bytes, "), got ", p.default_max_output_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default_max_output_bytes must be between 1 and --max_output_bytes (",
+                     p.max_output_bytes, "), got ", p.default_max_output_bytes));
   }
   // A unary response carries both streams; it must fit in one message.
   int64_t worst_response = 2 * p.max_output_bytes + (64 << 10);
@@ -55,8 +55,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);
-  server->service_ =
-      std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_);
+  server->service_ = std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -72,8 +71,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on --listen=", c.listen, " (address in use, or not a valid host:port)"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", c.listen,
+                                               " (address in use, or not a valid host:port)"));
   }
   grpc::HealthCheckServiceInterface* health = server->grpc_server_->GetHealthCheckService();
   health->SetServingStatus(true);
@@ -88,8 +87,8 @@ Server::~Server() { Shutdown(); }
 void Server::Shutdown() {
   if (shut_down_ || grpc_server_ == nullptr) return;
   shut_down_ = true;
-  log_.Event(absl::StrCat("event=draining drain_timeout=",
-                          absl::FormatDuration(config_.drain_timeout)));
+  log_.Event(
+      absl::StrCat("event=draining drain_timeout=", absl::FormatDuration(config_.drain_timeout)));
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   // Refuses new calls, waits for running ones until the deadline, then cancels them: the
   // cancellations reach the engine, which kills those processes.

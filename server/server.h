@@ -2,10 +2,10 @@
 // ServerConfig, and tears them down in reverse order. Thread-safe.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <memory>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"

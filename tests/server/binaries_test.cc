@@ -65,8 +65,8 @@ TEST_F(BinariesTest, FloodOnBothStreamsCompletesAndReportsTruncation) {
 }
 
 TEST_F(BinariesTest, StdinEnvAndStream) {
-  ProcessResult r = Execctl({"run", "--stdin=-", "--env", "WHO=world", "--stream", "--",
-                             "/bin/sh", "-c", "cat; echo \"hello $WHO\" >&2"},
+  ProcessResult r = Execctl({"run", "--stdin=-", "--env", "WHO=world", "--stream", "--", "/bin/sh",
+                             "-c", "cat; echo \"hello $WHO\" >&2"},
                             "piped\n");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "piped\n");
@@ -131,8 +131,9 @@ TEST(ServerShutdown, SigtermLetsRunningCommandsFinishThenExitsZero) {
   unlink(gate.c_str());
   ProcessResult result;
   std::thread client([&] {
-    result = RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh",
-                         "-c", absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done; echo finished")});
+    result =
+        RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh", "-c",
+                    absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done; echo finished")});
   });
   // Wait until the command runs (its sh is a child of execd), then ask execd to stop.
   ASSERT_TRUE(testing::WaitFor([&] { return !testing::ChildrenOf(server.pid()).empty(); },
@@ -155,9 +156,9 @@ TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
   unlink(pid_file.c_str());
   ProcessResult result;
   std::thread client([&] {
-    result = RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh",
-                         "-c", absl::StrCat("echo $$ > ", pid_file, ".tmp; mv ", pid_file,
-                                            ".tmp ", pid_file, "; exec sleep 100")});
+    result = RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sh", "-c",
+                         absl::StrCat("echo $$ > ", pid_file, ".tmp; mv ", pid_file, ".tmp ",
+                                      pid_file, "; exec sleep 100")});
   });
   pid_t pid = 0;
   ASSERT_TRUE(testing::WaitFor(

@@ -118,7 +118,8 @@ TEST_F(ExecutorServiceTest, KilledBySignalReportsSignal) {
 }
 
 TEST_F(ExecutorServiceTest, StdinEnvAndCwdReachTheChild) {
-  v1::ExecuteRequest request = Request({"/bin/sh", "-c", "cat; echo \"$GREETING\"; pwd; env | wc -l"});
+  v1::ExecuteRequest request =
+      Request({"/bin/sh", "-c", "cat; echo \"$GREETING\"; pwd; env | wc -l"});
   request.set_stdin("from stdin\n");
   (*request.mutable_env())["GREETING"] = "hi there";
   request.set_cwd("/tmp");
@@ -154,8 +155,8 @@ TEST_F(ExecutorServiceTest, TimeoutStopsTheCommandPromptly) {
 }
 
 TEST_F(ExecutorServiceTest, FloodOnBothStreamsIsCappedWithoutDeadlock) {
-  v1::ExecuteRequest request = Request(
-      {"/bin/sh", "-c", "head -c 50000000 /dev/zero; head -c 50000000 /dev/zero >&2"});
+  v1::ExecuteRequest request =
+      Request({"/bin/sh", "-c", "head -c 50000000 /dev/zero; head -c 50000000 /dev/zero >&2"});
   v1::ExecuteResponse response;
   ASSERT_TRUE(Execute(request, &response).ok());
   EXPECT_EQ(response.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
@@ -209,14 +210,12 @@ TEST_F(ExecutorServiceTest, BadRequestsGetInvalidArgumentAndServerKeepsServing) 
   const std::vector<BadRequestCase> cases = {
       {"empty argv", [](v1::ExecuteRequest& r) { r.clear_argv(); }, "argv"},
       {"empty argv0", [](v1::ExecuteRequest& r) { r.set_argv(0, ""); }, "argv[0]"},
-      {"NUL in argv", [](v1::ExecuteRequest& r) { r.add_argv(std::string("a\0b", 3)); },
-       "NUL"},
+      {"NUL in argv", [](v1::ExecuteRequest& r) { r.add_argv(std::string("a\0b", 3)); }, "NUL"},
       {"NUL in env value",
        [](v1::ExecuteRequest& r) { (*r.mutable_env())["X"] = std::string("a\0b", 3); }, "NUL"},
       {"= in env name", [](v1::ExecuteRequest& r) { (*r.mutable_env())["A=B"] = "c"; }, "'='"},
       {"empty env name", [](v1::ExecuteRequest& r) { (*r.mutable_env())[""] = "c"; }, "empty"},
-      {"NUL in cwd", [](v1::ExecuteRequest& r) { r.set_cwd(std::string("/tmp\0x", 6)); },
-       "cwd"},
+      {"NUL in cwd", [](v1::ExecuteRequest& r) { r.set_cwd(std::string("/tmp\0x", 6)); }, "cwd"},
       {"relative cwd", [](v1::ExecuteRequest& r) { r.set_cwd("tmp"); }, "absolute"},
       {"negative timeout",
        [](v1::ExecuteRequest& r) { r.mutable_limits()->mutable_timeout()->set_seconds(-1); },

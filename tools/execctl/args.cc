@@ -74,14 +74,16 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
   switch (command) {
     case Args::Command::kRun:
       return {
-          {"stream", false, [&out](const std::string&) {
+          {"stream", false,
+           [&out](const std::string&) {
              out.stream = true;
              return absl::OkStatus();
            }},
           {"timeout", true, [&out](const std::string& v) { return ParseTimeout(v, out); }},
           {"stdin", true, set(out.stdin_path)},
           {"env", true, [&out](const std::string& v) { return ParseEnv(v, out); }},
-          {"inherit_env", true, [&out](const std::string& v) {
+          {"inherit_env", true,
+           [&out](const std::string& v) {
              out.inherit_env.push_back(v);
              return absl::OkStatus();
            }},

@@ -20,7 +20,7 @@ struct Args {
   std::vector<std::pair<std::string, std::string>> env;
   std::vector<std::string> inherit_env;
   std::string cwd;
-  std::string stdin_path;  // "-" for execctl's own stdin.
+  std::string stdin_path;                         // "-" for execctl's own stdin.
   absl::Duration timeout = absl::ZeroDuration();  // Zero: the server default.
   long long max_output_bytes = 0;
   std::string request_id;

@@ -30,7 +30,8 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
 
 int ExitForRpcError(const grpc::Status& status, const std::string& target) {
   std::cerr << "execctl: "
-            << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": " << status.error_message();
+            << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": "
+            << status.error_message();
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
     std::cerr << " (is execd running at " << target << "?)";
   }
@@ -154,8 +155,7 @@ int Health(const Args& args) {
   grpc::health::v1::HealthCheckResponse response;
   grpc::Status status = stub->Check(&context, request, &response);
   if (!status.ok()) return ExitForRpcError(status, args.target);
-  std::cout << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status())
-            << "\n";
+  std::cout << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()) << "\n";
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
