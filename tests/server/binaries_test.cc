@@ -1,13 +1,16 @@
 // The shipped binaries as a user runs them: execd started as a process, execctl and
 // execd-loadtest pointed at it.
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "reflection_client.grpc.pb.h"
 #include "tests/support/subprocess.h"
 
 namespace execd {
@@ -121,6 +124,52 @@ TEST_F(BinariesTest, RequestLogHasOneLinePerRequest) {
   EXPECT_THAT(line, HasSubstr("argv0=\"/bin/sh\""));
   EXPECT_THAT(line, HasSubstr("termination=EXITED exit=7"));
   EXPECT_THAT(line, HasSubstr("total_ms="));
+}
+
+TEST_F(BinariesTest, ReflectionListsTheExecutorAndHealthServices) {
+  auto channel = grpc::CreateChannel(server_.target(), grpc::InsecureChannelCredentials());
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto stream = stub->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("");
+  ASSERT_TRUE(stream->Write(request));
+  // What grpcurl does next: fetch the descriptor of a service to build requests from.
+  request.set_file_containing_symbol("execd.v1.Executor");
+  ASSERT_TRUE(stream->Write(request));
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  std::vector<std::string> services;
+  ASSERT_TRUE(stream->Read(&response));
+  for (const auto& service : response.list_services_response().service()) {
+    services.push_back(service.name());
+  }
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
+  while (stream->Read(&response)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_THAT(services, ::testing::IsSupersetOf({"execd.v1.Executor", "grpc.health.v1.Health"}));
+}
+
+TEST(ServerFlags, FlagfileIsRead) {
+  std::string path = ::testing::TempDir() + "execd_flags_" + std::to_string(getpid());
+  std::ofstream(path) << "--max_concurrency=3\n--kill_grace=50ms\n";
+  ServerProcess server(EXECD_BIN, {"--flagfile=" + path});
+  ASSERT_TRUE(server.ok()) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("max_concurrency=3"));
+  unlink(path.c_str());
+}
+
+TEST(ServerFlags, InconsistentFlagsStopStartUpWithAReason) {
+  ProcessResult r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--max_output_bytes=100000000"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--max_output_bytes"));
+  EXPECT_THAT(r.err, HasSubstr("--max_message_bytes"));
+  r = RunProcess({EXECD_BIN, "--listen=not-an-address"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("cannot listen on --listen=not-an-address"));
 }
 
 TEST(ServerShutdown, SigtermLetsRunningCommandsFinishThenExitsZero) {

@@ -8,9 +8,12 @@ execd_test(executor_service_test
   LIBS server test_support)
 
 # Tests of the shipped binaries, as a user runs them.
+execd_proto_library(reflection_client_proto ${CMAKE_CURRENT_SOURCE_DIR}/protos
+  reflection_client.proto)
+
 execd_test(binaries_test
   SOURCES server/binaries_test.cc
-  LIBS test_support execd_proto gRPC::grpc++)
+  LIBS test_support execd_proto reflection_client_proto gRPC::grpc++)
 target_compile_definitions(binaries_test PRIVATE
   EXECD_BIN="$<TARGET_FILE:execd>"
   EXECCTL_BIN="$<TARGET_FILE:execctl>"
