@@ -45,13 +45,15 @@ ChildProcess::ChildProcess(EventLoop& loop, const Command& command, const Option
       observer_(observer),
       stream_output_(command.stream_output),
       max_output_bytes_(command.limits.max_output_bytes),
-      kill_grace_(options.kill_grace) {}
+      kill_grace_(options.kill_grace),
+      empty_wait_(options.empty_wait),
+      cpu_limit_(command.limits.cpu_time) {}
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loop, ProcessOs& os,
-                                                                  Command& command,
-                                                                  const Options& options,
-                                                                  Observer* observer) {
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+    EventLoop& loop, ProcessOs& os, Command& command, const Options& options,
+    std::unique_ptr<Containment::Group> group, Observer* observer) {
   std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
+  child->group_ = std::move(group);
   UniqueFd stdin_read;
   int child_stdin;
   if (command.stdin_data.empty()) {
@@ -78,7 +80,14 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loo
   spec.stdin_fd = child_stdin;
   spec.stdout_fd = stdout_pipe.second.get();
   spec.stderr_fd = stderr_pipe.second.get();
+  spec.join_fds = &child->group_->join_fds();
+  spec.cpu_seconds = absl::ToInt64Seconds(absl::Ceil(command.limits.cpu_time, absl::Seconds(1)));
+  spec.max_open_files = command.limits.max_open_files;
+  spec.max_file_size_bytes = command.limits.max_file_size_bytes;
+  spec.address_space_bytes = options.address_space_bytes;
+  spec.cpu_affinity = &command.limits.cpu_affinity;
   ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
+  child->group_->Attach(spawned.pid);
   child->exec_done_ = loop.clock().Now();
   child->pid_ = spawned.pid;
   child->pidfd_ = std::move(spawned.pidfd);
@@ -105,11 +114,12 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(EventLoop& loo
 }
 
 ChildProcess::~ChildProcess() {
-  if (timeout_timer_ != 0) loop_.CancelTimer(timeout_timer_);
-  if (kill_timer_ != 0) loop_.CancelTimer(kill_timer_);
+  for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_}) {
+    if (timer != 0) loop_.CancelTimer(timer);
+  }
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &pidfd_}) CloseStream(*fd);
   if (pid_ > 0 && !exited_) {
-    KillGroup(SIGKILL);
+    KillAll();
     while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
     }
   }
@@ -121,19 +131,24 @@ void ChildProcess::KillGroup(int signal) {
   kill(-pid_, signal);
 }
 
+void ChildProcess::KillAll() {
+  KillGroup(SIGKILL);
+  if (group_ != nullptr) group_->KillAll();
+}
+
 void ChildProcess::Terminate(Termination reason) {
   if (exited_ || terminating_) return;
   terminating_ = true;
   result_.termination = reason;
   if (reason == Termination::kOutputLimitExceeded) {
-    KillGroup(SIGKILL);
+    KillAll();
     return;
   }
   KillGroup(SIGTERM);
   KillGroup(SIGCONT);  // A stopped process acts on SIGTERM only once continued.
   kill_timer_ = loop_.AddTimer(loop_.clock().Now() + kill_grace_, [this]() mutable {
     kill_timer_ = 0;
-    KillGroup(SIGKILL);
+    KillAll();
   });
 }
 
@@ -211,7 +226,7 @@ void ChildProcess::WriteStdin() {
 void ChildProcess::OnExited() {
   // Sweep the group first, while the leader is still unreaped so its pid (the group id)
   // cannot be reused: nothing the command started outlives it.
-  KillGroup(SIGKILL);
+  KillAll();
   int status = 0;
   rusage usage{};
   pid_t r;
@@ -225,22 +240,55 @@ void ChildProcess::OnExited() {
   exited_ = true;
   CloseStream(pidfd_);
   CloseStream(stdin_);
-  for (int i = 0; i < 2; ++i) {
-    ReadOutput(i, /*drain=*/true);
-    CloseStream(output_[i]);
+  for (EventLoop::TimerId* timer : {&timeout_timer_, &kill_timer_}) {
+    if (*timer != 0) loop_.CancelTimer(*timer);
+    *timer = 0;
   }
-  if (timeout_timer_ != 0) loop_.CancelTimer(timeout_timer_);
-  if (kill_timer_ != 0) loop_.CancelTimer(kill_timer_);
-  timeout_timer_ = kill_timer_ = 0;
-
   result_.status = ExitStatus::FromWaitStatus(status);
-  if (!terminating_) {
-    result_.termination = result_.status.exited ? Termination::kExited : Termination::kSignaled;
-  }
   result_.usage.user_cpu = FromTimeval(usage.ru_utime);
   result_.usage.system_cpu = FromTimeval(usage.ru_stime);
   result_.usage.max_rss_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   result_.run = loop_.clock().Now() - exec_done_;
+  empty_deadline_ = loop_.clock().Now() + empty_wait_;
+  FinishWhenEmpty(absl::Milliseconds(1));
+}
+
+void ChildProcess::FinishWhenEmpty(absl::Duration backoff) {
+  empty_timer_ = 0;
+  if (group_->Empty() || loop_.clock().Now() >= empty_deadline_) {
+    Finish();
+    return;
+  }
+  // SIGKILL was sent; the kernel needs a moment to tear the processes down.
+  group_->KillAll();
+  empty_timer_ = loop_.AddTimer(loop_.clock().Now() + backoff, [this, backoff]() mutable {
+    FinishWhenEmpty(std::min(backoff * 2, absl::Milliseconds(50)));
+  });
+}
+
+Termination ChildProcess::DecideTermination(const LimitHits& hits) const {
+  if (terminating_) return result_.termination;  // What execd stopped it for.
+  const ExitStatus& s = result_.status;
+  if (hits.memory) return Termination::kMemoryLimitExceeded;
+  if (cpu_limit_ > absl::ZeroDuration() &&
+      (s.signal == SIGXCPU ||
+       (s.signal == SIGKILL && result_.usage.user_cpu + result_.usage.system_cpu >= cpu_limit_))) {
+    return Termination::kCpuTimeLimitExceeded;
+  }
+  if (s.signal == SIGXFSZ) return Termination::kFileSizeLimitExceeded;
+  if (hits.processes && !(s.exited && s.code == 0)) return Termination::kProcessLimitExceeded;
+  return s.exited ? Termination::kExited : Termination::kSignaled;
+}
+
+void ChildProcess::Finish() {
+  // Every process of the command is gone, so no one writes the pipes any more: draining
+  // reads to the end.
+  for (int i = 0; i < 2; ++i) {
+    ReadOutput(i, /*drain=*/true);
+    CloseStream(output_[i]);
+  }
+  result_.termination = DecideTermination(group_->Hits());
+  result_.usage.peak_memory_bytes = group_->PeakMemoryBytes();
   observer_->OnExit(std::move(result_));
 }
 

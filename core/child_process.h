@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/command.h"
+#include "core/containment.h"
 #include "core/event_loop.h"
 #include "core/spawn.h"
 #include "core/unique_fd.h"
@@ -37,13 +38,18 @@ class ChildProcess final : public EventLoop::FdHandler {
     absl::Duration timeout = absl::Seconds(60);
     // Time between SIGTERM and SIGKILL when the child is stopped for a timeout or cancel.
     absl::Duration kill_grace = absl::Milliseconds(500);
+    // RLIMIT_AS for the child, where the containment cannot limit memory (0: none).
+    int64_t address_space_bytes = 0;
+    // How long to wait, after the leader exited and the group was killed, for the rest of
+    // the command's processes to be gone before reporting anyway.
+    absl::Duration empty_wait = absl::Seconds(5);
   };
 
-  // Spawns `command` (its stdin_data is moved out). On error nothing is left running.
-  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(EventLoop& loop, ProcessOs& os,
-                                                             Command& command,
-                                                             const Options& options,
-                                                             Observer* observer);
+  // Spawns `command` (its stdin_data is moved out) inside `group`. On error nothing is left
+  // running.
+  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
+      EventLoop& loop, ProcessOs& os, Command& command, const Options& options,
+      std::unique_ptr<Containment::Group> group, Observer* observer);
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
 
@@ -62,13 +68,21 @@ class ChildProcess final : public EventLoop::FdHandler {
   void WriteStdin();
   void CloseStream(UniqueFd& fd);
   void OnExited();
+  // Reports once every process of the command is gone (or `empty_wait` has passed).
+  void FinishWhenEmpty(absl::Duration backoff);
+  void Finish();
   void KillGroup(int signal);
+  void KillAll();
+  Termination DecideTermination(const LimitHits& hits) const;
 
   EventLoop& loop_;
   Observer* const observer_;
   const bool stream_output_;
   const int64_t max_output_bytes_;
   const absl::Duration kill_grace_;
+  const absl::Duration empty_wait_;
+  const absl::Duration cpu_limit_;
+  std::unique_ptr<Containment::Group> group_;
 
   pid_t pid_ = -1;
   UniqueFd pidfd_;
@@ -80,6 +94,8 @@ class ChildProcess final : public EventLoop::FdHandler {
 
   EventLoop::TimerId timeout_timer_ = 0;
   EventLoop::TimerId kill_timer_ = 0;
+  EventLoop::TimerId empty_timer_ = 0;
+  absl::Time empty_deadline_;
   bool terminating_ = false;
   bool exited_ = false;
   Result result_;

@@ -16,6 +16,14 @@ absl::string_view TerminationName(Termination t) {
       return "OUTPUT_LIMIT_EXCEEDED";
     case Termination::kCancelled:
       return "CANCELLED";
+    case Termination::kMemoryLimitExceeded:
+      return "MEMORY_LIMIT_EXCEEDED";
+    case Termination::kCpuTimeLimitExceeded:
+      return "CPU_TIME_LIMIT_EXCEEDED";
+    case Termination::kFileSizeLimitExceeded:
+      return "FILE_SIZE_LIMIT_EXCEEDED";
+    case Termination::kProcessLimitExceeded:
+      return "PROCESS_LIMIT_EXCEEDED";
   }
   return "UNKNOWN";
 }

@@ -23,12 +23,28 @@ struct CommandRequest {
   std::string stdin_data;
   absl::Duration timeout = absl::ZeroDuration();
   int64_t max_output_bytes = 0;
+  // Resource limits; zero means the server's maximum (itself zero for none).
+  absl::Duration cpu_time = absl::ZeroDuration();
+  int64_t memory_bytes = 0;
+  int64_t max_processes = 0;
+  int64_t max_open_files = 0;
+  int64_t max_file_size_bytes = 0;
+  std::vector<int> cpu_affinity;
+  int priority = -1;                                     // -1: the default priority.
+  absl::Duration max_queue_time = absl::ZeroDuration();  // Zero: until the call's deadline.
   std::string request_id;
 };
 
+// The limits a command runs under, after validation. Zero means "no limit".
 struct Limits {
   absl::Duration timeout = absl::Seconds(60);
   int64_t max_output_bytes = 1 << 20;
+  absl::Duration cpu_time = absl::ZeroDuration();  // Per process (RLIMIT_CPU), whole seconds.
+  int64_t memory_bytes = 0;                        // The whole command (cgroup).
+  int64_t max_processes = 0;                       // The whole command (cgroup pids).
+  int64_t max_open_files = 0;                      // Per process (RLIMIT_NOFILE).
+  int64_t max_file_size_bytes = 0;                 // Per process (RLIMIT_FSIZE).
+  std::vector<int> cpu_affinity;                   // Empty: any CPU.
 };
 
 // A validated, normalised command, ready to spawn.
@@ -44,6 +60,9 @@ struct Command {
   bool stream_output = false;
   // The caller's deadline on the engine clock; the timeout is capped to it.
   absl::Time deadline = absl::InfiniteFuture();
+  // Scheduling: 0 (lowest) .. 2 (highest), and how long it may wait in the queue.
+  int priority = 1;
+  absl::Duration max_queue_time = absl::InfiniteDuration();
 };
 
 enum class Termination {
@@ -52,6 +71,10 @@ enum class Termination {
   kTimedOut,
   kOutputLimitExceeded,
   kCancelled,
+  kMemoryLimitExceeded,
+  kCpuTimeLimitExceeded,
+  kFileSizeLimitExceeded,
+  kProcessLimitExceeded,
 };
 
 absl::string_view TerminationName(Termination t);
@@ -68,7 +91,8 @@ struct ExitStatus {
 struct ResourceUsage {
   absl::Duration user_cpu;
   absl::Duration system_cpu;
-  int64_t max_rss_bytes = 0;
+  int64_t max_rss_bytes = 0;      // Largest single process (rusage).
+  int64_t peak_memory_bytes = 0;  // The whole command, when the cgroup tells; else 0.
 };
 
 enum class OutputStream { kStdout, kStderr };

@@ -2,20 +2,22 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 
 namespace execd::core {
 
 // One command's passage through the engine. Fields marked "loop" are touched only on the
-// loop thread; `state` is guarded by the engine's mutex.
+// loop thread; `state_` is guarded by the engine's mutex.
 class Engine::Execution final : public ChildProcess::Observer {
  public:
   enum class State { kQueued, kAdmitted, kDone };
 
-  Execution(Engine& engine, Command command, Engine::Observer* observer)
-      : engine_(engine), command_(std::move(command)), observer_(observer) {}
+  Execution(Engine& engine, Id id, Command command, Engine::Observer* observer)
+      : engine_(engine), id_(id), command_(std::move(command)), observer_(observer) {}
 
   void OnOutput(OutputStream stream, absl::string_view data) override {
     observer_->OnOutput(stream, data);
@@ -27,12 +29,13 @@ class Engine::Execution final : public ChildProcess::Observer {
   }
 
   Engine& engine_;
+  const Id id_;
   Command command_;
   Engine::Observer* observer_;
   absl::Time submitted_;
-  absl::Time admitted_;    // loop
-  absl::Time spawn_done_;  // loop
-  State state_ = State::kQueued;
+  absl::Time admitted_;                  // loop
+  absl::Time spawn_done_;                // loop
+  State state_ = State::kQueued;         // Guarded by engine.mu_.
   bool cancel_requested_ = false;        // loop
   std::unique_ptr<ChildProcess> child_;  // loop
 };
@@ -43,37 +46,123 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
         absl::StrCat("max_concurrency must be at least 1, got ", options.max_concurrency));
   }
   EnsureStandardDescriptorsOpen();
+  RaiseDescriptorLimit();
+  auto containment = Containment::Create(options.containment);
+  if (!containment.ok()) return containment.status();
   auto loop = EventLoop::Start(*options.clock);
   if (!loop.ok()) return loop.status();
-  return std::unique_ptr<Engine>(new Engine(options, *std::move(loop)));
+  return std::unique_ptr<Engine>(new Engine(options, *std::move(loop), *std::move(containment)));
 }
 
-Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop)
-    : options_(options), loop_(std::move(loop)), limit_(options.max_concurrency) {}
+Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
+               std::unique_ptr<Containment> containment)
+    : options_(options),
+      loop_(std::move(loop)),
+      containment_(std::move(containment)),
+      scheduler_(options.max_concurrency, options.max_queue) {}
 
 Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
 
+absl::Status Engine::CheckEnforceable(const Command& command) const {
+  if (command.limits.max_processes > 0 && !containment_->limits_processes()) {
+    return absl::FailedPreconditionError(
+        "limits.max_processes cannot be enforced on this server (no pids cgroup); leave it "
+        "unset or run execd where it can create cgroups");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Overloaded() const {
+  // The time for the queue ahead to drain, roughly: how long a retry should wait.
+  absl::Duration wait = mean_run_ * static_cast<double>(scheduler_.queued() + 1) /
+                        static_cast<double>(scheduler_.limit());
+  int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(wait), 10, 60'000);
+  absl::Status status = absl::ResourceExhaustedError(
+      absl::StrCat("the server is at capacity: ", scheduler_.running(), " commands running and ",
+                   scheduler_.queued(), " queued (the queue limit); retry after ", ms, " ms"));
+  status.SetPayload(kRetryPushbackPayload, absl::Cord(absl::StrCat(ms)));
+  return status;
+}
+
 absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command command,
                                                                   Observer* observer) {
-  auto execution = std::make_shared<Execution>(*this, std::move(command), observer);
-  execution->submitted_ = options_.clock->Now();
-  absl::MutexLock lock(&mu_);
-  if (draining_) {
-    return absl::UnavailableError("the server is shutting down; retry on another replica");
+  if (absl::Status s = CheckEnforceable(command); !s.ok()) return s;
+  const absl::Time now = options_.clock->Now();
+  if (command.deadline <= now) {
+    return absl::DeadlineExceededError("the call's deadline had passed before it was queued");
   }
-  if (running_ < limit_) {
-    ++running_;
-    execution->state_ = Execution::State::kAdmitted;
-    loop_->Post([this, execution]() mutable { StartOnLoop(std::move(execution)); });
-  } else if (queue_.size() < options_.max_queue) {
-    queue_.push_back(execution);
-  } else {
-    return absl::ResourceExhaustedError(absl::StrCat("the server is at capacity: ", running_,
-                                                     " commands running and ", queue_.size(),
-                                                     " queued (the queue limit); retry later"));
+  absl::Time expiry = std::min(command.deadline, now + command.max_queue_time);
+  int priority = command.priority;
+  std::shared_ptr<Execution> displaced;
+  std::shared_ptr<Execution> execution;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_) {
+      return absl::UnavailableError("the server is shutting down; retry on another replica");
+    }
+    Id id = next_id_++;
+    Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry);
+    if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
+    execution = std::make_shared<Execution>(*this, id, std::move(command), observer);
+    execution->submitted_ = now;
+    live_.emplace(id, execution);
+    if (admission.kind == Scheduler::Admission::Kind::kRunNow) {
+      execution->state_ = Execution::State::kAdmitted;
+      loop_->Post([this, execution]() mutable { StartOnLoop(std::move(execution)); });
+    } else {
+      ArmExpiryLocked();
+    }
+    if (admission.displaced.has_value()) {
+      auto it = live_.find(*admission.displaced);
+      displaced = std::move(it->second);
+      live_.erase(it);
+      displaced->state_ = Execution::State::kDone;
+    }
   }
-  live_.emplace(execution.get(), execution);
+  if (displaced != nullptr) {
+    displaced->observer_->OnFinished(absl::ResourceExhaustedError(
+        "shed from a full queue for a higher-priority request; retry later"));
+  }
   return execution;
+}
+
+void Engine::ArmExpiryLocked() {
+  absl::Time next = scheduler_.NextExpiry();
+  if (next >= armed_expiry_) return;  // The armed timer fires first and re-arms.
+  armed_expiry_ = next;
+  loop_->Post([this, next]() mutable {
+    if (expiry_timer_ != 0) loop_->CancelTimer(expiry_timer_);
+    expiry_timer_ = loop_->AddTimer(next, [this]() mutable {
+      expiry_timer_ = 0;
+      ExpireQueued();
+    });
+  });
+}
+
+void Engine::ExpireQueued() {
+  std::vector<std::shared_ptr<Execution>> expired;
+  {
+    absl::MutexLock lock(&mu_);
+    armed_expiry_ = absl::InfiniteFuture();
+    for (Id id : scheduler_.TakeExpired(options_.clock->Now())) {
+      auto it = live_.find(id);
+      it->second->state_ = Execution::State::kDone;
+      expired.push_back(std::move(it->second));
+      live_.erase(it);
+    }
+    ArmExpiryLocked();
+  }
+  for (auto& e : expired) {
+    absl::Duration waited = options_.clock->Now() - e->submitted_;
+    bool by_deadline = e->command_.deadline <= options_.clock->Now();
+    e->observer_->OnFinished(absl::DeadlineExceededError(absl::StrCat(
+        "dropped after ", absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1))),
+        " in the queue: ",
+        by_deadline ? "the call's deadline passed"
+                    : absl::StrCat("max_queue_time ",
+                                   absl::FormatDuration(e->command_.max_queue_time), " passed"),
+        " before a slot was free")));
+  }
 }
 
 void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
@@ -91,13 +180,25 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   ChildProcess::Options child_options;
   child_options.timeout = std::min(e.command_.limits.timeout, left);
   child_options.kill_grace = options_.kill_grace;
-  auto child = ChildProcess::Start(*loop_, *options_.os, e.command_, child_options, &e);
+  if (!containment_->limits_memory()) {
+    child_options.address_space_bytes = e.command_.limits.memory_bytes;
+  }
+  absl::StatusOr<std::unique_ptr<ChildProcess>> child;
+  auto group =
+      containment_->NewGroup(e.command_.limits.memory_bytes, e.command_.limits.max_processes);
+  if (group.ok()) {
+    child =
+        ChildProcess::Start(*loop_, *options_.os, e.command_, child_options, *std::move(group), &e);
+  } else {
+    child = group.status();
+  }
   e.spawn_done_ = options_.clock->Now();
   if (!child.ok()) {
     Finish(e, child.status());
     return;
   }
   e.child_ = *std::move(child);
+  leaders_.insert(e.child_->pid());
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
 }
 
@@ -105,16 +206,21 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   std::shared_ptr<Execution> keep;
   {
     absl::MutexLock lock(&mu_);
-    auto it = live_.find(&execution);
+    auto it = live_.find(execution.id_);
     if (it == live_.end()) return;
     keep = std::move(it->second);
     live_.erase(it);
     bool was_admitted = execution.state_ == Execution::State::kAdmitted;
     execution.state_ = Execution::State::kDone;
     if (was_admitted) {
-      --running_;
-      AdmitQueuedLocked();
+      if (result.ok()) mean_run_ = (mean_run_ * 7 + result->run) / 8;
+      scheduler_.Release();
+      StartRunnableLocked();
     }
+  }
+  if (execution.child_ != nullptr) {
+    leaders_.erase(execution.child_->pid());
+    containment_->SweepOrphans(leaders_);
   }
   execution.observer_->OnFinished(std::move(result));
   // The child is destroyed outside its own callback.
@@ -123,11 +229,9 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   }
 }
 
-void Engine::AdmitQueuedLocked() {
-  while (running_ < limit_ && !queue_.empty()) {
-    std::shared_ptr<Execution> next = std::move(queue_.front());
-    queue_.pop_front();
-    ++running_;
+void Engine::StartRunnableLocked() {
+  for (Id id : scheduler_.TakeRunnable()) {
+    std::shared_ptr<Execution> next = live_.at(id);
     next->state_ = Execution::State::kAdmitted;
     loop_->Post([this, next = std::move(next)]() mutable { StartOnLoop(std::move(next)); });
   }
@@ -147,16 +251,15 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
       });
       return;
     }
-    auto it = std::find(queue_.begin(), queue_.end(), execution);
-    if (it != queue_.end()) queue_.erase(it);
+    scheduler_.Remove(execution->id_);
   }
   Finish(*execution, absl::CancelledError("cancelled while queued"));
 }
 
 void Engine::SetConcurrencyLimit(int limit) {
   absl::MutexLock lock(&mu_);
-  limit_ = std::max(1, limit);
-  AdmitQueuedLocked();
+  scheduler_.SetLimit(limit);
+  StartRunnableLocked();
 }
 
 void Engine::Shutdown(absl::Duration drain) {
@@ -166,7 +269,7 @@ void Engine::Shutdown(absl::Duration drain) {
     draining_ = true;
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_.empty(); };
     mu_.AwaitWithTimeout(absl::Condition(&idle), drain);
-    for (auto& [ptr, execution] : live_) rest.push_back(execution);
+    for (auto& [id, execution] : live_) rest.push_back(execution);
   }
   for (auto& execution : rest) Cancel(execution);
   {
@@ -182,7 +285,7 @@ void Engine::Shutdown(absl::Duration drain) {
 
 Engine::Stats Engine::stats() const {
   absl::MutexLock lock(&mu_);
-  return Stats{running_, queue_.size(), limit_};
+  return Stats{scheduler_.running(), scheduler_.queued(), scheduler_.limit()};
 }
 
 }  // namespace execd::core

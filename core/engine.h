@@ -1,5 +1,6 @@
-// Engine: the core's front door. It admits commands under a concurrency limit (a bounded FIFO
-// queue behind it), runs them on an event loop, and reports each one's life to an Observer.
+// Engine: the core's front door. It admits commands through the Scheduler (a concurrency
+// limit, a priority queue with expiry, load shedding), runs each inside its own Containment
+// group on an event loop, and reports each one's life to an Observer.
 //
 // Thread-safety: all public methods may be called from any thread. Observer callbacks run
 // on the engine's loop thread, except OnFinished for a request cancelled while queued,
@@ -9,10 +10,11 @@
 #include <sys/types.h>
 
 #include <cstddef>
-#include <deque>
 #include <memory>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -20,10 +22,16 @@
 #include "core/child_process.h"
 #include "core/clock.h"
 #include "core/command.h"
+#include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/scheduler.h"
 #include "core/spawn.h"
 
 namespace execd::core {
+
+// The status payload that carries a retry delay on RESOURCE_EXHAUSTED, in milliseconds as
+// decimal text; the server turns it into `grpc-retry-pushback-ms`.
+inline constexpr absl::string_view kRetryPushbackPayload = "execd.retry_pushback_ms";
 
 class Engine {
  public:
@@ -31,6 +39,7 @@ class Engine {
     int max_concurrency = 8;
     size_t max_queue = 1024;
     absl::Duration kill_grace = absl::Milliseconds(500);
+    Containment::Mode containment = Containment::Mode::kAuto;
     ProcessOs* os = &SystemProcessOs();
     const Clock* clock = &MonotonicClock::Get();
   };
@@ -47,7 +56,7 @@ class Engine {
       (void)data;
     }
     // Exactly once, last: the result, or why the command never started (spawn error,
-    // cancelled or deadline passed while queued, server shutting down).
+    // cancelled, expired or shed while queued, server shutting down).
     virtual void OnFinished(absl::StatusOr<Result> result) = 0;
   };
 
@@ -58,8 +67,10 @@ class Engine {
   ~Engine();
 
   // Queues `command`. Rejects at once (the observer is not called) with RESOURCE_EXHAUSTED
-  // when the queue is full and UNAVAILABLE while draining. `observer` must stay alive until
-  // its OnFinished.
+  // (and a retry pushback payload) when the queue is full, DEADLINE_EXCEEDED when its
+  // deadline has already passed, FAILED_PRECONDITION when it asks for a limit this host
+  // cannot enforce, and UNAVAILABLE while draining. `observer` must stay alive until its
+  // OnFinished.
   absl::StatusOr<std::shared_ptr<Execution>> Submit(Command command, Observer* observer);
   // Stops the execution: a queued one finishes with CANCELLED, a running one is terminated.
   void Cancel(const std::shared_ptr<Execution>& execution);
@@ -76,22 +87,38 @@ class Engine {
   };
   Stats stats() const;
   const Clock& clock() const { return *options_.clock; }
+  const Containment& containment() const { return *containment_; }
 
  private:
-  Engine(const Options& options, std::unique_ptr<EventLoop> loop);
+  using Id = Scheduler::Id;
+  Engine(const Options& options, std::unique_ptr<EventLoop> loop,
+         std::unique_ptr<Containment> containment);
   void StartOnLoop(std::shared_ptr<Execution> execution);
   void Finish(Execution& execution, absl::StatusOr<Result> result);
-  void AdmitQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Posts StartOnLoop for every entry the scheduler lets run now.
+  void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // (Re)arms the loop timer for the scheduler's next queue expiry.
+  void ArmExpiryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireQueued();
+  absl::Status Overloaded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckEnforceable(const Command& command) const;
 
   const Options options_;
   std::unique_ptr<EventLoop> loop_;
+  std::unique_ptr<Containment> containment_;
 
   mutable absl::Mutex mu_;
-  int limit_ ABSL_GUARDED_BY(mu_);
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<std::shared_ptr<Execution>> queue_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<Execution*, std::shared_ptr<Execution>> live_ ABSL_GUARDED_BY(mu_);
+  Id next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<Id, std::shared_ptr<Execution>> live_ ABSL_GUARDED_BY(mu_);
+  absl::Time armed_expiry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Mean run time of recent commands, for the retry pushback estimate.
+  absl::Duration mean_run_ ABSL_GUARDED_BY(mu_) = absl::Milliseconds(100);
+
+  // Loop thread only.
+  EventLoop::TimerId expiry_timer_ = 0;
+  absl::flat_hash_set<pid_t> leaders_;
 };
 
 }  // namespace execd::core

@@ -4,12 +4,14 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
@@ -23,7 +25,20 @@ namespace {
 
 // What the child failed at, reported through memory it shares with the parent (CLONE_VM)
 // while the parent is suspended (CLONE_VFORK).
-enum class ChildStep { kNone, kParentGone, kDup, kChdir, kCloseRange, kExec };
+enum class ChildStep {
+  kNone,
+  kParentGone,
+  kJoinCgroup,
+  kLimits,
+  kAffinity,
+  kDup,
+  kChdir,
+  kCloseRange,
+  kExec
+};
+
+// RLIMIT_NOFILE as execd started, restored in children (RaiseDescriptorLimit raises ours).
+rlimit g_original_nofile = {0, 0};
 
 struct ChildArgs {
   const char* path;
@@ -31,6 +46,13 @@ struct ChildArgs {
   char* const* envp;
   const char* cwd;  // Null: inherit.
   int fds[3];
+  const int* join_fds;
+  size_t join_count;
+  // Resource limits to set, each with its resource id; count of them in `limit_count`.
+  int limit_resources[4];
+  rlimit limits[4];
+  int limit_count;
+  const cpu_set_t* affinity;  // Null: inherit.
   pid_t parent_pid;
   ChildStep failed_step;
   int error;
@@ -65,6 +87,19 @@ int ChildMain(void* raw) {
     errno = ESRCH;
     ChildFail(args, ChildStep::kParentGone);
   }
+  // Join the command's cgroups first, so everything after is accounted and limited.
+  for (size_t i = 0; i < args->join_count; ++i) {
+    if (write(args->join_fds[i], "0", 1) != 1) ChildFail(args, ChildStep::kJoinCgroup);
+  }
+  for (int i = 0; i < args->limit_count; ++i) {
+    if (setrlimit(static_cast<__rlimit_resource>(args->limit_resources[i]), &args->limits[i]) !=
+        0) {
+      ChildFail(args, ChildStep::kLimits);
+    }
+  }
+  if (args->affinity != nullptr && sched_setaffinity(0, sizeof(cpu_set_t), args->affinity) != 0) {
+    ChildFail(args, ChildStep::kAffinity);
+  }
   for (int i = 0; i < 3; ++i) {
     if (dup2(args->fds[i], i) < 0) ChildFail(args, ChildStep::kDup);
   }
@@ -97,6 +132,13 @@ absl::Status ChildFailureStatus(const ChildArgs& args, const SpawnSpec& spec) {
         default:
           return ErrnoToStatus(args.error, absl::StrCat("execve \"", path, "\""));
       }
+    case ChildStep::kJoinCgroup:
+      return ErrnoToStatus(args.error, "joining the command's cgroup");
+    case ChildStep::kLimits:
+      return ErrnoToStatus(args.error, "setrlimit in child");
+    case ChildStep::kAffinity:
+      return absl::InvalidArgumentError(
+          absl::StrCat("limits.cpu_affinity cannot be applied: ", strerror(args.error)));
     case ChildStep::kDup:
       return ErrnoToStatus(args.error, "dup2 in child");
     case ChildStep::kCloseRange:
@@ -144,6 +186,35 @@ class SystemOs final : public ProcessOs {
     args.fds[2] = spec.stderr_fd;
     args.parent_pid = getpid();
     args.failed_step = ChildStep::kNone;
+    if (spec.join_fds != nullptr) {
+      args.join_fds = spec.join_fds->data();
+      args.join_count = spec.join_fds->size();
+    }
+    auto add_limit = [&args](int resource, rlim_t soft, rlim_t hard) {
+      args.limit_resources[args.limit_count] = resource;
+      args.limits[args.limit_count++] = rlimit{soft, hard};
+    };
+    if (spec.cpu_seconds > 0) {
+      // SIGXCPU at the limit; SIGKILL one second later if the process ignores it.
+      add_limit(RLIMIT_CPU, spec.cpu_seconds, spec.cpu_seconds + 1);
+    }
+    if (spec.max_open_files > 0) {
+      add_limit(RLIMIT_NOFILE, spec.max_open_files, spec.max_open_files);
+    } else if (g_original_nofile.rlim_cur != 0) {
+      add_limit(RLIMIT_NOFILE, g_original_nofile.rlim_cur, g_original_nofile.rlim_max);
+    }
+    if (spec.max_file_size_bytes > 0) {
+      add_limit(RLIMIT_FSIZE, spec.max_file_size_bytes, spec.max_file_size_bytes);
+    }
+    if (spec.address_space_bytes > 0) {
+      add_limit(RLIMIT_AS, spec.address_space_bytes, spec.address_space_bytes);
+    }
+    cpu_set_t affinity;
+    if (spec.cpu_affinity != nullptr && !spec.cpu_affinity->empty()) {
+      CPU_ZERO(&affinity);
+      for (int cpu : *spec.cpu_affinity) CPU_SET(cpu, &affinity);
+      args.affinity = &affinity;
+    }
 
     sigset_t all, old;
     sigfillset(&all);
@@ -170,6 +241,17 @@ class SystemOs final : public ProcessOs {
 ProcessOs& SystemProcessOs() {
   static SystemOs os;
   return os;
+}
+
+void RaiseDescriptorLimit() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+    g_original_nofile = limit;
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  });
 }
 
 void EnsureStandardDescriptorsOpen() {

@@ -23,6 +23,15 @@ struct SpawnSpec {
   int stdin_fd = -1;
   int stdout_fd = -1;
   int stderr_fd = -1;
+  // Descriptors the child writes "0" to before exec: cgroup.procs files to join.
+  const std::vector<int>* join_fds = nullptr;
+  // Per-process limits set in the child (0: leave as inherited, except RLIMIT_NOFILE, which
+  // is reset to the soft limit execd started with).
+  int64_t cpu_seconds = 0;
+  int64_t max_open_files = 0;
+  int64_t max_file_size_bytes = 0;
+  int64_t address_space_bytes = 0;  // RLIMIT_AS: memory fallback where no cgroup can.
+  const std::vector<int>* cpu_affinity = nullptr;
 };
 
 struct SpawnedProcess {
@@ -47,5 +56,9 @@ ProcessOs& SystemProcessOs();
 // Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), so no pipe the engine
 // creates can land on them. Call once at start-up.
 void EnsureStandardDescriptorsOpen();
+
+// Raises this process's soft descriptor limit to its hard limit, so thousands of children
+// (three descriptors each) fit; children get the original soft limit back. Idempotent.
+void RaiseDescriptorLimit();
 
 }  // namespace execd::core

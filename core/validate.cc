@@ -1,5 +1,6 @@
 #include "core/validate.h"
 
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "core/status_macros.h"
 
@@ -92,10 +94,76 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path) 
   return absl::OkStatus();
 }
 
+// Applies a server maximum to one limit: unset (zero) takes the maximum; negative or over the
+// maximum is rejected naming the flag to change.
+absl::StatusOr<int64_t> ClampLimit(absl::string_view field, int64_t requested, int64_t maximum,
+                                   absl::string_view flag) {
+  if (requested < 0) return InvalidArgument(field, absl::StrCat(requested, " is negative"));
+  if (maximum > 0 && requested > maximum) {
+    return InvalidArgument(field, absl::StrCat(requested, " exceeds the server maximum of ",
+                                               maximum, " (", flag, ")"));
+  }
+  return requested == 0 ? maximum : requested;
+}
+
+absl::Status ApplyResourceLimits(const CommandRequest& r, const RequestPolicy& policy,
+                                 Limits* limits) {
+  ASSIGN_OR_RETURN(limits->memory_bytes, ClampLimit("limits.memory_bytes", r.memory_bytes,
+                                                    policy.max_memory_bytes, "--max_memory_bytes"));
+  ASSIGN_OR_RETURN(limits->max_processes, ClampLimit("limits.max_processes", r.max_processes,
+                                                     policy.max_processes, "--max_processes"));
+  ASSIGN_OR_RETURN(limits->max_open_files, ClampLimit("limits.max_open_files", r.max_open_files,
+                                                      policy.max_open_files, "--max_open_files"));
+  ASSIGN_OR_RETURN(limits->max_file_size_bytes,
+                   ClampLimit("limits.max_file_size_bytes", r.max_file_size_bytes,
+                              policy.max_file_size_bytes, "--max_file_size_bytes"));
+  if (r.cpu_time < absl::ZeroDuration()) {
+    return InvalidArgument("limits.cpu_time",
+                           absl::StrCat(absl::FormatDuration(r.cpu_time), " is negative"));
+  }
+  if (policy.max_cpu_time > absl::ZeroDuration() && r.cpu_time > policy.max_cpu_time) {
+    return InvalidArgument(
+        "limits.cpu_time",
+        absl::StrCat(absl::FormatDuration(r.cpu_time), " exceeds the server maximum of ",
+                     absl::FormatDuration(policy.max_cpu_time), " (--max_cpu_time)"));
+  }
+  limits->cpu_time = r.cpu_time == absl::ZeroDuration() ? policy.max_cpu_time : r.cpu_time;
+  if (limits->memory_bytes > 0 && limits->memory_bytes < (1 << 20)) {
+    return InvalidArgument("limits.memory_bytes",
+                           absl::StrCat(limits->memory_bytes,
+                                        " is too small to start a program; give at least 1 MiB"));
+  }
+  if (limits->max_open_files > 0 && limits->max_open_files < 3) {
+    return InvalidArgument("limits.max_open_files",
+                           absl::StrCat(limits->max_open_files,
+                                        " leaves no room for stdin, stdout and stderr; give "
+                                        "at least 3"));
+  }
+  for (int cpu : r.cpu_affinity) {
+    bool allowed = policy.allowed_cpus.empty()
+                       ? cpu >= 0 && cpu < CPU_SETSIZE
+                       : std::find(policy.allowed_cpus.begin(), policy.allowed_cpus.end(), cpu) !=
+                             policy.allowed_cpus.end();
+    if (!allowed) {
+      return InvalidArgument("limits.cpu_affinity",
+                             absl::StrCat("names CPU ", cpu, ", which this server may not use (",
+                                          absl::StrJoin(policy.allowed_cpus, ","), ")"));
+    }
+  }
+  limits->cpu_affinity = r.cpu_affinity;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 RequestPolicy RequestPolicy::FromProcessEnvironment() {
   RequestPolicy policy;
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &cpus)) policy.allowed_cpus.push_back(cpu);
+    }
+  }
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     absl::string_view entry(*e);
     size_t eq = entry.find('=');
@@ -188,6 +256,22 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
   }
   cmd.limits.max_output_bytes =
       request.max_output_bytes == 0 ? policy.default_max_output_bytes : request.max_output_bytes;
+  RETURN_IF_ERROR(ApplyResourceLimits(request, policy, &cmd.limits));
+  if (request.priority == -1) {
+    cmd.priority = 1;
+  } else if (request.priority < 0 || request.priority > 2) {
+    return InvalidArgument("priority",
+                           absl::StrCat(request.priority, " is not one of LOW, NORMAL or HIGH"));
+  } else {
+    cmd.priority = request.priority;
+  }
+  if (request.max_queue_time < absl::ZeroDuration()) {
+    return InvalidArgument(
+        "max_queue_time",
+        absl::StrCat(absl::FormatDuration(request.max_queue_time), " is negative"));
+  }
+  cmd.max_queue_time = request.max_queue_time == absl::ZeroDuration() ? absl::InfiniteDuration()
+                                                                      : request.max_queue_time;
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
   auto path_it = policy.server_env.find("PATH");

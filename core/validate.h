@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -22,10 +23,19 @@ struct RequestPolicy {
   int64_t max_argv_env_bytes = 1 << 20;
   int64_t max_stdin_bytes = 256 << 20;
   size_t max_request_id_bytes = 128;
+  // Server maximums of the resource limits; zero means no maximum. A request that leaves a
+  // limit unset gets the maximum; one that asks for more is rejected.
+  absl::Duration max_cpu_time = absl::ZeroDuration();
+  int64_t max_memory_bytes = 0;
+  int64_t max_processes = 0;
+  int64_t max_open_files = 0;
+  int64_t max_file_size_bytes = 0;
+  // CPUs a request may pin to (the server's own affinity); empty means any.
+  std::vector<int> allowed_cpus;
   // The server's own environment, for `inherit_env` and PATH lookup; snapshot at start-up.
   absl::flat_hash_map<std::string, std::string> server_env;
 
-  // A policy over this process's environment (environ read once).
+  // A policy over this process's environment (environ read once) and CPU affinity.
   static RequestPolicy FromProcessEnvironment();
 };
 

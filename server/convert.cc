@@ -17,9 +17,20 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
   out.stdin_data = std::move(*request.mutable_stdin());
   out.request_id = std::move(*request.mutable_request_id());
   if (request.has_limits()) {
-    out.timeout = DurationFromProto(request.limits().timeout());
-    out.max_output_bytes = request.limits().max_output_bytes();
+    const v1::Limits& limits = request.limits();
+    out.timeout = DurationFromProto(limits.timeout());
+    out.max_output_bytes = limits.max_output_bytes();
+    out.cpu_time = DurationFromProto(limits.cpu_time());
+    out.memory_bytes = limits.memory_bytes();
+    out.max_processes = limits.max_processes();
+    out.max_open_files = limits.max_open_files();
+    out.max_file_size_bytes = limits.max_file_size_bytes();
+    out.cpu_affinity.assign(limits.cpu_affinity().begin(), limits.cpu_affinity().end());
   }
+  // The proto's enum starts at UNSPECIFIED; core counts priorities from 0 (lowest). Unknown
+  // enum values pass through out of range, for validation to reject.
+  out.priority = request.priority() == v1::PRIORITY_UNSPECIFIED ? -1 : request.priority() - 1;
+  out.max_queue_time = DurationFromProto(request.max_queue_time());
   return out;
 }
 
@@ -37,6 +48,14 @@ v1::Termination TerminationToProto(core::Termination t) {
       return v1::OUTPUT_LIMIT_EXCEEDED;
     case core::Termination::kCancelled:
       return v1::CANCELLED;
+    case core::Termination::kMemoryLimitExceeded:
+      return v1::MEMORY_LIMIT_EXCEEDED;
+    case core::Termination::kCpuTimeLimitExceeded:
+      return v1::CPU_TIME_LIMIT_EXCEEDED;
+    case core::Termination::kFileSizeLimitExceeded:
+      return v1::FILE_SIZE_LIMIT_EXCEEDED;
+    case core::Termination::kProcessLimitExceeded:
+      return v1::PROCESS_LIMIT_EXCEEDED;
   }
   return v1::TERMINATION_UNSPECIFIED;
 }
@@ -58,6 +77,7 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   DurationToProto(result.usage.user_cpu, usage->mutable_user_cpu());
   DurationToProto(result.usage.system_cpu, usage->mutable_system_cpu());
   usage->set_max_rss_bytes(result.usage.max_rss_bytes);
+  usage->set_peak_memory_bytes(result.usage.peak_memory_bytes);
 }
 
 void DurationToProto(absl::Duration d, google::protobuf::Duration* out) {

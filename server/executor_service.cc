@@ -53,6 +53,15 @@ class CallBase : public core::Engine::Observer {
     if (execution != nullptr) service_.engine().Cancel(execution);
   }
 
+  // The call's final status; a retry delay the engine attached becomes the standard
+  // `grpc-retry-pushback-ms` trailer, which gRPC's retry policy honours.
+  grpc::Status CallStatus(const absl::Status& status) {
+    if (auto pushback = status.GetPayload(core::kRetryPushbackPayload)) {
+      context_->AddTrailingMetadata("grpc-retry-pushback-ms", std::string(*pushback));
+    }
+    return ToGrpcStatus(status);
+  }
+
   void Log(const absl::StatusOr<core::Result>& result) {
     RequestLog::Entry entry;
     entry.rpc = rpc_;
@@ -97,7 +106,7 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
       ResultToProto(*result, response_);
       DurationToProto(absl::Now() - received_, response_->mutable_timings()->mutable_total());
     } else {
-      status_ = ToGrpcStatus(result.status());
+      status_ = CallStatus(result.status());
     }
     Log(result);
     if (result.ok()) {
@@ -163,7 +172,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     }
     {
       absl::MutexLock lock(&mu_);
-      final_status_ = ok ? grpc::Status::OK : ToGrpcStatus(result.status());
+      final_status_ = ok ? grpc::Status::OK : CallStatus(result.status());
       engine_done_ = true;
     }
     Pump();

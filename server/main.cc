@@ -10,6 +10,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/server.h"
 
@@ -35,13 +36,38 @@ ABSL_FLAG(absl::Duration, kill_grace, kDefaults.kill_grace,
           "time between SIGTERM and SIGKILL when a command is stopped");
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM, how long running commands may take before they are killed");
+ABSL_FLAG(absl::Duration, max_cpu_time, kDefaults.policy.max_cpu_time,
+          "largest limits.cpu_time a request may ask; also the default. 0: no maximum");
+ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.policy.max_memory_bytes,
+          "largest limits.memory_bytes a request may ask; also the default. 0: no maximum");
+ABSL_FLAG(int64_t, max_processes, kDefaults.policy.max_processes,
+          "largest limits.max_processes a request may ask; also the default. 0: no maximum");
+ABSL_FLAG(int64_t, max_open_files, kDefaults.policy.max_open_files,
+          "largest limits.max_open_files a request may ask; also the default. 0: no maximum");
+ABSL_FLAG(int64_t, max_file_size_bytes, kDefaults.policy.max_file_size_bytes,
+          "largest limits.max_file_size_bytes a request may ask; also the default. 0: none");
+ABSL_FLAG(std::string, containment, "auto",
+          "how a command's processes are held and killed together: auto (the strongest "
+          "available), cgroup, or process-group");
 ABSL_FLAG(bool, log_requests, kDefaults.log_requests,
           "write one logfmt line per request to stderr");
 
 namespace {
 
-execd::server::ServerConfig ConfigFromFlags() {
+absl::StatusOr<execd::core::Containment::Mode> ContainmentFromFlag(const std::string& name) {
+  using Mode = execd::core::Containment::Mode;
+  if (name == "auto") return Mode::kAuto;
+  if (name == "cgroup") return Mode::kCgroup;
+  if (name == "process-group") return Mode::kProcessGroup;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--containment must be auto, cgroup or process-group, got \"", name, "\""));
+}
+
+absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   execd::server::ServerConfig c;
+  auto containment = ContainmentFromFlag(absl::GetFlag(FLAGS_containment));
+  if (!containment.ok()) return containment.status();
+  c.containment = *containment;
   c.listen = absl::GetFlag(FLAGS_listen);
   c.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
   if (c.max_concurrency == 0) {
@@ -57,6 +83,11 @@ execd::server::ServerConfig ConfigFromFlags() {
   c.policy.max_timeout = absl::GetFlag(FLAGS_max_timeout);
   c.policy.default_max_output_bytes = absl::GetFlag(FLAGS_default_max_output_bytes);
   c.policy.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
+  c.policy.max_cpu_time = absl::GetFlag(FLAGS_max_cpu_time);
+  c.policy.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
+  c.policy.max_processes = absl::GetFlag(FLAGS_max_processes);
+  c.policy.max_open_files = absl::GetFlag(FLAGS_max_open_files);
+  c.policy.max_file_size_bytes = absl::GetFlag(FLAGS_max_file_size_bytes);
   return c;
 }
 
@@ -77,7 +108,12 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // A child closing its stdin early must not kill the server.
 
-  auto server = execd::server::Server::Start(ConfigFromFlags());
+  absl::StatusOr<std::unique_ptr<execd::server::Server>> server = [] {
+    auto config = ConfigFromFlags();
+    if (!config.ok())
+      return absl::StatusOr<std::unique_ptr<execd::server::Server>>(config.status());
+    return execd::server::Server::Start(*std::move(config));
+  }();
   if (!server.ok()) {
     fprintf(stderr, "execd: %s\n", std::string(server.status().message()).c_str());
     return 2;

@@ -52,6 +52,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   engine_options.max_concurrency = c.max_concurrency;
   engine_options.max_queue = c.max_queue;
   engine_options.kill_grace = c.kill_grace;
+  engine_options.containment = c.containment;
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);
@@ -77,6 +78,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   grpc::HealthCheckServiceInterface* health = server->grpc_server_->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(v1::Executor::service_full_name(), true);
+  server->log_.Event(absl::StrCat("event=containment mechanism=\"",
+                                  server->engine_->containment().Describe(), "\""));
   server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
                                   " max_concurrency=", c.max_concurrency));
   return server;

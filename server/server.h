@@ -24,6 +24,7 @@ struct ServerConfig {
   absl::Duration kill_grace = absl::Milliseconds(500);
   absl::Duration drain_timeout = absl::Seconds(30);
   bool log_requests = true;
+  core::Containment::Mode containment = core::Containment::Mode::kAuto;
   core::RequestPolicy policy;
 };
 

@@ -1,0 +1,406 @@
+#include "core/containment.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "core/errno_status.h"
+
+namespace execd::core {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool WriteFile(const std::string& path, absl::string_view value) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+  close(fd);
+  return ok;
+}
+
+bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// The value of `key` in a flat-keyed cgroup file ("oom_kill 3\nmax 0\n"), or 0.
+int64_t KeyedValue(const std::string& path, absl::string_view key) {
+  for (absl::string_view line : absl::StrSplit(ReadFile(path), '\n')) {
+    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(line, ' ');
+    int64_t value = 0;
+    if (kv.first == key && absl::SimpleAtoi(kv.second, &value)) return value;
+  }
+  return 0;
+}
+
+std::vector<pid_t> ProcsOf(const std::string& dir) {
+  std::vector<pid_t> pids;
+  for (absl::string_view line : absl::StrSplit(ReadFile(dir + "/cgroup.procs"), '\n')) {
+    pid_t pid;
+    if (absl::SimpleAtoi(line, &pid)) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// Where the cgroup hierarchies are mounted and where this process sits in each.
+struct Hierarchies {
+  std::string v2_mount, v2_own;
+  std::string memory_mount, memory_own;
+  std::string pids_mount, pids_own;
+};
+
+Hierarchies FindHierarchies() {
+  Hierarchies h;
+  // mountinfo: "id parent dev root mountpoint opts [optional...] - fstype source superopts".
+  for (absl::string_view line : absl::StrSplit(ReadFile("/proc/self/mountinfo"), '\n')) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
+    auto dash = std::find(f.begin(), f.end(), "-");
+    if (f.size() < 5 || dash == f.end() || dash + 3 > f.end()) continue;
+    absl::string_view fstype = dash[1];
+    std::string mount(f[4]);
+    if (fstype == "cgroup2" && h.v2_mount.empty()) h.v2_mount = mount;
+    if (fstype == "cgroup") {
+      for (absl::string_view opt : absl::StrSplit(dash[3], ',')) {
+        if (opt == "memory") h.memory_mount = mount;
+        if (opt == "pids") h.pids_mount = mount;
+      }
+    }
+  }
+  // /proc/self/cgroup: "0::/path" for v2, "N:memory:/path" for v1.
+  for (absl::string_view line : absl::StrSplit(ReadFile("/proc/self/cgroup"), '\n')) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    std::string path(f[2] == "/" ? "" : f[2]);
+    if (f[0] == "0" && f[1].empty()) h.v2_own = path;
+    for (absl::string_view c : absl::StrSplit(f[1], ',')) {
+      if (c == "memory") h.memory_own = path;
+      if (c == "pids") h.pids_own = path;
+    }
+  }
+  return h;
+}
+
+// Kills everything in a cgroup directory tree and removes it. For leftovers of an execd
+// that died without cleaning up.
+void RemoveTree(const std::string& dir) {
+  if (Exists(dir + "/cgroup.kill")) WriteFile(dir + "/cgroup.kill", "1");
+  for (int round = 0; round < 100; ++round) {
+    std::vector<pid_t> pids = ProcsOf(dir);
+    if (pids.empty()) break;
+    for (pid_t pid : pids) kill(pid, SIGKILL);
+  }
+  if (DIR* d = opendir(dir.c_str())) {
+    std::vector<std::string> children;
+    while (dirent* e = readdir(d)) {
+      if (e->d_type == DT_DIR && e->d_name[0] != '.') children.push_back(dir + "/" + e->d_name);
+    }
+    closedir(d);
+    for (const std::string& child : children) RemoveTree(child);
+  }
+  rmdir(dir.c_str());
+}
+
+// Creates this server's directory under `parent` ("execd-<pid>"), after removing leftovers
+// of earlier execd processes that are gone. Returns "" when the hierarchy is not writable.
+std::string MakeServerDir(const std::string& parent) {
+  if (parent.empty()) return "";
+  if (DIR* d = opendir(parent.c_str())) {
+    while (dirent* e = readdir(d)) {
+      absl::string_view name = e->d_name;
+      pid_t pid;
+      if (absl::ConsumePrefix(&name, "execd-") && absl::SimpleAtoi(name, &pid) &&
+          (pid == getpid() || kill(pid, 0) != 0)) {
+        RemoveTree(absl::StrCat(parent, "/", e->d_name));
+      }
+    }
+    closedir(d);
+  }
+  std::string dir = absl::StrCat(parent, "/execd-", getpid());
+  if (mkdir(dir.c_str(), 0755) != 0) return "";
+  return dir;
+}
+
+class CgroupContainment final : public Containment {
+ public:
+  // Directories of this server in each usable hierarchy ("" when unusable).
+  struct Dirs {
+    std::string v2;  // Tracking and cgroup.kill; memory/pids too when v2_controllers.
+    bool v2_kill = false;
+    bool v2_memory = false;
+    bool v2_pids = false;
+    std::string memory;  // v1
+    std::string pids;    // v1
+  };
+
+  explicit CgroupContainment(Dirs dirs) : dirs_(std::move(dirs)) {}
+  ~CgroupContainment() override {
+    for (const std::string& dir : {dirs_.v2, dirs_.memory, dirs_.pids}) {
+      if (!dir.empty()) RemoveTree(dir);
+    }
+  }
+
+  std::string Describe() const override {
+    std::vector<std::string> parts;
+    if (!dirs_.v2.empty()) {
+      parts.push_back(absl::StrCat("v2 ", dirs_.v2, dirs_.v2_kill ? " (cgroup.kill)" : "",
+                                   dirs_.v2_memory ? " memory" : "", dirs_.v2_pids ? " pids" : ""));
+    }
+    if (!dirs_.memory.empty()) parts.push_back(absl::StrCat("v1 memory ", dirs_.memory));
+    if (!dirs_.pids.empty()) parts.push_back(absl::StrCat("v1 pids ", dirs_.pids));
+    return absl::StrCat("cgroup: ", absl::StrJoin(parts, "; "));
+  }
+  bool limits_memory() const override { return dirs_.v2_memory || !dirs_.memory.empty(); }
+  bool limits_processes() const override { return dirs_.v2_pids || !dirs_.pids.empty(); }
+
+  absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
+                                                  int64_t max_processes) override;
+  void SweepOrphans(const absl::flat_hash_set<pid_t>&) override {}
+
+ private:
+  class CgroupGroup;
+  const Dirs dirs_;
+  std::atomic<uint64_t> next_{1};
+};
+
+class CgroupContainment::CgroupGroup final : public Containment::Group {
+ public:
+  ~CgroupGroup() override {
+    join_.clear();
+    owned_fds_.clear();
+    KillAll();
+    for (const std::string& dir : {v2_, memory_, pids_}) {
+      if (!dir.empty()) rmdir(dir.c_str());
+    }
+  }
+
+  // Creates `name` in each hierarchy needed and applies the limits.
+  absl::Status Init(const Dirs& dirs, const std::string& name, int64_t memory_bytes,
+                    int64_t max_processes) {
+    auto make = [&](const std::string& parent, std::string* dir) -> absl::Status {
+      *dir = absl::StrCat(parent, "/", name);
+      if (mkdir(dir->c_str(), 0755) != 0) {
+        absl::Status s = ErrnoToStatus(errno, absl::StrCat("mkdir ", *dir));
+        dir->clear();
+        return s;
+      }
+      int fd = open((*dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", *dir, "/cgroup.procs"));
+      owned_fds_.emplace_back(fd);
+      join_.push_back(fd);
+      return absl::OkStatus();
+    };
+    if (!dirs.v2.empty()) {
+      if (absl::Status s = make(dirs.v2, &v2_); !s.ok()) return s;
+      v2_kill_ = dirs.v2_kill;
+      if (dirs.v2_memory && memory_bytes > 0) {
+        WriteFile(v2_ + "/memory.max", absl::StrCat(memory_bytes));
+        WriteFile(v2_ + "/memory.swap.max", "0");
+      }
+      if (dirs.v2_pids && max_processes > 0) {
+        WriteFile(v2_ + "/pids.max", absl::StrCat(max_processes));
+      }
+    }
+    // v1 hierarchies: for limits v2 cannot apply, and for tracking when there is no v2.
+    bool need_memory = memory_bytes > 0 && !dirs.v2_memory;
+    bool need_pids = (max_processes > 0 && !dirs.v2_pids) || dirs.v2.empty();
+    if (need_memory && !dirs.memory.empty()) {
+      if (absl::Status s = make(dirs.memory, &memory_); !s.ok()) return s;
+      if (!WriteFile(memory_ + "/memory.limit_in_bytes", absl::StrCat(memory_bytes))) {
+        return ErrnoToStatus(errno, "set memory.limit_in_bytes");
+      }
+      WriteFile(memory_ + "/memory.memsw.limit_in_bytes", absl::StrCat(memory_bytes));
+    }
+    if (need_pids && !dirs.pids.empty()) {
+      if (absl::Status s = make(dirs.pids, &pids_); !s.ok()) return s;
+      if (max_processes > 0 && !WriteFile(pids_ + "/pids.max", absl::StrCat(max_processes))) {
+        return ErrnoToStatus(errno, "set pids.max");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const std::vector<int>& join_fds() const override { return join_; }
+  void Attach(pid_t leader) override { leader_ = leader; }
+
+  void KillAll() override {
+    if (v2_kill_) {
+      WriteFile(v2_ + "/cgroup.kill", "1");
+      return;
+    }
+    // No cgroup.kill: kill what the tracking cgroup lists until it lists nothing; a fork
+    // racing the loop is caught by the next round (and bounded by pids.max when set).
+    const std::string& tracking = !v2_.empty() ? v2_ : pids_;
+    if (tracking.empty()) return;
+    for (int round = 0; round < 64; ++round) {
+      std::vector<pid_t> pids = ProcsOf(tracking);
+      if (pids.empty()) return;
+      for (pid_t pid : pids) kill(pid, SIGKILL);
+    }
+  }
+
+  bool Empty() override {
+    if (!v2_.empty()) return KeyedValue(v2_ + "/cgroup.events", "populated") == 0;
+    if (!pids_.empty()) return ProcsOf(pids_).empty();
+    return true;
+  }
+
+  LimitHits Hits() override {
+    LimitHits hits;
+    if (!v2_.empty()) {
+      hits.memory = KeyedValue(v2_ + "/memory.events", "oom_kill") > 0;
+      hits.processes = KeyedValue(v2_ + "/pids.events", "max") > 0;
+    }
+    if (!memory_.empty()) {
+      hits.memory = hits.memory || KeyedValue(memory_ + "/memory.oom_control", "oom_kill") > 0;
+    }
+    if (!pids_.empty()) {
+      hits.processes = hits.processes || KeyedValue(pids_ + "/pids.events", "max") > 0;
+    }
+    return hits;
+  }
+
+  int64_t PeakMemoryBytes() override {
+    int64_t peak = 0;
+    if (!memory_.empty()) {
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(memory_ + "/memory.max_usage_in_bytes")),
+                       &peak);
+    } else if (!v2_.empty()) {
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(v2_ + "/memory.peak")), &peak);
+    }
+    return peak;
+  }
+
+ private:
+  std::string v2_, memory_, pids_;
+  bool v2_kill_ = false;
+  pid_t leader_ = -1;
+  std::vector<UniqueFd> owned_fds_;
+  std::vector<int> join_;
+};
+
+absl::StatusOr<std::unique_ptr<Containment::Group>> CgroupContainment::NewGroup(
+    int64_t memory_bytes, int64_t max_processes) {
+  auto group = std::make_unique<CgroupGroup>();
+  absl::Status s =
+      group->Init(dirs_, absl::StrCat("cmd-", next_.fetch_add(1)), memory_bytes, max_processes);
+  if (!s.ok()) return s;
+  return group;
+}
+
+// Without cgroups: the process group holds the command; escapees come back to execd as
+// subreaper and are killed when a command ends.
+class ProcessGroupContainment final : public Containment {
+ public:
+  std::string Describe() const override {
+    return "process-group: process group kill, execd as child subreaper (no cgroup found)";
+  }
+  bool limits_memory() const override { return false; }
+  bool limits_processes() const override { return false; }
+
+  absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t, int64_t) override {
+    return std::make_unique<PgroupGroup>();
+  }
+
+  void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
+    DIR* proc = opendir("/proc");
+    if (proc == nullptr) return;
+    const pid_t self = getpid();
+    std::vector<pid_t> orphans;
+    while (dirent* e = readdir(proc)) {
+      pid_t pid;
+      if (!absl::SimpleAtoi(e->d_name, &pid) || leaders.contains(pid)) continue;
+      std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+      size_t paren = stat.rfind(')');
+      if (paren == std::string::npos) continue;
+      std::vector<absl::string_view> f = absl::StrSplit(stat.substr(paren + 2), ' ');
+      pid_t ppid;
+      if (f.size() > 1 && absl::SimpleAtoi(f[1], &ppid) && ppid == self) orphans.push_back(pid);
+    }
+    closedir(proc);
+    for (pid_t pid : orphans) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+ private:
+  class PgroupGroup final : public Group {
+   public:
+    const std::vector<int>& join_fds() const override { return none_; }
+    void Attach(pid_t leader) override { pgid_ = leader; }
+    void KillAll() override {
+      if (pgid_ > 0) kill(-pgid_, SIGKILL);
+    }
+    bool Empty() override { return pgid_ <= 0 || kill(-pgid_, 0) != 0; }
+    LimitHits Hits() override { return {}; }
+    int64_t PeakMemoryBytes() override { return 0; }
+
+   private:
+    pid_t pgid_ = -1;
+    std::vector<int> none_;
+  };
+};
+
+absl::StatusOr<CgroupContainment::Dirs> FindCgroupDirs() {
+  Hierarchies h = FindHierarchies();
+  CgroupContainment::Dirs dirs;
+  if (!h.v2_mount.empty()) {
+    dirs.v2 = MakeServerDir(h.v2_mount + h.v2_own);
+    if (!dirs.v2.empty()) {
+      dirs.v2_kill = Exists(dirs.v2 + "/cgroup.kill");
+      // Controllers for the command cgroups must be enabled in this server's directory,
+      // which holds no process, so the "no internal processes" rule allows it.
+      std::string available = ReadFile(dirs.v2 + "/cgroup.controllers");
+      for (absl::string_view c : {"memory", "pids"}) {
+        if (absl::StrContains(available, c) &&
+            WriteFile(dirs.v2 + "/cgroup.subtree_control", absl::StrCat("+", c))) {
+          (c == "memory" ? dirs.v2_memory : dirs.v2_pids) = true;
+        }
+      }
+    }
+  }
+  if (!dirs.v2_memory && !h.memory_mount.empty()) {
+    dirs.memory = MakeServerDir(h.memory_mount + h.memory_own);
+  }
+  if (!dirs.v2_pids && !h.pids_mount.empty()) {
+    dirs.pids = MakeServerDir(h.pids_mount + h.pids_own);
+  }
+  if (dirs.v2.empty() && dirs.pids.empty()) {
+    return absl::FailedPreconditionError(
+        "no writable cgroup hierarchy to track commands (need cgroup v2 or the v1 pids "
+        "controller, writable by the server's user)");
+  }
+  return dirs;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Containment>> Containment::Create(Mode mode) {
+  if (mode != Mode::kProcessGroup) {
+    auto dirs = FindCgroupDirs();
+    if (dirs.ok()) return std::make_unique<CgroupContainment>(*std::move(dirs));
+    if (mode == Mode::kCgroup) return dirs.status();
+  }
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return ErrnoToStatus(errno, "PR_SET_CHILD_SUBREAPER");
+  return std::make_unique<ProcessGroupContainment>();
+}
+
+}  // namespace execd::core

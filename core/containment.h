@@ -1,0 +1,70 @@
+// Containment: how the processes of one command are held together, limited and killed as
+// one unit, so that nothing a command starts outlives it.
+//
+// Detected once at start-up, strongest first:
+//   cgroup          a cgroup per command: cgroup v2 for tracking and cgroup.kill (kills
+//                   double-forked and setsid'ed processes too), memory and pids limits from
+//                   v2 controllers or, on hybrid hosts, the v1 memory and pids hierarchies.
+//   process-group   the command's process group, plus execd as child subreaper so that
+//                   escaped orphans come back to it and are killed when a command ends.
+// Thread-safety: Containment is thread-safe; a Group is used by one thread at a time.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "core/unique_fd.h"
+
+namespace execd::core {
+
+struct LimitHits {
+  bool memory = false;     // The kernel OOM-killed a process of the command.
+  bool processes = false;  // A fork failed at the process limit.
+};
+
+class Containment {
+ public:
+  enum class Mode { kAuto, kCgroup, kProcessGroup };
+
+  class Group {
+   public:
+    virtual ~Group() = default;
+    // Descriptors the child writes "0" to before exec, to join the group.
+    virtual const std::vector<int>& join_fds() const = 0;
+    // The command's leader was spawned with this pid (its process group id too).
+    virtual void Attach(pid_t leader) = 0;
+    // SIGKILLs every process of the command, wherever it went.
+    virtual void KillAll() = 0;
+    // True when no process of the command is alive.
+    virtual bool Empty() = 0;
+    virtual LimitHits Hits() = 0;
+    // Peak memory of the whole command in bytes, or 0 when unknown.
+    virtual int64_t PeakMemoryBytes() = 0;
+  };
+
+  // `kCgroup` fails when no writable cgroup hierarchy is found; `kAuto` falls back.
+  static absl::StatusOr<std::unique_ptr<Containment>> Create(Mode mode);
+  virtual ~Containment() = default;
+
+  // One line for the start-up log: the mechanism and where.
+  virtual std::string Describe() const = 0;
+  virtual bool limits_memory() const = 0;
+  virtual bool limits_processes() const = 0;
+
+  // A group for one command with these limits (0: none).
+  virtual absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
+                                                          int64_t max_processes) = 0;
+
+  // Called after a command's leader was reaped, on the thread that reaps: reaps orphaned
+  // children execd adopted (as subreaper), and in process-group mode kills those that are
+  // not `leaders` (running commands' leaders).
+  virtual void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
+};
+
+}  // namespace execd::core

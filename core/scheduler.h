@@ -1,0 +1,80 @@
+// Scheduler: admission control in front of the spawner. A limit on running commands
+// (changeable at run time, for the auto-tuner), and a bounded wait queue ordered by
+// priority, FIFO within a priority. Queued entries can expire (max queue time, call
+// deadline) or be removed (cancel). When the queue is full, a newcomer displaces the newest
+// entry of a lower priority, if any; otherwise it is rejected.
+//
+// Not thread-safe: the engine calls it under its own lock. Time is passed in by the caller,
+// so tests drive it with plain values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+
+namespace execd::core {
+
+class Scheduler {
+ public:
+  using Id = uint64_t;
+  // Priorities are 0 (lowest) .. kPriorities-1 (highest).
+  static constexpr int kPriorities = 3;
+
+  Scheduler(int limit, size_t max_queue);
+
+  struct Admission {
+    enum class Kind { kRunNow, kQueued, kRejected };
+    Kind kind = Kind::kRejected;
+    // An entry that was queued and has been dropped to make room for this one.
+    std::optional<Id> displaced;
+  };
+  // `expiry`: when a still-queued entry is dropped (InfiniteFuture for never).
+  Admission Submit(Id id, int priority, absl::Time expiry);
+
+  // A running entry ended and frees its slot.
+  void Release();
+  // Queued entries that may start now, best first; each now counts as running.
+  std::vector<Id> TakeRunnable();
+  // Removes a queued entry; false when it is not queued.
+  bool Remove(Id id);
+  // Queued entries whose expiry is at or before `now`; they are removed.
+  std::vector<Id> TakeExpired(absl::Time now);
+  // The earliest expiry among queued entries, or InfiniteFuture.
+  absl::Time NextExpiry() const;
+  // Queued entries, all removed (for shutdown).
+  std::vector<Id> TakeAllQueued();
+
+  void SetLimit(int limit);
+  int limit() const { return limit_; }
+  int running() const { return running_; }
+  size_t queued() const { return index_.size(); }
+  size_t max_queue() const { return max_queue_; }
+
+ private:
+  struct Entry {
+    Id id;
+    absl::Time expiry;
+  };
+  struct Position {
+    int priority;
+    std::list<Entry>::iterator it;
+  };
+  void Enqueue(Id id, int priority, absl::Time expiry);
+  void Erase(Id id);
+
+  int limit_;
+  int running_ = 0;
+  const size_t max_queue_;
+  std::list<Entry> queues_[kPriorities];
+  absl::flat_hash_map<Id, Position> index_;
+  std::set<std::pair<absl::Time, Id>> expiries_;  // Finite expiries only.
+};
+
+}  // namespace execd::core

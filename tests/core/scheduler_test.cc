@@ -1,0 +1,152 @@
+#include "core/scheduler.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace execd::core {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using Kind = Scheduler::Admission::Kind;
+
+constexpr int kLow = 0;
+constexpr int kNormal = 1;
+constexpr int kHigh = 2;
+const absl::Time kNever = absl::InfiniteFuture();
+
+TEST(Scheduler, RunsAtOnceUnderTheLimit) {
+  Scheduler s(2, 10);
+  EXPECT_EQ(s.Submit(1, kNormal, kNever).kind, Kind::kRunNow);
+  EXPECT_EQ(s.Submit(2, kNormal, kNever).kind, Kind::kRunNow);
+  EXPECT_EQ(s.Submit(3, kNormal, kNever).kind, Kind::kQueued);
+  EXPECT_EQ(s.running(), 2);
+  EXPECT_EQ(s.queued(), 1u);
+}
+
+TEST(Scheduler, ReleasedSlotsGoToHigherPriorityFirstFifoWithin) {
+  Scheduler s(1, 10);
+  ASSERT_EQ(s.Submit(1, kNormal, kNever).kind, Kind::kRunNow);
+  s.Submit(10, kLow, kNever);
+  s.Submit(20, kNormal, kNever);
+  s.Submit(30, kHigh, kNever);
+  s.Submit(21, kNormal, kNever);
+  s.Submit(31, kHigh, kNever);
+  std::vector<Scheduler::Id> order;
+  for (int i = 0; i < 5; ++i) {
+    s.Release();
+    std::vector<Scheduler::Id> next = s.TakeRunnable();
+    ASSERT_EQ(next.size(), 1u);
+    order.push_back(next[0]);
+  }
+  EXPECT_THAT(order, ElementsAre(30, 31, 20, 21, 10));
+}
+
+TEST(Scheduler, NewcomerDoesNotOvertakeTheQueueWhenASlotFrees) {
+  Scheduler s(1, 10);
+  s.Submit(1, kNormal, kNever);
+  s.Submit(2, kLow, kNever);
+  s.Release();
+  // A slot is free, but an entry is waiting: the newcomer queues behind the priority order.
+  EXPECT_EQ(s.Submit(3, kLow, kNever).kind, Kind::kQueued);
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(2));
+}
+
+TEST(Scheduler, FullQueueRejectsEqualOrLowerPriority) {
+  Scheduler s(1, 2);
+  s.Submit(1, kNormal, kNever);
+  s.Submit(2, kNormal, kNever);
+  s.Submit(3, kNormal, kNever);
+  Scheduler::Admission a = s.Submit(4, kNormal, kNever);
+  EXPECT_EQ(a.kind, Kind::kRejected);
+  EXPECT_FALSE(a.displaced.has_value());
+  EXPECT_EQ(s.Submit(5, kLow, kNever).kind, Kind::kRejected);
+  EXPECT_EQ(s.queued(), 2u);
+}
+
+TEST(Scheduler, FullQueueShedsNewestOfLowestPriorityForAHigherOne) {
+  Scheduler s(1, 3);
+  s.Submit(1, kNormal, kNever);
+  s.Submit(10, kLow, kNever);
+  s.Submit(11, kLow, kNever);
+  s.Submit(20, kNormal, kNever);
+  Scheduler::Admission a = s.Submit(30, kHigh, kNever);
+  EXPECT_EQ(a.kind, Kind::kQueued);
+  ASSERT_TRUE(a.displaced.has_value());
+  EXPECT_EQ(*a.displaced, 11u);
+  EXPECT_EQ(s.queued(), 3u);
+}
+
+TEST(Scheduler, ExpiredEntriesAreTakenInExpiryOrderAndNeverRun) {
+  Scheduler s(1, 10);
+  absl::Time t0 = absl::UnixEpoch();
+  s.Submit(1, kNormal, kNever);
+  s.Submit(2, kNormal, t0 + absl::Seconds(2));
+  s.Submit(3, kNormal, t0 + absl::Seconds(1));
+  s.Submit(4, kNormal, kNever);
+  EXPECT_EQ(s.NextExpiry(), t0 + absl::Seconds(1));
+  EXPECT_THAT(s.TakeExpired(t0 + absl::Milliseconds(500)), IsEmpty());
+  EXPECT_THAT(s.TakeExpired(t0 + absl::Seconds(2)), ElementsAre(3, 2));
+  EXPECT_EQ(s.NextExpiry(), kNever);
+  s.Release();
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(4));
+}
+
+TEST(Scheduler, RemoveTakesAQueuedEntryOut) {
+  Scheduler s(1, 10);
+  s.Submit(1, kNormal, kNever);
+  s.Submit(2, kNormal, absl::UnixEpoch());
+  s.Submit(3, kNormal, kNever);
+  EXPECT_TRUE(s.Remove(2));
+  EXPECT_FALSE(s.Remove(2));
+  EXPECT_FALSE(s.Remove(1));  // Running, not queued.
+  EXPECT_THAT(s.TakeExpired(absl::InfiniteFuture()), IsEmpty());
+  s.Release();
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(3));
+}
+
+TEST(Scheduler, RaisingTheLimitAdmitsQueuedEntries) {
+  Scheduler s(1, 10);
+  for (Scheduler::Id id = 1; id <= 4; ++id) s.Submit(id, kNormal, kNever);
+  s.SetLimit(3);
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(2, 3));
+  EXPECT_EQ(s.running(), 3);
+}
+
+TEST(Scheduler, LoweringTheLimitLetsRunningFinishButAdmitsNothing) {
+  Scheduler s(3, 10);
+  for (Scheduler::Id id = 1; id <= 4; ++id) s.Submit(id, kNormal, kNever);
+  s.SetLimit(1);
+  s.Release();
+  EXPECT_THAT(s.TakeRunnable(), IsEmpty());
+  s.Release();
+  EXPECT_THAT(s.TakeRunnable(), IsEmpty());
+  s.Release();
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(4));
+}
+
+TEST(Scheduler, LimitIsAtLeastOne) {
+  Scheduler s(0, 10);
+  EXPECT_EQ(s.limit(), 1);
+  s.SetLimit(-5);
+  EXPECT_EQ(s.limit(), 1);
+}
+
+TEST(Scheduler, ZeroQueueRejectsWhenFull) {
+  Scheduler s(1, 0);
+  EXPECT_EQ(s.Submit(1, kHigh, kNever).kind, Kind::kRunNow);
+  EXPECT_EQ(s.Submit(2, kHigh, kNever).kind, Kind::kRejected);
+}
+
+TEST(Scheduler, TakeAllQueuedEmptiesTheQueueBestFirst) {
+  Scheduler s(1, 10);
+  s.Submit(1, kNormal, kNever);
+  s.Submit(2, kLow, kNever);
+  s.Submit(3, kHigh, absl::UnixEpoch());
+  EXPECT_THAT(s.TakeAllQueued(), ElementsAre(3, 2));
+  EXPECT_EQ(s.queued(), 0u);
+  EXPECT_EQ(s.NextExpiry(), kNever);
+}
+
+}  // namespace
+}  // namespace execd::core
