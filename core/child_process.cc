@@ -106,10 +106,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
     RETURN_IF_ERROR(loop.Watch(child->stdin_.get(), EPOLLOUT, child.get()));
   }
   child->timeout_timer_ =
-      loop.AddTimer(child->exec_done_ + options.timeout, [c = child.get()]() mutable {
-        c->timeout_timer_ = 0;
-        c->Terminate(Termination::kTimedOut);
-      });
+      loop.AddTimer(child->exec_done_ + options.timeout,
+                    [c = child.get(), now = options.timeout_is_deadline]() mutable {
+                      c->timeout_timer_ = 0;
+                      c->Terminate(Termination::kTimedOut, /*immediately=*/now);
+                    });
   return child;
 }
 
@@ -136,11 +137,11 @@ void ChildProcess::KillAll() {
   if (group_ != nullptr) group_->KillAll();
 }
 
-void ChildProcess::Terminate(Termination reason) {
+void ChildProcess::Terminate(Termination reason, bool immediately) {
   if (exited_ || terminating_) return;
   terminating_ = true;
   result_.termination = reason;
-  if (reason == Termination::kOutputLimitExceeded) {
+  if (immediately || reason != Termination::kTimedOut) {
     KillAll();
     return;
   }

@@ -43,6 +43,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // How long to wait, after the leader exited and the group was killed, for the rest of
     // the command's processes to be gone before reporting anyway.
     absl::Duration empty_wait = absl::Seconds(5);
+    // The timeout is the caller's deadline rather than the command's own limit: nobody
+    // waits for the result any more, so expiry kills at once instead of SIGTERM first.
+    bool timeout_is_deadline = false;
   };
 
   // Spawns `command` (its stdin_data is moved out) inside `group`. On error nothing is left
@@ -53,9 +56,11 @@ class ChildProcess final : public EventLoop::FdHandler {
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
 
-  // Stops the child for `reason`: SIGTERM to the group, then SIGKILL after the grace. The
-  // first reason given is the one reported. No-op once the child has exited.
-  void Terminate(Termination reason);
+  // Stops the child for `reason`. A timeout sends SIGTERM to the group and SIGKILL after
+  // the grace; a cancel (the caller is gone), an expired caller deadline or an output cap
+  // SIGKILLs everything at once. The first reason given is the one reported. No-op once the
+  // child has exited.
+  void Terminate(Termination reason, bool immediately = false);
 
   pid_t pid() const { return pid_; }
 

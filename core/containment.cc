@@ -330,7 +330,10 @@ class ProcessGroupContainment final : public Containment {
       std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
       size_t paren = stat.rfind(')');
       if (paren == std::string::npos) continue;
-      std::vector<absl::string_view> f = absl::StrSplit(stat.substr(paren + 2), ' ');
+      // Fields after the command name: "state ppid ...". Split a named string: views into a
+      // temporary would dangle.
+      std::string fields = stat.substr(paren + 2);
+      std::vector<absl::string_view> f = absl::StrSplit(fields, ' ');
       pid_t ppid;
       if (f.size() > 1 && absl::SimpleAtoi(f[1], &ppid) && ppid == self) orphans.push_back(pid);
     }
@@ -349,7 +352,14 @@ class ProcessGroupContainment final : public Containment {
     void KillAll() override {
       if (pgid_ > 0) kill(-pgid_, SIGKILL);
     }
-    bool Empty() override { return pgid_ <= 0 || kill(-pgid_, 0) != 0; }
+    bool Empty() override {
+      if (pgid_ <= 0) return true;
+      // Members orphaned by the leader's exit were adopted by execd (the subreaper): reap
+      // them, or the zombies keep the group alive.
+      while (waitpid(-pgid_, nullptr, WNOHANG) > 0) {
+      }
+      return kill(-pgid_, 0) != 0;
+    }
     LimitHits Hits() override { return {}; }
     int64_t PeakMemoryBytes() override { return 0; }
 

@@ -179,6 +179,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   }
   ChildProcess::Options child_options;
   child_options.timeout = std::min(e.command_.limits.timeout, left);
+  child_options.timeout_is_deadline = left < e.command_.limits.timeout;
   child_options.kill_grace = options_.kill_grace;
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;

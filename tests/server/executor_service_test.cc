@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "server/server.h"
 #include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
 
 namespace execd::server {
 namespace {
@@ -29,36 +30,22 @@ using ::testing::HasSubstr;
 class ExecutorServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ServerConfig config;
-    config.listen = "127.0.0.1:0";
-    config.max_concurrency = 4;
-    config.kill_grace = absl::Milliseconds(200);
-    config.log_requests = false;
-    config.policy = core::RequestPolicy::FromProcessEnvironment();
-    config.policy.server_env["PATH"] = "/usr/bin:/bin";
-    auto server = Server::Start(config);
+    auto server = testing::TestServer::Start();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                         grpc::InsecureChannelCredentials(), args);
-    stub_ = v1::Executor::NewStub(channel_);
+    channel_ = server_->channel();
+    stub_ = &server_->stub();
     dir_ = ::testing::TempDir() + "execd_it_" + std::to_string(getpid());
     mkdir(dir_.c_str(), 0755);
   }
 
   static v1::ExecuteRequest Request(std::initializer_list<std::string> argv) {
-    v1::ExecuteRequest request;
-    for (const std::string& a : argv) request.add_argv(a);
-    return request;
+    return testing::TestServer::Request(argv);
   }
 
   grpc::Status Execute(const v1::ExecuteRequest& request, v1::ExecuteResponse* response,
                        absl::Duration deadline = absl::Seconds(30)) {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    return stub_->Execute(&context, request, response);
+    return server_->Execute(request, response, deadline);
   }
 
   // The server still answers after whatever the test did.
@@ -83,9 +70,9 @@ class ExecutorServiceTest : public ::testing::Test {
     return pid;
   }
 
-  std::unique_ptr<Server> server_;
+  std::unique_ptr<testing::TestServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Executor::Stub> stub_;
+  v1::Executor::Stub* stub_ = nullptr;
   std::string dir_;
 };
 

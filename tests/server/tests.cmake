@@ -3,9 +3,29 @@ target_include_directories(test_support PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_options(test_support PRIVATE ${EXECD_WARNINGS})
 target_link_libraries(test_support PUBLIC absl::synchronization absl::strings absl::time)
 
+add_library(test_server STATIC ${CMAKE_CURRENT_SOURCE_DIR}/support/test_server.cc)
+target_include_directories(test_server PUBLIC ${CMAKE_SOURCE_DIR})
+target_compile_options(test_server PRIVATE ${EXECD_WARNINGS})
+target_link_libraries(test_server PUBLIC server)
+
+# A program that misbehaves on request (allocates, forks, spins, ignores SIGTERM...).
+add_executable(execd-test-child ${CMAKE_CURRENT_SOURCE_DIR}/support/test_child.cc)
+target_compile_options(execd-test-child PRIVATE ${EXECD_WARNINGS})
+
 execd_test(executor_service_test
   SOURCES server/executor_service_test.cc
-  LIBS server test_support)
+  LIBS test_server test_support)
+
+execd_test(scheduling_test
+  SOURCES server/scheduling_test.cc
+  LIBS test_server test_support)
+
+execd_test(containment_test
+  SOURCES server/containment_test.cc
+  LIBS test_server test_support)
+target_compile_definitions(containment_test PRIVATE
+  TEST_CHILD_BIN="$<TARGET_FILE:execd-test-child>")
+add_dependencies(containment_test execd-test-child)
 
 # Tests of the shipped binaries, as a user runs them.
 execd_proto_library(reflection_client_proto ${CMAKE_CURRENT_SOURCE_DIR}/protos

@@ -9,10 +9,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -187,6 +189,31 @@ std::vector<pid_t> ChildrenOf(pid_t parent) {
   }
   closedir(proc);
   return children;
+}
+
+std::vector<pid_t> ProcessesWithEnv(const std::string& entry) {
+  std::vector<pid_t> found;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return found;
+  while (dirent* e = readdir(proc)) {
+    pid_t pid;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    std::ifstream in(absl::StrCat("/proc/", pid, "/environ"));
+    std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (absl::string_view var : absl::StrSplit(env, '\0')) {
+      if (var == entry && ProcessAlive(pid)) {
+        found.push_back(pid);
+        break;
+      }
+    }
+  }
+  closedir(proc);
+  return found;
+}
+
+std::string UniqueName(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  return absl::StrCat(prefix, "_", getpid(), "_", counter.fetch_add(1));
 }
 
 ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::string>& args) {

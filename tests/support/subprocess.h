@@ -38,6 +38,13 @@ bool ProcessAlive(pid_t pid);
 // Processes whose parent is `parent`, from a scan of /proc (zombies included).
 std::vector<pid_t> ChildrenOf(pid_t parent);
 
+// Live (non-zombie) processes whose environment contains `entry` ("NAME=value"): every
+// descendant of a command inherits it, wherever it moved, so tests can count survivors.
+std::vector<pid_t> ProcessesWithEnv(const std::string& entry);
+
+// A value unique to this test process and call, for markers and file names.
+std::string UniqueName(const std::string& prefix);
+
 // A running execd binary on a loopback port chosen by the kernel. Stops it on destruction.
 class ServerProcess {
  public:

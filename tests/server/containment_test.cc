@@ -1,0 +1,250 @@
+// Process-tree control and resource limits through a real server, under each containment
+// mechanism: nothing a command starts survives it, and each limit hit is reported as such.
+// Survivors are counted by scanning /proc for a marker variable every descendant inherits.
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
+
+namespace execd {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::TestServer;
+using Mode = core::Containment::Mode;
+
+class ContainmentTest : public ::testing::TestWithParam<Mode> {
+ protected:
+  void SetUp() override {
+    auto server = TestServer::Start([](server::ServerConfig& c) {
+      c.containment = GetParam();
+      c.kill_grace = absl::Milliseconds(100);
+    });
+    if (!server.ok() && GetParam() == Mode::kCgroup &&
+        server.status().code() == absl::StatusCode::kFailedPrecondition) {
+      GTEST_SKIP() << "no writable cgroup hierarchy on this host: " << server.status();
+    }
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    marker_ = "EXECD_TEST_MARKER=" + testing::UniqueName("tree");
+  }
+
+  bool cgroups() const { return GetParam() == Mode::kCgroup; }
+
+  // A request for the test child (or any program) carrying the survivor marker.
+  v1::ExecuteRequest Marked(std::initializer_list<std::string> argv) {
+    v1::ExecuteRequest request = TestServer::Request(argv);
+    std::string value = marker_.substr(marker_.find('=') + 1);
+    (*request.mutable_env())["EXECD_TEST_MARKER"] = value;
+    return request;
+  }
+
+  v1::ExecuteResponse Run(const v1::ExecuteRequest& request) {
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  // True when no process carrying this test's marker is left (bounded wait: SIGKILLed
+  // processes take a moment to be torn down).
+  bool NoSurvivors() {
+    bool none = testing::WaitFor([&] { return testing::ProcessesWithEnv(marker_).empty(); },
+                                 absl::Seconds(2));
+    if (!none) ADD_FAILURE() << testing::ProcessesWithEnv(marker_).size() << " survivors";
+    return none;
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::string marker_;
+};
+
+TEST_P(ContainmentTest, GrandchildStormLeavesNoSurvivorsWhenTheLeaderExits) {
+  v1::ExecuteResponse r = Run(Marked({TEST_CHILD_BIN, "storm", "50"}));
+  EXPECT_EQ(r.termination(), v1::EXITED);
+  EXPECT_EQ(r.stdout(), "stormed\n");
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, GrandchildStormLeavesNoSurvivorsOnTimeout) {
+  v1::ExecuteRequest request =
+      Marked({"/bin/sh", "-c", absl::StrCat(TEST_CHILD_BIN, " storm 50; trap '' TERM; sleep 100")});
+  request.mutable_limits()->mutable_timeout()->set_nanos(500'000'000);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::TIMED_OUT);
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, BackgroundChildrenDieWithTheLeader) {
+  v1::ExecuteResponse r = Run(Marked({"/bin/sh", "-c", "sleep 100 & sleep 100 & echo bye"}));
+  EXPECT_EQ(r.stdout(), "bye\n");
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
+  v1::ExecuteRequest request = Marked({"/bin/sh", "-c", "kill -STOP $$"});
+  request.mutable_limits()->mutable_timeout()->set_nanos(300'000'000);
+  absl::Time start = absl::Now();
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::TIMED_OUT);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, StoppedGrandchildIsKilledWhenTheLeaderExits) {
+  v1::ExecuteResponse r = Run(Marked({"/bin/sh", "-c", "sleep 100 & kill -STOP $!; echo ok"}));
+  EXPECT_EQ(r.stdout(), "ok\n");
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, ChildThatClosesStdoutButKeepsRunningStillFinishes) {
+  v1::ExecuteResponse r = Run(Marked({"/bin/sh", "-c", "exec >&-; sleep 0.2; echo late >&2"}));
+  EXPECT_EQ(r.termination(), v1::EXITED);
+  EXPECT_EQ(r.stderr(), "late\n");
+  v1::ExecuteRequest request = Marked({"/bin/sh", "-c", "exec >&- 2>&-; sleep 100"});
+  request.mutable_limits()->mutable_timeout()->set_nanos(300'000'000);
+  EXPECT_EQ(Run(request).termination(), v1::TIMED_OUT);
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, FloodThatNeverExitsIsStoppedAtTheOutputCap) {
+  v1::ExecuteResponse r = Run(Marked({"/usr/bin/yes"}));
+  EXPECT_EQ(r.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
+  EXPECT_EQ(r.stdout().size(), 1u << 20);
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, CpuTimeLimitIsReported) {
+  v1::ExecuteRequest request = Marked({TEST_CHILD_BIN, "cpu"});
+  request.mutable_limits()->mutable_cpu_time()->set_seconds(1);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::CPU_TIME_LIMIT_EXCEEDED);
+  EXPECT_EQ(r.signal(), SIGXCPU);
+}
+
+TEST_P(ContainmentTest, FileSizeLimitIsReported) {
+  std::string path = ::testing::TempDir() + testing::UniqueName("fsize");
+  v1::ExecuteRequest request = Marked({TEST_CHILD_BIN, "write", path, "10000000"});
+  request.mutable_limits()->set_max_file_size_bytes(1 << 20);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::FILE_SIZE_LIMIT_EXCEEDED);
+  unlink(path.c_str());
+}
+
+TEST_P(ContainmentTest, OpenFilesLimitApplies) {
+  v1::ExecuteRequest request = Marked({TEST_CHILD_BIN, "open", "100"});
+  request.mutable_limits()->set_max_open_files(10);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::EXITED);
+  EXPECT_EQ(r.stdout(), "7\n");  // 10 minus stdin, stdout and stderr.
+}
+
+TEST_P(ContainmentTest, ChildrenGetTheOrdinaryDescriptorLimitBack) {
+  // execd raises its own soft limit for thousands of pipes; children must not inherit that.
+  v1::ExecuteResponse r = Run(Marked({"/bin/sh", "-c", "ulimit -n"}));
+  rlimit mine;
+  getrlimit(RLIMIT_NOFILE, &mine);
+  int64_t child_limit = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(r.stdout()), &child_limit));
+  EXPECT_LE(child_limit, static_cast<int64_t>(mine.rlim_cur));
+}
+
+TEST_P(ContainmentTest, CpuAffinityPinsTheCommand) {
+  v1::ExecuteRequest request = Marked({"/bin/grep", "Cpus_allowed_list", "/proc/self/status"});
+  request.mutable_limits()->add_cpu_affinity(0);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_THAT(r.stdout(), ::testing::MatchesRegex("Cpus_allowed_list:\\s+0\n"));
+}
+
+TEST_P(ContainmentTest, MemoryLimit) {
+  v1::ExecuteRequest request = Marked({TEST_CHILD_BIN, "alloc", "256"});
+  request.mutable_limits()->set_memory_bytes(64 << 20);
+  v1::ExecuteResponse r = Run(request);
+  if (cgroups()) {
+    EXPECT_EQ(r.termination(), v1::MEMORY_LIMIT_EXCEEDED);
+    EXPECT_EQ(r.signal(), SIGKILL);
+  } else {
+    // Without a memory cgroup the limit is the address space: allocation fails in the
+    // program, which sees it and exits.
+    EXPECT_EQ(r.termination(), v1::EXITED);
+    EXPECT_THAT(r.stdout(), HasSubstr("malloc failed"));
+  }
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, ForkBombUnderMaxProcesses) {
+  v1::ExecuteRequest request = Marked({TEST_CHILD_BIN, "fork", "100"});
+  request.mutable_limits()->set_max_processes(10);
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(request, &response);
+  if (!cgroups()) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(status.error_message(), HasSubstr("max_processes"));
+    return;
+  }
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.termination(), v1::PROCESS_LIMIT_EXCEEDED);
+  EXPECT_EQ(response.stdout(), "9\n");  // The leader is one of the ten.
+  EXPECT_TRUE(NoSurvivors());
+  // A real shell fork bomb: held at the limit (it fizzles as its forks fail, or is killed
+  // whole at its timeout), and nothing of it survives.
+  v1::ExecuteRequest bomb = Marked({"/bin/sh", "-c", "f() { f | f & }; f; wait"});
+  bomb.mutable_limits()->set_max_processes(32);
+  bomb.mutable_limits()->mutable_timeout()->set_seconds(2);
+  absl::Time start = absl::Now();
+  Run(bomb);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, ServerKeepsServingAfterAllOfThat) {
+  Run(Marked({TEST_CHILD_BIN, "storm", "10"}));
+  v1::ExecuteResponse r = Run(Marked({"/bin/echo", "fine"}));
+  EXPECT_EQ(r.stdout(), "fine\n");
+  EXPECT_TRUE(NoSurvivors());
+}
+
+INSTANTIATE_TEST_SUITE_P(Mechanisms, ContainmentTest,
+                         ::testing::Values(Mode::kCgroup, Mode::kProcessGroup),
+                         [](const ::testing::TestParamInfo<Mode>& info) {
+                           return info.param == Mode::kCgroup ? "Cgroup" : "ProcessGroup";
+                         });
+
+TEST(ResourceLimitMaximums, RequestsOverTheServerMaximumAreRejectedAndUnsetGetsIt) {
+  auto server = TestServer::Start([](server::ServerConfig& c) {
+    c.policy.max_memory_bytes = 64 << 20;
+    c.policy.max_open_files = 20;
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::ExecuteRequest request = TestServer::Request({TEST_CHILD_BIN, "open", "100"});
+  request.mutable_limits()->set_max_open_files(50);
+  v1::ExecuteResponse response;
+  grpc::Status status = (*server)->Execute(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_open_files"));
+  request.mutable_limits()->clear_max_open_files();
+  ASSERT_TRUE((*server)->Execute(request, &response).ok());
+  EXPECT_EQ(response.stdout(), "17\n");  // The maximum, 20, applied by default.
+  for (int64_t bad : {-1LL, 1LL << 40}) {
+    v1::ExecuteRequest r = TestServer::Request({"/bin/true"});
+    r.mutable_limits()->set_memory_bytes(bad);
+    EXPECT_EQ((*server)->Execute(r, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  v1::ExecuteRequest affinity = TestServer::Request({"/bin/true"});
+  affinity.mutable_limits()->add_cpu_affinity(100000);
+  status = (*server)->Execute(affinity, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("cpu_affinity"));
+}
+
+}  // namespace
+}  // namespace execd

@@ -1,0 +1,43 @@
+// An in-process execd server on a loopback port, and a client for it, for integration
+// tests that go through a real gRPC channel.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "execd/v1/execd.grpc.pb.h"
+#include "server/server.h"
+
+namespace execd::testing {
+
+class TestServer {
+ public:
+  // The config tests start from: loopback port 0, short kill grace, no request log, and a
+  // PATH of /usr/bin:/bin. `adjust` changes it before the server starts.
+  static absl::StatusOr<std::unique_ptr<TestServer>> Start(
+      const std::function<void(server::ServerConfig&)>& adjust = nullptr);
+
+  server::Server& server() { return *server_; }
+  v1::Executor::Stub& stub() { return *stub_; }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+
+  static v1::ExecuteRequest Request(std::initializer_list<std::string> argv);
+
+  // A unary Execute with a deadline; `trailers`, when given, receives the trailing metadata.
+  grpc::Status Execute(const v1::ExecuteRequest& request, v1::ExecuteResponse* response,
+                       absl::Duration deadline = absl::Seconds(30),
+                       std::multimap<std::string, std::string>* trailers = nullptr);
+
+ private:
+  std::unique_ptr<server::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Executor::Stub> stub_;
+};
+
+}  // namespace execd::testing
