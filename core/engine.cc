@@ -239,8 +239,10 @@ void Engine::StartRunnableLocked() {
 }
 
 void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
+  bool draining;
   {
     absl::MutexLock lock(&mu_);
+    draining = draining_;
     if (execution->state_ == Execution::State::kDone) return;
     if (execution->state_ == Execution::State::kAdmitted) {
       loop_->Post([execution]() mutable {
@@ -254,7 +256,8 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
     }
     scheduler_.Remove(execution->id_);
   }
-  Finish(*execution, absl::CancelledError("cancelled while queued"));
+  Finish(*execution,
+         absl::CancelledError(draining ? "the server is shutting down" : "cancelled while queued"));
 }
 
 void Engine::SetConcurrencyLimit(int limit) {

@@ -92,11 +92,18 @@ void Server::Shutdown() {
   shut_down_ = true;
   log_.Event(
       absl::StrCat("event=draining drain_timeout=", absl::FormatDuration(config_.drain_timeout)));
+  // Probes see NOT_SERVING at once, while gRPC keeps serving: load balancers move traffic
+  // away, new Execute calls get UNAVAILABLE from the engine, and queued and running ones
+  // finish for up to the drain timeout. Then the engine kills the rest, which are reported
+  // to their callers as CANCELLED.
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  // Refuses new calls, waits for running ones until the deadline, then cancels them: the
-  // cancellations reach the engine, which kills those processes.
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + config_.drain_timeout));
-  engine_->Shutdown(absl::ZeroDuration());
+  core::Engine::Stats before = engine_->stats();
+  absl::Time start = absl::Now();
+  engine_->Shutdown(config_.drain_timeout);
+  log_.Event(absl::StrCat("event=drained running=", before.running, " queued=", before.queued,
+                          " took_ms=", absl::ToInt64Milliseconds(absl::Now() - start)));
+  // Every Execute call has its answer now; what is left (Ping, health) ends quickly.
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   grpc_server_->Wait();
   log_.Event("event=stopped");
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "execd/v1/execd.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "reflection_client.grpc.pb.h"
@@ -170,6 +171,27 @@ TEST(ServerFlags, InconsistentFlagsStopStartUpWithAReason) {
   r = RunProcess({EXECD_BIN, "--listen=not-an-address"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("cannot listen on --listen=not-an-address"));
+}
+
+TEST(ServerCrash, SigkillOfTheServerKillsItsDirectChildren) {
+  ServerProcess server(EXECD_BIN, {});
+  ASSERT_TRUE(server.ok()) << server.log();
+  auto stub = v1::Executor::NewStub(
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ExecuteRequest request;
+  request.add_argv("/bin/sleep");
+  request.add_argv("100");
+  auto reader = stub->ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
+  pid_t child = event.started().pid();
+  ASSERT_TRUE(testing::ProcessAlive(child));
+  EXPECT_EQ(server.Stop(SIGKILL, absl::Seconds(10)), -1);
+  // The parent-death signal takes the child with the server.
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(child); }, absl::Seconds(5)));
+  context.TryCancel();
 }
 
 TEST(ServerShutdown, SigtermLetsRunningCommandsFinishThenExitsZero) {

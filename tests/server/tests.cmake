@@ -39,3 +39,13 @@ target_compile_definitions(binaries_test PRIVATE
   EXECCTL_BIN="$<TARGET_FILE:execctl>"
   LOADTEST_BIN="$<TARGET_FILE:execd-loadtest>")
 add_dependencies(binaries_test execd execctl execd-loadtest)
+
+execd_test(drain_test
+  SOURCES server/drain_test.cc
+  LIBS test_server test_support)
+
+execd_test(scale_test
+  SOURCES server/scale_test.cc
+  LIBS test_support execd_proto gRPC::grpc++)
+target_compile_definitions(scale_test PRIVATE EXECD_BIN="$<TARGET_FILE:execd>")
+add_dependencies(scale_test execd)

@@ -1,0 +1,127 @@
+// Graceful drain: health turns NOT_SERVING at once, new work is refused with UNAVAILABLE,
+// queued and running work finishes within the drain timeout, and what is still running
+// after it is killed and reported.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
+
+namespace execd {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::TestServer;
+
+struct AsyncCall {
+  grpc::ClientContext context;
+  v1::ExecuteRequest request;
+  v1::ExecuteResponse response;
+  grpc::Status status;
+  absl::Notification done;
+
+  void Start(v1::Executor::Stub& stub) {
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    stub.async()->Execute(&context, &request, &response, [this](grpc::Status s) {
+      status = std::move(s);
+      done.Notify();
+    });
+  }
+  bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(30)); }
+};
+
+class DrainTest : public ::testing::Test {
+ protected:
+  void StartServer(absl::Duration drain) {
+    auto server = TestServer::Start([drain](server::ServerConfig& c) {
+      c.max_concurrency = 1;
+      c.drain_timeout = drain;
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    dir_ = ::testing::TempDir() + testing::UniqueName("execd_drain");
+    mkdir(dir_.c_str(), 0755);
+  }
+
+  bool WaitForStats(const std::function<bool(const core::Engine::Stats&)>& pred) {
+    return testing::WaitFor([&] { return pred(server_->server().engine().stats()); },
+                            absl::Seconds(10));
+  }
+
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
+    auto health = grpc::health::v1::Health::NewStub(server_->channel());
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    if (!health->Check(&context, request, &response).ok()) {
+      return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+    }
+    return response.status();
+  }
+
+  std::unique_ptr<TestServer> server_;
+  std::string dir_;
+};
+
+TEST_F(DrainTest, QueuedAndRunningWorkFinishesWhileNewWorkIsRefused) {
+  StartServer(absl::Seconds(20));
+  std::string gate = dir_ + "/gate";
+  AsyncCall running, queued;
+  running.request = TestServer::Request(
+      {"/bin/sh", "-c", absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done; echo ran")});
+  queued.request = TestServer::Request({"/bin/echo", "queued ran"});
+  running.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats([](const core::Engine::Stats& s) { return s.running == 1; }));
+  queued.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats([](const core::Engine::Stats& s) { return s.queued == 1; }));
+
+  std::thread shutdown([&] { server_->server().Shutdown(); });
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return Health() == grpc::health::v1::HealthCheckResponse::NOT_SERVING; },
+      absl::Seconds(2)));
+  v1::ExecuteResponse response;
+  grpc::Status refused = server_->Execute(TestServer::Request({"/bin/true"}), &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.error_message(), HasSubstr("shutting down"));
+
+  std::ofstream(gate) << "open";
+  ASSERT_TRUE(running.Wait());
+  ASSERT_TRUE(queued.Wait());
+  shutdown.join();
+  ASSERT_TRUE(running.status.ok()) << running.status.error_message();
+  EXPECT_EQ(running.response.stdout(), "ran\n");
+  ASSERT_TRUE(queued.status.ok()) << queued.status.error_message();
+  EXPECT_EQ(queued.response.stdout(), "queued ran\n");
+}
+
+TEST_F(DrainTest, WorkStillRunningAfterTheDrainTimeoutIsKilledAndReported) {
+  StartServer(absl::Milliseconds(300));
+  AsyncCall running, queued;
+  running.request = TestServer::Request({"/bin/sleep", "100"});
+  queued.request = TestServer::Request({"/bin/echo", "never"});
+  running.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats([](const core::Engine::Stats& s) { return s.running == 1; }));
+  queued.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats([](const core::Engine::Stats& s) { return s.queued == 1; }));
+  absl::Time start = absl::Now();
+  server_->server().Shutdown();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  ASSERT_TRUE(running.Wait());
+  ASSERT_TRUE(queued.Wait());
+  ASSERT_TRUE(running.status.ok()) << running.status.error_message();
+  EXPECT_EQ(running.response.termination(), v1::CANCELLED);
+  EXPECT_FALSE(testing::ProcessAlive(running.response.pid()));
+  EXPECT_EQ(queued.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(queued.status.error_message(), HasSubstr("shutting down"));
+}
+
+}  // namespace
+}  // namespace execd
