@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/status_macros.h"
 
 namespace execd::execctl {
@@ -21,6 +22,10 @@ const char kUsage[] =
     "      --cwd=DIR             working directory on the server\n"
     "      --max_output_bytes=N  per-stream capture limit\n"
     "      --request_id=ID       shown in the server's request log\n"
+    "      --priority=low|normal|high   queue order when the server is busy\n"
+    "      --max_queue_time=1s   give up (DEADLINE_EXCEEDED) if not started by then\n"
+    "      --cpu_time=2s --memory_bytes=N --max_processes=N --max_open_files=N\n"
+    "      --max_file_size_bytes=N --cpu_affinity=0,1   resource limits\n"
     "      --stream              print output live (ExecuteStream)\n"
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
     "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
@@ -48,19 +53,44 @@ absl::Status ParseEnv(const std::string& value, Args& out) {
   return absl::OkStatus();
 }
 
-absl::Status ParseTimeout(const std::string& value, Args& out) {
-  if (!absl::ParseDuration(value, &out.timeout) || out.timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--timeout wants a duration such as 5s or 200ms, got \"", value, "\""));
+FlagHandler DurationFlag(const char* name, absl::Duration& field) {
+  return [name, &field](const std::string& value) {
+    if (!absl::ParseDuration(value, &field) || field < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " wants a duration such as 5s or 200ms, got \"", value, "\""));
+    }
+    return absl::OkStatus();
+  };
+}
+
+FlagHandler CountFlag(const char* name, long long& field) {
+  return [name, &field](const std::string& value) {
+    if (!absl::SimpleAtoi(value, &field) || field < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", name, " wants a non-negative number, got \"", value, "\""));
+    }
+    return absl::OkStatus();
+  };
+}
+
+absl::Status ParseAffinity(const std::string& value, Args& out) {
+  for (absl::string_view cpu : absl::StrSplit(value, ',')) {
+    int n;
+    if (!absl::SimpleAtoi(cpu, &n) || n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cpu_affinity wants CPU numbers such as 0,2, got \"", value, "\""));
+    }
+    out.cpu_affinity.push_back(n);
   }
   return absl::OkStatus();
 }
 
-absl::Status ParseBytes(const std::string& value, Args& out) {
-  if (!absl::SimpleAtoi(value, &out.max_output_bytes) || out.max_output_bytes < 0) {
+absl::Status ParsePriority(const std::string& value, Args& out) {
+  if (value != "low" && value != "normal" && value != "high") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--max_output_bytes wants a non-negative number, got \"", value, "\""));
+        absl::StrCat("--priority wants low, normal or high, got \"", value, "\""));
   }
+  out.priority = value;
   return absl::OkStatus();
 }
 
@@ -79,7 +109,7 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
              out.stream = true;
              return absl::OkStatus();
            }},
-          {"timeout", true, [&out](const std::string& v) { return ParseTimeout(v, out); }},
+          {"timeout", true, DurationFlag("timeout", out.timeout)},
           {"stdin", true, set(out.stdin_path)},
           {"env", true, [&out](const std::string& v) { return ParseEnv(v, out); }},
           {"inherit_env", true,
@@ -88,8 +118,16 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
              return absl::OkStatus();
            }},
           {"cwd", true, set(out.cwd)},
-          {"max_output_bytes", true, [&out](const std::string& v) { return ParseBytes(v, out); }},
+          {"max_output_bytes", true, CountFlag("max_output_bytes", out.max_output_bytes)},
           {"request_id", true, set(out.request_id)},
+          {"priority", true, [&out](const std::string& v) { return ParsePriority(v, out); }},
+          {"max_queue_time", true, DurationFlag("max_queue_time", out.max_queue_time)},
+          {"cpu_time", true, DurationFlag("cpu_time", out.cpu_time)},
+          {"memory_bytes", true, CountFlag("memory_bytes", out.memory_bytes)},
+          {"max_processes", true, CountFlag("max_processes", out.max_processes)},
+          {"max_open_files", true, CountFlag("max_open_files", out.max_open_files)},
+          {"max_file_size_bytes", true, CountFlag("max_file_size_bytes", out.max_file_size_bytes)},
+          {"cpu_affinity", true, [&out](const std::string& v) { return ParseAffinity(v, out); }},
       };
     case Args::Command::kHealth:
       return {{"service", true, set(out.service)}};

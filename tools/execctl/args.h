@@ -24,6 +24,14 @@ struct Args {
   absl::Duration timeout = absl::ZeroDuration();  // Zero: the server default.
   long long max_output_bytes = 0;
   std::string request_id;
+  std::string priority;  // low, normal or high; empty: the server default.
+  absl::Duration max_queue_time = absl::ZeroDuration();
+  absl::Duration cpu_time = absl::ZeroDuration();
+  long long memory_bytes = 0;
+  long long max_processes = 0;
+  long long max_open_files = 0;
+  long long max_file_size_bytes = 0;
+  std::vector<int> cpu_affinity;
   bool stream = false;
   // health
   std::string service;

@@ -75,11 +75,23 @@ int ExitForResult(const v1::ExecuteResponse& r) {
     case v1::CANCELLED:
       std::cerr << "execctl: command cancelled\n";
       break;
+    case v1::MEMORY_LIMIT_EXCEEDED:
+    case v1::CPU_TIME_LIMIT_EXCEEDED:
+    case v1::FILE_SIZE_LIMIT_EXCEEDED:
+    case v1::PROCESS_LIMIT_EXCEEDED:
+      std::cerr << "execctl: command stopped: " << v1::Termination_Name(r.termination()) << "\n";
+      break;
     default:
       break;
   }
   if (r.signal() != 0) return 128 + r.signal();
   return r.exit_code();
+}
+
+void SetDuration(absl::Duration d, google::protobuf::Duration* out) {
+  int64_t ns = absl::ToInt64Nanoseconds(d);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
 }
 
 absl::StatusOr<std::string> ReadStdin(const std::string& path) {
@@ -107,12 +119,19 @@ int Run(const Args& args) {
     return kExitError;
   }
   request.set_stdin(*std::move(stdin_data));
-  if (args.timeout > absl::ZeroDuration()) {
-    int64_t ns = absl::ToInt64Nanoseconds(args.timeout);
-    request.mutable_limits()->mutable_timeout()->set_seconds(ns / 1000000000);
-    request.mutable_limits()->mutable_timeout()->set_nanos(static_cast<int>(ns % 1000000000));
-  }
-  request.mutable_limits()->set_max_output_bytes(args.max_output_bytes);
+  v1::Limits* limits = request.mutable_limits();
+  SetDuration(args.timeout, limits->mutable_timeout());
+  limits->set_max_output_bytes(args.max_output_bytes);
+  SetDuration(args.cpu_time, limits->mutable_cpu_time());
+  limits->set_memory_bytes(args.memory_bytes);
+  limits->set_max_processes(args.max_processes);
+  limits->set_max_open_files(args.max_open_files);
+  limits->set_max_file_size_bytes(args.max_file_size_bytes);
+  for (int cpu : args.cpu_affinity) limits->add_cpu_affinity(cpu);
+  SetDuration(args.max_queue_time, request.mutable_max_queue_time());
+  if (args.priority == "low") request.set_priority(v1::PRIORITY_LOW);
+  if (args.priority == "normal") request.set_priority(v1::PRIORITY_NORMAL);
+  if (args.priority == "high") request.set_priority(v1::PRIORITY_HIGH);
 
   auto stub = v1::Executor::NewStub(Connect(args.target));
   grpc::ClientContext context;

@@ -1,0 +1,86 @@
+#include "tools/execctl/args.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace execd::execctl {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+absl::StatusOr<Args> Parse(std::vector<std::string> args) { return ParseArgs(args, ""); }
+
+TEST(ExecctlArgs, RunTakesFlagsThenTheCommandAfterDoubleDash) {
+  auto a = Parse({"--target=h:1", "run", "--timeout=200ms", "--env", "A=1", "--env=B=x=y",
+                  "--stream", "--", "/bin/echo", "--not-a-flag"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->target, "h:1");
+  EXPECT_EQ(a->command, Args::Command::kRun);
+  EXPECT_EQ(a->timeout, absl::Milliseconds(200));
+  EXPECT_THAT(a->env, ElementsAre(Pair("A", "1"), Pair("B", "x=y")));
+  EXPECT_TRUE(a->stream);
+  EXPECT_THAT(a->argv, ElementsAre("/bin/echo", "--not-a-flag"));
+}
+
+TEST(ExecctlArgs, CommandWithoutDoubleDashStartsAtTheFirstNonFlag) {
+  auto a = Parse({"run", "/bin/ls", "-l"});
+  ASSERT_TRUE(a.ok());
+  EXPECT_THAT(a->argv, ElementsAre("/bin/ls", "-l"));
+}
+
+TEST(ExecctlArgs, LimitsAndScheduling) {
+  auto a = Parse({"run", "--priority=high", "--max_queue_time=1s", "--cpu_time", "2s",
+                  "--memory_bytes=1048576", "--max_processes=10", "--max_open_files=20",
+                  "--max_file_size_bytes=30", "--cpu_affinity=0,2", "--", "x"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->priority, "high");
+  EXPECT_EQ(a->max_queue_time, absl::Seconds(1));
+  EXPECT_EQ(a->cpu_time, absl::Seconds(2));
+  EXPECT_EQ(a->memory_bytes, 1048576);
+  EXPECT_EQ(a->max_processes, 10);
+  EXPECT_EQ(a->max_open_files, 20);
+  EXPECT_EQ(a->max_file_size_bytes, 30);
+  EXPECT_THAT(a->cpu_affinity, ElementsAre(0, 2));
+}
+
+TEST(ExecctlArgs, DefaultTargetComesFromTheEnvironmentValue) {
+  auto a = ParseArgs({"health"}, "other:9");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->target, "other:9");
+  EXPECT_EQ(a->command, Args::Command::kHealth);
+}
+
+TEST(ExecctlArgs, ErrorsNameTheFlagAndTheValue) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"run", "--timeout=soon", "--", "x"}, "--timeout wants a duration"},
+           {{"run", "--env", "NOEQUALS", "--", "x"}, "--env wants NAME=VALUE"},
+           {{"run", "--priority=urgent", "--", "x"}, "--priority wants low, normal or high"},
+           {{"run", "--memory_bytes=-1", "--", "x"}, "--memory_bytes wants a non-negative"},
+           {{"run", "--cpu_affinity=a", "--", "x"}, "--cpu_affinity wants CPU numbers"},
+           {{"run", "--bogus", "--", "x"}, "unknown flag \"--bogus\" for run"},
+           {{"run", "--timeout"}, "--timeout needs a value"},
+           {{"run"}, "run needs a command"},
+           {{"explode"}, "unknown command \"explode\""},
+           {{"health", "extra"}, "unexpected argument \"extra\""},
+       }) {
+    auto a = Parse(c.args);
+    ASSERT_FALSE(a.ok()) << c.message;
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(a.status().message(), HasSubstr(c.message));
+  }
+}
+
+TEST(ExecctlArgs, NoCommandIsHelp) {
+  auto a = Parse({});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->command, Args::Command::kHelp);
+}
+
+}  // namespace
+}  // namespace execd::execctl
