@@ -46,8 +46,6 @@ class DrainTest : public ::testing::Test {
     });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    dir_ = ::testing::TempDir() + testing::UniqueName("execd_drain");
-    mkdir(dir_.c_str(), 0755);
   }
 
   bool WaitForStats(const std::function<bool(const core::Engine::Stats&)>& pred) {
@@ -68,7 +66,8 @@ class DrainTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestServer> server_;
-  std::string dir_;
+  testing::ScopedTempDir temp_{"execd_drain"};
+  const std::string dir_ = temp_.path();
 };
 
 TEST_F(DrainTest, QueuedAndRunningWorkFinishesWhileNewWorkIsRefused) {

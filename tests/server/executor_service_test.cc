@@ -35,8 +35,6 @@ class ExecutorServiceTest : public ::testing::Test {
     server_ = *std::move(server);
     channel_ = server_->channel();
     stub_ = &server_->stub();
-    dir_ = ::testing::TempDir() + "execd_it_" + std::to_string(getpid());
-    mkdir(dir_.c_str(), 0755);
   }
 
   static v1::ExecuteRequest Request(std::initializer_list<std::string> argv) {
@@ -73,7 +71,8 @@ class ExecutorServiceTest : public ::testing::Test {
   std::unique_ptr<testing::TestServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   v1::Executor::Stub* stub_ = nullptr;
-  std::string dir_;
+  testing::ScopedTempDir temp_{"execd_it"};
+  const std::string dir_ = temp_.path();
 };
 
 TEST_F(ExecutorServiceTest, EchoReturnsOutputAndExitZero) {

@@ -54,8 +54,6 @@ class SchedulingTest : public ::testing::Test {
     });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    dir_ = ::testing::TempDir() + testing::UniqueName("execd_sched");
-    mkdir(dir_.c_str(), 0755);
     gate_ = dir_ + "/gate";
   }
 
@@ -80,7 +78,8 @@ class SchedulingTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestServer> server_;
-  std::string dir_;
+  testing::ScopedTempDir temp_{"execd_sched"};
+  const std::string dir_ = temp_.path();
   std::string gate_;
   AsyncCall blocker_;
 };

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -214,6 +215,23 @@ std::vector<pid_t> ProcessesWithEnv(const std::string& entry) {
 std::string UniqueName(const std::string& prefix) {
   static std::atomic<int> counter{0};
   return absl::StrCat(prefix, "_", getpid(), "_", counter.fetch_add(1));
+}
+
+ScopedTempDir::ScopedTempDir(const std::string& prefix) {
+  std::string base = ::getenv("TEST_TMPDIR") != nullptr ? ::getenv("TEST_TMPDIR") : "/tmp";
+  path_ = absl::StrCat(base, "/", UniqueName(prefix));
+  mkdir(path_.c_str(), 0755);
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  // The tests' directories are flat: files only.
+  if (DIR* d = opendir(path_.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') unlink(absl::StrCat(path_, "/", e->d_name).c_str());
+    }
+    closedir(d);
+  }
+  rmdir(path_.c_str());
 }
 
 ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::string>& args) {

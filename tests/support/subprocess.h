@@ -45,6 +45,19 @@ std::vector<pid_t> ProcessesWithEnv(const std::string& entry);
 // A value unique to this test process and call, for markers and file names.
 std::string UniqueName(const std::string& prefix);
 
+// A fresh directory under the test temp dir, removed with its contents on destruction.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& prefix);
+  ~ScopedTempDir();
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 // A running execd binary on a loopback port chosen by the kernel. Stops it on destruction.
 class ServerProcess {
  public:
