@@ -266,6 +266,11 @@ void Engine::SetConcurrencyLimit(int limit) {
   StartRunnableLocked();
 }
 
+void Engine::StopAccepting() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
 void Engine::Shutdown(absl::Duration drain) {
   std::vector<std::shared_ptr<Execution>> rest;
   {

@@ -76,8 +76,10 @@ class Engine {
   void Cancel(const std::shared_ptr<Execution>& execution);
 
   void SetConcurrencyLimit(int limit);
-  // Refuses new work from now on, waits up to `drain` for admitted and queued work to end,
-  // then cancels the rest and waits for it to be reaped.
+  // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.
+  void StopAccepting();
+  // StopAccepting, then waits up to `drain` for admitted and queued work to end, then
+  // cancels the rest and waits for it to be reaped.
   void Shutdown(absl::Duration drain);
 
   struct Stats {

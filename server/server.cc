@@ -96,6 +96,8 @@ void Server::Shutdown() {
   // away, new Execute calls get UNAVAILABLE from the engine, and queued and running ones
   // finish for up to the drain timeout. Then the engine kills the rest, which are reported
   // to their callers as CANCELLED.
+  // Refuse first, then announce: whoever sees NOT_SERVING can rely on being refused.
+  engine_->StopAccepting();
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
   core::Engine::Stats before = engine_->stats();
   absl::Time start = absl::Now();

@@ -17,25 +17,9 @@
 namespace execd {
 namespace {
 
+using testing::AsyncCall;
 using ::testing::HasSubstr;
 using testing::TestServer;
-
-struct AsyncCall {
-  grpc::ClientContext context;
-  v1::ExecuteRequest request;
-  v1::ExecuteResponse response;
-  grpc::Status status;
-  absl::Notification done;
-
-  void Start(v1::Executor::Stub& stub) {
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    stub.async()->Execute(&context, &request, &response, [this](grpc::Status s) {
-      status = std::move(s);
-      done.Notify();
-    });
-  }
-  bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(30)); }
-};
 
 class DrainTest : public ::testing::Test {
  protected:

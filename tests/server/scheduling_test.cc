@@ -19,6 +19,7 @@
 namespace execd {
 namespace {
 
+using testing::AsyncCall;
 using ::testing::HasSubstr;
 using testing::TestServer;
 
@@ -26,24 +27,6 @@ std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
-
-// One Execute in flight on the callback API.
-struct AsyncCall {
-  grpc::ClientContext context;
-  v1::ExecuteRequest request;
-  v1::ExecuteResponse response;
-  grpc::Status status;
-  absl::Notification done;
-
-  void Start(v1::Executor::Stub& stub, absl::Duration deadline = absl::Seconds(30)) {
-    context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    stub.async()->Execute(&context, &request, &response, [this](grpc::Status s) {
-      status = std::move(s);
-      done.Notify();
-    });
-  }
-  bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(30)); }
-};
 
 class SchedulingTest : public ::testing::Test {
  protected:

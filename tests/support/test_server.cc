@@ -4,6 +4,14 @@
 
 namespace execd::testing {
 
+void AsyncCall::Start(v1::Executor::Stub& stub, absl::Duration deadline) {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  stub.async()->Execute(&context, &request, &response, [this](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+}
+
 absl::StatusOr<std::unique_ptr<TestServer>> TestServer::Start(
     const std::function<void(server::ServerConfig&)>& adjust) {
   server::ServerConfig config;

@@ -10,11 +10,25 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "server/server.h"
 
 namespace execd::testing {
+
+// One Execute in flight on the callback API, for tests that need calls to overlap.
+struct AsyncCall {
+  grpc::ClientContext context;
+  v1::ExecuteRequest request;
+  v1::ExecuteResponse response;
+  grpc::Status status;
+  absl::Notification done;
+
+  void Start(v1::Executor::Stub& stub, absl::Duration deadline = absl::Seconds(30));
+  // Waits (bounded) for the answer; false if none came.
+  bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(30)); }
+};
 
 class TestServer {
  public:
