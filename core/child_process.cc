@@ -49,7 +49,7 @@ ChildProcess::ChildProcess(EventLoop& loop, const Command& command, const Option
       empty_wait_(options.empty_wait),
       cpu_limit_(command.limits.cpu_time) {}
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
+absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     EventLoop& loop, ProcessOs& os, Command& command, const Options& options,
     std::unique_ptr<Containment::Group> group, Observer* observer) {
   std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
@@ -97,21 +97,22 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(
   stdout_pipe.second.reset();
   stderr_pipe.second.reset();
 
-  // From here the child runs: any failure must kill it, which the destructor does.
-  RETURN_IF_ERROR(loop.Watch(child->pidfd_.get(), EPOLLIN, child.get()));
-  for (const UniqueFd& fd : child->output_) {
-    RETURN_IF_ERROR(loop.Watch(fd.get(), EPOLLIN, child.get()));
-  }
-  if (child->stdin_.valid()) {
-    RETURN_IF_ERROR(loop.Watch(child->stdin_.get(), EPOLLOUT, child.get()));
-  }
-  child->timeout_timer_ =
-      loop.AddTimer(child->exec_done_ + options.timeout,
-                    [c = child.get(), now = options.timeout_is_deadline]() mutable {
-                      c->timeout_timer_ = 0;
-                      c->Terminate(Termination::kTimedOut, /*immediately=*/now);
-                    });
+  child->timeout_ = options.timeout;
+  child->timeout_is_deadline_ = options.timeout_is_deadline;
   return child;
+}
+
+absl::Status ChildProcess::Watch() {
+  // From here the child is watched; any failure kills it (the caller destroys us).
+  watched_ = true;
+  RETURN_IF_ERROR(loop_.Watch(pidfd_.get(), EPOLLIN, this));
+  for (const UniqueFd& fd : output_) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
+  if (stdin_.valid()) RETURN_IF_ERROR(loop_.Watch(stdin_.get(), EPOLLOUT, this));
+  timeout_timer_ = loop_.AddTimer(exec_done_ + timeout_, [this]() mutable {
+    timeout_timer_ = 0;
+    Terminate(Termination::kTimedOut, /*immediately=*/timeout_is_deadline_);
+  });
+  return absl::OkStatus();
 }
 
 ChildProcess::~ChildProcess() {
@@ -168,7 +169,7 @@ void ChildProcess::OnFdReady(int fd, uint32_t events) {
 
 void ChildProcess::CloseStream(UniqueFd& fd) {
   if (!fd.valid()) return;
-  loop_.Unwatch(fd.get());
+  if (watched_) loop_.Unwatch(fd.get());  // Never touch the loop from a spawning thread.
   fd.reset();
 }
 

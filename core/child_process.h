@@ -2,7 +2,8 @@
 // stderr without blocking, caps captured output, enforces the timeout, and when the child
 // ends for any reason kills its whole process group and reaps it.
 //
-// Thread-safety: created, used and destroyed on the loop thread only.
+// Thread-safety: Spawn() may run on any thread; from Watch() on, the object is used and
+// destroyed on the loop thread only.
 #pragma once
 
 #include <sys/types.h>
@@ -48,11 +49,15 @@ class ChildProcess final : public EventLoop::FdHandler {
     bool timeout_is_deadline = false;
   };
 
-  // Spawns `command` (its stdin_data is moved out) inside `group`. On error nothing is left
-  // running.
-  static absl::StatusOr<std::unique_ptr<ChildProcess>> Start(
+  // Spawns `command` (its stdin_data is moved out) inside `group`, on the calling thread,
+  // which must outlive the child (it is the parent-death signal's reference). Nothing is
+  // watched yet. On error nothing is left running.
+  static absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(
       EventLoop& loop, ProcessOs& os, Command& command, const Options& options,
       std::unique_ptr<Containment::Group> group, Observer* observer);
+  // Loop thread: starts watching the child's descriptors and its timeout. On error the
+  // caller destroys the object, which kills the child.
+  absl::Status Watch();
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
 
@@ -100,6 +105,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   EventLoop::TimerId timeout_timer_ = 0;
   EventLoop::TimerId kill_timer_ = 0;
   EventLoop::TimerId empty_timer_ = 0;
+  absl::Duration timeout_;
+  bool timeout_is_deadline_ = false;
+  bool watched_ = false;
   absl::Time empty_deadline_;
   bool terminating_ = false;
   bool exited_ = false;

@@ -61,9 +61,11 @@ class Containment {
   virtual absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
                                                           int64_t max_processes) = 0;
 
-  // Called after a command's leader was reaped, on the thread that reaps: reaps orphaned
-  // children execd adopted (as subreaper), and in process-group mode kills those that are
-  // not `leaders` (running commands' leaders).
+  // Whether SweepOrphans has work to do (process-group mode, where execd is subreaper).
+  virtual bool sweeps_orphans() const = 0;
+  // Called after a command's leader was reaped: kills and reaps the children execd adopted
+  // as subreaper, that is every child that is not one of `leaders` (running commands'
+  // leaders). The caller must make sure no spawn is in flight meanwhile.
   virtual void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
 };
 

@@ -1,6 +1,8 @@
 #include "core/engine.h"
 
 #include <algorithm>
+#include <deque>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -40,6 +42,49 @@ class Engine::Execution final : public ChildProcess::Observer {
   std::unique_ptr<ChildProcess> child_;  // loop
 };
 
+// Long-lived threads for spawning: a child's parent-death signal follows the thread that
+// spawned it, so these threads live as long as the engine.
+class Engine::SpawnThreads {
+ public:
+  explicit SpawnThreads(int n) {
+    for (int i = 0; i < std::max(1, n); ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~SpawnThreads() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+  void Submit(absl::AnyInvocable<void() &&> task) {
+    absl::MutexLock lock(&mu_);
+    tasks_.push_back(std::move(task));
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      absl::AnyInvocable<void() &&> task;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || !tasks_.empty();
+        };
+        mu_.Await(absl::Condition(&ready));
+        if (tasks_.empty()) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      std::move(task)();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (options.max_concurrency < 1) {
     return absl::InvalidArgumentError(
@@ -59,9 +104,13 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
     : options_(options),
       loop_(std::move(loop)),
       containment_(std::move(containment)),
-      scheduler_(options.max_concurrency, options.max_queue) {}
+      scheduler_(options.max_concurrency, options.max_queue),
+      spawn_threads_(std::make_unique<SpawnThreads>(options.spawn_threads)) {}
 
-Engine::~Engine() { Shutdown(absl::ZeroDuration()); }
+Engine::~Engine() {
+  Shutdown(absl::ZeroDuration());
+  spawn_threads_.reset();  // Before the loop they post to goes away.
+}
 
 absl::Status Engine::CheckEnforceable(const Command& command) const {
   if (command.limits.max_processes > 0 && !containment_->limits_processes()) {
@@ -184,23 +233,59 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
+  spawn_threads_->Submit([this, execution = std::move(execution), child_options]() mutable {
+    Spawn(std::move(execution), child_options);
+  });
+}
+
+void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options options) {
+  Execution& e = *execution;
   absl::StatusOr<std::unique_ptr<ChildProcess>> child;
-  auto group =
-      containment_->NewGroup(e.command_.limits.memory_bytes, e.command_.limits.max_processes);
-  if (group.ok()) {
-    child =
-        ChildProcess::Start(*loop_, *options_.os, e.command_, child_options, *std::move(group), &e);
-  } else {
-    child = group.status();
+  {
+    absl::ReaderMutexLock gate(&spawn_gate_);
+    auto group =
+        containment_->NewGroup(e.command_.limits.memory_bytes, e.command_.limits.max_processes);
+    if (group.ok()) {
+      child = ChildProcess::Spawn(*loop_, *options_.os, e.command_, options, *std::move(group), &e);
+    } else {
+      child = group.status();
+    }
+    if (child.ok()) {
+      absl::MutexLock lock(&leaders_mu_);
+      leaders_.insert((*child)->pid());
+    }
   }
   e.spawn_done_ = options_.clock->Now();
+  loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
+    OnSpawned(std::move(execution), std::move(child));
+  });
+}
+
+void Engine::OnSpawned(std::shared_ptr<Execution> execution,
+                       absl::StatusOr<std::unique_ptr<ChildProcess>> child) {
+  Execution& e = *execution;
   if (!child.ok()) {
     Finish(e, child.status());
     return;
   }
   e.child_ = *std::move(child);
-  leaders_.insert(e.child_->pid());
+  if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
+    Finish(e, watched);  // Destroying the child kills it.
+    return;
+  }
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
+  if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
+}
+
+void Engine::SweepOrphans() {
+  if (!containment_->sweeps_orphans()) return;
+  absl::WriterMutexLock gate(&spawn_gate_);
+  absl::flat_hash_set<pid_t> leaders;
+  {
+    absl::MutexLock lock(&leaders_mu_);
+    leaders = leaders_;
+  }
+  containment_->SweepOrphans(leaders);
 }
 
 void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
@@ -220,8 +305,11 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     }
   }
   if (execution.child_ != nullptr) {
-    leaders_.erase(execution.child_->pid());
-    containment_->SweepOrphans(leaders_);
+    {
+      absl::MutexLock lock(&leaders_mu_);
+      leaders_.erase(execution.child_->pid());
+    }
+    SweepOrphans();
   }
   execution.observer_->OnFinished(std::move(result));
   // The child is destroyed outside its own callback.

@@ -40,6 +40,9 @@ class Engine {
     size_t max_queue = 1024;
     absl::Duration kill_grace = absl::Milliseconds(500);
     Containment::Mode containment = Containment::Mode::kAuto;
+    // Threads that spawn children. A spawn blocks its thread until the child has exec'd
+    // (CLONE_VFORK), so spawns run here, in parallel, and not on the event loop.
+    int spawn_threads = 2;
     ProcessOs* os = &SystemProcessOs();
     const Clock* clock = &MonotonicClock::Get();
   };
@@ -96,6 +99,12 @@ class Engine {
   Engine(const Options& options, std::unique_ptr<EventLoop> loop,
          std::unique_ptr<Containment> containment);
   void StartOnLoop(std::shared_ptr<Execution> execution);
+  // On a spawn thread: creates the command's group and spawns it.
+  void Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options options);
+  // Back on the loop: watches the spawned child, or reports why it could not start.
+  void OnSpawned(std::shared_ptr<Execution> execution,
+                 absl::StatusOr<std::unique_ptr<ChildProcess>> child);
+  void SweepOrphans();
   void Finish(Execution& execution, absl::StatusOr<Result> result);
   // Posts StartOnLoop for every entry the scheduler lets run now.
   void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -120,7 +129,16 @@ class Engine {
 
   // Loop thread only.
   EventLoop::TimerId expiry_timer_ = 0;
-  absl::flat_hash_set<pid_t> leaders_;
+
+  // Leaders of running commands, for the orphan sweep. Spawning threads hold spawn_gate_
+  // shared from before a child exists until its pid is in leaders_; the sweep holds it
+  // exclusively, so it never mistakes a child being spawned for an orphan.
+  absl::Mutex spawn_gate_;
+  absl::Mutex leaders_mu_;
+  absl::flat_hash_set<pid_t> leaders_ ABSL_GUARDED_BY(leaders_mu_);
+
+  class SpawnThreads;
+  std::unique_ptr<SpawnThreads> spawn_threads_;
 };
 
 }  // namespace execd::core

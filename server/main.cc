@@ -46,6 +46,9 @@ ABSL_FLAG(int64_t, max_open_files, kDefaults.policy.max_open_files,
           "largest limits.max_open_files a request may ask; also the default. 0: no maximum");
 ABSL_FLAG(int64_t, max_file_size_bytes, kDefaults.policy.max_file_size_bytes,
           "largest limits.max_file_size_bytes a request may ask; also the default. 0: none");
+ABSL_FLAG(int, spawn_threads, 0,
+          "threads that start children in parallel (each blocks until its child has "
+          "exec'd); 0 means one per CPU core, at least 2");
 ABSL_FLAG(std::string, containment, "auto",
           "how a command's processes are held and killed together: auto (the strongest "
           "available), cgroup, or process-group");
@@ -72,6 +75,10 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
   if (c.max_concurrency == 0) {
     c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  c.spawn_threads = absl::GetFlag(FLAGS_spawn_threads);
+  if (c.spawn_threads <= 0) {
+    c.spawn_threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
   }
   c.max_queue = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_max_queue)));
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

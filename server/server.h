@@ -25,6 +25,7 @@ struct ServerConfig {
   absl::Duration drain_timeout = absl::Seconds(30);
   bool log_requests = true;
   core::Containment::Mode containment = core::Containment::Mode::kAuto;
+  int spawn_threads = 2;
   core::RequestPolicy policy;
 };
 

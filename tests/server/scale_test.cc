@@ -83,8 +83,10 @@ TEST(Scale, TwoThousandConcurrentChildrenWithAFlatThreadCount) {
   }
   const absl::Duration wall = absl::Now() - start;
   EXPECT_EQ(ok, kCommands);
-  EXPECT_GE(children_max, static_cast<size_t>(kCommands) * 9 / 10)
-      << "the commands did not run concurrently";
+  // Concurrent, not serialised: most of them alive at once, and the whole batch in a few
+  // seconds where one after another would take 2,000.
+  EXPECT_GE(children_max, static_cast<size_t>(kCommands) / 2);
+  EXPECT_LT(wall, absl::Seconds(15));
   // Flat: no thread per child, nor anything proportional to the load.
   EXPECT_LE(threads_max, threads_idle + 16);
   printf(
