@@ -1,5 +1,6 @@
 #include "core/event_loop.h"
 
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
@@ -136,6 +137,14 @@ void EventLoop::RunPostedTasks() {
 }
 
 void EventLoop::Run() {
+  // Handlers write to children's stdin pipes; a child that exits without reading must
+  // give this thread EPIPE, not a SIGPIPE that kills the whole server. (A synchronous
+  // SIGPIPE goes to the writing thread, so blocking it here is enough, and does not touch
+  // the embedding process's own handling.)
+  sigset_t pipe_signal;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   for (;;) {

@@ -1,8 +1,3 @@
-add_library(test_support STATIC ${CMAKE_CURRENT_SOURCE_DIR}/support/subprocess.cc)
-target_include_directories(test_support PUBLIC ${CMAKE_SOURCE_DIR})
-target_compile_options(test_support PRIVATE ${EXECD_WARNINGS})
-target_link_libraries(test_support PUBLIC absl::synchronization absl::strings absl::time)
-
 add_library(test_server STATIC ${CMAKE_CURRENT_SOURCE_DIR}/support/test_server.cc)
 target_include_directories(test_server PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_options(test_server PRIVATE ${EXECD_WARNINGS})
