@@ -8,7 +8,6 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 
 namespace execd::core {
 
@@ -296,6 +295,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     if (it == live_.end()) return;
     keep = std::move(it->second);
     live_.erase(it);
+    if (execution.child_ != nullptr) ++finishing_;
     bool was_admitted = execution.state_ == Execution::State::kAdmitted;
     execution.state_ = Execution::State::kDone;
     if (was_admitted) {
@@ -311,11 +311,18 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     }
     SweepOrphans();
   }
-  execution.observer_->OnFinished(std::move(result));
-  // The child is destroyed outside its own callback.
-  if (execution.child_ != nullptr) {
-    loop_->Post([keep = std::move(keep)]() mutable { keep->child_.reset(); });
+  if (execution.child_ == nullptr) {
+    execution.observer_->OnFinished(std::move(result));
+    return;
   }
+  // The child is destroyed outside its own callback, and before the caller hears the
+  // result: by then its descriptors are closed and its cgroup is gone.
+  loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
+    keep->child_.reset();
+    keep->observer_->OnFinished(std::move(result));
+    absl::MutexLock lock(&mu_);
+    --finishing_;
+  });
 }
 
 void Engine::StartRunnableLocked() {
@@ -369,15 +376,12 @@ void Engine::Shutdown(absl::Duration drain) {
     for (auto& [id, execution] : live_) rest.push_back(execution);
   }
   for (auto& execution : rest) Cancel(execution);
-  {
-    absl::MutexLock lock(&mu_);
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_.empty(); };
-    mu_.Await(absl::Condition(&idle));
-  }
-  // Children are destroyed by tasks Finish() posted; let them run before returning.
-  absl::Notification flushed;
-  loop_->Post([&flushed]() mutable { flushed.Notify(); });
-  flushed.WaitForNotification();
+  // Finish() posts the last step of a started command; wait for those tasks too.
+  absl::MutexLock lock(&mu_);
+  auto finished = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return live_.empty() && finishing_ == 0;
+  };
+  mu_.Await(absl::Condition(&finished));
 }
 
 Engine::Stats Engine::stats() const {

@@ -123,6 +123,9 @@ class Engine {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   Id next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<Id, std::shared_ptr<Execution>> live_ ABSL_GUARDED_BY(mu_);
+  // Started commands that have left live_ but whose child and observer are still being
+  // finished on the loop thread.
+  int finishing_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time armed_expiry_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   // Mean run time of recent commands, for the retry pushback estimate.
   absl::Duration mean_run_ ABSL_GUARDED_BY(mu_) = absl::Milliseconds(100);
