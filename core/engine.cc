@@ -1,5 +1,7 @@
 #include "core/engine.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <deque>
 #include <thread>
@@ -46,7 +48,12 @@ class Engine::Execution final : public ChildProcess::Observer {
 class Engine::SpawnThreads {
  public:
   explicit SpawnThreads(int n) {
-    for (int i = 0; i < std::max(1, n); ++i) threads_.emplace_back([this] { Run(); });
+    for (int i = 0; i < std::max(1, n); ++i) {
+      threads_.emplace_back([this] {
+        pthread_setname_np(pthread_self(), "execd-spawn");
+        Run();
+      });
+    }
   }
   ~SpawnThreads() {
     {

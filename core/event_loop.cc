@@ -1,5 +1,7 @@
 #include "core/event_loop.h"
 
+#include <pthread.h>
+
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -30,7 +32,10 @@ absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Start(const Clock& clock) 
     return ErrnoToStatus(errno, "epoll_ctl(eventfd)");
   }
   std::unique_ptr<EventLoop> loop(new EventLoop(clock, std::move(epoll_fd), std::move(wake_fd)));
-  loop->thread_ = std::thread([l = loop.get()] { l->Run(); });
+  loop->thread_ = std::thread([l = loop.get()] {
+    pthread_setname_np(pthread_self(), "execd-loop");  // Shown by top -H, ps -L, gdb.
+    l->Run();
+  });
   return loop;
 }
 

@@ -1,3 +1,12 @@
 execd_test(validate_test SOURCES core/validate_test.cc LIBS core test_support)
 execd_test(engine_test SOURCES core/engine_test.cc LIBS core test_support)
 execd_test(event_loop_test SOURCES core/event_loop_test.cc LIBS core)
+execd_test(executor_test SOURCES core/executor_test.cc LIBS core)
+execd_test(scheduler_test SOURCES core/scheduler_test.cc LIBS core)
+execd_test(engine_failure_test SOURCES core/engine_failure_test.cc LIBS core)
+
+# The executor again under ThreadSanitizer (built with clang, outside the main build).
+add_test(NAME executor_tsan
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/core/executor_tsan_test.sh
+                 ${CMAKE_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR}/tsan)
+set_tests_properties(executor_tsan PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
