@@ -1,6 +1,7 @@
 #include "core/child_process.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -56,7 +57,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   child->group_ = std::move(group);
   UniqueFd stdin_read;
   int child_stdin;
-  if (command.stdin_data.empty()) {
+  if (command.stdin_data.empty() && !options.stdin_pipe) {
     ASSIGN_OR_RETURN(child_stdin, DevNull());
   } else {
     ASSIGN_OR_RETURN(auto stdin_pipe, os.Pipe());
@@ -100,6 +101,23 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   child->timeout_ = options.timeout;
   child->timeout_is_deadline_ = options.timeout_is_deadline;
   return child;
+}
+
+void ChildProcess::Assign(Observer* observer, std::string stdin_data, const Limits& limits,
+                          bool stream_output, const Options& options) {
+  observer_ = observer;
+  stdin_data_ = std::move(stdin_data);
+  max_output_bytes_ = limits.max_output_bytes;
+  stream_output_ = stream_output;
+  kill_grace_ = options.kill_grace;
+  timeout_ = options.timeout;
+  timeout_is_deadline_ = options.timeout_is_deadline;
+  exec_done_ = loop_.clock().Now();
+}
+
+bool ChildProcess::Alive() const {
+  pollfd p{pidfd_.get(), POLLIN, 0};
+  return pidfd_.valid() && poll(&p, 1, 0) == 0;
 }
 
 absl::Status ChildProcess::Watch() {

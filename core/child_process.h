@@ -47,6 +47,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // The timeout is the caller's deadline rather than the command's own limit: nobody
     // waits for the result any more, so expiry kills at once instead of SIGTERM first.
     bool timeout_is_deadline = false;
+    // Give the child a stdin pipe even though the command has no stdin data yet: a
+    // pre-warmed process gets its request's stdin later, through Assign().
+    bool stdin_pipe = false;
   };
 
   // Spawns `command` (its stdin_data is moved out) inside `group`, on the calling thread,
@@ -58,6 +61,14 @@ class ChildProcess final : public EventLoop::FdHandler {
   // Loop thread: starts watching the child's descriptors and its timeout. On error the
   // caller destroys the object, which kills the child.
   absl::Status Watch();
+  // Before Watch(), for a pre-warmed child spawned with Options::stdin_pipe: hands it to a
+  // request. The request's stdin is written, its caps apply, and its timeout and run time
+  // count from now.
+  void Assign(Observer* observer, std::string stdin_data, const Limits& limits, bool stream_output,
+              const Options& options);
+  // Before Watch(): whether the process is still running (a pre-warmed child may have
+  // died while it waited).
+  bool Alive() const;
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
 
@@ -86,11 +97,11 @@ class ChildProcess final : public EventLoop::FdHandler {
   Termination DecideTermination(const LimitHits& hits) const;
 
   EventLoop& loop_;
-  Observer* const observer_;
-  const bool stream_output_;
-  const int64_t max_output_bytes_;
-  const absl::Duration kill_grace_;
-  const absl::Duration empty_wait_;
+  Observer* observer_;
+  bool stream_output_;
+  int64_t max_output_bytes_;
+  absl::Duration kill_grace_;
+  absl::Duration empty_wait_;
   const absl::Duration cpu_limit_;
   std::unique_ptr<Containment::Group> group_;
 

@@ -63,6 +63,9 @@ struct Command {
   // Scheduling: 0 (lowest) .. 2 (highest), and how long it may wait in the queue.
   int priority = 1;
   absl::Duration max_queue_time = absl::InfiniteDuration();
+  // The worker pool that runs it (empty: a cold spawn). For a pool, argv are the request's
+  // arguments and `executable` is the pool's, for logs.
+  std::string pool;
 };
 
 enum class Termination {

@@ -10,12 +10,13 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 
 namespace execd::core {
 
 // One command's passage through the engine. Fields marked "loop" are touched only on the
 // loop thread; `state_` is guarded by the engine's mutex.
-class Engine::Execution final : public ChildProcess::Observer {
+class Engine::Execution final : public ChildProcess::Observer, public Pool::Request {
  public:
   enum class State { kQueued, kAdmitted, kDone };
 
@@ -31,6 +32,34 @@ class Engine::Execution final : public ChildProcess::Observer {
     engine_.Finish(*this, std::move(result));
   }
 
+  // Pool::Request.
+  void OnProcess(std::unique_ptr<ChildProcess> child) override {
+    LeavePool();
+    engine_.OnPooledProcess(*this, std::move(child));
+  }
+  void OnStarted(pid_t pid) override {
+    StopDeadlineTimer();  // The worker enforces the rest of the deadline now.
+    spawn_done_ = engine_.options_.clock->Now();
+    observer_->OnStarted(pid, admitted_ - submitted_);
+  }
+  void OnDone(absl::StatusOr<Result> result) override {
+    LeavePool();
+    if (result.ok()) {
+      result->queued = admitted_ - submitted_;
+      result->spawn = spawn_done_ == absl::Time() ? absl::ZeroDuration() : spawn_done_ - admitted_;
+    }
+    engine_.Finish(*this, std::move(result));
+  }
+
+  void StopDeadlineTimer() {
+    if (deadline_timer_ != 0) engine_.loop_->CancelTimer(deadline_timer_);
+    deadline_timer_ = 0;
+  }
+  void LeavePool() {
+    in_pool_ = false;
+    StopDeadlineTimer();
+  }
+
   Engine& engine_;
   const Id id_;
   Command command_;
@@ -41,6 +70,12 @@ class Engine::Execution final : public ChildProcess::Observer {
   State state_ = State::kQueued;         // Guarded by engine.mu_.
   bool cancel_requested_ = false;        // loop
   std::unique_ptr<ChildProcess> child_;  // loop
+  // Pooled commands.
+  int group_ = 0;  // Scheduler group: pool index + 1.
+  Pool* pool_ = nullptr;
+  bool in_pool_ = false;                   // loop: waiting for or using a worker
+  ChildProcess::Options child_options_;    // loop: for a pre-warmed process
+  EventLoop::TimerId deadline_timer_ = 0;  // loop: while waiting for a worker
 };
 
 // Long-lived threads for spawning: a child's parent-death signal follows the thread that
@@ -111,11 +146,69 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
       loop_(std::move(loop)),
       containment_(std::move(containment)),
       scheduler_(options.max_concurrency, options.max_queue),
-      spawn_threads_(std::make_unique<SpawnThreads>(options.spawn_threads)) {}
+      spawn_threads_(std::make_unique<SpawnThreads>(options.spawn_threads)) {
+  Pool::Deps deps;
+  deps.loop = loop_.get();
+  deps.os = options_.os;
+  deps.containment = containment_.get();
+  deps.kill_grace = options_.kill_grace;
+  deps.run_blocking = [this](absl::AnyInvocable<void() &&> task) {
+    spawn_threads_->Submit([this, task = std::move(task)]() mutable {
+      absl::ReaderMutexLock gate(&spawn_gate_);  // Not swept for an orphan mid-spawn.
+      std::move(task)();
+    });
+  };
+  deps.track = [this](pid_t pid) {
+    absl::MutexLock lock(&leaders_mu_);
+    leaders_.insert(pid);
+  };
+  deps.untrack = [this](pid_t pid) {
+    absl::MutexLock lock(&leaders_mu_);
+    leaders_.erase(pid);
+  };
+  for (size_t i = 0; i < options_.pools.size(); ++i) {
+    const PoolSpec& spec = options_.pools[i];
+    pool_index_[spec.name] = static_cast<int>(i);
+    scheduler_.SetGroupLimit(static_cast<int>(i) + 1, spec.max_size);
+    pools_.push_back(std::make_unique<Pool>(spec, deps));
+  }
+  loop_->Post([this]() mutable {
+    for (auto& pool : pools_) pool->Start();
+  });
+}
+
+const PoolSpec* Engine::FindPool(absl::string_view name) const {
+  auto it = pool_index_.find(name);
+  return it == pool_index_.end() ? nullptr : &pools_[it->second]->spec();
+}
+
+std::vector<Engine::PoolStatus> Engine::PoolStatuses() const {
+  std::vector<PoolStatus> out;
+  absl::Notification done;
+  loop_->Post([this, &out, &done]() mutable {
+    for (const auto& pool : pools_) {
+      out.push_back(PoolStatus{pool->spec().name, pool->spec().kind, pool->stats()});
+    }
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return out;
+}
 
 Engine::~Engine() {
   Shutdown(absl::ZeroDuration());
+  // Idle workers die with their pools, on the loop that watches them.
+  absl::Notification pools_gone;
+  loop_->Post([this, &pools_gone]() mutable {
+    pools_.clear();
+    pools_gone.Notify();
+  });
+  pools_gone.WaitForNotification();
   spawn_threads_.reset();  // Before the loop they post to goes away.
+  // Workers' deferred destructions were posted to the loop; run them before it stops.
+  absl::Notification flushed;
+  loop_->Post([&flushed]() mutable { flushed.Notify(); });
+  flushed.WaitForNotification();
 }
 
 absl::Status Engine::CheckEnforceable(const Command& command) const {
@@ -156,9 +249,19 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       return absl::UnavailableError("the server is shutting down; retry on another replica");
     }
     Id id = next_id_++;
-    Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry);
+    int group = 0;
+    if (!command.pool.empty()) {
+      auto it = pool_index_.find(command.pool);
+      if (it == pool_index_.end()) {
+        return absl::NotFoundError(absl::StrCat("no worker pool named \"", command.pool, "\""));
+      }
+      group = it->second + 1;
+    }
+    Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
     if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
     execution = std::make_shared<Execution>(*this, id, std::move(command), observer);
+    execution->group_ = group;
+    if (group > 0) execution->pool_ = pools_[group - 1].get();
     execution->submitted_ = now;
     live_.emplace(id, execution);
     if (admission.kind == Scheduler::Admission::Kind::kRunNow) {
@@ -239,6 +342,10 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
+  if (e.pool_ != nullptr) {
+    StartPooled(std::move(execution), child_options);
+    return;
+  }
   spawn_threads_->Submit([this, execution = std::move(execution), child_options]() mutable {
     Spawn(std::move(execution), child_options);
   });
@@ -265,6 +372,51 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
     OnSpawned(std::move(execution), std::move(child));
   });
+}
+
+void Engine::StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options) {
+  Execution& e = *execution;
+  e.child_options_ = options;
+  e.in_pool_ = true;
+  Pool::Call call;
+  call.max_output_bytes = e.command_.limits.max_output_bytes;
+  call.timeout = e.command_.limits.timeout;
+  call.deadline = e.command_.deadline;
+  if (e.pool_->spec().kind == PoolSpec::Kind::kPersistent) {
+    call.arguments = std::move(e.command_.argv);
+    e.command_.argv.clear();
+    call.stdin_data = std::move(e.command_.stdin_data);
+  }
+  // A worker may take a while to start; the call's deadline still holds meanwhile.
+  if (e.command_.deadline != absl::InfiniteFuture()) {
+    e.deadline_timer_ = loop_->AddTimer(e.command_.deadline, [this, &e]() mutable {
+      e.deadline_timer_ = 0;
+      if (!e.in_pool_ || !e.pool_->Cancel(&e)) return;
+      e.LeavePool();
+      Finish(e, absl::DeadlineExceededError(
+                    absl::StrCat("the call's deadline passed while waiting for a worker of pool \"",
+                                 e.pool_->spec().name, "\"")));
+    });
+  }
+  e.pool_->Acquire(&e, std::move(call));
+}
+
+void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) {
+  const absl::Time now = options_.clock->Now();
+  e.spawn_done_ = now;
+  ChildProcess::Options options = e.child_options_;
+  const absl::Duration left = e.command_.deadline - now;
+  options.timeout = std::max(absl::Milliseconds(1), std::min(e.command_.limits.timeout, left));
+  options.timeout_is_deadline = left < e.command_.limits.timeout;
+  child->Assign(&e, std::move(e.command_.stdin_data), e.command_.limits, e.command_.stream_output,
+                options);
+  e.child_ = std::move(child);
+  if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
+    Finish(e, watched);
+    return;
+  }
+  e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
+  if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
 }
 
 void Engine::OnSpawned(std::shared_ptr<Execution> execution,
@@ -307,7 +459,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     execution.state_ = Execution::State::kDone;
     if (was_admitted) {
       if (result.ok()) mean_run_ = (mean_run_ * 7 + result->run) / 8;
-      scheduler_.Release();
+      scheduler_.Release(execution.group_);
       StartRunnableLocked();
     }
   }
@@ -326,6 +478,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   // result: by then its descriptors are closed and its cgroup is gone.
   loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
     keep->child_.reset();
+    if (keep->pool_ != nullptr) keep->pool_->Release();  // Its pre-warmed process is gone.
     keep->observer_->OnFinished(std::move(result));
     absl::MutexLock lock(&mu_);
     --finishing_;
@@ -347,11 +500,19 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
     draining = draining_;
     if (execution->state_ == Execution::State::kDone) return;
     if (execution->state_ == Execution::State::kAdmitted) {
-      loop_->Post([execution]() mutable {
-        if (execution->child_ != nullptr) {
-          execution->child_->Terminate(Termination::kCancelled);
+      loop_->Post([this, execution]() mutable {
+        Execution& e = *execution;
+        if (e.child_ != nullptr) {
+          e.child_->Terminate(Termination::kCancelled);
+        } else if (e.in_pool_) {
+          if (e.pool_->Cancel(&e)) {
+            e.LeavePool();
+            Finish(e, absl::CancelledError(
+                          absl::StrCat("cancelled while waiting for a worker of pool \"",
+                                       e.pool_->spec().name, "\"")));
+          }
         } else {
-          execution->cancel_requested_ = true;
+          e.cancel_requested_ = true;
         }
       });
       return;

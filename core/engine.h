@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -24,6 +25,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/pool.h"
 #include "core/scheduler.h"
 #include "core/spawn.h"
 
@@ -45,6 +47,8 @@ class Engine {
     int spawn_threads = 2;
     ProcessOs* os = &SystemProcessOs();
     const Clock* clock = &MonotonicClock::Get();
+    // Worker pools, validated (names unique).
+    std::vector<PoolSpec> pools;
   };
 
   class Observer {
@@ -91,6 +95,15 @@ class Engine {
     int limit = 0;
   };
   Stats stats() const;
+
+  // The pool named `name`, or null. The spec lives as long as the engine.
+  const PoolSpec* FindPool(absl::string_view name) const;
+  struct PoolStatus {
+    std::string name;
+    PoolSpec::Kind kind;
+    PoolStats stats;
+  };
+  std::vector<PoolStatus> PoolStatuses() const;
   const Clock& clock() const { return *options_.clock; }
   const Containment& containment() const { return *containment_; }
 
@@ -104,6 +117,10 @@ class Engine {
   // Back on the loop: watches the spawned child, or reports why it could not start.
   void OnSpawned(std::shared_ptr<Execution> execution,
                  absl::StatusOr<std::unique_ptr<ChildProcess>> child);
+  // On the loop: hands an admitted pooled command to its pool.
+  void StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options);
+  // On the loop: a pre-warmed process for `e`; runs it like a spawned child.
+  void OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child);
   void SweepOrphans();
   void Finish(Execution& execution, absl::StatusOr<Result> result);
   // Posts StartOnLoop for every entry the scheduler lets run now.
@@ -142,6 +159,10 @@ class Engine {
 
   class SpawnThreads;
   std::unique_ptr<SpawnThreads> spawn_threads_;
+
+  // Loop thread only (created on construction, started and destroyed on the loop).
+  std::vector<std::unique_ptr<Pool>> pools_;
+  absl::flat_hash_map<std::string, int> pool_index_;  // Name to index; immutable.
 };
 
 }  // namespace execd::core

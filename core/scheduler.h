@@ -4,6 +4,9 @@
 // deadline) or be removed (cancel). When the queue is full, a newcomer displaces the newest
 // entry of a lower priority, if any; otherwise it is rejected.
 //
+// Entries may belong to a group (a worker pool) with its own limit on running entries: an
+// entry whose group is full waits without holding up entries of other groups behind it.
+//
 // Not thread-safe: the engine calls it under its own lock. Time is passed in by the caller,
 // so tests drive it with plain values.
 #pragma once
@@ -36,10 +39,13 @@ class Scheduler {
     std::optional<Id> displaced;
   };
   // `expiry`: when a still-queued entry is dropped (InfiniteFuture for never).
-  Admission Submit(Id id, int priority, absl::Time expiry);
+  // `group`: 0 for none, else a group made with SetGroupLimit.
+  Admission Submit(Id id, int priority, absl::Time expiry, int group = 0);
 
-  // A running entry ended and frees its slot.
-  void Release();
+  // A running entry (of `group`) ended and frees its slot.
+  void Release(int group = 0);
+  // Creates or resizes group `group` (1, 2, ...): at most `limit` of its entries run.
+  void SetGroupLimit(int group, int limit);
   // Queued entries that may start now, best first; each now counts as running.
   std::vector<Id> TakeRunnable();
   // Removes a queued entry; false when it is not queued.
@@ -61,16 +67,24 @@ class Scheduler {
   struct Entry {
     Id id;
     absl::Time expiry;
+    int group;
   };
+  bool GroupFree(int group) const {
+    return group == 0 || group_running_[group] < group_limits_[group];
+  }
   struct Position {
     int priority;
     std::list<Entry>::iterator it;
   };
-  void Enqueue(Id id, int priority, absl::Time expiry);
+  void Enqueue(Id id, int priority, absl::Time expiry, int group);
+  bool AnyRunnableQueued() const;
   void Erase(Id id);
 
   int limit_;
   int running_ = 0;
+  std::vector<int> group_limits_{0};  // Indexed by group; 0 is "no group".
+  std::vector<int> group_running_{0};
+  std::vector<int> group_queued_{0};
   const size_t max_queue_;
   std::list<Entry> queues_[kPriorities];
   absl::flat_hash_map<Id, Position> index_;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/pool.h"
 #include "core/status_macros.h"
 
 extern char** environ;
@@ -197,9 +198,10 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const st
                                           "); give an absolute path"));
 }
 
-absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPolicy& policy) {
-  if (request.argv.empty()) return InvalidArgument("argv", "is empty; give at least the program");
-  if (request.argv[0].empty()) return InvalidArgument("argv[0]", "is empty; name the program");
+namespace {
+
+// Checks shared by cold and pooled requests: argv, env, stdin and request_id sizes.
+absl::Status CheckPayload(const CommandRequest& request, const RequestPolicy& policy) {
   int64_t arg_bytes = 0;
   for (size_t i = 0; i < request.argv.size(); ++i) {
     if (HasNul(request.argv[i])) {
@@ -231,47 +233,70 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
         "request_id", absl::StrCat("is ", request.request_id.size(), " bytes, over the limit of ",
                                    policy.max_request_id_bytes));
   }
+  return absl::OkStatus();
+}
 
-  Command cmd;
-  if (request.timeout < absl::ZeroDuration()) {
+// A timeout or output cap: unset takes `fallback`; negative or over `max` is rejected.
+absl::StatusOr<absl::Duration> PickTimeout(absl::Duration asked, absl::Duration fallback,
+                                           absl::Duration max, absl::string_view whose_max) {
+  if (asked < absl::ZeroDuration()) {
     return InvalidArgument("limits.timeout",
-                           absl::StrCat(absl::FormatDuration(request.timeout), " is negative"));
+                           absl::StrCat(absl::FormatDuration(asked), " is negative"));
   }
-  if (request.timeout > policy.max_timeout) {
-    return InvalidArgument(
-        "limits.timeout",
-        absl::StrCat(absl::FormatDuration(request.timeout), " exceeds the server maximum of ",
-                     absl::FormatDuration(policy.max_timeout)));
+  if (asked > max) {
+    return InvalidArgument("limits.timeout",
+                           absl::StrCat(absl::FormatDuration(asked), " exceeds ", whose_max, " of ",
+                                        absl::FormatDuration(max)));
   }
-  cmd.limits.timeout =
-      request.timeout == absl::ZeroDuration() ? policy.default_timeout : request.timeout;
-  if (request.max_output_bytes < 0) {
+  return asked == absl::ZeroDuration() ? fallback : asked;
+}
+
+absl::StatusOr<int64_t> PickOutputCap(int64_t asked, int64_t fallback, int64_t max,
+                                      absl::string_view whose_max) {
+  if (asked < 0) {
+    return InvalidArgument("limits.max_output_bytes", absl::StrCat(asked, " is negative"));
+  }
+  if (asked > max) {
     return InvalidArgument("limits.max_output_bytes",
-                           absl::StrCat(request.max_output_bytes, " is negative"));
+                           absl::StrCat(asked, " exceeds ", whose_max, " of ", max));
   }
-  if (request.max_output_bytes > policy.max_output_bytes) {
-    return InvalidArgument("limits.max_output_bytes",
-                           absl::StrCat(request.max_output_bytes, " exceeds the server maximum of ",
-                                        policy.max_output_bytes));
-  }
-  cmd.limits.max_output_bytes =
-      request.max_output_bytes == 0 ? policy.default_max_output_bytes : request.max_output_bytes;
-  RETURN_IF_ERROR(ApplyResourceLimits(request, policy, &cmd.limits));
+  return asked == 0 ? fallback : asked;
+}
+
+absl::Status ApplyScheduling(const CommandRequest& request, Command* cmd) {
   if (request.priority == -1) {
-    cmd.priority = 1;
+    cmd->priority = 1;
   } else if (request.priority < 0 || request.priority > 2) {
     return InvalidArgument("priority",
                            absl::StrCat(request.priority, " is not one of LOW, NORMAL or HIGH"));
   } else {
-    cmd.priority = request.priority;
+    cmd->priority = request.priority;
   }
   if (request.max_queue_time < absl::ZeroDuration()) {
     return InvalidArgument(
         "max_queue_time",
         absl::StrCat(absl::FormatDuration(request.max_queue_time), " is negative"));
   }
-  cmd.max_queue_time = request.max_queue_time == absl::ZeroDuration() ? absl::InfiniteDuration()
-                                                                      : request.max_queue_time;
+  cmd->max_queue_time = request.max_queue_time == absl::ZeroDuration() ? absl::InfiniteDuration()
+                                                                       : request.max_queue_time;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPolicy& policy) {
+  if (request.argv.empty()) return InvalidArgument("argv", "is empty; give at least the program");
+  if (request.argv[0].empty()) return InvalidArgument("argv[0]", "is empty; name the program");
+  RETURN_IF_ERROR(CheckPayload(request, policy));
+
+  Command cmd;
+  ASSIGN_OR_RETURN(cmd.limits.timeout, PickTimeout(request.timeout, policy.default_timeout,
+                                                   policy.max_timeout, "the server maximum"));
+  ASSIGN_OR_RETURN(cmd.limits.max_output_bytes,
+                   PickOutputCap(request.max_output_bytes, policy.default_max_output_bytes,
+                                 policy.max_output_bytes, "the server maximum"));
+  RETURN_IF_ERROR(ApplyResourceLimits(request, policy, &cmd.limits));
+  RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
   auto path_it = policy.server_env.find("PATH");
@@ -292,6 +317,48 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
 
   cmd.argv = std::move(request.argv);
   cmd.cwd = std::move(request.cwd);
+  cmd.stdin_data = std::move(request.stdin_data);
+  cmd.request_id = std::move(request.request_id);
+  return cmd;
+}
+
+}  // namespace execd::core
+
+namespace execd::core {
+
+absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const PoolSpec& pool,
+                                              const RequestPolicy& policy) {
+  const std::string whose = absl::StrCat("pool \"", pool.name, "\"");
+  auto fixed_by_pool = [&](absl::string_view field) {
+    return InvalidArgument(field, absl::StrCat("must be empty in a request to ", whose,
+                                               ": the pool's configuration sets it"));
+  };
+  if (!request.env.empty()) return fixed_by_pool("env");
+  if (!request.inherit_env.empty()) return fixed_by_pool("inherit_env");
+  if (!request.cwd.empty()) return fixed_by_pool("cwd");
+  if (request.cpu_time != absl::ZeroDuration()) return fixed_by_pool("limits.cpu_time");
+  if (request.memory_bytes != 0) return fixed_by_pool("limits.memory_bytes");
+  if (request.max_processes != 0) return fixed_by_pool("limits.max_processes");
+  if (request.max_open_files != 0) return fixed_by_pool("limits.max_open_files");
+  if (request.max_file_size_bytes != 0) return fixed_by_pool("limits.max_file_size_bytes");
+  if (!request.cpu_affinity.empty()) return fixed_by_pool("limits.cpu_affinity");
+  if (pool.kind == PoolSpec::Kind::kPrewarmed && !request.argv.empty()) {
+    return InvalidArgument("argv", absl::StrCat("must be empty in a request to PREWARMED ", whose,
+                                                ": its processes are already running; send "
+                                                "the input as stdin"));
+  }
+  RETURN_IF_ERROR(CheckPayload(request, policy));
+  Command cmd;
+  cmd.pool = pool.name;
+  cmd.executable = pool.command.executable;
+  cmd.limits = pool.command.limits;
+  ASSIGN_OR_RETURN(cmd.limits.timeout, PickTimeout(request.timeout, pool.timeout, pool.timeout,
+                                                   absl::StrCat(whose, "'s maximum")));
+  ASSIGN_OR_RETURN(cmd.limits.max_output_bytes,
+                   PickOutputCap(request.max_output_bytes, pool.max_output_bytes,
+                                 pool.max_output_bytes, absl::StrCat(whose, "'s maximum")));
+  RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
+  cmd.argv = std::move(request.argv);
   cmd.stdin_data = std::move(request.stdin_data);
   cmd.request_id = std::move(request.request_id);
   return cmd;

@@ -14,6 +14,8 @@
 
 namespace execd::core {
 
+struct PoolSpec;
+
 struct RequestPolicy {
   absl::Duration default_timeout = absl::Seconds(60);
   absl::Duration max_timeout = absl::Minutes(30);
@@ -40,6 +42,13 @@ struct RequestPolicy {
 };
 
 absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPolicy& policy);
+
+// A request to a worker pool: the pool fixes the program, environment, cwd and resource
+// limits (the request must leave them empty); argv are the request's arguments (for a
+// PERSISTENT pool; a PREWARMED one takes none); timeout and output cap default to the
+// pool's and may not exceed them.
+absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const PoolSpec& pool,
+                                              const RequestPolicy& policy);
 
 // Resolves argv[0] the way the server will execute it: a path with '/' is taken as is
 // (relative to `cwd` when not absolute); a bare name is searched in `path_var`.

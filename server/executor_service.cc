@@ -6,6 +6,8 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "server/convert.h"
 
@@ -28,7 +30,15 @@ class CallBase : public core::Engine::Observer {
         CommandRequestFromProto(const_cast<v1::ExecuteRequest&>(request));
     request_id_ = command_request.request_id;
     if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
-    auto command = core::ValidateRequest(std::move(command_request), service_.policy());
+    absl::StatusOr<core::Command> command;
+    if (request.pool().empty()) {
+      command = core::ValidateRequest(std::move(command_request), service_.policy());
+    } else {
+      const core::PoolSpec* pool = service_.engine().FindPool(request.pool());
+      if (pool == nullptr) return service_.UnknownPool(request.pool());
+      argv0_ = absl::StrCat("pool:", pool->name);
+      command = core::ValidatePooledRequest(std::move(command_request), *pool, service_.policy());
+    }
     if (!command.ok()) return command.status();
     command->stream_output = stream_output;
     absl::Duration left = TimeUntilDeadline(context_->deadline());
@@ -260,6 +270,41 @@ grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
   auto* reactor = new ExecuteStreamReactor(*this, context);
   reactor->Start(*request);
+  return reactor;
+}
+
+absl::Status ExecutorService::UnknownPool(absl::string_view name) const {
+  std::vector<std::string> names;
+  for (const auto& p : engine_.PoolStatuses()) names.push_back(p.name);
+  return absl::NotFoundError(
+      absl::StrCat("no worker pool named \"", name, "\"; this server has ",
+                   names.empty() ? "none (start it with --pools_config)"
+                                 : absl::StrCat("\"", absl::StrJoin(names, "\", \""), "\"")));
+}
+
+grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext* context,
+                                                     const v1::StatusRequest* /*request*/,
+                                                     v1::StatusResponse* response) {
+  core::Engine::Stats stats = engine_.stats();
+  response->set_running(stats.running);
+  response->set_queued(static_cast<int32_t>(stats.queued));
+  response->set_concurrency_limit(stats.limit);
+  for (const core::Engine::PoolStatus& p : engine_.PoolStatuses()) {
+    v1::PoolStatus* out = response->add_pools();
+    out->set_name(p.name);
+    out->set_kind(std::string(core::PoolKindName(p.kind)));
+    out->set_idle(p.stats.idle);
+    out->set_busy(p.stats.busy);
+    out->set_starting(p.stats.starting);
+    out->set_started(p.stats.started);
+    out->set_recycled(p.stats.recycled);
+    out->set_crashed(p.stats.crashed);
+    out->set_served(p.stats.served);
+    out->set_misses(p.stats.misses);
+    out->set_generation(p.stats.generation);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 

@@ -25,6 +25,12 @@ class ExecutorService final : public v1::Executor::CallbackService {
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request,
                                  v1::PingResponse* response) override;
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context,
+                                      const v1::StatusRequest* request,
+                                      v1::StatusResponse* response) override;
+
+  // NOT_FOUND for a request naming a pool this server does not have, listing those it has.
+  absl::Status UnknownPool(absl::string_view name) const;
 
   core::Engine& engine() { return engine_; }
   const core::RequestPolicy& policy() const { return policy_; }

@@ -12,6 +12,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/pools_config.h"
 #include "server/server.h"
 
 // Defaults live in ServerConfig and RequestPolicy; the flags only expose them.
@@ -52,6 +53,9 @@ ABSL_FLAG(int, spawn_threads, 0,
 ABSL_FLAG(std::string, containment, "auto",
           "how a command's processes are held and killed together: auto (the strongest "
           "available), cgroup, or process-group");
+ABSL_FLAG(std::string, pools_config, "",
+          "worker pools: a PoolsConfig in protobuf text format (see deploy/pools.textproto); "
+          "empty for none");
 ABSL_FLAG(bool, log_requests, kDefaults.log_requests,
           "write one logfmt line per request to stderr");
 
@@ -95,6 +99,11 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.policy.max_processes = absl::GetFlag(FLAGS_max_processes);
   c.policy.max_open_files = absl::GetFlag(FLAGS_max_open_files);
   c.policy.max_file_size_bytes = absl::GetFlag(FLAGS_max_file_size_bytes);
+  if (const std::string path = absl::GetFlag(FLAGS_pools_config); !path.empty()) {
+    auto pools = execd::server::LoadPoolsConfig(path, c.policy);
+    if (!pools.ok()) return pools.status();
+    c.pools = *std::move(pools);
+  }
   return c;
 }
 

@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   engine_options.kill_grace = c.kill_grace;
   engine_options.containment = c.containment;
   engine_options.spawn_threads = c.spawn_threads;
+  engine_options.pools = c.pools;
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);

@@ -27,6 +27,8 @@ struct ServerConfig {
   core::Containment::Mode containment = core::Containment::Mode::kAuto;
   int spawn_threads = 2;
   core::RequestPolicy policy;
+  // Worker pools (from --pools_config).
+  std::vector<core::PoolSpec> pools;
 };
 
 class Server {

@@ -150,3 +150,47 @@ TEST(Scheduler, TakeAllQueuedEmptiesTheQueueBestFirst) {
 
 }  // namespace
 }  // namespace execd::core
+
+namespace execd::core {
+namespace {
+
+// Groups are worker pools: each has its own limit inside the global one.
+TEST(SchedulerGroups, AFullGroupWaitsWithoutHoldingUpOthers) {
+  Scheduler s(/*limit=*/4, /*max_queue=*/10);
+  s.SetGroupLimit(1, 1);
+  EXPECT_EQ(s.Submit(1, 1, absl::InfiniteFuture(), /*group=*/1).kind,
+            Scheduler::Admission::Kind::kRunNow);
+  // The group is full: its next entry queues, even at a higher priority...
+  EXPECT_EQ(s.Submit(2, 2, absl::InfiniteFuture(), 1).kind, Scheduler::Admission::Kind::kQueued);
+  // ...while entries outside it still run at once.
+  EXPECT_EQ(s.Submit(3, 0, absl::InfiniteFuture()).kind, Scheduler::Admission::Kind::kRunNow);
+  EXPECT_TRUE(s.TakeRunnable().empty());
+  s.Release(1);
+  EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(2));
+  EXPECT_EQ(s.running(), 2);
+}
+
+TEST(SchedulerGroups, TheGlobalLimitStillAppliesToGroups) {
+  Scheduler s(/*limit=*/1, /*max_queue=*/10);
+  s.SetGroupLimit(1, 5);
+  EXPECT_EQ(s.Submit(1, 1, absl::InfiniteFuture(), 1).kind, Scheduler::Admission::Kind::kRunNow);
+  EXPECT_EQ(s.Submit(2, 1, absl::InfiniteFuture(), 1).kind, Scheduler::Admission::Kind::kQueued);
+  s.Release(1);
+  EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(2));
+}
+
+TEST(SchedulerGroups, AnEntryPassedOverKeepsItsPlaceInTheQueue) {
+  Scheduler s(/*limit=*/2, /*max_queue=*/10);
+  s.SetGroupLimit(1, 1);
+  s.Submit(1, 1, absl::InfiniteFuture(), 1);  // Runs; group 1 full.
+  s.Submit(2, 1, absl::InfiniteFuture());     // Runs; global limit reached.
+  s.Submit(3, 1, absl::InfiniteFuture(), 1);  // Queued behind its group.
+  s.Submit(4, 1, absl::InfiniteFuture());     // Queued behind the limit.
+  s.Release(0);                               // Entry 2 ends: 4 can run, 3 cannot.
+  EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(4));
+  s.Release(1);  // Entry 1 ends: now 3.
+  EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(3));
+}
+
+}  // namespace
+}  // namespace execd::core

@@ -27,8 +27,11 @@ const char kUsage[] =
     "      --cpu_time=2s --memory_bytes=N --max_processes=N --max_open_files=N\n"
     "      --max_file_size_bytes=N --cpu_affinity=0,1   resource limits\n"
     "      --stream              print output live (ExecuteStream)\n"
+    "      --pool=NAME           run in worker pool NAME; ARGS are the worker's arguments\n"
+    "                            (none for a PREWARMED pool, which reads its input as stdin)\n"
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
     "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
+    "  status                             running and queued commands, and each worker pool\n"
     "\n"
     "--target defaults to $EXECD_TARGET, else 127.0.0.1:50051.\n"
     "exit codes: the command's own code; 128+N when killed by signal N; 124 timed out;\n"
@@ -128,11 +131,13 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"max_open_files", true, CountFlag("max_open_files", out.max_open_files)},
           {"max_file_size_bytes", true, CountFlag("max_file_size_bytes", out.max_file_size_bytes)},
           {"cpu_affinity", true, [&out](const std::string& v) { return ParseAffinity(v, out); }},
+          {"pool", true, set(out.pool)},
       };
     case Args::Command::kHealth:
       return {{"service", true, set(out.service)}};
     case Args::Command::kPing:
       return {{"payload", true, set(out.payload)}};
+    case Args::Command::kStatus:
     case Args::Command::kHelp:
       break;
   }
@@ -187,6 +192,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
     out.command = Args::Command::kHealth;
   } else if (command == "ping") {
     out.command = Args::Command::kPing;
+  } else if (command == "status") {
+    out.command = Args::Command::kStatus;
   } else if (command == "help" || command == "--help" || command == "-h") {
     return out;
   } else {
@@ -208,7 +215,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
   }
   if (out.command == Args::Command::kRun) {
     out.argv.assign(args.begin() + static_cast<long>(i), args.end());
-    if (out.argv.empty()) {
+    if (out.argv.empty() && out.pool.empty()) {
       return absl::InvalidArgumentError(
           "run needs a command: execctl run [flags] -- PROGRAM ARGS...");
     }

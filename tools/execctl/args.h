@@ -12,7 +12,7 @@
 namespace execd::execctl {
 
 struct Args {
-  enum class Command { kRun, kHealth, kPing, kHelp };
+  enum class Command { kRun, kHealth, kPing, kStatus, kHelp };
   Command command = Command::kHelp;
   std::string target = "127.0.0.1:50051";
   // run
@@ -24,6 +24,7 @@ struct Args {
   absl::Duration timeout = absl::ZeroDuration();  // Zero: the server default.
   long long max_output_bytes = 0;
   std::string request_id;
+  std::string pool;      // Worker pool; empty: a cold spawn.
   std::string priority;  // low, normal or high; empty: the server default.
   absl::Duration max_queue_time = absl::ZeroDuration();
   absl::Duration cpu_time = absl::ZeroDuration();

@@ -13,7 +13,9 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -32,7 +34,10 @@ int ExitForRpcError(const grpc::Status& status, const std::string& target) {
   std::cerr << "execctl: "
             << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": "
             << status.error_message();
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+  // A connection failure, not an UNAVAILABLE the server sent (draining, a worker crash).
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      (absl::StrContains(status.error_message(), "failed to connect") ||
+       absl::StrContains(status.error_message(), "Connection refused"))) {
     std::cerr << " (is execd running at " << target << "?)";
   }
   std::cerr << "\n";
@@ -132,6 +137,7 @@ int Run(const Args& args) {
   if (args.priority == "low") request.set_priority(v1::PRIORITY_LOW);
   if (args.priority == "normal") request.set_priority(v1::PRIORITY_NORMAL);
   if (args.priority == "high") request.set_priority(v1::PRIORITY_HIGH);
+  request.set_pool(args.pool);
 
   auto stub = v1::Executor::NewStub(Connect(args.target));
   grpc::ClientContext context;
@@ -193,6 +199,27 @@ int Ping(const Args& args) {
   return 0;
 }
 
+int Status(const Args& args) {
+  auto stub = v1::Executor::NewStub(Connect(args.target));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::StatusResponse response;
+  grpc::Status status = stub->GetStatus(&context, v1::StatusRequest(), &response);
+  if (!status.ok()) return ExitForRpcError(status, args.target);
+  std::cout << "running " << response.running() << " of " << response.concurrency_limit()
+            << ", queued " << response.queued() << "\n";
+  if (response.pools().empty()) return 0;
+  std::cout << absl::StrFormat("%-16s %-10s %5s %5s %8s %8s %8s %8s %8s %7s %4s\n", "POOL", "KIND",
+                               "IDLE", "BUSY", "STARTING", "STARTED", "RECYCLED", "CRASHED",
+                               "SERVED", "MISSES", "GEN");
+  for (const v1::PoolStatus& p : response.pools()) {
+    std::cout << absl::StrFormat("%-16s %-10s %5d %5d %8d %8d %8d %8d %8d %7d %4d\n", p.name(),
+                                 p.kind(), p.idle(), p.busy(), p.starting(), p.started(),
+                                 p.recycled(), p.crashed(), p.served(), p.misses(), p.generation());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunCommand(const Args& args) {
@@ -203,6 +230,8 @@ int RunCommand(const Args& args) {
       return Health(args);
     case Args::Command::kPing:
       return Ping(args);
+    case Args::Command::kStatus:
+      return Status(args);
     case Args::Command::kHelp:
       break;
   }

@@ -1,0 +1,319 @@
+#include "core/persistent_worker.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/errno_status.h"
+#include "core/status_macros.h"
+
+namespace execd::core {
+namespace {
+
+constexpr size_t kStderrTail = 4096;
+constexpr size_t kReadChunk = 64 << 10;
+
+absl::Status SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    return ErrnoToStatus(errno, "fcntl(O_NONBLOCK)");
+  }
+  return absl::OkStatus();
+}
+
+void AppendVarint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+// Decodes a varint at the front of `in`. Returns the number of bytes it took, 0 when more
+// bytes are needed, or -1 when it is malformed (over 10 bytes).
+int ReadVarint(absl::string_view in, uint64_t& value) {
+  value = 0;
+  for (size_t i = 0; i < in.size() && i < 10; ++i) {
+    value |= static_cast<uint64_t>(static_cast<unsigned char>(in[i]) & 0x7f) << (7 * i);
+    if ((static_cast<unsigned char>(in[i]) & 0x80) == 0) return static_cast<int>(i + 1);
+  }
+  return in.size() >= 10 ? -1 : 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
+    EventLoop& loop, ProcessOs& os, const Command& command, const Options& options,
+    std::unique_ptr<Containment::Group> group, Listener* listener) {
+  std::unique_ptr<PersistentWorker> w(new PersistentWorker(loop, options, listener));
+  w->group_ = std::move(group);
+  ASSIGN_OR_RETURN(auto in_pipe, os.Pipe());
+  ASSIGN_OR_RETURN(auto out_pipe, os.Pipe());
+  ASSIGN_OR_RETURN(auto err_pipe, os.Pipe());
+  w->stdin_ = std::move(in_pipe.second);
+  w->stdout_ = std::move(out_pipe.first);
+  w->stderr_ = std::move(err_pipe.first);
+  for (const UniqueFd* fd : {&w->stdin_, &w->stdout_, &w->stderr_}) {
+    RETURN_IF_ERROR(SetNonBlocking(fd->get()));
+  }
+  SpawnSpec spec;
+  spec.executable = &command.executable;
+  spec.argv = &command.argv;
+  spec.env = &command.env;
+  spec.cwd = &command.cwd;
+  spec.stdin_fd = in_pipe.first.get();
+  spec.stdout_fd = out_pipe.second.get();
+  spec.stderr_fd = err_pipe.second.get();
+  spec.join_fds = &w->group_->join_fds();
+  spec.cpu_seconds = absl::ToInt64Seconds(absl::Ceil(command.limits.cpu_time, absl::Seconds(1)));
+  spec.max_open_files = command.limits.max_open_files;
+  spec.max_file_size_bytes = command.limits.max_file_size_bytes;
+  spec.address_space_bytes = options.address_space_bytes;
+  spec.cpu_affinity = &command.limits.cpu_affinity;
+  ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
+  w->group_->Attach(spawned.pid);
+  w->pid_ = spawned.pid;
+  w->pidfd_ = std::move(spawned.pidfd);
+  return w;
+}
+
+PersistentWorker::~PersistentWorker() {
+  CancelTimer();
+  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_, &pidfd_}) Close(*fd);
+  if (pid_ > 0 && !reaped_) {
+    kill(-pid_, SIGKILL);
+    if (group_ != nullptr) group_->KillAll();
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+void PersistentWorker::Close(UniqueFd& fd) {
+  if (!fd.valid()) return;
+  if (watched_) loop_.Unwatch(fd.get());
+  fd.reset();
+}
+
+void PersistentWorker::CancelTimer() {
+  if (timer_ != 0) loop_.CancelTimer(timer_);
+  timer_ = 0;
+}
+
+absl::Status PersistentWorker::Start() {
+  watched_ = true;
+  RETURN_IF_ERROR(loop_.Watch(pidfd_.get(), EPOLLIN, this));
+  RETURN_IF_ERROR(loop_.Watch(stdout_.get(), EPOLLIN, this));
+  RETURN_IF_ERROR(loop_.Watch(stderr_.get(), EPOLLIN, this));
+  RETURN_IF_ERROR(loop_.Watch(stdin_.get(), 0, this));
+  state_ = State::kStarting;
+  request_id_ = 0;
+  worker::v1::WorkRequest health;  // request_id 0: the health check.
+  Write(health);
+  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.startup_timeout, [this]() mutable {
+    timer_ = 0;
+    Kill(
+        absl::DeadlineExceededError(absl::StrCat("did not answer the start-up health check within ",
+                                                 absl::FormatDuration(options_.startup_timeout))));
+  });
+  return absl::OkStatus();
+}
+
+void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>& arguments,
+                            const std::string& stdin_data, absl::Duration timeout) {
+  worker::v1::WorkRequest request;
+  request.set_request_id(request_id);
+  for (const std::string& a : arguments) request.add_arguments(a);
+  request.set_stdin(stdin_data);
+  state_ = State::kBusy;
+  request_id_ = request_id;
+  Write(request);
+  timer_ = loop_.AddTimer(loop_.clock().Now() + timeout, [this, timeout]() mutable {
+    timer_ = 0;
+    Kill(absl::DeadlineExceededError(
+        absl::StrCat("did not answer within the timeout of ", absl::FormatDuration(timeout))));
+  });
+}
+
+void PersistentWorker::Cancel() {
+  if (dead_ || state_ != State::kBusy) return;
+  state_ = State::kCancelling;
+  worker::v1::WorkRequest cancel;
+  cancel.set_request_id(request_id_);
+  cancel.set_cancel(true);
+  Write(cancel);
+  CancelTimer();
+  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.kill_grace, [this]() mutable {
+    timer_ = 0;
+    Kill(absl::CancelledError(absl::StrCat("did not answer a cancel within ",
+                                           absl::FormatDuration(options_.kill_grace))));
+  });
+}
+
+void PersistentWorker::Write(const worker::v1::WorkRequest& request) {
+  std::string body = request.SerializeAsString();
+  AppendVarint(out_, body.size());
+  out_ += body;
+  FlushStdin();
+}
+
+void PersistentWorker::FlushStdin() {
+  size_t done = 0;
+  while (done < out_.size()) {
+    ssize_t n = write(stdin_.get(), out_.data() + done, out_.size() - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    // EPIPE: the worker closed its stdin; it is dying or broken. Its exit tells why.
+    Kill(absl::UnavailableError("closed its stdin"));
+    return;
+  }
+  out_.erase(0, done);
+  bool want = !out_.empty();
+  if (want != want_write_ && stdin_.valid()) {
+    want_write_ = want;
+    (void)loop_.Modify(stdin_.get(), want ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  }
+}
+
+void PersistentWorker::OnFdReady(int fd, uint32_t events) {
+  (void)events;
+  if (dead_) return;
+  if (fd == stdout_.get()) {
+    ReadStdout();
+  } else if (fd == stderr_.get()) {
+    ReadStderr();
+  } else if (fd == stdin_.get()) {
+    FlushStdin();
+  } else if (fd == pidfd_.get()) {
+    OnExited();
+  }
+}
+
+void PersistentWorker::ReadStderr() {
+  char buf[kReadChunk];
+  for (int i = 0; i < 4; ++i) {
+    ssize_t n = read(stderr_.get(), buf, sizeof(buf));
+    if (n > 0) {
+      stderr_tail_.append(buf, static_cast<size_t>(n));
+      if (stderr_tail_.size() > kStderrTail) {
+        stderr_tail_.erase(0, stderr_tail_.size() - kStderrTail);
+      }
+      continue;
+    }
+    if (n < 0 && (errno == EINTR)) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    Close(stderr_);
+    return;
+  }
+}
+
+void PersistentWorker::ReadStdout() {
+  char buf[kReadChunk];
+  for (int i = 0; i < 16 && !dead_; ++i) {
+    ssize_t n = read(stdout_.get(), buf, sizeof(buf));
+    if (n > 0) {
+      in_.append(buf, static_cast<size_t>(n));
+      ParseFrames();
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    Close(stdout_);  // EOF: the worker is exiting; its pidfd says how.
+    return;
+  }
+}
+
+void PersistentWorker::ParseFrames() {
+  while (!dead_ && !in_.empty()) {
+    uint64_t size;
+    int header = ReadVarint(in_, size);
+    if (header == 0) return;
+    if (header < 0 || size > static_cast<uint64_t>(options_.max_frame_bytes)) {
+      Kill(absl::InternalError(absl::StrCat(
+          "broke the protocol: a response frame header of ", header < 0 ? "over 10" : "",
+          header < 0 ? " bytes"
+                     : absl::StrCat(size, " bytes (limit ", options_.max_frame_bytes, ")"),
+          "; is it writing to stdout outside the protocol?")));
+      return;
+    }
+    if (in_.size() < header + size) return;
+    worker::v1::WorkResponse response;
+    if (!response.ParseFromArray(in_.data() + header, static_cast<int>(size))) {
+      Kill(absl::InternalError(
+          "broke the protocol: a response frame is not a WorkResponse; is it writing to stdout "
+          "outside the protocol?"));
+      return;
+    }
+    in_.erase(0, header + size);
+    if (state_ == State::kIdle || response.request_id() != request_id_) {
+      Kill(absl::InternalError(absl::StrCat(
+          "broke the protocol: answered request_id ", response.request_id(), " while ",
+          state_ == State::kIdle ? "no request was in flight"
+                                 : absl::StrCat("request_id ", request_id_, " was in flight"))));
+      return;
+    }
+    CancelTimer();
+    State was = state_;
+    state_ = State::kIdle;
+    if (was == State::kStarting) {
+      listener_->OnWorkerReady(this);
+    } else {
+      listener_->OnWorkerResponse(this, std::move(response));
+    }
+  }
+}
+
+void PersistentWorker::OnExited() {
+  int status = 0;
+  pid_t r;
+  do {
+    r = waitpid(pid_, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) return;
+  reaped_ = true;
+  ExitStatus s = ExitStatus::FromWaitStatus(r < 0 ? SIGKILL : status);
+  // Read what it said last, for the message.
+  if (stderr_.valid()) ReadStderr();
+  Fail(absl::UnavailableError(s.exited ? absl::StrCat("exited with code ", s.code)
+                                       : absl::StrCat("was killed by signal ", s.signal)));
+}
+
+void PersistentWorker::Kill(absl::Status why, bool quiet) {
+  if (dead_) return;
+  kill(-pid_, SIGKILL);
+  if (group_ != nullptr) group_->KillAll();
+  if (!reaped_) {
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    reaped_ = true;
+  }
+  if (quiet) {
+    dead_ = true;
+    CancelTimer();
+    return;
+  }
+  Fail(std::move(why));
+}
+
+void PersistentWorker::Fail(absl::Status why) {
+  if (dead_) return;
+  dead_ = true;
+  CancelTimer();
+  // Whatever the worker started goes with it. Its process group only while it is unreaped
+  // (after that the id may be reused); the containment group always.
+  if (!reaped_) kill(-pid_, SIGKILL);
+  if (group_ != nullptr) group_->KillAll();
+  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_, &pidfd_}) Close(*fd);
+  listener_->OnWorkerFailed(this, std::move(why));
+}
+
+}  // namespace execd::core

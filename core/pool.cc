@@ -1,0 +1,420 @@
+#include "core/pool.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace execd::core {
+
+absl::string_view PoolKindName(PoolSpec::Kind kind) {
+  return kind == PoolSpec::Kind::kPrewarmed ? "PREWARMED" : "PERSISTENT";
+}
+
+Pool::Pool(PoolSpec spec, Deps deps) : spec_(std::move(spec)), deps_(std::move(deps)) {}
+
+Pool::~Pool() {
+  destroying_ = true;
+  *alive_ = false;
+  if (shrink_timer_ != 0) deps_.loop->CancelTimer(shrink_timer_);
+  for (Idle& idle : idle_) {
+    if (idle.worker != nullptr) deps_.untrack(idle.worker->pid());
+    if (idle.process != nullptr) deps_.untrack(idle.process->pid());
+  }
+  for (Busy& busy : busy_) deps_.untrack(busy.worker->pid());
+  for (Starting& s : starting_) deps_.untrack(s.worker->pid());
+  // Members' destructors kill and reap every process.
+}
+
+void Pool::Start() {
+  identity_ = {};
+  struct stat st;
+  if (stat(spec_.command.executable.c_str(), &st) == 0) {
+    identity_ = Identity{st.st_dev, st.st_ino, st.st_size,
+                         st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+  }
+  Refill();
+  ArmShrink();
+}
+
+int Pool::Total() const {
+  return static_cast<int>(idle_.size() + busy_.size() + starting_.size()) + spawning_ +
+         prewarmed_busy_;
+}
+
+PoolStats Pool::stats() const {
+  PoolStats s = counters_;
+  s.idle = static_cast<int>(idle_.size());
+  s.busy = static_cast<int>(busy_.size()) + prewarmed_busy_;
+  s.starting = static_cast<int>(starting_.size()) + spawning_;
+  s.generation = generation_;
+  return s;
+}
+
+void Pool::CheckIdentity() {
+  Identity now;
+  struct stat st;
+  if (stat(spec_.command.executable.c_str(), &st) == 0) {
+    now = Identity{st.st_dev, st.st_ino, st.st_size,
+                   st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+  }
+  if (now == identity_) return;
+  // A new binary: nothing started from the old one serves another request.
+  identity_ = now;
+  ++generation_;
+  for (Idle& idle : idle_) {
+    ++counters_.recycled;
+    if (idle.worker != nullptr) Destroy(std::move(idle.worker));
+    if (idle.process != nullptr) {
+      deps_.untrack(idle.process->pid());
+      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+    }
+  }
+  idle_.clear();
+  for (Starting& s : starting_) {
+    ++counters_.recycled;
+    Destroy(std::move(s.worker));
+  }
+  starting_.clear();
+  // Busy workers retire when they finish; spawns in flight are dropped when they land.
+}
+
+void Pool::Refill() {
+  if (destroying_) return;
+  const int want_ready = spec_.min_idle + burst_ + static_cast<int>(waiting_.size());
+  int have = static_cast<int>(idle_.size() + starting_.size()) + spawning_;
+  while (have < want_ready && Total() < spec_.max_size) {
+    StartOne();
+    ++have;
+  }
+}
+
+void Pool::StartOne() {
+  ++spawning_;
+  Command command = spec_.command;
+  const int64_t generation = generation_;
+  const bool prewarmed = spec_.kind == PoolSpec::Kind::kPrewarmed;
+  const int64_t address_space =
+      deps_.containment->limits_memory() ? 0 : spec_.command.limits.memory_bytes;
+  PersistentWorker::Options worker_options;
+  worker_options.startup_timeout = spec_.startup_timeout;
+  worker_options.kill_grace = deps_.kill_grace;
+  worker_options.max_frame_bytes = 2 * spec_.max_output_bytes + (1 << 20);
+  worker_options.address_space_bytes = address_space;
+  ChildProcess::Options child_options;
+  child_options.stdin_pipe = true;
+  child_options.address_space_bytes = address_space;
+  child_options.kill_grace = deps_.kill_grace;
+  deps_.run_blocking([this, alive = alive_, command = std::move(command), generation, prewarmed,
+                      worker_options, child_options]() mutable {
+    absl::StatusOr<std::unique_ptr<ChildProcess>> process = absl::UnknownError("unused");
+    absl::StatusOr<std::unique_ptr<PersistentWorker>> worker = absl::UnknownError("unused");
+    auto group =
+        deps_.containment->NewGroup(command.limits.memory_bytes, command.limits.max_processes);
+    if (!group.ok()) {
+      if (prewarmed) {
+        process = group.status();
+      } else {
+        worker = group.status();
+      }
+    } else if (prewarmed) {
+      process = ChildProcess::Spawn(*deps_.loop, *deps_.os, command, child_options,
+                                    *std::move(group), nullptr);
+      if (process.ok()) deps_.track((*process)->pid());
+    } else {
+      worker = PersistentWorker::Spawn(*deps_.loop, *deps_.os, command, worker_options,
+                                       *std::move(group), this);
+      if (worker.ok()) deps_.track((*worker)->pid());
+    }
+    deps_.loop->Post([this, alive = std::move(alive), generation, process = std::move(process),
+                      worker = std::move(worker)]() mutable {
+      if (!*alive) {  // The pool is gone; the processes die with these objects.
+        if (process.ok()) deps_.untrack((*process)->pid());
+        if (worker.ok()) deps_.untrack((*worker)->pid());
+        return;
+      }
+      OnSpawned(generation, std::move(process), std::move(worker));
+    });
+  });
+}
+
+void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
+                     absl::StatusOr<std::unique_ptr<PersistentWorker>> worker) {
+  --spawning_;
+  const bool prewarmed = spec_.kind == PoolSpec::Kind::kPrewarmed;
+  absl::Status status = prewarmed ? process.status() : worker.status();
+  if (status.ok()) ++counters_.started;
+  if (status.ok() && generation != generation_) {
+    ++counters_.recycled;
+    if (prewarmed) {
+      deps_.untrack((*process)->pid());
+    } else {
+      Destroy(*std::move(worker));
+    }
+    Refill();
+    return;
+  }
+  if (status.ok() && !prewarmed) {
+    PersistentWorker* w = worker->get();
+    status = w->Start();
+    if (!status.ok()) {
+      Destroy(*std::move(worker));
+    } else {
+      starting_.push_back(Starting{*std::move(worker), generation});
+      return;
+    }
+  }
+  if (!status.ok()) {
+    ++counters_.crashed;
+    last_start_error_ = std::string(status.message());
+    // Never leave a request waiting on workers that cannot start: the oldest waiter gets
+    // the error; the pool tries again for the rest.
+    if (!waiting_.empty()) {
+      Request* request = waiting_.front().request;
+      waiting_.pop_front();
+      request->OnDone(absl::Status(
+          status.code() == absl::StatusCode::kResourceExhausted ? status.code()
+                                                                : absl::StatusCode::kUnavailable,
+          absl::StrCat("pool \"", spec_.name, "\" could not start a worker: ", status.message())));
+    }
+    if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
+    return;
+  }
+  Ready(Idle{*std::move(process), nullptr, deps_.loop->clock().Now(), generation, 0});
+}
+
+void Pool::Ready(Idle idle) {
+  consecutive_start_failures_ = 0;
+  if (!waiting_.empty()) {
+    Waiting next = std::move(waiting_.front());
+    waiting_.pop_front();
+    Dispatch(next.request, std::move(next.call), std::move(idle));
+    return;
+  }
+  idle.since = deps_.loop->clock().Now();
+  idle_.push_back(std::move(idle));
+}
+
+void Pool::Dispatch(Request* request, Call call, Idle idle) {
+  ++counters_.served;
+  if (idle.process != nullptr) {
+    ++prewarmed_busy_;
+    request->OnProcess(std::move(idle.process));
+    Refill();
+    return;
+  }
+  PersistentWorker* w = idle.worker.get();
+  const uint64_t id = next_request_id_++;
+  busy_.push_back(Busy{std::move(idle.worker), request, std::move(call), idle.generation,
+                       idle.served, false, deps_.loop->clock().Now()});
+  Busy& b = busy_.back();
+  const absl::Duration left = b.call.deadline - deps_.loop->clock().Now();
+  w->Send(id, b.call.arguments, b.call.stdin_data,
+          std::max(absl::Milliseconds(1), std::min(b.call.timeout, left)));
+  std::string().swap(b.call.stdin_data);
+  request->OnStarted(w->pid());
+}
+
+void Pool::Acquire(Request* request, Call call) {
+  CheckIdentity();
+  while (!idle_.empty()) {
+    Idle idle = std::move(idle_.back());  // The most recently used: its caches are warm.
+    idle_.pop_back();
+    if (idle.process != nullptr && !idle.process->Alive()) {
+      ++counters_.crashed;
+      deps_.untrack(idle.process->pid());
+      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+      continue;
+    }
+    Dispatch(request, std::move(call), std::move(idle));
+    return;
+  }
+  // None idle: wait for one, and keep more ready next time (doubling up to max_size).
+  ++counters_.misses;
+  burst_ = std::min(spec_.max_size, burst_ == 0 ? 1 : burst_ * 2);
+  last_miss_ = deps_.loop->clock().Now();
+  waiting_.push_back(Waiting{request, std::move(call)});
+  Refill();
+}
+
+bool Pool::Cancel(Request* request) {
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->request == request) {
+      waiting_.erase(it);
+      return true;
+    }
+  }
+  for (Busy& b : busy_) {
+    if (b.request == request && !b.cancelled) {
+      b.cancelled = true;
+      b.worker->Cancel();
+      break;
+    }
+  }
+  return false;
+}
+
+void Pool::Release() {
+  if (prewarmed_busy_ > 0) --prewarmed_busy_;
+  Refill();
+}
+
+void Pool::OnWorkerReady(PersistentWorker* worker) {
+  for (auto it = starting_.begin(); it != starting_.end(); ++it) {
+    if (it->worker.get() != worker) continue;
+    Idle idle{nullptr, std::move(it->worker), deps_.loop->clock().Now(), it->generation, 0};
+    starting_.erase(it);
+    Ready(std::move(idle));
+    return;
+  }
+}
+
+void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse response) {
+  auto it = std::find_if(busy_.begin(), busy_.end(),
+                         [worker](const Busy& b) { return b.worker.get() == worker; });
+  if (it == busy_.end()) return;
+  Busy b = std::move(*it);
+  busy_.erase(it);
+  Result result;
+  result.pid = worker->pid();
+  result.status.exited = true;
+  result.status.code = response.exit_code();
+  result.termination = Termination::kExited;
+  const size_t cap = static_cast<size_t>(b.call.max_output_bytes);
+  result.stdout_data = std::move(*response.mutable_stdout());
+  result.stderr_data = std::move(*response.mutable_stderr());
+  for (auto [data, truncated] : {std::pair{&result.stdout_data, &result.stdout_truncated},
+                                 std::pair{&result.stderr_data, &result.stderr_truncated}}) {
+    if (data->size() > cap) {
+      data->resize(cap);
+      *truncated = true;
+      result.termination = Termination::kOutputLimitExceeded;
+    }
+  }
+  if (b.cancelled || response.was_cancelled()) {
+    result.termination = Termination::kCancelled;
+    result.status = ExitStatus{};
+  }
+  result.run = deps_.loop->clock().Now() - b.sent;
+  ++b.served;
+  if (b.generation != generation_ || (spec_.max_requests > 0 && b.served >= spec_.max_requests)) {
+    ++counters_.recycled;
+    Destroy(std::move(b.worker));
+    Refill();
+  } else {
+    Ready(Idle{nullptr, std::move(b.worker), {}, b.generation, b.served});
+  }
+  b.request->OnDone(std::move(result));
+}
+
+void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
+  ++counters_.crashed;
+  for (auto it = starting_.begin(); it != starting_.end(); ++it) {
+    if (it->worker.get() != worker) continue;
+    std::unique_ptr<PersistentWorker> w = std::move(it->worker);
+    starting_.erase(it);
+    std::string message = Describe(w.get(), why);
+    Destroy(std::move(w));
+    last_start_error_ = message;
+    if (!waiting_.empty() && static_cast<int>(waiting_.size()) >
+                                 static_cast<int>(idle_.size() + starting_.size()) + spawning_) {
+      Request* request = waiting_.front().request;
+      waiting_.pop_front();
+      request->OnDone(absl::UnavailableError(
+          absl::StrCat("pool \"", spec_.name, "\" could not start a worker: ", message)));
+    }
+    if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
+    return;
+  }
+  for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+    if (it->worker.get() != worker) continue;
+    Destroy(std::move(it->worker));
+    idle_.erase(it);
+    Refill();
+    return;
+  }
+  auto it = std::find_if(busy_.begin(), busy_.end(),
+                         [worker](const Busy& b) { return b.worker.get() == worker; });
+  if (it == busy_.end()) return;
+  Busy b = std::move(*it);
+  busy_.erase(it);
+  std::string message = Describe(b.worker.get(), why);
+  Destroy(std::move(b.worker));
+  Refill();
+  if (b.cancelled || why.code() == absl::StatusCode::kDeadlineExceeded) {
+    // Stopped by execd for the request's own reasons: reported as a command's would be.
+    Result result;
+    result.pid = worker->pid();
+    result.status.signal = SIGKILL;
+    result.termination = b.cancelled ? Termination::kCancelled : Termination::kTimedOut;
+    result.run = deps_.loop->clock().Now() - b.sent;
+    b.request->OnDone(std::move(result));
+    return;
+  }
+  b.request->OnDone(absl::Status(why.code(), message));
+}
+
+std::string Pool::Describe(const PersistentWorker* worker, const absl::Status& why) const {
+  std::string message = absl::StrCat("worker ", worker->pid(), " of pool \"", spec_.name, "\" ",
+                                     why.message(), "; it was killed and is being replaced");
+  std::string tail = worker->stderr_tail();
+  if (!tail.empty()) {
+    if (tail.size() > 512) tail = tail.substr(tail.size() - 512);
+    absl::StrAppend(&message, ". Its last stderr: ", tail);
+  }
+  return message;
+}
+
+void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
+  if (worker == nullptr) return;
+  deps_.untrack(worker->pid());
+  // Not from inside the worker's own callback.
+  deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
+}
+
+void Pool::ArmShrink() {
+  const absl::Duration period =
+      std::clamp(spec_.idle_timeout / 4, absl::Milliseconds(20), absl::Seconds(5));
+  shrink_timer_ = deps_.loop->AddTimer(deps_.loop->clock().Now() + period, [this]() mutable {
+    shrink_timer_ = 0;
+    Shrink();
+    ArmShrink();
+  });
+}
+
+void Pool::Shrink() {
+  const absl::Time now = deps_.loop->clock().Now();
+  // The burst reserve halves for each idle_timeout without a miss.
+  if (burst_ > 0 && now - last_miss_ >= spec_.idle_timeout) {
+    burst_ /= 2;
+    last_miss_ = now;
+  }
+  // Pre-warmed processes that died while waiting are replaced.
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    if (it->process != nullptr && !it->process->Alive()) {
+      ++counters_.crashed;
+      deps_.untrack(it->process->pid());
+      deps_.loop->Post([p = std::move(it->process)]() mutable { p.reset(); });
+      it = idle_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // The least recently used go first.
+  while (static_cast<int>(idle_.size()) > spec_.min_idle + burst_ &&
+         now - idle_.front().since >= spec_.idle_timeout) {
+    ++counters_.recycled;
+    Idle idle = std::move(idle_.front());
+    idle_.pop_front();
+    if (idle.worker != nullptr) Destroy(std::move(idle.worker));
+    if (idle.process != nullptr) {
+      deps_.untrack(idle.process->pid());
+      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+    }
+  }
+  Refill();
+}
+
+}  // namespace execd::core

@@ -1,0 +1,202 @@
+// Worker pools: processes started ahead of demand, so a request does not pay for an
+// interpreter's or a compiler's start-up.
+//   PREWARMED   one-shot processes wait with their pipes attached; a request takes one, its
+//               stdin is written, and it runs to its exit like a cold command (the engine
+//               drives it as a ChildProcess). Never reused.
+//   PERSISTENT  long-lived workers serve requests one at a time over the framed protocol
+//               (PersistentWorker); recycled after max_requests.
+// The pool keeps min_idle workers ready, plus a burst reserve that doubles each time a
+// request finds none idle and halves after an idle_timeout without such a miss (PHP-FPM's
+// dynamic spawn rate). Idle workers above the reserve exit after idle_timeout. When the
+// executable's identity (device, inode, size, mtime) changes, every worker of the old
+// generation is retired: idle ones at once, busy ones when they finish.
+//
+// The engine admits at most max_size requests of a pool at once (its scheduler group), so
+// a request that reaches the pool always gets a worker: an idle one, one already starting,
+// or a new one.
+//
+// Thread-safety: everything runs on the loop thread, except the spawns, which go through
+// `run_blocking` and come back by Post.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/child_process.h"
+#include "core/command.h"
+#include "core/containment.h"
+#include "core/event_loop.h"
+#include "core/persistent_worker.h"
+#include "core/spawn.h"
+
+namespace execd::core {
+
+struct PoolSpec {
+  enum class Kind { kPrewarmed, kPersistent };
+  std::string name;
+  Kind kind = Kind::kPrewarmed;
+  // The worker's validated command (stdin empty); its limits are each worker's.
+  Command command;
+  int min_idle = 0;
+  int max_size = 1;
+  absl::Duration idle_timeout = absl::Seconds(60);
+  int max_requests = 0;  // PERSISTENT: 0 is unlimited.
+  absl::Duration startup_timeout = absl::Seconds(10);
+  // Per-request default (and maximum) timeout and output cap.
+  absl::Duration timeout = absl::Seconds(60);
+  int64_t max_output_bytes = 1 << 20;
+};
+
+absl::string_view PoolKindName(PoolSpec::Kind kind);
+
+struct PoolStats {
+  int idle = 0;
+  int busy = 0;
+  int starting = 0;
+  int64_t started = 0;
+  int64_t recycled = 0;
+  int64_t crashed = 0;
+  int64_t served = 0;
+  int64_t misses = 0;
+  int64_t generation = 0;
+};
+
+class Pool final : public PersistentWorker::Listener {
+ public:
+  // An admitted request of this pool, as the engine sees it.
+  class Request {
+   public:
+    virtual ~Request() = default;
+    // PREWARMED: the process to run the request in; spawned with a stdin pipe, not yet
+    // watched. Hand it back with Pool::Release() when it is finished with.
+    virtual void OnProcess(std::unique_ptr<ChildProcess> child) = 0;
+    // PERSISTENT: the request went to worker `pid`.
+    virtual void OnStarted(pid_t pid) = 0;
+    // PERSISTENT: the request's result or error; PREWARMED: no process could be had.
+    virtual void OnDone(absl::StatusOr<Result> result) = 0;
+  };
+  // What a PERSISTENT request sends to its worker.
+  struct Call {
+    std::vector<std::string> arguments;
+    std::string stdin_data;
+    int64_t max_output_bytes = 0;
+    absl::Duration timeout;
+    absl::Time deadline = absl::InfiniteFuture();  // The caller's: caps the timeout.
+  };
+
+  struct Deps {
+    EventLoop* loop = nullptr;
+    ProcessOs* os = nullptr;
+    Containment* containment = nullptr;
+    // Runs a blocking task (a spawn) off the loop thread, on a thread that outlives the
+    // processes it starts.
+    std::function<void(absl::AnyInvocable<void() &&>)> run_blocking;
+    absl::Duration kill_grace = absl::Milliseconds(500);
+    // Every worker's pid, from its spawn until it is gone, so the engine's orphan sweep
+    // (process-group containment) leaves it alone.
+    std::function<void(pid_t)> track;
+    std::function<void(pid_t)> untrack;
+  };
+
+  Pool(PoolSpec spec, Deps deps);
+  ~Pool() override;  // Kills every worker. Loop thread, after every request is done.
+
+  const PoolSpec& spec() const { return spec_; }
+  // Loop thread: fills the pool to min_idle.
+  void Start();
+  // Loop thread. Finds `request` a worker; the answer comes through its callbacks, maybe
+  // later (the worker is starting). `call` is used by PERSISTENT pools.
+  void Acquire(Request* request, Call call);
+  // Loop thread. A request still waiting for a worker is withdrawn (true; no callback
+  // follows). One in a persistent worker has its cancel sent (false; OnDone follows).
+  // PREWARMED requests that have their process are cancelled through it instead.
+  bool Cancel(Request* request);
+  // Loop thread. A PREWARMED request's process has been destroyed.
+  void Release();
+  PoolStats stats() const;  // Loop thread.
+
+  // PersistentWorker::Listener.
+  void OnWorkerReady(PersistentWorker* worker) override;
+  void OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse response) override;
+  void OnWorkerFailed(PersistentWorker* worker, absl::Status why) override;
+
+ private:
+  struct Identity {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0;
+    bool operator==(const Identity&) const = default;
+  };
+  struct Idle {
+    std::unique_ptr<ChildProcess> process;     // PREWARMED
+    std::unique_ptr<PersistentWorker> worker;  // PERSISTENT
+    absl::Time since;
+    int64_t generation = 0;
+    int served = 0;
+  };
+  struct Busy {  // PERSISTENT
+    std::unique_ptr<PersistentWorker> worker;
+    Request* request = nullptr;
+    Call call;
+    int64_t generation = 0;
+    int served = 0;
+    bool cancelled = false;
+    absl::Time sent;
+  };
+  struct Starting {  // PERSISTENT, spawned, health check in flight.
+    std::unique_ptr<PersistentWorker> worker;
+    int64_t generation = 0;
+  };
+
+  void CheckIdentity();
+  void Refill();
+  void StartOne();
+  void OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
+                 absl::StatusOr<std::unique_ptr<PersistentWorker>> worker);
+  void Ready(Idle idle);
+  void Dispatch(Request* request, Call call, Idle idle);
+  void ArmShrink();
+  void Shrink();
+  int Total() const;
+  void Destroy(std::unique_ptr<PersistentWorker> worker);
+  std::string Describe(const PersistentWorker* worker, const absl::Status& why) const;
+
+  const PoolSpec spec_;
+  Deps deps_;
+  Identity identity_;
+  int64_t generation_ = 0;
+
+  std::deque<Idle> idle_;
+  std::vector<Busy> busy_;
+  std::vector<Starting> starting_;  // PERSISTENT workers in their health check.
+  int spawning_ = 0;                // Spawns in flight on run_blocking.
+  int prewarmed_busy_ = 0;          // PREWARMED processes handed to requests.
+  struct Waiting {
+    Request* request;
+    Call call;
+  };
+  std::deque<Waiting> waiting_;  // Admitted requests that found no idle worker.
+
+  int burst_ = 0;  // Extra idle workers kept beyond min_idle after misses.
+  absl::Time last_miss_ = absl::InfinitePast();
+  EventLoop::TimerId shrink_timer_ = 0;
+  int consecutive_start_failures_ = 0;
+  std::string last_start_error_;
+  PoolStats counters_;
+  uint64_t next_request_id_ = 1;
+  bool destroying_ = false;
+  // Set while a spawn is in flight, so its completion can tell the pool is gone.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace execd::core
