@@ -126,6 +126,7 @@ absl::Status PersistentWorker::Start() {
 
 void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>& arguments,
                             const std::string& stdin_data, absl::Duration timeout) {
+  if (dead_) return;
   worker::v1::WorkRequest request;
   request.set_request_id(request_id);
   for (const std::string& a : arguments) request.add_arguments(a);
@@ -163,6 +164,7 @@ void PersistentWorker::Write(const worker::v1::WorkRequest& request) {
 }
 
 void PersistentWorker::FlushStdin() {
+  if (!stdin_.valid()) return;
   size_t done = 0;
   while (done < out_.size()) {
     ssize_t n = write(stdin_.get(), out_.data() + done, out_.size() - done);
@@ -172,8 +174,7 @@ void PersistentWorker::FlushStdin() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) break;
-    // EPIPE: the worker closed its stdin; it is dying or broken. Its exit tells why.
-    Kill(absl::UnavailableError("closed its stdin"));
+    StdinClosed();  // EPIPE.
     return;
   }
   out_.erase(0, done);
@@ -185,17 +186,28 @@ void PersistentWorker::FlushStdin() {
 }
 
 void PersistentWorker::OnFdReady(int fd, uint32_t events) {
-  (void)events;
   if (dead_) return;
   if (fd == stdout_.get()) {
     ReadStdout();
   } else if (fd == stderr_.get()) {
     ReadStderr();
   } else if (fd == stdin_.get()) {
+    if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
+      StdinClosed();
+      return;
+    }
     FlushStdin();
   } else if (fd == pidfd_.get()) {
     OnExited();
   }
+}
+
+void PersistentWorker::StdinClosed() {
+  // Usually the worker is exiting: let its exit status tell why. One that lives on with
+  // its stdin closed cannot take requests; the request's timeout ends it.
+  Close(stdin_);
+  out_.clear();
+  OnExited();
 }
 
 void PersistentWorker::ReadStderr() {

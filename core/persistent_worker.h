@@ -79,6 +79,7 @@ class PersistentWorker final : public EventLoop::FdHandler {
       : loop_(loop), options_(options), listener_(listener) {}
   void Write(const worker::v1::WorkRequest& request);
   void FlushStdin();
+  void StdinClosed();
   void ReadStdout();
   void ReadStderr();
   void ParseFrames();

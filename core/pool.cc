@@ -157,14 +157,11 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     return;
   }
   if (status.ok() && !prewarmed) {
+    // In starting_ before Start(): a worker that is already dead fails inside it.
     PersistentWorker* w = worker->get();
-    status = w->Start();
-    if (!status.ok()) {
-      Destroy(*std::move(worker));
-    } else {
-      starting_.push_back(Starting{*std::move(worker), generation});
-      return;
-    }
+    starting_.push_back(Starting{*std::move(worker), generation});
+    if (absl::Status started = w->Start(); !started.ok()) w->Kill(started);
+    return;
   }
   if (!status.ok()) {
     ++counters_.crashed;
@@ -207,14 +204,15 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
   }
   PersistentWorker* w = idle.worker.get();
   const uint64_t id = next_request_id_++;
+  const absl::Duration timeout = std::max(
+      absl::Milliseconds(1), std::min(call.timeout, call.deadline - deps_.loop->clock().Now()));
+  std::vector<std::string> arguments = std::move(call.arguments);
+  std::string stdin_data = std::move(call.stdin_data);
   busy_.push_back(Busy{std::move(idle.worker), request, std::move(call), idle.generation,
                        idle.served, false, deps_.loop->clock().Now()});
-  Busy& b = busy_.back();
-  const absl::Duration left = b.call.deadline - deps_.loop->clock().Now();
-  w->Send(id, b.call.arguments, b.call.stdin_data,
-          std::max(absl::Milliseconds(1), std::min(b.call.timeout, left)));
-  std::string().swap(b.call.stdin_data);
   request->OnStarted(w->pid());
+  // Last: a worker found dead here reports through OnWorkerFailed, which ends the request.
+  w->Send(id, arguments, stdin_data, timeout);
 }
 
 void Pool::Acquire(Request* request, Call call) {

@@ -10,7 +10,7 @@ build_packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev liblz4-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  lz4 clang
+  lz4 clang python3
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libabsl20220623 liblz4-1 tini ca-certificates

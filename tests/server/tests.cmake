@@ -44,3 +44,11 @@ execd_test(scale_test
   LIBS test_support execd_proto gRPC::grpc++)
 target_compile_definitions(scale_test PRIVATE EXECD_BIN="$<TARGET_FILE:execd>")
 add_dependencies(scale_test execd)
+
+execd_test(pools_test
+  SOURCES server/pools_test.cc
+  LIBS test_server test_support)
+target_compile_definitions(pools_test PRIVATE
+  TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>"
+  SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+add_dependencies(pools_test execd-test-worker)

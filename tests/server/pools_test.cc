@@ -1,0 +1,486 @@
+// Worker pools through a real server and gRPC channel: pre-warmed one-shot processes and
+// persistent workers (the C++ test worker, examples/workers/cpp), their sizing, recycling,
+// recovery from crashes, hangs and garbage, retirement on a new executable, deadlines and
+// cancels. Pools are configured through the same text format --pools_config reads.
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/pools_config.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
+
+namespace execd {
+namespace {
+
+using ::execd::testing::AsyncCall;
+using ::execd::testing::ProcessAlive;
+using ::execd::testing::TestServer;
+using ::execd::testing::WaitFor;
+using ::testing::HasSubstr;
+
+class PoolsTest : public ::testing::Test {
+ protected:
+  // Starts a server with the pools of `config` (text format).
+  void StartWith(const std::string& config, int max_concurrency = 8) {
+    auto server = TestServer::Start([&](server::ServerConfig& c) {
+      auto pools = server::ParsePoolsConfig(config, "test.textproto", c.policy);
+      ASSERT_TRUE(pools.ok()) << pools.status();
+      c.pools = *std::move(pools);
+      c.max_concurrency = max_concurrency;
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  core::PoolStats Stats(const std::string& pool) {
+    for (const auto& p : server_->server().engine().PoolStatuses()) {
+      if (p.name == pool) return p.stats;
+    }
+    ADD_FAILURE() << "no pool " << pool;
+    return {};
+  }
+
+  // Waits (bounded) until the pool's stats satisfy `condition`.
+  bool WaitForStats(const std::string& pool,
+                    const std::function<bool(const core::PoolStats&)>& condition) {
+    return WaitFor([&] { return condition(Stats(pool)); }, absl::Seconds(20));
+  }
+
+  v1::ExecuteRequest Pooled(const std::string& pool, std::vector<std::string> args,
+                            const std::string& stdin_data = "") {
+    v1::ExecuteRequest r;
+    r.set_pool(pool);
+    for (auto& a : args) r.add_argv(a);
+    r.set_stdin(stdin_data);
+    return r;
+  }
+
+  // Runs a request that must succeed with exit 0; returns its stdout.
+  std::string Run(const v1::ExecuteRequest& request) {
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.termination(), v1::EXITED);
+    EXPECT_EQ(response.exit_code(), 0) << response.stderr();
+    return response.stdout();
+  }
+
+  pid_t WorkerPid(const std::string& pool) {
+    std::string out = Run(Pooled(pool, {"pid"}));
+    int pid = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(out, &pid)) << out;
+    return pid;
+  }
+
+  std::unique_ptr<TestServer> server_;
+};
+
+std::string PersistentPool(const std::string& name, const std::string& extra,
+                           const std::string& binary = TEST_WORKER_BIN) {
+  return absl::StrCat("pool { name: \"", name, "\" kind: PERSISTENT argv: \"", binary, "\" ", extra,
+                      " }\n");
+}
+
+// ---- PREWARMED ----
+
+TEST_F(PoolsTest, PrewarmedProcessesWaitAheadOfDemandAndTheRequestGetsOne) {
+  StartWith(R"pb(
+    pool {
+      name: "sh"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "echo $$; exec cat"
+      min_idle: 2
+      max_size: 4
+    })pb");
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.idle == 2; }));
+  // The processes exist before any request: children of this (in-process) server.
+  std::vector<pid_t> before = testing::ChildrenOf(getpid());
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "hello"), &response).ok());
+  std::vector<std::string> lines = absl::StrSplit(response.stdout(), '\n');
+  ASSERT_EQ(lines.size(), 2u) << response.stdout();
+  EXPECT_EQ(lines[1], "hello");
+  EXPECT_EQ(std::to_string(response.pid()), lines[0]);
+  EXPECT_THAT(before, ::testing::Contains(response.pid())) << "the request got a fresh spawn";
+  EXPECT_EQ(response.termination(), v1::EXITED);
+  // One-shot: it is gone, and the pool refills to min_idle.
+  EXPECT_FALSE(ProcessAlive(response.pid()));
+  ASSERT_TRUE(
+      WaitForStats("sh", [](const core::PoolStats& s) { return s.idle == 2 && s.started == 3; }));
+  v1::ExecuteResponse second;
+  ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "again"), &second).ok());
+  EXPECT_NE(second.pid(), response.pid());
+  EXPECT_THAT(second.stdout(), HasSubstr("again"));
+  EXPECT_THAT(second.stdout(), ::testing::Not(HasSubstr("hello")));
+}
+
+TEST_F(PoolsTest, PrewarmedBurstGrowsTheReserveAndEveryRequestIsServed) {
+  StartWith(R"pb(
+    pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 1 max_size: 8 })pb");
+  ASSERT_TRUE(WaitForStats("cat", [](const core::PoolStats& s) { return s.idle == 1; }));
+  std::vector<std::unique_ptr<AsyncCall>> calls;
+  for (int i = 0; i < 6; ++i) {
+    calls.push_back(std::make_unique<AsyncCall>());
+    calls.back()->request = Pooled("cat", {}, absl::StrCat("input ", i));
+    calls.back()->Start(server_->stub());
+  }
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(calls[i]->Wait());
+    ASSERT_TRUE(calls[i]->status.ok()) << calls[i]->status.error_message();
+    EXPECT_EQ(calls[i]->response.stdout(), absl::StrCat("input ", i));
+  }
+  core::PoolStats s = Stats("cat");
+  EXPECT_EQ(s.served, 6);
+  EXPECT_GE(s.misses, 1);  // The burst outran min_idle...
+  // ...so the pool keeps more than min_idle ready afterwards.
+  EXPECT_TRUE(WaitForStats("cat", [](const core::PoolStats& s) { return s.idle >= 2; }));
+}
+
+TEST_F(PoolsTest, PrewarmedDeadlineKillsTheProcess) {
+  StartWith(R"pb(
+    pool {
+      name: "slow"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "cat >/dev/null; exec sleep 30"
+      min_idle: 1
+      max_size: 2
+    })pb");
+  ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.idle == 1; }));
+  std::set<pid_t> before;
+  for (pid_t p : testing::ChildrenOf(getpid())) before.insert(p);
+  v1::ExecuteResponse response;
+  absl::Time start = absl::Now();
+  grpc::Status status =
+      server_->Execute(Pooled("slow", {}), &response, /*deadline=*/absl::Milliseconds(300));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  // The process that took the request is killed and reaped.
+  ASSERT_EQ(before.size(), 1u);  // The one pre-warmed process: it took the request.
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(*before.begin()); }, absl::Seconds(5)));
+  EXPECT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.busy == 0; }));
+}
+
+TEST_F(PoolsTest, PrewarmedRequestTakesNoArguments) {
+  StartWith(R"pb(
+    pool { name: "cat" kind: PREWARMED argv: "/bin/cat" max_size: 1 })pb");
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("cat", {"x"}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("send the input as stdin"));
+}
+
+// ---- PERSISTENT ----
+
+TEST_F(PoolsTest, PersistentWorkerServesManyRequestsWithNothingLeakingBetweenThem) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) { return s.idle == 1; }));
+  const pid_t pid = WorkerPid("w");
+  v1::ExecuteResponse first;
+  ASSERT_TRUE(server_->Execute(Pooled("w", {"stderr", "secret-one"}), &first).ok());
+  EXPECT_EQ(first.stderr(), "secret-one");
+  for (int i = 0; i < 20; ++i) {
+    v1::ExecuteResponse r;
+    ASSERT_TRUE(server_->Execute(Pooled("w", {"arg", std::to_string(i)}, "in"), &r).ok());
+    EXPECT_EQ(r.stdout(), absl::StrCat("in|arg ", i));  // Its own output only...
+    EXPECT_EQ(r.stderr(), "");                          // ...and none of another's.
+    EXPECT_EQ(r.pid(), pid);
+  }
+  v1::ExecuteResponse code;
+  ASSERT_TRUE(server_->Execute(Pooled("w", {"exit", "7"}), &code).ok());
+  EXPECT_EQ(code.termination(), v1::EXITED);
+  EXPECT_EQ(code.exit_code(), 7);
+  EXPECT_EQ(WorkerPid("w"), pid);
+  core::PoolStats s = Stats("w");
+  EXPECT_EQ(s.started, 1);
+  EXPECT_EQ(s.crashed, 0);
+}
+
+TEST_F(PoolsTest, PersistentWorkerIsRecycledAfterMaxRequests) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1 max_requests: 3"));
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 7; ++i) pids.push_back(WorkerPid("w"));
+  EXPECT_EQ(pids[0], pids[1]);
+  EXPECT_EQ(pids[1], pids[2]);
+  EXPECT_NE(pids[2], pids[3]);
+  EXPECT_EQ(pids[3], pids[5]);
+  EXPECT_NE(pids[5], pids[6]);
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(pids[0]); }, absl::Seconds(5)));
+  EXPECT_EQ(Stats("w").recycled, 2);
+}
+
+TEST_F(PoolsTest, IdleWorkersAboveMinIdleExitAfterIdleTimeout) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 3 idle_timeout { nanos: 200000000 }"));
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) { return s.idle == 1; }));
+  // Three at once need three workers.
+  std::vector<std::unique_ptr<AsyncCall>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(std::make_unique<AsyncCall>());
+    calls.back()->request = Pooled("w", {"sleep", "200"});
+    calls.back()->Start(server_->stub());
+  }
+  std::set<pid_t> pids;
+  for (auto& c : calls) {
+    ASSERT_TRUE(c->Wait());
+    ASSERT_TRUE(c->status.ok()) << c->status.error_message();
+    pids.insert(c->response.pid());
+  }
+  EXPECT_EQ(pids.size(), 3u);
+  // Unused, they shrink back to min_idle, and the processes are gone.
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) {
+    return s.idle == 1 && s.busy == 0 && s.starting == 0 && s.recycled >= 2;
+  }));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        int alive = 0;
+        for (pid_t p : pids) alive += ProcessAlive(p) ? 1 : 0;
+        return alive <= 1;
+      },
+      absl::Seconds(5)));
+}
+
+TEST_F(PoolsTest, ACrashingWorkerGivesAClearErrorAndIsReplaced) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t first = WorkerPid("w");
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("w", {"crash"}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("exited with code 3"));
+  EXPECT_THAT(status.error_message(), HasSubstr("replaced"));
+  EXPECT_FALSE(ProcessAlive(first));
+  const pid_t second = WorkerPid("w");
+  EXPECT_NE(second, first);
+  EXPECT_EQ(Stats("w").crashed, 1);
+}
+
+TEST_F(PoolsTest, AHungWorkerTimesOutTheRequestAndIsReplaced) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1 timeout { nanos: 300000000 }"));
+  const pid_t first = WorkerPid("w");
+  v1::ExecuteResponse response;
+  absl::Time start = absl::Now();
+  ASSERT_TRUE(server_->Execute(Pooled("w", {"hang"}), &response).ok());
+  EXPECT_EQ(response.termination(), v1::TIMED_OUT);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_FALSE(ProcessAlive(first));
+  EXPECT_NE(WorkerPid("w"), first);
+}
+
+TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  for (const char* how : {"garbage", "printstdout"}) {
+    const pid_t before = WorkerPid("w");
+    v1::ExecuteRequest request = Pooled("w", {how});
+    request.mutable_limits()->mutable_timeout()->set_seconds(2);
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(request, &response);
+    // Bytes that cannot be a frame header are caught at once; bytes that can (printstdout's
+    // "noise" reads as a 110-byte frame) are caught by the request's timeout.
+    if (status.ok()) {
+      EXPECT_EQ(response.termination(), v1::TIMED_OUT) << how;
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << how;
+      EXPECT_THAT(status.error_message(), HasSubstr("broke the protocol"));
+    }
+    EXPECT_FALSE(ProcessAlive(before)) << how;
+    EXPECT_NE(WorkerPid("w"), before) << how;
+  }
+}
+
+TEST_F(PoolsTest, AWorkerThatFailsItsHealthCheckNeverServes) {
+  StartWith(PersistentPool("dead", "max_size: 1", "/bin/true") +
+            PersistentPool("mute", "argv: \"100\" max_size: 1 startup_timeout { nanos: 200000000 }",
+                           "/bin/sleep"));  // Never answers the health check.
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("dead", {}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("could not start a worker"));
+  status = server_->Execute(Pooled("mute", {}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("could not start a worker"));
+  EXPECT_GE(Stats("dead").crashed, 1);
+}
+
+TEST_F(PoolsTest, CancelledRequestIsAnsweredByTheWorkerWhichStaysInService) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t pid = WorkerPid("w");
+  AsyncCall call;
+  call.request = Pooled("w", {"hang"});
+  call.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) { return s.busy == 1; }));
+  absl::Time start = absl::Now();
+  call.context.TryCancel();
+  ASSERT_TRUE(call.Wait());
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  // The test worker honours cancel, so it was not killed.
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) { return s.idle == 1; }));
+  EXPECT_EQ(WorkerPid("w"), pid);
+  EXPECT_EQ(Stats("w").crashed, 0);
+}
+
+TEST_F(PoolsTest, DeadlineOnAPersistentRequestKillsTheWorker) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t pid = WorkerPid("w");
+  v1::ExecuteResponse response;
+  absl::Time start = absl::Now();
+  grpc::Status status =
+      server_->Execute(Pooled("w", {"sleep", "30000"}), &response, absl::Milliseconds(300));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(pid); }, absl::Seconds(5)));
+  EXPECT_NE(WorkerPid("w"), pid);
+}
+
+TEST_F(PoolsTest, OverMaxSizeRequestsQueueAndRunInTurn) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  AsyncCall first, second;
+  first.request = Pooled("w", {"sleep", "300"}, "1");
+  second.request = Pooled("w", {}, "2");
+  first.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats("w", [](const core::PoolStats& s) { return s.busy == 1; }));
+  second.Start(server_->stub());
+  ASSERT_TRUE(
+      WaitFor([&] { return server_->server().engine().stats().queued == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(first.Wait());
+  ASSERT_TRUE(second.Wait());
+  EXPECT_TRUE(first.status.ok());
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.response.stdout(), "2|");
+  EXPECT_EQ(first.response.pid(), second.response.pid());
+}
+
+TEST_F(PoolsTest, ANewExecutableRetiresTheOldWorkers) {
+  testing::ScopedTempDir dir("pools");
+  const std::string binary = dir.path() + "/worker";
+  std::filesystem::copy_file(TEST_WORKER_BIN, binary);
+  std::filesystem::permissions(binary, std::filesystem::perms::owner_all);
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 2", binary));
+  const pid_t old_pid = WorkerPid("w");
+  // Deploy a new build the way installers do: write aside, rename over.
+  std::filesystem::copy_file(TEST_WORKER_BIN, binary + ".new");
+  std::filesystem::permissions(binary + ".new", std::filesystem::perms::owner_all);
+  std::filesystem::rename(binary + ".new", binary);
+  const pid_t new_pid = WorkerPid("w");
+  EXPECT_NE(new_pid, old_pid);
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(old_pid); }, absl::Seconds(5)));
+  core::PoolStats s = Stats("w");
+  EXPECT_EQ(s.generation, 1);
+  EXPECT_GE(s.recycled, 1);
+  EXPECT_EQ(WorkerPid("w"), new_pid);  // The new generation is reused as usual.
+}
+
+TEST_F(PoolsTest, PooledRequestsMayNotOverrideWhatThePoolFixes) {
+  StartWith(PersistentPool("w", "max_size: 1 timeout { seconds: 5 }"));
+  struct Case {
+    std::function<void(v1::ExecuteRequest&)> set;
+    std::string field;
+  } cases[] = {
+      {[](v1::ExecuteRequest& r) { (*r.mutable_env())["A"] = "1"; }, "env"},
+      {[](v1::ExecuteRequest& r) { r.set_cwd("/tmp"); }, "cwd"},
+      {[](v1::ExecuteRequest& r) { r.mutable_limits()->set_memory_bytes(1 << 30); },
+       "limits.memory_bytes"},
+      {[](v1::ExecuteRequest& r) { r.mutable_limits()->mutable_timeout()->set_seconds(6); },
+       "limits.timeout"},
+  };
+  for (const Case& c : cases) {
+    v1::ExecuteRequest request = Pooled("w", {});
+    c.set(request);
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.field;
+    EXPECT_THAT(status.error_message(), HasSubstr(c.field));
+  }
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("nope", {}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("\"w\""));
+}
+
+// ---- configuration ----
+
+TEST(PoolsConfig, ErrorsNameTheLineAndTheFix) {
+  core::RequestPolicy policy = core::RequestPolicy::FromProcessEnvironment();
+  struct Case {
+    std::string text;
+    std::string want;
+  } cases[] = {
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 ", "line 1"},
+      {"pool { nmae: \"a\" }", "nmae"},
+      {"\npool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 0 }",
+       "line 2: pool \"a\": max_size must be at least 1"},
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 min_idle: 2 }",
+       "min_idle (2) exceeds max_size (1)"},
+      {"pool { name: \"A b\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 }", "name must"},
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 }\n"
+       "pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 }",
+       "line 2: pool \"a\": name is used by an earlier pool"},
+      {"pool { name: \"a\" argv: \"/bin/cat\" max_size: 1 }", "kind must be"},
+      {"pool { name: \"a\" kind: PERSISTENT argv: \"/no/such/worker\" max_size: 1 }",
+       "/no/such/worker"},
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 max_requests: 5 }",
+       "max_requests applies to PERSISTENT"},
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 "
+       "timeout { seconds: 100000 } }",
+       "--max_timeout"},
+  };
+  for (const Case& c : cases) {
+    auto pools = server::ParsePoolsConfig(c.text, "pools.textproto", policy);
+    ASSERT_FALSE(pools.ok()) << c.text;
+    EXPECT_EQ(pools.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(pools.status().message(), HasSubstr("pools.textproto"));
+    EXPECT_THAT(pools.status().message(), HasSubstr(c.want)) << c.text;
+  }
+}
+
+TEST(PoolsConfig, TheShippedExampleParses) {
+  core::RequestPolicy policy = core::RequestPolicy::FromProcessEnvironment();
+  std::filesystem::current_path(SOURCE_DIR);  // Its worker paths are relative to the repo.
+  auto pools = server::LoadPoolsConfig("deploy/pools.textproto", policy);
+  ASSERT_TRUE(pools.ok()) << pools.status();
+  EXPECT_GE(pools->size(), 2u);
+}
+
+}  // namespace
+}  // namespace execd
+
+namespace execd {
+namespace {
+
+// The shipped Python worker library, end to end through the server.
+TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
+  if (access("/usr/bin/python3", X_OK) != 0) {
+    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
+                    "installs it)";
+  }
+  StartWith(PersistentPool(
+      "py",
+      absl::StrCat("argv: \"", SOURCE_DIR, "/examples/workers/python/echo_worker.py\" ",
+                   "min_idle: 1 max_size: 1"),
+      "/usr/bin/python3"));
+  EXPECT_EQ(Run(Pooled("py", {"a", "b"}, "in")), "in|a b");
+  EXPECT_EQ(Run(Pooled("py", {"print"})), "hello from print\n");
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(server_->Execute(Pooled("py", {"exit", "4"}), &response).ok());
+  EXPECT_EQ(response.exit_code(), 4);
+  const pid_t pid = WorkerPid("py");
+  EXPECT_EQ(WorkerPid("py"), pid);
+}
+
+}  // namespace
+}  // namespace execd
