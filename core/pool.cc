@@ -85,6 +85,14 @@ void Pool::Refill() {
   if (destroying_) return;
   const int want_ready = spec_.min_idle + burst_ + static_cast<int>(waiting_.size());
   int have = static_cast<int>(idle_.size() + starting_.size()) + spawning_;
+  // Refill in batches, from half empty, and while none of this pool's requests runs,
+  // unless it ran dry: joining a cgroup takes the kernel's cgroup threadgroup lock for
+  // writing, which stalls every fork and exit on the machine for an RCU grace period
+  // (~10 ms here) unless another write just happened, and a refill batch costs as much CPU
+  // as the cold starts it saves. Spawned together they share one stall, and spawned
+  // between requests they delay none. Release() and the shrink timer come back here.
+  const bool in_flight = !busy_.empty() || prewarmed_busy_ > 0;
+  if (waiting_.empty() && have > 0 && (have > want_ready / 2 || in_flight)) return;
   while (have < want_ready && Total() < spec_.max_size) {
     StartOne();
     ++have;

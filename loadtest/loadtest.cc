@@ -31,8 +31,10 @@ class Requester {
 
 class ExecuteRequester final : public Requester {
  public:
-  ExecuteRequester(v1::Executor::Stub& stub, const std::vector<std::string>& argv) : stub_(stub) {
-    for (const std::string& a : argv) request_.add_argv(a);
+  ExecuteRequester(v1::Executor::Stub& stub, const Config& config) : stub_(stub) {
+    for (const std::string& a : config.argv) request_.add_argv(a);
+    request_.set_pool(config.pool);
+    request_.set_stdin(config.stdin_data);
   }
   std::string Send() override {
     grpc::ClientContext context;
@@ -139,7 +141,7 @@ Report Run(const Config& config) {
     std::unique_ptr<Requester> requester;
     switch (config.mode) {
       case Mode::kExecute:
-        requester = std::make_unique<ExecuteRequester>(*stub, config.argv);
+        requester = std::make_unique<ExecuteRequester>(*stub, config);
         break;
       case Mode::kPing:
         requester = std::make_unique<PingRequester>(*stub, config.payload_bytes);
@@ -149,6 +151,12 @@ Report Run(const Config& config) {
         break;
     }
     std::vector<absl::Duration> mine;
+    // Open loop when a rate is set: each worker sends on its own schedule, and latency
+    // counts from the scheduled time, so a slow reply delays the measurement of the ones
+    // behind it instead of hiding them (no coordinated omission).
+    const absl::Duration interval =
+        config.rate > 0 ? absl::Seconds(config.concurrency / config.rate) : absl::ZeroDuration();
+    absl::Time next = absl::Now();
     for (;;) {
       if (config.requests > 0) {
         if (issued.fetch_add(1) >= config.requests) break;
@@ -156,6 +164,11 @@ Report Run(const Config& config) {
         break;
       }
       absl::Time t0 = absl::Now();
+      if (config.rate > 0) {
+        if (next > t0) absl::SleepFor(next - t0);
+        t0 = next;
+        next += interval;
+      }
       std::string error = requester->Send();
       mine.push_back(absl::Now() - t0);
       if (!error.empty()) {

@@ -20,7 +20,10 @@ struct Config {
   absl::Duration duration = absl::Seconds(10);
   int64_t requests = 0;  // When > 0, stop after this many instead of after `duration`.
   std::vector<std::string> argv;
-  int payload_bytes = 0;  // Ping payload.
+  int payload_bytes = 0;   // Ping payload.
+  std::string pool;        // Execute in this worker pool.
+  double rate = 0;         // Requests per second in all (open loop); 0: closed loop.
+  std::string stdin_data;  // Each command's stdin.
 };
 
 struct Report {

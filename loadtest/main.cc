@@ -17,11 +17,17 @@ ABSL_FLAG(bool, ping, false, "send Ping RPCs instead of Execute");
 ABSL_FLAG(bool, local, false, "baseline: posix_spawn the command locally, no server");
 ABSL_FLAG(int, payload_bytes, 0, "Ping payload size");
 ABSL_FLAG(bool, json, false, "print one JSON object instead of text");
+ABSL_FLAG(std::string, pool, "",
+          "Execute in this worker pool (the arguments after -- go to the worker)");
+ABSL_FLAG(double, rate, 0,
+          "open loop: send this many requests per second in all, latency measured from each "
+          "request's scheduled time; 0 for closed loop (each worker sends as soon as answered)");
+ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program for a pool)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "execd-loadtest [--concurrency=8] [--duration=10s|--requests=N] [--ping|--local] "
-      "[--json] -- PROGRAM ARGS...");
+      "[--pool=NAME] [--stdin_text=TEXT] [--json] -- PROGRAM ARGS...");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   execd::loadtest::Config config;
   config.target = absl::GetFlag(FLAGS_target);
@@ -30,6 +36,9 @@ int main(int argc, char** argv) {
   config.requests = absl::GetFlag(FLAGS_requests);
   config.payload_bytes = absl::GetFlag(FLAGS_payload_bytes);
   config.argv.assign(rest.begin() + 1, rest.end());
+  config.pool = absl::GetFlag(FLAGS_pool);
+  config.rate = absl::GetFlag(FLAGS_rate);
+  config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     fprintf(stderr, "execd-loadtest: --ping and --local exclude each other\n");
     return 2;
@@ -37,7 +46,7 @@ int main(int argc, char** argv) {
   config.mode = absl::GetFlag(FLAGS_ping)    ? execd::loadtest::Mode::kPing
                 : absl::GetFlag(FLAGS_local) ? execd::loadtest::Mode::kLocalSpawn
                                              : execd::loadtest::Mode::kExecute;
-  if (config.mode != execd::loadtest::Mode::kPing && config.argv.empty()) {
+  if (config.mode != execd::loadtest::Mode::kPing && config.argv.empty() && config.pool.empty()) {
     fprintf(stderr, "execd-loadtest: give the command to run after --, e.g. -- /bin/true\n");
     return 2;
   }
