@@ -10,6 +10,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 
 namespace execd::core {
@@ -166,10 +167,12 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
     absl::MutexLock lock(&leaders_mu_);
     leaders_.erase(pid);
   };
+  absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {
-    const PoolSpec& spec = options_.pools[i];
-    pool_index_[spec.name] = static_cast<int>(i);
-    scheduler_.SetGroupLimit(static_cast<int>(i) + 1, spec.max_size);
+    auto spec = std::make_shared<const PoolSpec>(options_.pools[i]);
+    pool_index_[spec->name] = static_cast<int>(i);
+    scheduler_.SetGroupLimit(static_cast<int>(i) + 1, spec->max_size);
+    pool_specs_.push_back(spec);
     pools_.push_back(std::make_unique<Pool>(spec, deps));
   }
   loop_->Post([this]() mutable {
@@ -177,9 +180,47 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   });
 }
 
-const PoolSpec* Engine::FindPool(absl::string_view name) const {
+std::shared_ptr<const PoolSpec> Engine::FindPool(absl::string_view name) const {
   auto it = pool_index_.find(name);
-  return it == pool_index_.end() ? nullptr : &pools_[it->second]->spec();
+  if (it == pool_index_.end()) return nullptr;
+  absl::MutexLock lock(&pool_specs_mu_);
+  return pool_specs_[it->second];
+}
+
+absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpec> pools) {
+  std::vector<std::string> added, removed;
+  absl::flat_hash_set<std::string> names;
+  for (const PoolSpec& p : pools) {
+    names.insert(p.name);
+    if (!pool_index_.contains(p.name)) added.push_back(p.name);
+  }
+  for (const auto& [name, index] : pool_index_) {
+    if (!names.contains(name)) removed.push_back(name);
+  }
+  if (!added.empty() || !removed.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a reload can change pools but not add or remove them (added: ",
+        added.empty() ? "none" : absl::StrJoin(added, ", "), "; removed: ",
+        removed.empty() ? "none" : absl::StrJoin(removed, ", "), "); restart execd for that"));
+  }
+  std::vector<std::string> changed;
+  for (PoolSpec& p : pools) {
+    const int index = pool_index_.at(p.name);
+    auto spec = std::make_shared<const PoolSpec>(std::move(p));
+    {
+      absl::MutexLock lock(&pool_specs_mu_);
+      if (pool_specs_[index]->fingerprint == spec->fingerprint) continue;
+      pool_specs_[index] = spec;
+    }
+    changed.push_back(spec->name);
+    {
+      absl::MutexLock lock(&mu_);
+      scheduler_.SetGroupLimit(index + 1, spec->max_size);
+      StartRunnableLocked();  // A larger max_size may let queued requests start.
+    }
+    loop_->Post([this, index, spec]() mutable { pools_[index]->Reconfigure(std::move(spec)); });
+  }
+  return changed;
 }
 
 std::vector<Engine::PoolStatus> Engine::PoolStatuses() const {

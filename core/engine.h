@@ -96,8 +96,13 @@ class Engine {
   };
   Stats stats() const;
 
-  // The pool named `name`, or null. The spec lives as long as the engine.
-  const PoolSpec* FindPool(absl::string_view name) const;
+  // The current configuration of the pool named `name`, or null.
+  std::shared_ptr<const PoolSpec> FindPool(absl::string_view name) const;
+  // Applies a new configuration of the same pools (same names): each pool whose
+  // configuration changed retires its workers and refills under the new one. Returns the
+  // names of the pools that changed; FAILED_PRECONDITION (and no change) if pools were
+  // added or removed, which takes a restart.
+  absl::StatusOr<std::vector<std::string>> ReloadPools(std::vector<PoolSpec> pools);
   struct PoolStatus {
     std::string name;
     PoolSpec::Kind kind;
@@ -163,6 +168,9 @@ class Engine {
   // Loop thread only (created on construction, started and destroyed on the loop).
   std::vector<std::unique_ptr<Pool>> pools_;
   absl::flat_hash_map<std::string, int> pool_index_;  // Name to index; immutable.
+  // The current spec of each pool, for callers on any thread.
+  mutable absl::Mutex pool_specs_mu_;
+  std::vector<std::shared_ptr<const PoolSpec>> pool_specs_ ABSL_GUARDED_BY(pool_specs_mu_);
 };
 
 }  // namespace execd::core

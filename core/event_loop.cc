@@ -1,7 +1,6 @@
 #include "core/event_loop.h"
 
 #include <pthread.h>
-
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>

@@ -1,8 +1,7 @@
 #include "core/executor.h"
 
-#include <pthread.h>
-
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 

@@ -13,7 +13,15 @@ absl::string_view PoolKindName(PoolSpec::Kind kind) {
   return kind == PoolSpec::Kind::kPrewarmed ? "PREWARMED" : "PERSISTENT";
 }
 
-Pool::Pool(PoolSpec spec, Deps deps) : spec_(std::move(spec)), deps_(std::move(deps)) {}
+Pool::Identity Pool::IdentityOf(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return {};  // Gone: differs from any real file.
+  return Identity{st.st_dev, st.st_ino, st.st_size,
+                  st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+}
+
+Pool::Pool(std::shared_ptr<const PoolSpec> spec, Deps deps)
+    : spec_(std::move(spec)), deps_(std::move(deps)) {}
 
 Pool::~Pool() {
   destroying_ = true;
@@ -29,12 +37,7 @@ Pool::~Pool() {
 }
 
 void Pool::Start() {
-  identity_ = {};
-  struct stat st;
-  if (stat(spec_.command.executable.c_str(), &st) == 0) {
-    identity_ = Identity{st.st_dev, st.st_ino, st.st_size,
-                         st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
-  }
+  identity_ = IdentityOf(spec_->command.executable);
   Refill();
   ArmShrink();
 }
@@ -54,15 +57,21 @@ PoolStats Pool::stats() const {
 }
 
 void Pool::CheckIdentity() {
-  Identity now;
-  struct stat st;
-  if (stat(spec_.command.executable.c_str(), &st) == 0) {
-    now = Identity{st.st_dev, st.st_ino, st.st_size,
-                   st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
-  }
+  const Identity now = IdentityOf(spec_->command.executable);
   if (now == identity_) return;
   // A new binary: nothing started from the old one serves another request.
   identity_ = now;
+  RetireGeneration();
+}
+
+void Pool::Reconfigure(std::shared_ptr<const PoolSpec> spec) {
+  spec_ = std::move(spec);
+  identity_ = IdentityOf(spec_->command.executable);
+  RetireGeneration();
+  Refill();
+}
+
+void Pool::RetireGeneration() {
   ++generation_;
   for (Idle& idle : idle_) {
     ++counters_.recycled;
@@ -83,7 +92,7 @@ void Pool::CheckIdentity() {
 
 void Pool::Refill() {
   if (destroying_) return;
-  const int want_ready = spec_.min_idle + burst_ + static_cast<int>(waiting_.size());
+  const int want_ready = spec_->min_idle + burst_ + static_cast<int>(waiting_.size());
   int have = static_cast<int>(idle_.size() + starting_.size()) + spawning_;
   // Refill in batches, from half empty, and while none of this pool's requests runs,
   // unless it ran dry: joining a cgroup takes the kernel's cgroup threadgroup lock for
@@ -93,7 +102,7 @@ void Pool::Refill() {
   // between requests they delay none. Release() and the shrink timer come back here.
   const bool in_flight = !busy_.empty() || prewarmed_busy_ > 0;
   if (waiting_.empty() && have > 0 && (have > want_ready / 2 || in_flight)) return;
-  while (have < want_ready && Total() < spec_.max_size) {
+  while (have < want_ready && Total() < spec_->max_size) {
     StartOne();
     ++have;
   }
@@ -101,15 +110,15 @@ void Pool::Refill() {
 
 void Pool::StartOne() {
   ++spawning_;
-  Command command = spec_.command;
+  Command command = spec_->command;
   const int64_t generation = generation_;
-  const bool prewarmed = spec_.kind == PoolSpec::Kind::kPrewarmed;
+  const bool prewarmed = spec_->kind == PoolSpec::Kind::kPrewarmed;
   const int64_t address_space =
-      deps_.containment->limits_memory() ? 0 : spec_.command.limits.memory_bytes;
+      deps_.containment->limits_memory() ? 0 : spec_->command.limits.memory_bytes;
   PersistentWorker::Options worker_options;
-  worker_options.startup_timeout = spec_.startup_timeout;
+  worker_options.startup_timeout = spec_->startup_timeout;
   worker_options.kill_grace = deps_.kill_grace;
-  worker_options.max_frame_bytes = 2 * spec_.max_output_bytes + (1 << 20);
+  worker_options.max_frame_bytes = 2 * spec_->max_output_bytes + (1 << 20);
   worker_options.address_space_bytes = address_space;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
@@ -151,7 +160,7 @@ void Pool::StartOne() {
 void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
                      absl::StatusOr<std::unique_ptr<PersistentWorker>> worker) {
   --spawning_;
-  const bool prewarmed = spec_.kind == PoolSpec::Kind::kPrewarmed;
+  const bool prewarmed = spec_->kind == PoolSpec::Kind::kPrewarmed;
   absl::Status status = prewarmed ? process.status() : worker.status();
   if (status.ok()) ++counters_.started;
   if (status.ok() && generation != generation_) {
@@ -182,7 +191,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
       request->OnDone(absl::Status(
           status.code() == absl::StatusCode::kResourceExhausted ? status.code()
                                                                 : absl::StatusCode::kUnavailable,
-          absl::StrCat("pool \"", spec_.name, "\" could not start a worker: ", status.message())));
+          absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", status.message())));
     }
     if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
     return;
@@ -239,7 +248,7 @@ void Pool::Acquire(Request* request, Call call) {
   }
   // None idle: wait for one, and keep more ready next time (doubling up to max_size).
   ++counters_.misses;
-  burst_ = std::min(spec_.max_size, burst_ == 0 ? 1 : burst_ * 2);
+  burst_ = std::min(spec_->max_size, burst_ == 0 ? 1 : burst_ * 2);
   last_miss_ = deps_.loop->clock().Now();
   waiting_.push_back(Waiting{request, std::move(call)});
   Refill();
@@ -305,7 +314,7 @@ void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse r
   }
   result.run = deps_.loop->clock().Now() - b.sent;
   ++b.served;
-  if (b.generation != generation_ || (spec_.max_requests > 0 && b.served >= spec_.max_requests)) {
+  if (b.generation != generation_ || (spec_->max_requests > 0 && b.served >= spec_->max_requests)) {
     ++counters_.recycled;
     Destroy(std::move(b.worker));
     Refill();
@@ -329,7 +338,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
       Request* request = waiting_.front().request;
       waiting_.pop_front();
       request->OnDone(absl::UnavailableError(
-          absl::StrCat("pool \"", spec_.name, "\" could not start a worker: ", message)));
+          absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", message)));
     }
     if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
     return;
@@ -363,7 +372,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
 }
 
 std::string Pool::Describe(const PersistentWorker* worker, const absl::Status& why) const {
-  std::string message = absl::StrCat("worker ", worker->pid(), " of pool \"", spec_.name, "\" ",
+  std::string message = absl::StrCat("worker ", worker->pid(), " of pool \"", spec_->name, "\" ",
                                      why.message(), "; it was killed and is being replaced");
   std::string tail = worker->stderr_tail();
   if (!tail.empty()) {
@@ -382,7 +391,7 @@ void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
 
 void Pool::ArmShrink() {
   const absl::Duration period =
-      std::clamp(spec_.idle_timeout / 4, absl::Milliseconds(20), absl::Seconds(5));
+      std::clamp(spec_->idle_timeout / 4, absl::Milliseconds(20), absl::Seconds(5));
   shrink_timer_ = deps_.loop->AddTimer(deps_.loop->clock().Now() + period, [this]() mutable {
     shrink_timer_ = 0;
     Shrink();
@@ -393,7 +402,7 @@ void Pool::ArmShrink() {
 void Pool::Shrink() {
   const absl::Time now = deps_.loop->clock().Now();
   // The burst reserve halves for each idle_timeout without a miss.
-  if (burst_ > 0 && now - last_miss_ >= spec_.idle_timeout) {
+  if (burst_ > 0 && now - last_miss_ >= spec_->idle_timeout) {
     burst_ /= 2;
     last_miss_ = now;
   }
@@ -409,8 +418,8 @@ void Pool::Shrink() {
     }
   }
   // The least recently used go first.
-  while (static_cast<int>(idle_.size()) > spec_.min_idle + burst_ &&
-         now - idle_.front().since >= spec_.idle_timeout) {
+  while (static_cast<int>(idle_.size()) > spec_->min_idle + burst_ &&
+         now - idle_.front().since >= spec_->idle_timeout) {
     ++counters_.recycled;
     Idle idle = std::move(idle_.front());
     idle_.pop_front();

@@ -54,6 +54,9 @@ struct PoolSpec {
   // Per-request default (and maximum) timeout and output cap.
   absl::Duration timeout = absl::Seconds(60);
   int64_t max_output_bytes = 1 << 20;
+  // Identifies the configuration this spec came from (its serialised text); a reload that
+  // changes it retires the pool's workers.
+  std::string fingerprint;
 };
 
 absl::string_view PoolKindName(PoolSpec::Kind kind);
@@ -107,10 +110,13 @@ class Pool final : public PersistentWorker::Listener {
     std::function<void(pid_t)> untrack;
   };
 
-  Pool(PoolSpec spec, Deps deps);
+  Pool(std::shared_ptr<const PoolSpec> spec, Deps deps);
   ~Pool() override;  // Kills every worker. Loop thread, after every request is done.
 
-  const PoolSpec& spec() const { return spec_; }
+  const PoolSpec& spec() const { return *spec_; }  // Loop thread.
+  // Loop thread: a new configuration. Every worker of the old one is retired (idle ones at
+  // once, busy ones when they finish); the pool refills under the new one.
+  void Reconfigure(std::shared_ptr<const PoolSpec> spec);
   // Loop thread: fills the pool to min_idle.
   void Start();
   // Loop thread. Finds `request` a worker; the answer comes through its callbacks, maybe
@@ -158,7 +164,10 @@ class Pool final : public PersistentWorker::Listener {
     int64_t generation = 0;
   };
 
+  static Identity IdentityOf(const std::string& path);
   void CheckIdentity();
+  // Starts a new generation: idle and starting workers go now, busy ones when done.
+  void RetireGeneration();
   void Refill();
   void StartOne();
   void OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
@@ -171,7 +180,7 @@ class Pool final : public PersistentWorker::Listener {
   void Destroy(std::unique_ptr<PersistentWorker> worker);
   std::string Describe(const PersistentWorker* worker, const absl::Status& why) const;
 
-  const PoolSpec spec_;
+  std::shared_ptr<const PoolSpec> spec_;
   Deps deps_;
   Identity identity_;
   int64_t generation_ = 0;

@@ -34,7 +34,7 @@ class CallBase : public core::Engine::Observer {
     if (request.pool().empty()) {
       command = core::ValidateRequest(std::move(command_request), service_.policy());
     } else {
-      const core::PoolSpec* pool = service_.engine().FindPool(request.pool());
+      std::shared_ptr<const core::PoolSpec> pool = service_.engine().FindPool(request.pool());
       if (pool == nullptr) return service_.UnknownPool(request.pool());
       argv0_ = absl::StrCat("pool:", pool->name);
       command = core::ValidatePooledRequest(std::move(command_request), *pool, service_.policy());

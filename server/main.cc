@@ -121,6 +121,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);  // Reload --pools_config.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // A child closing its stdin early must not kill the server.
 
@@ -134,8 +135,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "execd: %s\n", std::string(server.status().message()).c_str());
     return 2;
   }
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  const std::string pools_path = absl::GetFlag(FLAGS_pools_config);
+  for (;;) {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (sig != SIGHUP) break;
+    if (!pools_path.empty()) (void)(*server)->ReloadPools(pools_path);  // It logs why.
+  }
   (*server)->Shutdown();
   return 0;
 }

@@ -131,6 +131,8 @@ absl::StatusOr<std::vector<core::PoolSpec>> ParsePoolsConfig(const std::string& 
     auto command = core::ValidateRequest(CommandRequestFromProto(as_request), policy);
     if (!command.ok()) return error(command.status().message());
     spec.command = *std::move(command);
+    // Text format prints map entries sorted, so equal configurations print equal.
+    TextFormat::PrintToString(p, &spec.fingerprint);
     specs.push_back(std::move(spec));
   }
   return specs;

@@ -3,7 +3,10 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/pools_config.h"
 
 namespace execd::server {
 namespace {
@@ -88,6 +91,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
 }
 
 Server::~Server() { Shutdown(); }
+
+absl::Status Server::ReloadPools(const std::string& path) {
+  absl::StatusOr<std::vector<std::string>> changed = [&] {
+    auto pools = LoadPoolsConfig(path, config_.policy);
+    if (!pools.ok()) return absl::StatusOr<std::vector<std::string>>(pools.status());
+    return engine_->ReloadPools(*std::move(pools));
+  }();
+  if (!changed.ok()) {
+    log_.Event(absl::StrCat("event=pools_reload_failed error=\"",
+                            absl::CEscape(changed.status().message()), "\""));
+    return changed.status();
+  }
+  log_.Event(absl::StrCat("event=pools_reloaded changed=\"", absl::StrJoin(*changed, ","), "\""));
+  return absl::OkStatus();
+}
 
 void Server::Shutdown() {
   if (shut_down_ || grpc_server_ == nullptr) return;

@@ -47,6 +47,10 @@ class Server {
 
   core::Engine& engine() { return *engine_; }
 
+  // Re-reads the pools file (SIGHUP): pools whose configuration changed retire their
+  // workers and refill. Logs the outcome; on error the running pools stay as they were.
+  absl::Status ReloadPools(const std::string& path);
+
  private:
   explicit Server(ServerConfig config);
 

@@ -251,3 +251,69 @@ TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
 
 }  // namespace
 }  // namespace execd
+
+namespace execd {
+namespace {
+
+// The pools file is re-read on SIGHUP: a changed pool retires its workers; a broken file
+// is logged and changes nothing; the server keeps serving throughout.
+TEST(ServerPools, SighupReloadsThePoolsFile) {
+  testing::ScopedTempDir dir("pools");
+  const std::string path = dir.path() + "/pools.textproto";
+  auto write = [&](const std::string& tag) {
+    std::ofstream(path) << "pool { name: \"w\" kind: PERSISTENT argv: \"" << TEST_WORKER_BIN
+                        << "\" env { key: \"TAG\" value: \"" << tag
+                        << "\" } min_idle: 1 max_size: 1 }\n";
+  };
+  write("one");
+  testing::ServerProcess server(EXECD_BIN, {"--pools_config=" + path});
+  ASSERT_TRUE(server.ok()) << server.log();
+  auto stub = v1::Executor::NewStub(
+      grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials()));
+  auto worker_pid = [&]() -> int {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ExecuteRequest request;
+    request.set_pool("w");
+    request.add_argv("pid");
+    v1::ExecuteResponse response;
+    grpc::Status status = stub->Execute(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.pid();
+  };
+  auto generation = [&]() -> int64_t {
+    grpc::ClientContext context;
+    v1::StatusResponse response;
+    EXPECT_TRUE(stub->GetStatus(&context, v1::StatusRequest(), &response).ok());
+    return response.pools_size() == 1 ? response.pools(0).generation() : -1;
+  };
+  const int first = worker_pid();
+  EXPECT_EQ(worker_pid(), first);  // Reused while nothing changes.
+
+  std::ofstream(path) << "pool { name: \"w\" kind: PERSISTENT max_size: 0 }\n";  // Broken.
+  kill(server.pid(), SIGHUP);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return server.log().find("pools_reload_failed") != std::string::npos; },
+      absl::Seconds(10)))
+      << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("max_size must be at least 1"));
+  EXPECT_EQ(worker_pid(), first);  // Still the old configuration.
+
+  write("two");
+  kill(server.pid(), SIGHUP);
+  ASSERT_TRUE(testing::WaitFor([&] { return generation() == 1; }, absl::Seconds(10)))
+      << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("event=pools_reloaded changed=\"w\""));
+  const int second = worker_pid();
+  EXPECT_NE(second, first);
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(first); }, absl::Seconds(5)));
+
+  write("two");  // Unchanged: nothing is retired.
+  kill(server.pid(), SIGHUP);
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return server.log().find("changed=\"\"") != std::string::npos; }, absl::Seconds(10)));
+  EXPECT_EQ(worker_pid(), second);
+}
+
+}  // namespace
+}  // namespace execd

@@ -492,3 +492,33 @@ TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
 
 }  // namespace
 }  // namespace execd
+
+namespace execd {
+namespace {
+
+TEST_F(PoolsTest, AReloadRetiresOnlyThePoolsWhoseConfigurationChanged) {
+  const std::string a = PersistentPool("a", "min_idle: 1 max_size: 1");
+  StartWith(a + PersistentPool("b", "min_idle: 1 max_size: 1"));
+  const pid_t a1 = WorkerPid("a"), b1 = WorkerPid("b");
+  const core::RequestPolicy policy = core::RequestPolicy::FromProcessEnvironment();
+  auto changed_b = server::ParsePoolsConfig(
+      a + PersistentPool("b", "min_idle: 1 max_size: 2 env { key: \"X\" value: \"1\" }"), "t",
+      policy);
+  ASSERT_TRUE(changed_b.ok()) << changed_b.status();
+  auto changed = server_->server().engine().ReloadPools(*std::move(changed_b));
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_THAT(*changed, ::testing::ElementsAre("b"));
+  EXPECT_EQ(WorkerPid("a"), a1);
+  EXPECT_NE(WorkerPid("b"), b1);
+  EXPECT_EQ(server_->server().engine().FindPool("b")->max_size, 2);
+  // Adding or removing pools takes a restart; nothing changes.
+  auto only_a = server::ParsePoolsConfig(a, "t", policy);
+  ASSERT_TRUE(only_a.ok());
+  auto refused = server_->server().engine().ReloadPools(*std::move(only_a));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("removed: b"));
+  EXPECT_NE(server_->server().engine().FindPool("b"), nullptr);
+}
+
+}  // namespace
+}  // namespace execd

@@ -32,8 +32,9 @@ execd_test(binaries_test
 target_compile_definitions(binaries_test PRIVATE
   EXECD_BIN="$<TARGET_FILE:execd>"
   EXECCTL_BIN="$<TARGET_FILE:execctl>"
-  LOADTEST_BIN="$<TARGET_FILE:execd-loadtest>")
-add_dependencies(binaries_test execd execctl execd-loadtest)
+  LOADTEST_BIN="$<TARGET_FILE:execd-loadtest>"
+  TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>")
+add_dependencies(binaries_test execd execctl execd-loadtest execd-test-worker)
 
 execd_test(drain_test
   SOURCES server/drain_test.cc
