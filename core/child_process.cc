@@ -48,7 +48,9 @@ ChildProcess::ChildProcess(EventLoop& loop, const Command& command, const Option
       max_output_bytes_(command.limits.max_output_bytes),
       kill_grace_(options.kill_grace),
       empty_wait_(options.empty_wait),
-      cpu_limit_(command.limits.cpu_time) {}
+      cpu_limit_(command.limits.cpu_time),
+      stream_chunk_bytes_(std::max<int64_t>(1, options.stream_chunk_bytes)),
+      stream_flush_interval_(options.stream_flush_interval) {}
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     EventLoop& loop, ProcessOs& os, Command& command, const Options& options,
@@ -112,7 +114,17 @@ void ChildProcess::Assign(Observer* observer, std::string stdin_data, const Limi
   kill_grace_ = options.kill_grace;
   timeout_ = options.timeout;
   timeout_is_deadline_ = options.timeout_is_deadline;
+  stream_chunk_bytes_ = std::max<int64_t>(1, options.stream_chunk_bytes);
+  stream_flush_interval_ = options.stream_flush_interval;
   exec_done_ = loop_.clock().Now();
+}
+
+void ChildProcess::SetOutputPaused(bool paused) {
+  if (!watched_ || paused == output_paused_) return;
+  output_paused_ = paused;
+  for (const UniqueFd& fd : output_) {
+    if (fd.valid()) (void)loop_.Modify(fd.get(), paused ? 0u : static_cast<uint32_t>(EPOLLIN));
+  }
 }
 
 bool ChildProcess::Alive() const {
@@ -134,7 +146,7 @@ absl::Status ChildProcess::Watch() {
 }
 
 ChildProcess::~ChildProcess() {
-  for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_}) {
+  for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_, flush_timer_}) {
     if (timer != 0) loop_.CancelTimer(timer);
   }
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &pidfd_}) CloseStream(*fd);
@@ -197,8 +209,23 @@ void ChildProcess::Deliver(int index, const char* data, size_t size) {
   if (keep > 0) {
     captured_[index] += keep;
     if (stream_output_) {
-      observer_->OnOutput(index == 0 ? OutputStream::kStdout : OutputStream::kStderr,
-                          absl::string_view(data, keep));
+      std::string& batch = batch_[index];
+      batch.append(data, keep);
+      // Full chunks go now; the rest waits for more, or for the flush timer.
+      const size_t chunk = static_cast<size_t>(stream_chunk_bytes_);
+      size_t sent = 0;
+      for (; batch.size() - sent >= chunk; sent += chunk) {
+        observer_->OnOutput(index == 0 ? OutputStream::kStdout : OutputStream::kStderr,
+                            absl::string_view(batch).substr(sent, chunk));
+      }
+      batch.erase(0, sent);
+      if (!batch.empty() && flush_timer_ == 0) {
+        flush_timer_ =
+            loop_.AddTimer(loop_.clock().Now() + stream_flush_interval_, [this]() mutable {
+              flush_timer_ = 0;
+              FlushBatches();
+            });
+      }
     } else {
       (index == 0 ? result_.stdout_data : result_.stderr_data).append(data, keep);
     }
@@ -206,6 +233,14 @@ void ChildProcess::Deliver(int index, const char* data, size_t size) {
   if (keep < size) {
     (index == 0 ? result_.stdout_truncated : result_.stderr_truncated) = true;
     Terminate(Termination::kOutputLimitExceeded);
+  }
+}
+
+void ChildProcess::FlushBatches() {
+  for (int i = 0; i < 2; ++i) {
+    if (batch_[i].empty()) continue;
+    observer_->OnOutput(i == 0 ? OutputStream::kStdout : OutputStream::kStderr, batch_[i]);
+    batch_[i].clear();
   }
 }
 
@@ -309,6 +344,9 @@ void ChildProcess::Finish() {
   }
   result_.termination = DecideTermination(group_->Hits());
   result_.usage.peak_memory_bytes = group_->PeakMemoryBytes();
+  if (flush_timer_ != 0) loop_.CancelTimer(flush_timer_);
+  flush_timer_ = 0;
+  FlushBatches();  // The last output always comes before the exit.
   observer_->OnExit(std::move(result_));
 }
 

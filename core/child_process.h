@@ -50,6 +50,11 @@ class ChildProcess final : public EventLoop::FdHandler {
     // Give the child a stdin pipe even though the command has no stdin data yet: a
     // pre-warmed process gets its request's stdin later, through Assign().
     bool stdin_pipe = false;
+    // Streamed output is batched per stream and handed on when a batch reaches
+    // stream_chunk_bytes or its first byte is stream_flush_interval old, whichever comes
+    // first; everything is handed on before OnExit.
+    int64_t stream_chunk_bytes = 64 << 10;
+    absl::Duration stream_flush_interval = absl::Milliseconds(10);
   };
 
   // Spawns `command` (its stdin_data is moved out) inside `group`, on the calling thread,
@@ -79,6 +84,10 @@ class ChildProcess final : public EventLoop::FdHandler {
   void Terminate(Termination reason, bool immediately = false);
 
   pid_t pid() const { return pid_; }
+  // Loop thread, after Watch(): stops (or resumes) reading the child's output, so a child
+  // that writes faster than its caller reads blocks on its full pipe instead of execd
+  // buffering without bound.
+  void SetOutputPaused(bool paused);
 
   void OnFdReady(int fd, uint32_t events) override;
 
@@ -86,6 +95,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   ChildProcess(EventLoop& loop, const Command& command, const Options& options, Observer* observer);
   void ReadOutput(int index, bool drain);
   void Deliver(int index, const char* data, size_t size);
+  void FlushBatches();
   void WriteStdin();
   void CloseStream(UniqueFd& fd);
   void OnExited();
@@ -116,6 +126,11 @@ class ChildProcess final : public EventLoop::FdHandler {
   EventLoop::TimerId timeout_timer_ = 0;
   EventLoop::TimerId kill_timer_ = 0;
   EventLoop::TimerId empty_timer_ = 0;
+  EventLoop::TimerId flush_timer_ = 0;
+  std::array<std::string, 2> batch_;  // Streamed output not yet handed on.
+  int64_t stream_chunk_bytes_ = 64 << 10;
+  absl::Duration stream_flush_interval_ = absl::Milliseconds(10);
+  bool output_paused_ = false;
   absl::Duration timeout_;
   bool timeout_is_deadline_ = false;
   bool watched_ = false;

@@ -33,6 +33,9 @@ struct CommandRequest {
   int priority = -1;                                     // -1: the default priority.
   absl::Duration max_queue_time = absl::ZeroDuration();  // Zero: until the call's deadline.
   std::string request_id;
+  // Streaming batches; zero means the default.
+  int64_t stream_chunk_bytes = 0;
+  absl::Duration stream_flush_interval = absl::ZeroDuration();
 };
 
 // The limits a command runs under, after validation. Zero means "no limit".
@@ -56,8 +59,11 @@ struct Command {
   std::string stdin_data;
   Limits limits;
   std::string request_id;
-  // When set, output is handed to the observer as it arrives instead of being collected.
+  // When set, output is handed to the observer as it arrives instead of being collected,
+  // in batches of up to stream_chunk_bytes, each at most stream_flush_interval old.
   bool stream_output = false;
+  int64_t stream_chunk_bytes = 64 << 10;
+  absl::Duration stream_flush_interval = absl::Milliseconds(10);
   // The caller's deadline on the engine clock; the timeout is capped to it.
   absl::Time deadline = absl::InfiniteFuture();
   // Scheduling: 0 (lowest) .. 2 (highest), and how long it may wait in the queue.

@@ -380,6 +380,8 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.timeout = std::min(e.command_.limits.timeout, left);
   child_options.timeout_is_deadline = left < e.command_.limits.timeout;
   child_options.kill_grace = options_.kill_grace;
+  child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
+  child_options.stream_flush_interval = e.command_.stream_flush_interval;
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
@@ -562,6 +564,12 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
   }
   Finish(*execution,
          absl::CancelledError(draining ? "the server is shutting down" : "cancelled while queued"));
+}
+
+void Engine::SetOutputPaused(const std::shared_ptr<Execution>& execution, bool paused) {
+  loop_->Post([execution, paused]() mutable {
+    if (execution->child_ != nullptr) execution->child_->SetOutputPaused(paused);
+  });
 }
 
 void Engine::SetConcurrencyLimit(int limit) {

@@ -82,6 +82,10 @@ class Engine {
   // Stops the execution: a queued one finishes with CANCELLED, a running one is terminated.
   void Cancel(const std::shared_ptr<Execution>& execution);
 
+  // Back-pressure for streamed output: while paused, the child's output is not read, so
+  // it blocks on its pipe once that is full.
+  void SetOutputPaused(const std::shared_ptr<Execution>& execution, bool paused);
+
   void SetConcurrencyLimit(int limit);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.
   void StopAccepting();

@@ -263,7 +263,27 @@ absl::StatusOr<int64_t> PickOutputCap(int64_t asked, int64_t fallback, int64_t m
   return asked == 0 ? fallback : asked;
 }
 
+absl::Status ApplyStreaming(const CommandRequest& request, Command* cmd) {
+  constexpr int64_t kMaxChunk = 4 << 20;
+  if (request.stream_chunk_bytes < 0 || request.stream_chunk_bytes > kMaxChunk) {
+    return InvalidArgument("stream_chunk_bytes", absl::StrCat(request.stream_chunk_bytes,
+                                                              " is not within 0..", kMaxChunk));
+  }
+  if (request.stream_chunk_bytes > 0) cmd->stream_chunk_bytes = request.stream_chunk_bytes;
+  if (request.stream_flush_interval < absl::ZeroDuration() ||
+      request.stream_flush_interval > absl::Seconds(10)) {
+    return InvalidArgument(
+        "stream_flush_interval",
+        absl::StrCat(absl::FormatDuration(request.stream_flush_interval), " is not within 0..10s"));
+  }
+  if (request.stream_flush_interval > absl::ZeroDuration()) {
+    cmd->stream_flush_interval = request.stream_flush_interval;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ApplyScheduling(const CommandRequest& request, Command* cmd) {
+  RETURN_IF_ERROR(ApplyStreaming(request, cmd));
   if (request.priority == -1) {
     cmd->priority = 1;
   } else if (request.priority < 0 || request.priority > 2) {

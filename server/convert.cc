@@ -31,6 +31,8 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
   // enum values pass through out of range, for validation to reject.
   out.priority = request.priority() == v1::PRIORITY_UNSPECIFIED ? -1 : request.priority() - 1;
   out.max_queue_time = DurationFromProto(request.max_queue_time());
+  out.stream_chunk_bytes = request.stream_chunk_bytes();
+  out.stream_flush_interval = DurationFromProto(request.stream_flush_interval());
   return out;
 }
 

@@ -53,6 +53,16 @@ class CallBase : public core::Engine::Observer {
     return absl::OkStatus();
   }
 
+  // Back-pressure: stop (or resume) reading the child's output.
+  void SetOutputPaused(bool paused) {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
+  }
+
   void CancelExecution() {
     std::shared_ptr<core::Engine::Execution> execution;
     {
@@ -145,10 +155,12 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       : CallBase(service, context, "ExecuteStream") {}
 
   void Start(const v1::ExecuteRequest& request) {
+    // Messages are never merged past the chunk size the caller asked for.
+    chunk_bytes_ = request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes() : 64 << 10;
     absl::Status submitted = Submit(request, /*stream_output=*/true);
     if (!submitted.ok()) OnFinished(submitted);
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&write_mu_);
       start_done_ = true;
     }
     Pump();
@@ -181,7 +193,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       Enqueue(std::move(event), /*coalesce=*/false);
     }
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&write_mu_);
       final_status_ = ok ? grpc::Status::OK : CallStatus(result.status());
       engine_done_ = true;
     }
@@ -189,15 +201,22 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   }
 
   void OnWriteDone(bool ok) override {
+    bool resume = false;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&write_mu_);
       writing_ = false;
       if (!ok) {
         // The client is gone; nothing more can be sent. Finish once the engine is done.
         broken_ = true;
         queue_.clear();
+        queued_bytes_ = 0;
+      }
+      if (paused_ && queued_bytes_ <= kResumeBytes) {
+        paused_ = false;
+        resume = true;
       }
     }
+    if (resume) SetOutputPaused(false);
     Pump();
   }
 
@@ -205,22 +224,33 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   void OnDone() override { delete this; }
 
  private:
-  static constexpr size_t kMaxCoalescedBytes = 256 << 10;
+  // Output queued for a slow reader: above kPauseBytes the child's output is no longer
+  // read (it blocks on its pipe); at kResumeBytes reading resumes.
+  static constexpr size_t kPauseBytes = 1 << 20;
+  static constexpr size_t kResumeBytes = 256 << 10;
 
   void Enqueue(v1::ExecuteEvent event, bool coalesce) {
+    bool pause = false;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&write_mu_);
       if (broken_) return;
+      if (event.has_output()) queued_bytes_ += event.output().data().size();
+      if (!paused_ && queued_bytes_ > kPauseBytes) {
+        paused_ = true;
+        pause = true;
+      }
       // While a write is in flight, consecutive output of one stream is merged into one
       // message rather than queued as many small ones.
       if (coalesce && !queue_.empty() && queue_.back().has_output() &&
           queue_.back().output().stream() == event.output().stream() &&
-          queue_.back().output().data().size() < kMaxCoalescedBytes) {
+          queue_.back().output().data().size() + event.output().data().size() <=
+              chunk_bytes_) {
         queue_.back().mutable_output()->mutable_data()->append(event.output().data());
       } else {
         queue_.push_back(std::move(event));
       }
     }
+    if (pause) SetOutputPaused(true);
     Pump();
   }
 
@@ -229,11 +259,12 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   void Pump() {
     enum { kNothing, kWrite, kFinish } action = kNothing;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&write_mu_);
       if (!start_done_ || writing_ || finished_) return;
       if (!queue_.empty()) {
         current_ = std::move(queue_.front());
         queue_.pop_front();
+        if (current_.has_output()) queued_bytes_ -= current_.output().data().size();
         writing_ = true;
         action = kWrite;
       } else if (engine_done_) {
@@ -245,14 +276,17 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     if (action == kFinish) Finish(final_status_);
   }
 
-  absl::Mutex mu_;
-  std::deque<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex write_mu_;  // The write queue (CallBase::mu_ guards the execution).
+  std::deque<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(write_mu_);
   v1::ExecuteEvent current_;
-  bool start_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  size_t chunk_bytes_ = 64 << 10;
+  bool start_done_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;
+  size_t queued_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;  // Output bytes in queue_.
+  bool paused_ ABSL_GUARDED_BY(write_mu_) = false;
   grpc::Status final_status_;
 };
 

@@ -53,3 +53,7 @@ target_compile_definitions(pools_test PRIVATE
   TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>"
   SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 add_dependencies(pools_test execd-test-worker)
+
+execd_test(streaming_test
+  SOURCES server/streaming_test.cc
+  LIBS test_server test_support)

@@ -1,0 +1,139 @@
+// ExecuteStream's output batcher and back-pressure, through a real server and channel.
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
+
+namespace execd {
+namespace {
+
+using ::execd::testing::TestServer;
+using ::execd::testing::WaitFor;
+
+class StreamingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = TestServer::Start([](server::ServerConfig& c) {
+      c.policy.max_output_bytes = 64 << 20;
+      c.max_message_bytes = 160 << 20;
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  std::unique_ptr<TestServer> server_;
+};
+
+// A /proc field of `pid`: a line of /proc/PID/io ("wchar: N"), or the wchan file.
+int64_t BytesWritten(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/io"));
+  std::string line;
+  while (std::getline(in, line)) {
+    int64_t n;
+    if (line.rfind("wchar: ", 0) == 0 && absl::SimpleAtoi(line.substr(7), &n)) return n;
+  }
+  return -1;
+}
+std::string WaitChannel(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/wchan"));
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+TEST_F(StreamingTest, OutputComesInChunksOfTheAskedSizeAndAllBeforeTheExit) {
+  v1::ExecuteRequest request = TestServer::Request({"/usr/bin/head", "-c", "10500", "/dev/zero"});
+  request.set_stream_chunk_bytes(1000);
+  request.mutable_stream_flush_interval()->set_seconds(10);  // Only size or exit flush.
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  std::vector<size_t> chunks;
+  bool exited = false;
+  while (reader->Read(&event)) {
+    ASSERT_FALSE(exited) << "an event after the exit";
+    if (event.has_output()) chunks.push_back(event.output().data().size());
+    if (event.has_exited()) exited = true;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_TRUE(exited);
+  std::vector<size_t> want(10, 1000);
+  want.push_back(500);  // The remainder, flushed by the exit.
+  EXPECT_EQ(chunks, want);
+}
+
+TEST_F(StreamingTest, AQuietChildsOutputIsFlushedAfterTheInterval) {
+  v1::ExecuteRequest request = TestServer::Request({"/bin/sh", "-c", "echo ready; exec sleep 30"});
+  request.mutable_stream_flush_interval()->set_nanos(20'000'000);
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
+  // Far below the 64 KiB chunk, yet it arrives while the child still runs.
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_output());
+  EXPECT_EQ(event.output().data(), "ready\n");
+  context.TryCancel();
+  while (reader->Read(&event)) {
+  }
+  reader->Finish();
+}
+
+TEST_F(StreamingTest, ASlowReaderMakesTheChildWaitInsteadOfGrowingTheServer) {
+  constexpr int64_t kTotal = 64 << 20;
+  v1::ExecuteRequest request =
+      TestServer::Request({"/usr/bin/head", "-c", std::to_string(kTotal), "/dev/zero"});
+  request.mutable_limits()->set_max_output_bytes(kTotal);
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
+  const pid_t pid = event.started().pid();
+  // The test reads nothing more: the child must end up blocked on its full pipe, having
+  // written only what the server buffers (~1 MiB) and gRPC's flow-control windows hold.
+  // wchan is "pipe_write" (or "anon_pipe_write" on newer kernels) while blocked there.
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::EndsWith(WaitChannel(pid), "pipe_write"); }, absl::Seconds(30)))
+      << "wchan " << WaitChannel(pid) << ", wrote " << BytesWritten(pid);
+  const int64_t written = BytesWritten(pid);
+  EXPECT_GT(written, 0);
+  EXPECT_LT(written, kTotal / 4) << "the server read on while nobody read from it";
+  // Reading resumes the child; everything arrives, then the exit.
+  int64_t received = 0;
+  bool exited = false;
+  while (reader->Read(&event)) {
+    if (event.has_output()) received += static_cast<int64_t>(event.output().data().size());
+    if (event.has_exited()) {
+      exited = true;
+      EXPECT_EQ(event.exited().termination(), v1::EXITED);
+      EXPECT_FALSE(event.exited().stdout_truncated());
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(exited);
+  EXPECT_EQ(received, kTotal);
+}
+
+TEST_F(StreamingTest, ChunkSettingsOutOfRangeAreRejected) {
+  v1::ExecuteRequest request = TestServer::Request({"/bin/true"});
+  request.set_stream_chunk_bytes(64 << 20);
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("stream_chunk_bytes"));
+}
+
+}  // namespace
+}  // namespace execd
