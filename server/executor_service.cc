@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "core/compress.h"
 #include "server/convert.h"
 
 namespace execd::server {
@@ -29,6 +30,7 @@ class CallBase : public core::Engine::Observer {
     core::CommandRequest command_request =
         CommandRequestFromProto(const_cast<v1::ExecuteRequest&>(request));
     request_id_ = command_request.request_id;
+    accept_lz4_ = request.accept_compression() == v1::LZ4;
     if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
     absl::StatusOr<core::Command> command;
     if (request.pool().empty()) {
@@ -61,6 +63,18 @@ class CallBase : public core::Engine::Observer {
       execution = execution_;
     }
     if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
+  }
+
+  // Puts `data` into `field`, lz4-compressed when the caller accepts it and it pays.
+  void SetOutput(std::string data, std::string* field, v1::Compression* compression) {
+    std::string frame;
+    if (accept_lz4_ && core::Lz4CompressIfSmaller(data, &frame)) {
+      *field = std::move(frame);
+      *compression = v1::LZ4;
+    } else {
+      *field = std::move(data);
+      *compression = v1::COMPRESSION_NONE;
+    }
   }
 
   void CancelExecution() {
@@ -103,6 +117,7 @@ class CallBase : public core::Engine::Observer {
 
  private:
   absl::Mutex mu_;
+  bool accept_lz4_ = false;  // Set in Submit, before the engine can call back.
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
 };
@@ -130,8 +145,11 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
     }
     Log(result);
     if (result.ok()) {
-      response_->set_stdout(std::move(result->stdout_data));
-      response_->set_stderr(std::move(result->stderr_data));
+      v1::Compression stdout_compression, stderr_compression;
+      SetOutput(std::move(result->stdout_data), response_->mutable_stdout(), &stdout_compression);
+      SetOutput(std::move(result->stderr_data), response_->mutable_stderr(), &stderr_compression);
+      response_->set_stdout_compression(stdout_compression);
+      response_->set_stderr_compression(stderr_compression);
     }
     if (ReleaseHold()) Finish(status_);
   }
@@ -178,8 +196,11 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     v1::ExecuteEvent::Output* output = event.mutable_output();
     output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
                                                              : v1::ExecuteEvent::STDERR);
-    output->set_data(data.data(), data.size());
-    Enqueue(std::move(event), /*coalesce=*/true);
+    v1::Compression compression;
+    SetOutput(std::string(data), output->mutable_data(), &compression);
+    output->set_compression(compression);
+    // A frame is a whole message: compressed chunks are not merged.
+    Enqueue(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
@@ -243,8 +264,8 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       // message rather than queued as many small ones.
       if (coalesce && !queue_.empty() && queue_.back().has_output() &&
           queue_.back().output().stream() == event.output().stream() &&
-          queue_.back().output().data().size() + event.output().data().size() <=
-              chunk_bytes_) {
+          queue_.back().output().compression() == v1::COMPRESSION_NONE &&
+          queue_.back().output().data().size() + event.output().data().size() <= chunk_bytes_) {
         queue_.back().mutable_output()->mutable_data()->append(event.output().data());
       } else {
         queue_.push_back(std::move(event));

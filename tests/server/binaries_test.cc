@@ -317,3 +317,24 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
 
 }  // namespace
 }  // namespace execd
+
+namespace execd {
+namespace {
+
+// execctl asks for lz4 and decompresses: what it prints is the command's output, exactly.
+TEST(Execctl, CompressedOutputIsPrintedAsTheCommandWroteIt) {
+  testing::ServerProcess server(EXECD_BIN, {});
+  ASSERT_TRUE(server.ok()) << server.log();
+  // 588 KB: under the default 1 MiB cap, and compressible.
+  const std::string want = testing::RunProcess({"/usr/bin/seq", "1", "100000"}).out;
+  for (const char* mode : {"--timeout=30s", "--stream"}) {
+    testing::ProcessResult r =
+        testing::RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", mode, "--",
+                             "/usr/bin/seq", "1", "100000"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(r.out == want) << mode << ": " << r.out.size() << " bytes, want " << want.size();
+  }
+}
+
+}  // namespace
+}  // namespace execd

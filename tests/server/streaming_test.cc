@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/compress.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/subprocess.h"
@@ -133,6 +134,68 @@ TEST_F(StreamingTest, ChunkSettingsOutOfRangeAreRejected) {
   grpc::Status status = server_->Execute(request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("stream_chunk_bytes"));
+}
+
+}  // namespace
+}  // namespace execd
+
+namespace execd {
+namespace {
+
+std::string Plain(const std::string& data, v1::Compression compression) {
+  if (compression == v1::COMPRESSION_NONE) return data;
+  EXPECT_EQ(compression, v1::LZ4);
+  auto plain = core::Lz4Decompress(data, size_t{1} << 30);
+  EXPECT_TRUE(plain.ok()) << plain.status();
+  return plain.ok() ? *plain : "";
+}
+
+TEST_F(StreamingTest, CallersThatAcceptLz4GetCompressibleOutputCompressed) {
+  const std::string seq = testing::RunProcess({"/usr/bin/seq", "1", "100000"}).out;
+  struct Case {
+    std::vector<std::string> argv;
+    bool accept;
+    v1::Compression want;
+  } cases[] = {
+      {{"/usr/bin/seq", "1", "100000"}, true, v1::LZ4},
+      {{"/usr/bin/seq", "1", "100000"}, false, v1::COMPRESSION_NONE},  // Not asked for.
+      {{"/bin/echo", "hi"}, true, v1::COMPRESSION_NONE},               // Too small.
+      {{"/usr/bin/head", "-c", "100000", "/dev/urandom"}, true, v1::COMPRESSION_NONE},
+  };
+  for (const Case& c : cases) {
+    v1::ExecuteRequest request;
+    for (const auto& a : c.argv) request.add_argv(a);
+    if (c.accept) request.set_accept_compression(v1::LZ4);
+    v1::ExecuteResponse response;
+    ASSERT_TRUE(server_->Execute(request, &response).ok());
+    EXPECT_EQ(response.stdout_compression(), c.want) << c.argv[0];
+    if (c.argv[0] == "/usr/bin/seq") {
+      EXPECT_TRUE(Plain(response.stdout(), response.stdout_compression()) == seq);
+    }
+    if (c.want == v1::LZ4) {
+      EXPECT_LE(response.stdout().size(), seq.size() / 8 * 7);
+    }
+  }
+}
+
+TEST_F(StreamingTest, StreamChunksAreEachAWholeFrame) {
+  const std::string seq = testing::RunProcess({"/usr/bin/seq", "1", "100000"}).out;
+  v1::ExecuteRequest request = TestServer::Request({"/usr/bin/seq", "1", "100000"});
+  request.set_accept_compression(v1::LZ4);
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  std::string out;
+  int compressed = 0;
+  while (reader->Read(&event)) {
+    if (!event.has_output()) continue;
+    if (event.output().compression() == v1::LZ4) ++compressed;
+    out += Plain(event.output().data(), event.output().compression());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  // Not EXPECT_EQ: gtest's diff of two 600 KB strings takes minutes.
+  EXPECT_TRUE(out == seq) << out.size() << " bytes, want " << seq.size();
+  EXPECT_GT(compressed, 0);
 }
 
 }  // namespace

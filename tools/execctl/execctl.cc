@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "core/compress.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -111,6 +112,26 @@ absl::StatusOr<std::string> ReadStdin(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Writes command output, decompressing it when the server sent an lz4 frame.
+bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
+  if (compression == v1::COMPRESSION_NONE) {
+    WriteAll(fd, data);
+    return true;
+  }
+  if (compression != v1::LZ4) {
+    std::cerr << "execctl: the server sent output in an unknown encoding (" << compression << ")\n";
+    return false;
+  }
+  auto plain = core::Lz4Decompress(data, size_t{1} << 32);
+  if (!plain.ok()) {
+    std::cerr << "execctl: bad compressed output from the server: " << plain.status().message()
+              << "\n";
+    return false;
+  }
+  WriteAll(fd, *plain);
+  return true;
+}
+
 int Run(const Args& args) {
   v1::ExecuteRequest request;
   for (const std::string& a : args.argv) request.add_argv(a);
@@ -138,6 +159,7 @@ int Run(const Args& args) {
   if (args.priority == "normal") request.set_priority(v1::PRIORITY_NORMAL);
   if (args.priority == "high") request.set_priority(v1::PRIORITY_HIGH);
   request.set_pool(args.pool);
+  request.set_accept_compression(v1::LZ4);  // Decompressed below; less to move.
 
   auto stub = v1::Executor::NewStub(Connect(args.target));
   grpc::ClientContext context;
@@ -145,8 +167,10 @@ int Run(const Args& args) {
     v1::ExecuteResponse response;
     grpc::Status status = stub->Execute(&context, request, &response);
     if (!status.ok()) return ExitForRpcError(status, args.target);
-    WriteAll(STDOUT_FILENO, response.stdout());
-    WriteAll(STDERR_FILENO, response.stderr());
+    if (!WriteOutput(STDOUT_FILENO, response.stdout(), response.stdout_compression()) ||
+        !WriteOutput(STDERR_FILENO, response.stderr(), response.stderr_compression())) {
+      return kExitError;
+    }
     return ExitForResult(response);
   }
   auto reader = stub->ExecuteStream(&context, request);
@@ -155,8 +179,12 @@ int Run(const Args& args) {
   bool got_exit = false;
   while (reader->Read(&event)) {
     if (event.has_output()) {
-      WriteAll(event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
-               event.output().data());
+      if (!WriteOutput(
+              event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
+              event.output().data(), event.output().compression())) {
+        context.TryCancel();
+        return kExitError;
+      }
     } else if (event.has_exited()) {
       exited = event.exited();
       got_exit = true;
