@@ -2,6 +2,7 @@
 
 #include <lz4frame.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -9,8 +10,10 @@
 namespace execd::core {
 namespace {
 
-LZ4F_preferences_t Preferences() {
+LZ4F_preferences_t Preferences(size_t content_size) {
   LZ4F_preferences_t p{};
+  // Recorded in the header, so the reader can size its output once and decode into it.
+  p.frameInfo.contentSize = content_size;
   p.frameInfo.blockSizeID = LZ4F_max64KB;
   p.frameInfo.blockMode = LZ4F_blockIndependent;
   p.compressionLevel = 1;
@@ -20,7 +23,7 @@ LZ4F_preferences_t Preferences() {
 }  // namespace
 
 std::string Lz4Compress(absl::string_view data) {
-  const LZ4F_preferences_t prefs = Preferences();
+  const LZ4F_preferences_t prefs = Preferences(data.size());
   std::string out(LZ4F_compressFrameBound(data.size(), &prefs), '\0');
   size_t n = LZ4F_compressFrame(out.data(), out.size(), data.data(), data.size(), &prefs);
   // The bound is exact for these preferences; an error cannot happen with it.
@@ -37,37 +40,73 @@ bool Lz4CompressIfSmaller(absl::string_view data, std::string* out) {
 }
 
 absl::StatusOr<std::string> Lz4Decompress(absl::string_view frame, size_t max_bytes) {
+  std::string out;
+  absl::Status s = Lz4DecompressInto(frame, max_bytes, &out);
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status Lz4DecompressInto(absl::string_view frame, size_t max_bytes, std::string* result) {
+  std::string& out = *result;
   LZ4F_dctx* raw = nullptr;
   if (LZ4F_isError(LZ4F_createDecompressionContext(&raw, LZ4F_VERSION))) {
     return absl::ResourceExhaustedError("lz4: cannot create a decompression context");
   }
   std::unique_ptr<LZ4F_dctx, size_t (*)(LZ4F_dctx*)> dctx(raw, LZ4F_freeDecompressionContext);
-  std::string out;
   const char* in = frame.data();
   size_t left = frame.size();
-  char buf[64 << 10];
-  size_t hint = 1;
-  while (left > 0 && hint != 0) {
+  LZ4F_frameInfo_t info{};
+  size_t header = left;
+  size_t hint = LZ4F_getFrameInfo(dctx.get(), &info, in, &header);
+  if (LZ4F_isError(hint)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a valid lz4 frame: ", LZ4F_getErrorName(hint)));
+  }
+  in += header;
+  left -= header;
+  if (info.contentSize > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lz4 frame decompresses to more than ", max_bytes, " bytes"));
+  }
+  // Decode straight into the result: sized once when the header gives the size, else
+  // grown as needed.
+  const size_t first =
+      info.contentSize > 0 ? info.contentSize : std::min<size_t>(max_bytes, 64 << 10);
+  if (out.size() < first) out.resize(first);
+  size_t filled = 0;
+  while (hint != 0) {
+    if (filled == out.size()) {
+      // Room for one byte past the limit, to tell "exactly max_bytes" from "more".
+      if (out.size() > max_bytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("lz4 frame decompresses to more than ", max_bytes, " bytes"));
+      }
+      out.resize(std::min(max_bytes + 1, std::max<size_t>(64 << 10, out.size() * 2)));
+    }
     size_t in_size = left;
-    size_t out_size = sizeof(buf);
-    hint = LZ4F_decompress(dctx.get(), buf, &out_size, in, &in_size, nullptr);
+    size_t out_size = out.size() - filled;
+    hint = LZ4F_decompress(dctx.get(), out.data() + filled, &out_size, in, &in_size, nullptr);
     if (LZ4F_isError(hint)) {
       return absl::InvalidArgumentError(
           absl::StrCat("not a valid lz4 frame: ", LZ4F_getErrorName(hint)));
     }
-    if (out.size() + out_size > max_bytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lz4 frame decompresses to more than ", max_bytes, " bytes"));
-    }
-    out.append(buf, out_size);
+    filled += out_size;
     in += in_size;
     left -= in_size;
-    // No progress on either side means the input ended inside a frame.
-    if (in_size == 0 && out_size == 0) break;
+    if (hint != 0 && left == 0 && out_size == 0) {
+      return absl::InvalidArgumentError("lz4 frame is truncated");
+    }
   }
-  if (hint != 0) return absl::InvalidArgumentError("lz4 frame is truncated");
   if (left != 0) return absl::InvalidArgumentError("trailing bytes after the lz4 frame");
-  return out;
+  if (filled > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lz4 frame decompresses to more than ", max_bytes, " bytes"));
+  }
+  if (info.contentSize > 0 && filled != info.contentSize) {
+    return absl::InvalidArgumentError("lz4 frame content does not match its declared size");
+  }
+  out.resize(filled);
+  return absl::OkStatus();
 }
 
 }  // namespace execd::core

@@ -24,5 +24,8 @@ bool Lz4CompressIfSmaller(absl::string_view data, std::string* out);
 // The bytes of an lz4 frame; INVALID_ARGUMENT if it is not one, or if it would be larger
 // than `max_bytes`.
 absl::StatusOr<std::string> Lz4Decompress(absl::string_view frame, size_t max_bytes);
+// The same into `out`, reusing its buffer (no allocation or zero-filling when it is
+// already large enough: for a caller that decompresses chunk after chunk).
+absl::Status Lz4DecompressInto(absl::string_view frame, size_t max_bytes, std::string* out);
 
 }  // namespace execd::core

@@ -9,3 +9,4 @@ endfunction()
 
 execd_benchmark(spawn_bench)
 execd_benchmark(executor_bench)
+execd_benchmark(lz4_bench)
