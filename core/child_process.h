@@ -54,6 +54,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // stream_chunk_bytes or its first byte is stream_flush_interval old, whichever comes
     // first; everything is handed on before OnExit.
     int64_t stream_chunk_bytes = 64 << 10;
+    // stdin of at least this many bytes goes to the child as a sealed memfd rather than
+    // through a pipe (0: always a pipe).
+    int64_t memfd_stdin_bytes = 1 << 20;
     absl::Duration stream_flush_interval = absl::Milliseconds(10);
   };
 

@@ -381,6 +381,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.timeout_is_deadline = left < e.command_.limits.timeout;
   child_options.kill_grace = options_.kill_grace;
   child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
+  child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
   child_options.stream_flush_interval = e.command_.stream_flush_interval;
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;

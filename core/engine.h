@@ -45,6 +45,9 @@ class Engine {
     // Threads that spawn children. A spawn blocks its thread until the child has exec'd
     // (CLONE_VFORK), so spawns run here, in parallel, and not on the event loop.
     int spawn_threads = 2;
+    // stdin of at least this many bytes goes to the child as a sealed memfd instead of
+    // through a pipe (0: always a pipe).
+    int64_t memfd_stdin_bytes = 1 << 20;
     ProcessOs* os = &SystemProcessOs();
     const Clock* clock = &MonotonicClock::Get();
     // Worker pools, validated (names unique).

@@ -65,6 +65,7 @@ class EngineTest : public ::testing::Test {
   void SetUp() override {
     Engine::Options options;
     options.kill_grace = absl::Milliseconds(200);
+    options.memfd_stdin_bytes = memfd_stdin_bytes_;
     auto engine = Engine::Create(options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = *std::move(engine);
@@ -91,7 +92,35 @@ class EngineTest : public ::testing::Test {
 
   std::unique_ptr<Engine> engine_;
   RequestPolicy policy_;
+  int64_t memfd_stdin_bytes_ = 1 << 20;
 };
+
+// stdin through a pipe (threshold 0) and, from 1 MiB, through a sealed memfd.
+class EngineStdinTest : public EngineTest, public ::testing::WithParamInterface<int64_t> {
+ protected:
+  void SetUp() override {
+    memfd_stdin_bytes_ = GetParam();
+    EngineTest::SetUp();
+  }
+};
+INSTANTIATE_TEST_SUITE_P(PipeAndMemfd, EngineStdinTest, ::testing::Values(0, 1 << 20),
+                         [](const auto& info) { return info.param == 0 ? "Pipe" : "Memfd"; });
+
+TEST_P(EngineStdinTest, LargeStdinArrivesWholeThroughTheExpectedChannel) {
+  std::string input(3 << 20, '\0');
+  for (size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>(i * 7 + i / 4096);
+  CommandRequest r;
+  // What fd 0 is, then the bytes themselves.
+  r.argv = {"/bin/sh", "-c", "readlink /proc/self/fd/0 >&2; cat"};
+  r.stdin_data = input;
+  r.max_output_bytes = 8 << 20;
+  auto result = Run(r);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kExited);
+  EXPECT_TRUE(result->stdout_data == input) << result->stdout_data.size();
+  EXPECT_THAT(result->stderr_data,
+              ::testing::HasSubstr(GetParam() == 0 ? "pipe:" : "memfd:execd-stdin"));
+}
 
 TEST_F(EngineTest, ExitCodesAreReported) {
   for (int code : {0, 3, 255}) {
@@ -170,7 +199,7 @@ TEST_F(EngineTest, OutputExactlyAtTheCapIsNotTruncated) {
   EXPECT_FALSE(result->stdout_truncated);
 }
 
-TEST_F(EngineTest, LargeStdinAndLargeOutputOnBothStreamsDoNotDeadlock) {
+TEST_P(EngineStdinTest, LargeStdinAndLargeOutputOnBothStreamsDoNotDeadlock) {
   std::string input(8 << 20, 'i');
   CommandRequest r;
   // Writes megabytes to stderr while stdin is still being fed and echoed to stdout.
@@ -191,7 +220,7 @@ TEST_F(EngineTest, EmptyStdinIsEndOfFile) {
   EXPECT_EQ(r->stdout_data, "");
 }
 
-TEST_F(EngineTest, ChildThatDoesNotReadStdinStillFinishes) {
+TEST_P(EngineStdinTest, ChildThatDoesNotReadStdinStillFinishes) {
   CommandRequest r;
   r.argv = {"/bin/true"};
   r.stdin_data = std::string(4 << 20, 'x');  // More than a pipe holds; the child never reads.
