@@ -311,6 +311,247 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   grpc::Status final_status_;
 };
 
+// ExecuteBatch: items run as CallBase executions of their own (validated, queued, logged
+// like single calls), at most max_parallel at once; results are written one at a time as
+// items complete. The call finishes once every item has reported (or, cancelled, once
+// every started item has ended), so no item outlives the reactor.
+class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResult> {
+ public:
+  ExecuteBatchReactor(ExecutorService& service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context) {}
+
+  void Start(const v1::BatchRequest* request) {
+    request_ = request;
+    absl::Status valid = Check(*request);
+    if (!valid.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        finished_ = true;
+      }
+      Finish(ToGrpcStatus(valid));
+      return;
+    }
+    total_ = request->stdins_size() > 0 ? request->stdins_size() : request->requests_size();
+    max_parallel_ =
+        request->max_parallel() > 0 ? request->max_parallel() : service_.engine().stats().limit;
+    fail_fast_ = request->fail_fast();
+    Launch();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;
+        queue_.clear();
+      }
+    }
+    if (!ok) CancelAll();
+    Pump();
+  }
+  void OnCancel() override { CancelAll(); }
+  void OnDone() override { delete this; }
+
+  // An item's end: its result, or why it did not run.
+  void ItemDone(int index, const absl::Status& status, v1::ExecuteResponse response) {
+    const bool failed =
+        !status.ok() || response.termination() != v1::EXITED || response.exit_code() != 0;
+    {
+      absl::MutexLock lock(&mu_);
+      --running_;
+      ++reported_;
+      if (failed && fail_fast_ && !stopped_) {
+        stopped_ = true;
+        stop_reason_ = absl::StrCat("not started: fail_fast after item ", index, " failed");
+      }
+      if (!broken_) {
+        v1::BatchResult result;
+        result.set_index(index);
+        result.set_status_code(static_cast<int>(status.code()));
+        result.set_status_message(std::string(status.message()));
+        *result.mutable_response() = std::move(response);
+        queue_.push_back(std::move(result));
+      }
+    }
+    Launch();
+  }
+
+ private:
+  class Item;
+
+  static absl::Status Check(const v1::BatchRequest& request) {
+    constexpr int kMaxItems = 100000;
+    if (request.stdins_size() > 0 && request.requests_size() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stdins needs exactly one request to run per input, got ", request.requests_size()));
+    }
+    const int n = request.stdins_size() > 0 ? request.stdins_size() : request.requests_size();
+    if (n == 0) return absl::InvalidArgumentError("the batch is empty: give requests");
+    if (n > kMaxItems) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the batch has ", n, " items, over the limit of ", kMaxItems));
+    }
+    if (request.max_parallel() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_parallel ", request.max_parallel(), " is negative"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Starts items while there is room and reports the ones fail_fast skips; then writes.
+  void Launch();
+  void LaunchOnce();
+  void CancelAll();
+  void Pump();
+
+  ExecutorService& service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::BatchRequest* request_ = nullptr;
+  int total_ = 0;
+  int max_parallel_ = 1;
+  bool fail_fast_ = false;
+
+  absl::Mutex mu_;
+  int next_ ABSL_GUARDED_BY(mu_) = 0;      // Next item to start.
+  int running_ ABSL_GUARDED_BY(mu_) = 0;   // Started, not yet reported.
+  int reported_ ABSL_GUARDED_BY(mu_) = 0;  // Results produced (sent or dropped).
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::string stop_reason_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Item>> items_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::BatchResult> queue_ ABSL_GUARDED_BY(mu_);
+  v1::BatchResult current_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool launching_ ABSL_GUARDED_BY(mu_) = false;
+  bool relaunch_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class ExecuteBatchReactor::Item final : public CallBase {
+ public:
+  Item(ExecutorService& service, grpc::CallbackServerContext* context, ExecuteBatchReactor& batch,
+       int index)
+      : CallBase(service, context, "ExecuteBatch"), batch_(batch), index_(index) {}
+
+  void Start(v1::ExecuteRequest request) {
+    absl::Status submitted = Submit(request, /*stream_output=*/false);
+    if (!submitted.ok()) OnFinished(submitted);
+  }
+  void Cancel() { CancelExecution(); }
+
+  void OnFinished(absl::StatusOr<core::Result> result) override {
+    Log(result);
+    v1::ExecuteResponse response;
+    if (result.ok()) {
+      ResultToProto(*result, &response);
+      DurationToProto(absl::Now() - received_, response.mutable_timings()->mutable_total());
+      v1::Compression out_c, err_c;
+      SetOutput(std::move(result->stdout_data), response.mutable_stdout(), &out_c);
+      SetOutput(std::move(result->stderr_data), response.mutable_stderr(), &err_c);
+      response.set_stdout_compression(out_c);
+      response.set_stderr_compression(err_c);
+    }
+    batch_.ItemDone(index_, result.status(), std::move(response));
+  }
+
+ private:
+  ExecuteBatchReactor& batch_;
+  const int index_;
+};
+
+void ExecuteBatchReactor::Launch() {
+  // One launcher at a time, looping while others asked for more: an item that fails
+  // validation reports (and calls Launch) from inside Start, which must not recurse once
+  // per item of a large batch.
+  {
+    absl::MutexLock lock(&mu_);
+    if (launching_) {
+      relaunch_ = true;
+      return;
+    }
+    launching_ = true;
+  }
+  for (;;) {
+    LaunchOnce();
+    absl::MutexLock lock(&mu_);
+    if (!relaunch_) {
+      launching_ = false;
+      break;
+    }
+    relaunch_ = false;
+  }
+  Pump();
+}
+
+void ExecuteBatchReactor::LaunchOnce() {
+  std::vector<std::pair<Item*, int>> to_start;
+  std::vector<int> skipped;
+  std::string reason;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!stopped_ && !cancelled_ && next_ < total_ && running_ < max_parallel_) {
+      const int index = next_++;
+      ++running_;
+      items_.push_back(std::make_unique<Item>(service_, context_, *this, index));
+      to_start.emplace_back(items_.back().get(), index);
+    }
+    if (stopped_ && !cancelled_) {
+      reason = stop_reason_;
+      while (next_ < total_) {
+        skipped.push_back(next_++);
+        ++running_;  // Reported below, as a started item would be.
+      }
+    }
+  }
+  for (auto [item, index] : to_start) {
+    v1::ExecuteRequest request;
+    if (request_->stdins_size() > 0) {
+      request = request_->requests(0);
+      request.set_stdin(request_->stdins(index));
+    } else {
+      request = request_->requests(index);
+    }
+    item->Start(std::move(request));
+  }
+  for (int index : skipped) ItemDone(index, absl::CancelledError(reason), v1::ExecuteResponse());
+}
+
+void ExecuteBatchReactor::CancelAll() {
+  std::vector<Item*> items;
+  {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    for (auto& item : items_) items.push_back(item.get());
+  }
+  for (Item* item : items) item->Cancel();
+  Pump();
+}
+
+void ExecuteBatchReactor::Pump() {
+  enum { kNothing, kWrite, kFinish } action = kNothing;
+  grpc::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (writing_ || finished_) return;
+    if (!queue_.empty()) {
+      current_ = std::move(queue_.front());
+      queue_.pop_front();
+      writing_ = true;
+      action = kWrite;
+    } else if (running_ == 0 && (reported_ == total_ || cancelled_)) {
+      finished_ = true;
+      action = kFinish;
+      if (cancelled_ && reported_ < total_) {
+        status = grpc::Status(grpc::StatusCode::CANCELLED, "the batch was cancelled");
+      }
+    }
+  }
+  if (action == kWrite) StartWrite(&current_);
+  if (action == kFinish) Finish(status);
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* context,
@@ -325,6 +566,13 @@ grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
   auto* reactor = new ExecuteStreamReactor(*this, context);
   reactor->Start(*request);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(
+    grpc::CallbackServerContext* context, const v1::BatchRequest* request) {
+  auto* reactor = new ExecuteBatchReactor(*this, context);
+  reactor->Start(request);
   return reactor;
 }
 

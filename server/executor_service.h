@@ -22,6 +22,8 @@ class ExecutorService final : public v1::Executor::CallbackService {
                                     v1::ExecuteResponse* response) override;
   grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecuteStream(
       grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) override;
+  grpc::ServerWriteReactor<v1::BatchResult>* ExecuteBatch(
+      grpc::CallbackServerContext* context, const v1::BatchRequest* request) override;
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request,
                                  v1::PingResponse* response) override;

@@ -57,3 +57,7 @@ add_dependencies(pools_test execd-test-worker)
 execd_test(streaming_test
   SOURCES server/streaming_test.cc
   LIBS test_server test_support)
+
+execd_test(batch_test
+  SOURCES server/batch_test.cc
+  LIBS test_server test_support)
