@@ -118,11 +118,64 @@ std::string ModeName(Mode mode) {
       return "ping";
     case Mode::kLocalSpawn:
       return "local_spawn";
+    case Mode::kBatch:
+      return "batch";
   }
   return "unknown";
 }
 
+Report RunBatch(const Config& config) {
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(-1);
+  auto stub = v1::Executor::NewStub(
+      grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), channel_args));
+  v1::BatchRequest batch;
+  v1::ExecuteRequest item;
+  for (const std::string& a : config.argv) item.add_argv(a);
+  item.set_pool(config.pool);
+  item.set_stdin(config.stdin_data);
+  for (int64_t i = 0; i < config.batch; ++i) *batch.add_requests() = item;
+  batch.set_max_parallel(config.concurrency);
+  Report report;
+  report.mode = Mode::kBatch;
+  report.concurrency = config.concurrency;
+  std::vector<absl::Duration> latencies;
+  grpc::ClientContext context;
+  const absl::Time start = absl::Now();
+  auto reader = stub->ExecuteBatch(&context, batch);
+  v1::BatchResult result;
+  while (reader->Read(&result)) {
+    latencies.push_back(absl::Now() - start);
+    const bool ok = result.status_code() == 0 && result.response().termination() == v1::EXITED &&
+                    result.response().exit_code() == 0;
+    if (!ok) {
+      ++report.errors;
+      if (report.first_error.empty()) {
+        report.first_error = result.status_code() != 0
+                                 ? result.status_message()
+                                 : v1::Termination_Name(result.response().termination());
+      }
+    }
+  }
+  grpc::Status status = reader->Finish();
+  report.elapsed = absl::Now() - start;
+  if (!status.ok()) {
+    ++report.errors;
+    report.first_error = status.error_message();
+  }
+  report.requests = static_cast<int64_t>(latencies.size());
+  report.requests_per_second =
+      static_cast<double>(report.requests) / absl::ToDoubleSeconds(report.elapsed);
+  std::sort(latencies.begin(), latencies.end());
+  report.p50 = Percentile(latencies, 0.50);
+  report.p90 = Percentile(latencies, 0.90);
+  report.p99 = Percentile(latencies, 0.99);
+  report.max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
+  return report;
+}
+
 Report Run(const Config& config) {
+  if (config.mode == Mode::kBatch) return RunBatch(config);
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
   auto channel =
@@ -149,6 +202,8 @@ Report Run(const Config& config) {
       case Mode::kLocalSpawn:
         requester = std::make_unique<LocalSpawnRequester>(config.argv);
         break;
+      case Mode::kBatch:
+        return;  // RunBatch.
     }
     std::vector<absl::Duration> mine;
     // Open loop when a rate is set: each worker sends on its own schedule, and latency

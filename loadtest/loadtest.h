@@ -11,7 +11,7 @@
 
 namespace execd::loadtest {
 
-enum class Mode { kExecute, kPing, kLocalSpawn };
+enum class Mode { kExecute, kPing, kLocalSpawn, kBatch };
 
 struct Config {
   Mode mode = Mode::kExecute;
@@ -22,6 +22,7 @@ struct Config {
   std::vector<std::string> argv;
   int payload_bytes = 0;   // Ping payload.
   std::string pool;        // Execute in this worker pool.
+  int64_t batch = 0;       // kBatch: items in the one ExecuteBatch call.
   double rate = 0;         // Requests per second in all (open loop); 0: closed loop.
   std::string stdin_data;  // Each command's stdin.
 };
@@ -38,6 +39,9 @@ struct Report {
 };
 
 Report Run(const Config& config);
+// One ExecuteBatch of config.batch copies of the command, max_parallel = concurrency;
+// requests = items, latency percentiles are of each item's completion time.
+Report RunBatch(const Config& config);
 std::string ModeName(Mode mode);
 std::string FormatText(const Report& report);
 std::string FormatJson(const Report& report);

@@ -22,6 +22,9 @@ ABSL_FLAG(std::string, pool, "",
 ABSL_FLAG(double, rate, 0,
           "open loop: send this many requests per second in all, latency measured from each "
           "request's scheduled time; 0 for closed loop (each worker sends as soon as answered)");
+ABSL_FLAG(int64_t, batch, 0,
+          "send one ExecuteBatch of this many copies of the command, max_parallel = "
+          "--concurrency, and report its wall time");
 ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program for a pool)");
 
 int main(int argc, char** argv) {
@@ -38,6 +41,7 @@ int main(int argc, char** argv) {
   config.argv.assign(rest.begin() + 1, rest.end());
   config.pool = absl::GetFlag(FLAGS_pool);
   config.rate = absl::GetFlag(FLAGS_rate);
+  config.batch = absl::GetFlag(FLAGS_batch);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     fprintf(stderr, "execd-loadtest: --ping and --local exclude each other\n");
@@ -45,6 +49,7 @@ int main(int argc, char** argv) {
   }
   config.mode = absl::GetFlag(FLAGS_ping)    ? execd::loadtest::Mode::kPing
                 : absl::GetFlag(FLAGS_local) ? execd::loadtest::Mode::kLocalSpawn
+                : config.batch > 0           ? execd::loadtest::Mode::kBatch
                                              : execd::loadtest::Mode::kExecute;
   if (config.mode != execd::loadtest::Mode::kPing && config.argv.empty() && config.pool.empty()) {
     fprintf(stderr, "execd-loadtest: give the command to run after --, e.g. -- /bin/true\n");
