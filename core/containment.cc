@@ -211,6 +211,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     if (!dirs.v2.empty()) {
       if (absl::Status s = make(dirs.v2, &v2_); !s.ok()) return s;
       v2_kill_ = dirs.v2_kill;
+      v2_memory_ = dirs.v2_memory;
+      v2_pids_ = dirs.v2_pids;
       if (dirs.v2_memory && memory_bytes > 0) {
         WriteFile(v2_ + "/memory.max", absl::StrCat(memory_bytes));
         WriteFile(v2_ + "/memory.swap.max", "0");
@@ -265,10 +267,10 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
 
   LimitHits Hits() override {
     LimitHits hits;
-    if (!v2_.empty()) {
-      hits.memory = KeyedValue(v2_ + "/memory.events", "oom_kill") > 0;
-      hits.processes = KeyedValue(v2_ + "/pids.events", "max") > 0;
-    }
+    // Only files of controllers enabled here: a missing file costs a failed path walk on
+    // every command's end.
+    if (v2_memory_) hits.memory = KeyedValue(v2_ + "/memory.events", "oom_kill") > 0;
+    if (v2_pids_) hits.processes = KeyedValue(v2_ + "/pids.events", "max") > 0;
     if (!memory_.empty()) {
       hits.memory = hits.memory || KeyedValue(memory_ + "/memory.oom_control", "oom_kill") > 0;
     }
@@ -283,7 +285,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     if (!memory_.empty()) {
       absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(memory_ + "/memory.max_usage_in_bytes")),
                        &peak);
-    } else if (!v2_.empty()) {
+    } else if (v2_memory_) {
       absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(v2_ + "/memory.peak")), &peak);
     }
     return peak;
@@ -292,6 +294,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
  private:
   std::string v2_, memory_, pids_;
   bool v2_kill_ = false;
+  bool v2_memory_ = false;  // The memory and pids controllers are enabled in v2_.
+  bool v2_pids_ = false;
   pid_t leader_ = -1;
   std::vector<UniqueFd> owned_fds_;
   std::vector<int> join_;
