@@ -124,12 +124,15 @@ void Pool::StartOne() {
   child_options.stdin_pipe = true;
   child_options.address_space_bytes = address_space;
   child_options.kill_grace = deps_.kill_grace;
-  deps_.run_blocking([this, alive = alive_, command = std::move(command), generation, prewarmed,
-                      worker_options, child_options]() mutable {
+  // The spawn may finish after the pool is gone (engine shutdown): it works from a copy
+  // of the dependencies (owned by the engine, which outlives its spawn threads), and
+  // touches the pool only on the loop, after checking it is still alive.
+  deps_.run_blocking([this, deps = deps_, alive = alive_, command = std::move(command), generation,
+                      prewarmed, worker_options, child_options]() mutable {
     absl::StatusOr<std::unique_ptr<ChildProcess>> process = absl::UnknownError("unused");
     absl::StatusOr<std::unique_ptr<PersistentWorker>> worker = absl::UnknownError("unused");
     auto group =
-        deps_.containment->NewGroup(command.limits.memory_bytes, command.limits.max_processes);
+        deps.containment->NewGroup(command.limits.memory_bytes, command.limits.max_processes);
     if (!group.ok()) {
       if (prewarmed) {
         process = group.status();
@@ -137,19 +140,19 @@ void Pool::StartOne() {
         worker = group.status();
       }
     } else if (prewarmed) {
-      process = ChildProcess::Spawn(*deps_.loop, *deps_.os, command, child_options,
-                                    *std::move(group), nullptr);
-      if (process.ok()) deps_.track((*process)->pid());
+      process = ChildProcess::Spawn(*deps.loop, *deps.os, command, child_options, *std::move(group),
+                                    nullptr);
+      if (process.ok()) deps.track((*process)->pid());
     } else {
-      worker = PersistentWorker::Spawn(*deps_.loop, *deps_.os, command, worker_options,
+      worker = PersistentWorker::Spawn(*deps.loop, *deps.os, command, worker_options,
                                        *std::move(group), this);
-      if (worker.ok()) deps_.track((*worker)->pid());
+      if (worker.ok()) deps.track((*worker)->pid());
     }
-    deps_.loop->Post([this, alive = std::move(alive), generation, process = std::move(process),
-                      worker = std::move(worker)]() mutable {
+    deps.loop->Post([this, deps, alive = std::move(alive), generation, process = std::move(process),
+                     worker = std::move(worker)]() mutable {
       if (!*alive) {  // The pool is gone; the processes die with these objects.
-        if (process.ok()) deps_.untrack((*process)->pid());
-        if (worker.ok()) deps_.untrack((*worker)->pid());
+        if (process.ok()) deps.untrack((*process)->pid());
+        if (worker.ok()) deps.untrack((*worker)->pid());
         return;
       }
       OnSpawned(generation, std::move(process), std::move(worker));
