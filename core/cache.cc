@@ -1,0 +1,176 @@
+#include "core/cache.h"
+
+#include <algorithm>
+#include <array>
+
+#include "absl/hash/hash.h"
+
+namespace execd::core {
+namespace {
+
+constexpr int64_t kEntryOverhead = 256;
+
+// Count-min sketch with 4 rows of saturating counters (0..15), halved every `sample`
+// increments.
+class FrequencySketch {
+ public:
+  explicit FrequencySketch(size_t width) : width_(std::max<size_t>(64, width)) {
+    for (auto& row : rows_) row.assign(width_, 0);
+    sample_ = 10 * width_;
+  }
+  void Increment(uint64_t hash) {
+    for (size_t r = 0; r < rows_.size(); ++r) {
+      uint8_t& c = rows_[r][Index(hash, r)];
+      if (c < 15) ++c;
+    }
+    if (++additions_ >= sample_) Age();
+  }
+  int Estimate(uint64_t hash) const {
+    int est = 15;
+    for (size_t r = 0; r < rows_.size(); ++r) est = std::min<int>(est, rows_[r][Index(hash, r)]);
+    return est;
+  }
+
+ private:
+  size_t Index(uint64_t hash, size_t row) const {
+    uint64_t h = hash * (0x9E3779B97F4A7C15ull + 2 * row) + row;
+    return static_cast<size_t>((h >> 32) % width_);
+  }
+  void Age() {
+    for (auto& row : rows_) {
+      for (uint8_t& c : row) c >>= 1;
+    }
+    additions_ /= 2;
+  }
+  const size_t width_;
+  std::array<std::vector<uint8_t>, 4> rows_;
+  size_t sample_;
+  size_t additions_ = 0;
+};
+
+}  // namespace
+
+class ResultCache::Shard {
+ public:
+  Shard(int64_t max_bytes, Policy policy)
+      : max_bytes_(max_bytes),
+        policy_(policy),
+        // About one counter per 4 KiB of budget: enough resolution for typical outputs.
+        sketch_(static_cast<size_t>(std::max<int64_t>(1024, max_bytes / 4096))) {}
+
+  std::shared_ptr<const CachedResult> Lookup(const std::string& key, uint64_t hash,
+                                             absl::Time now) {
+    absl::MutexLock lock(&mu_);
+    sketch_.Increment(hash);
+    auto it = index_.find(key);
+    if (it == index_.end()) {
+      ++stats_.misses;
+      return nullptr;
+    }
+    if (it->second->entry->expires <= now) {
+      ++stats_.expirations;
+      ++stats_.misses;
+      Erase(it->second);
+      return nullptr;
+    }
+    lru_.splice(lru_.begin(), lru_, it->second);  // Most recent at the front.
+    ++stats_.hits;
+    return it->second->entry;
+  }
+
+  bool Insert(const std::string& key, uint64_t hash, std::shared_ptr<const CachedResult> entry) {
+    const int64_t charge = Charge(key, *entry);
+    absl::MutexLock lock(&mu_);
+    if (auto it = index_.find(key); it != index_.end()) Erase(it->second);
+    if (charge > max_bytes_) {
+      ++stats_.rejections;
+      return false;
+    }
+    const int candidate = sketch_.Estimate(hash);
+    // Make room from the least recently used end; with TinyLFU each victim must be used
+    // less often than the newcomer, or the newcomer is turned away.
+    while (bytes_ + charge > max_bytes_ && !lru_.empty()) {
+      auto victim = std::prev(lru_.end());
+      if (policy_ == Policy::kTinyLfu && sketch_.Estimate(victim->hash) >= candidate) {
+        ++stats_.rejections;
+        return false;
+      }
+      ++stats_.evictions;
+      Erase(victim);
+    }
+    lru_.push_front(Node{key, hash, charge, std::move(entry)});
+    index_[key] = lru_.begin();
+    bytes_ += charge;
+    return true;
+  }
+
+  void AddStats(Stats& out) const {
+    absl::MutexLock lock(&mu_);
+    out.bytes += bytes_;
+    out.entries += static_cast<int64_t>(lru_.size());
+    out.hits += stats_.hits;
+    out.misses += stats_.misses;
+    out.evictions += stats_.evictions;
+    out.rejections += stats_.rejections;
+    out.expirations += stats_.expirations;
+  }
+
+ private:
+  struct Node {
+    std::string key;
+    uint64_t hash;
+    int64_t charge;
+    std::shared_ptr<const CachedResult> entry;
+  };
+  void Erase(std::list<Node>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    bytes_ -= it->charge;
+    index_.erase(it->key);
+    lru_.erase(it);
+  }
+
+  const int64_t max_bytes_;
+  const Policy policy_;
+  mutable absl::Mutex mu_;
+  FrequencySketch sketch_ ABSL_GUARDED_BY(mu_);
+  std::list<Node> lru_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::list<Node>::iterator> index_ ABSL_GUARDED_BY(mu_);
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+ResultCache::ResultCache(const Options& options) {
+  const int n = std::max(1, options.shards);
+  for (int i = 0; i < n; ++i) {
+    shards_.push_back(std::make_unique<Shard>(options.max_bytes / n, options.policy));
+  }
+}
+
+ResultCache::~ResultCache() = default;
+
+int64_t ResultCache::Charge(const std::string& key, const CachedResult& entry) {
+  return kEntryOverhead + static_cast<int64_t>(key.size() + entry.result.stdout_data.size() +
+                                               entry.result.stderr_data.size());
+}
+
+ResultCache::Shard& ResultCache::ShardOf(const std::string& key, uint64_t* hash) {
+  *hash = absl::Hash<std::string>{}(key);
+  return *shards_[(*hash >> 48) % shards_.size()];
+}
+
+std::shared_ptr<const CachedResult> ResultCache::Lookup(const std::string& key, absl::Time now) {
+  uint64_t hash;
+  return ShardOf(key, &hash).Lookup(key, hash, now);
+}
+
+bool ResultCache::Insert(const std::string& key, std::shared_ptr<const CachedResult> entry) {
+  uint64_t hash;
+  return ShardOf(key, &hash).Insert(key, hash, std::move(entry));
+}
+
+ResultCache::Stats ResultCache::stats() const {
+  Stats s;
+  for (const auto& shard : shards_) shard->AddStats(s);
+  return s;
+}
+
+}  // namespace execd::core

@@ -1,0 +1,70 @@
+// ResultCache: the store behind the result cache (issue 6): sharded by key, bounded in
+// bytes, entries with a time to live. Eviction is least-recently-used; with the TinyLFU
+// policy a newcomer is admitted only when it has been asked for more often than the entry
+// it would evict (Einziger, Friedman, Manes: "TinyLFU: A Highly Efficient Cache Admission
+// Policy", 2017), so a one-off scan does not flush the hot entries. Frequencies come from
+// a count-min sketch of 4-bit-wide counters per shard, halved periodically so the past
+// fades.
+//
+// Keys are opaque byte strings (a cryptographic digest of everything that can change a
+// result). Thread-safe; each shard has its own lock.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/command.h"
+
+namespace execd::core {
+
+struct CachedResult {
+  Result result;
+  absl::Time stored;
+  absl::Time expires;
+};
+
+class ResultCache {
+ public:
+  enum class Policy { kLru, kTinyLfu };
+  struct Options {
+    int64_t max_bytes = 256 << 20;
+    int shards = 16;
+    Policy policy = Policy::kTinyLfu;
+  };
+  struct Stats {
+    int64_t bytes = 0;
+    int64_t entries = 0;
+    int64_t hits = 0;
+    int64_t misses = 0;
+    int64_t evictions = 0;
+    int64_t rejections = 0;  // Newcomers TinyLFU did not admit.
+    int64_t expirations = 0;
+  };
+
+  explicit ResultCache(const Options& options);
+  ~ResultCache();
+
+  // The live entry for `key` at `now`, or null. Counts towards the key's frequency either
+  // way.
+  std::shared_ptr<const CachedResult> Lookup(const std::string& key, absl::Time now);
+  // Stores `entry` (replacing any entry of `key`) if it fits and, with TinyLFU, if it
+  // wins admission. Returns whether it was stored.
+  bool Insert(const std::string& key, std::shared_ptr<const CachedResult> entry);
+  Stats stats() const;
+
+  // What an entry is charged: its output plus a fixed overhead for key and bookkeeping.
+  static int64_t Charge(const std::string& key, const CachedResult& entry);
+
+ private:
+  class Shard;
+  Shard& ShardOf(const std::string& key, uint64_t* hash);
+  std::vector<std::unique_ptr<Shard>> shards_;
+};
+
+}  // namespace execd::core

@@ -1,0 +1,95 @@
+#include "core/cache.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace execd::core {
+namespace {
+
+const absl::Time kNow = absl::FromUnixSeconds(1'000'000);
+
+std::shared_ptr<const CachedResult> Entry(size_t bytes, absl::Duration ttl = absl::Hours(1)) {
+  auto e = std::make_shared<CachedResult>();
+  e->result.stdout_data = std::string(bytes, 'o');
+  e->stored = kNow;
+  e->expires = kNow + ttl;
+  return e;
+}
+
+ResultCache::Options OneShard(int64_t max_bytes, ResultCache::Policy policy) {
+  ResultCache::Options o;
+  o.max_bytes = max_bytes;
+  o.shards = 1;
+  o.policy = policy;
+  return o;
+}
+
+TEST(ResultCache, StoresAndFindsByKey) {
+  ResultCache cache(OneShard(1 << 20, ResultCache::Policy::kLru));
+  EXPECT_EQ(cache.Lookup("a", kNow), nullptr);
+  ASSERT_TRUE(cache.Insert("a", Entry(10)));
+  auto hit = cache.Lookup("a", kNow);
+  ASSERT_NE(hit, nullptr);
+  EXPECT_EQ(hit->result.stdout_data, std::string(10, 'o'));
+  EXPECT_EQ(cache.Lookup("b", kNow), nullptr);
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(cache.stats().misses, 2);
+}
+
+TEST(ResultCache, NeverHoldsMoreBytesThanItsBound) {
+  const int64_t kMax = 100'000;
+  ResultCache cache(OneShard(kMax, ResultCache::Policy::kLru));
+  for (int i = 0; i < 200; ++i) {
+    const std::string key = absl::StrCat("k", i);
+    cache.Lookup(key, kNow);
+    cache.Insert(key, Entry(9'000));
+    ASSERT_LE(cache.stats().bytes, kMax) << "after " << i;
+  }
+  EXPECT_GT(cache.stats().evictions, 0);
+  EXPECT_EQ(cache.Lookup("k0", kNow), nullptr);     // The oldest went first.
+  EXPECT_NE(cache.Lookup("k199", kNow), nullptr);   // The newest stayed.
+  EXPECT_FALSE(cache.Insert("huge", Entry(kMax)));  // Bigger than the whole cache.
+}
+
+TEST(ResultCache, EntriesExpireAtTheirTtl) {
+  ResultCache cache(OneShard(1 << 20, ResultCache::Policy::kTinyLfu));
+  ASSERT_TRUE(cache.Insert("a", Entry(10, absl::Seconds(30))));
+  EXPECT_NE(cache.Lookup("a", kNow + absl::Seconds(29)), nullptr);
+  EXPECT_EQ(cache.Lookup("a", kNow + absl::Seconds(30)), nullptr);
+  EXPECT_EQ(cache.stats().expirations, 1);
+  EXPECT_EQ(cache.stats().entries, 0);
+}
+
+// A scan of one-off keys flushes an LRU cache but not a TinyLFU one.
+TEST(ResultCache, TinyLfuKeepsHotEntriesThroughAScan) {
+  for (auto policy : {ResultCache::Policy::kLru, ResultCache::Policy::kTinyLfu}) {
+    const int64_t entry = ResultCache::Charge("hot0", *Entry(1000));
+    ResultCache cache(OneShard(entry * 10, policy));
+    for (int round = 0; round < 5; ++round) {
+      for (int i = 0; i < 10; ++i) {
+        const std::string key = absl::StrCat("hot", i);
+        if (cache.Lookup(key, kNow) == nullptr) cache.Insert(key, Entry(1000));
+      }
+    }
+    for (int i = 0; i < 1000; ++i) {
+      const std::string key = absl::StrCat("scan", i);
+      if (cache.Lookup(key, kNow) == nullptr) cache.Insert(key, Entry(1000));
+    }
+    int hot_left = 0;
+    for (int i = 0; i < 10; ++i) {
+      hot_left += cache.Lookup(absl::StrCat("hot", i), kNow) != nullptr ? 1 : 0;
+    }
+    if (policy == ResultCache::Policy::kLru) {
+      EXPECT_EQ(hot_left, 0);
+    } else {
+      EXPECT_EQ(hot_left, 10);
+      EXPECT_GT(cache.stats().rejections, 900);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace execd::core
