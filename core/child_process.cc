@@ -20,14 +20,6 @@ namespace {
 
 constexpr size_t kReadChunk = 64 << 10;
 
-absl::Status SetNonBlocking(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    return ErrnoToStatus(errno, "fcntl(O_NONBLOCK)");
-  }
-  return absl::OkStatus();
-}
-
 // /dev/null, opened once, for children that get no stdin.
 absl::StatusOr<int> DevNull() {
   static const int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -99,20 +91,11 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   child->output_[1] = std::move(stderr_pipe.first);
   for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
 
-  SpawnSpec spec;
-  spec.executable = &command.executable;
-  spec.argv = &command.argv;
-  spec.env = &command.env;
-  spec.cwd = &command.cwd;
+  SpawnSpec spec = SpecFor(command, options.address_space_bytes);
   spec.stdin_fd = child_stdin;
   spec.stdout_fd = stdout_pipe.second.get();
   spec.stderr_fd = stderr_pipe.second.get();
   spec.join_fds = &child->group_->join_fds();
-  spec.cpu_seconds = absl::ToInt64Seconds(absl::Ceil(command.limits.cpu_time, absl::Seconds(1)));
-  spec.max_open_files = command.limits.max_open_files;
-  spec.max_file_size_bytes = command.limits.max_file_size_bytes;
-  spec.address_space_bytes = options.address_space_bytes;
-  spec.cpu_affinity = &command.limits.cpu_affinity;
   ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
   child->group_->Attach(spawned.pid);
   child->exec_done_ = loop.clock().Now();

@@ -19,14 +19,6 @@ namespace {
 constexpr size_t kStderrTail = 4096;
 constexpr size_t kReadChunk = 64 << 10;
 
-absl::Status SetNonBlocking(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    return ErrnoToStatus(errno, "fcntl(O_NONBLOCK)");
-  }
-  return absl::OkStatus();
-}
-
 void AppendVarint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
     out.push_back(static_cast<char>(v | 0x80));
@@ -62,20 +54,11 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
   for (const UniqueFd* fd : {&w->stdin_, &w->stdout_, &w->stderr_}) {
     RETURN_IF_ERROR(SetNonBlocking(fd->get()));
   }
-  SpawnSpec spec;
-  spec.executable = &command.executable;
-  spec.argv = &command.argv;
-  spec.env = &command.env;
-  spec.cwd = &command.cwd;
+  SpawnSpec spec = SpecFor(command, options.address_space_bytes);
   spec.stdin_fd = in_pipe.first.get();
   spec.stdout_fd = out_pipe.second.get();
   spec.stderr_fd = err_pipe.second.get();
   spec.join_fds = &w->group_->join_fds();
-  spec.cpu_seconds = absl::ToInt64Seconds(absl::Ceil(command.limits.cpu_time, absl::Seconds(1)));
-  spec.max_open_files = command.limits.max_open_files;
-  spec.max_file_size_bytes = command.limits.max_file_size_bytes;
-  spec.address_space_bytes = options.address_space_bytes;
-  spec.cpu_affinity = &command.limits.cpu_affinity;
   ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
   w->group_->Attach(spawned.pid);
   w->pid_ = spawned.pid;

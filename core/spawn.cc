@@ -265,4 +265,26 @@ void EnsureStandardDescriptorsOpen() {
   }
 }
 
+SpawnSpec SpecFor(const Command& command, int64_t address_space_bytes) {
+  SpawnSpec spec;
+  spec.executable = &command.executable;
+  spec.argv = &command.argv;
+  spec.env = &command.env;
+  spec.cwd = &command.cwd;
+  spec.cpu_seconds = absl::ToInt64Seconds(absl::Ceil(command.limits.cpu_time, absl::Seconds(1)));
+  spec.max_open_files = command.limits.max_open_files;
+  spec.max_file_size_bytes = command.limits.max_file_size_bytes;
+  spec.address_space_bytes = address_space_bytes;
+  spec.cpu_affinity = &command.limits.cpu_affinity;
+  return spec;
+}
+
+absl::Status SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    return ErrnoToStatus(errno, "fcntl(O_NONBLOCK)");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace execd::core

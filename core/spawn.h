@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/command.h"
 #include "core/unique_fd.h"
 
 namespace execd::core {
@@ -33,6 +34,14 @@ struct SpawnSpec {
   int64_t address_space_bytes = 0;  // RLIMIT_AS: memory fallback where no cgroup can.
   const std::vector<int>* cpu_affinity = nullptr;
 };
+
+// The parts of a spawn that come from `command` (program, arguments, environment, cwd,
+// per-process limits); the caller adds the descriptors and the cgroups to join.
+// `command` must outlive the spec.
+SpawnSpec SpecFor(const Command& command, int64_t address_space_bytes);
+
+// O_NONBLOCK on `fd`.
+absl::Status SetNonBlocking(int fd);
 
 struct SpawnedProcess {
   pid_t pid = -1;

@@ -124,6 +124,18 @@ std::string ModeName(Mode mode) {
   return "unknown";
 }
 
+// Request count, throughput and latency percentiles, once `report->elapsed` is set.
+void Summarize(std::vector<absl::Duration> latencies, Report* report) {
+  report->requests = static_cast<int64_t>(latencies.size());
+  report->requests_per_second =
+      static_cast<double>(report->requests) / absl::ToDoubleSeconds(report->elapsed);
+  std::sort(latencies.begin(), latencies.end());
+  report->p50 = Percentile(latencies, 0.50);
+  report->p90 = Percentile(latencies, 0.90);
+  report->p99 = Percentile(latencies, 0.99);
+  report->max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
+}
+
 Report RunBatch(const Config& config) {
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
@@ -163,14 +175,7 @@ Report RunBatch(const Config& config) {
     ++report.errors;
     report.first_error = status.error_message();
   }
-  report.requests = static_cast<int64_t>(latencies.size());
-  report.requests_per_second =
-      static_cast<double>(report.requests) / absl::ToDoubleSeconds(report.elapsed);
-  std::sort(latencies.begin(), latencies.end());
-  report.p50 = Percentile(latencies, 0.50);
-  report.p90 = Percentile(latencies, 0.90);
-  report.p99 = Percentile(latencies, 0.99);
-  report.max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
+  Summarize(std::move(latencies), &report);
   return report;
 }
 
@@ -243,16 +248,9 @@ Report Run(const Config& config) {
   report.mode = config.mode;
   report.concurrency = config.concurrency;
   report.elapsed = absl::Now() - start;
-  report.requests = static_cast<int64_t>(latencies.size());
   report.errors = errors.load();
   report.first_error = first_error;
-  report.requests_per_second =
-      static_cast<double>(report.requests) / absl::ToDoubleSeconds(report.elapsed);
-  std::sort(latencies.begin(), latencies.end());
-  report.p50 = Percentile(latencies, 0.50);
-  report.p90 = Percentile(latencies, 0.90);
-  report.p99 = Percentile(latencies, 0.99);
-  report.max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
+  Summarize(std::move(latencies), &report);
   return report;
 }
 
