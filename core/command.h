@@ -118,6 +118,8 @@ struct Result {
   absl::Duration queued;  // Submit to admission.
   absl::Duration spawn;   // Admission to exec done.
   absl::Duration run;     // Exec done to exit and output drained.
+  bool cache_hit = false;  // Served from the result cache, stored `cache_age` ago.
+  absl::Duration cache_age;
 };
 
 }  // namespace execd::core

@@ -71,6 +71,8 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   response->set_stdout_truncated(result.stdout_truncated);
   response->set_stderr_truncated(result.stderr_truncated);
   response->set_pid(result.pid);
+  response->set_cache_hit(result.cache_hit);
+  if (result.cache_hit) DurationToProto(result.cache_age, response->mutable_cache_age());
   v1::Timings* timings = response->mutable_timings();
   DurationToProto(result.queued, timings->mutable_queued());
   DurationToProto(result.spawn, timings->mutable_spawn());

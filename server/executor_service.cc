@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "core/cache_key.h"
 #include "core/compress.h"
 #include "server/convert.h"
 
@@ -43,6 +44,11 @@ class CallBase : public core::Engine::Observer {
     }
     if (!command.ok()) return command.status();
     command->stream_output = stream_output;
+    if (request.cache_policy() != v1::CACHE_OFF) {
+      absl::StatusOr<bool> hit = LookUpCache(request, *command);
+      if (!hit.ok()) return hit.status();
+      if (*hit) return absl::OkStatus();  // Answered.
+    }
     absl::Duration left = TimeUntilDeadline(context_->deadline());
     if (left != absl::InfiniteDuration()) {
       command->deadline = service_.engine().clock().Now() + left;
@@ -53,6 +59,60 @@ class CallBase : public core::Engine::Observer {
     execution_ = *std::move(execution);
     if (cancelled_) service_.engine().Cancel(execution_);
     return absl::OkStatus();
+  }
+
+  // Checks the cache settings, computes the key, and answers from the cache when it can
+  // (true: the call has been answered through OnOutput/OnFinished).
+  absl::StatusOr<bool> LookUpCache(const v1::ExecuteRequest& request, const core::Command& cmd) {
+    core::ResultCache* cache = service_.cache();
+    if (cache == nullptr) {
+      return absl::FailedPreconditionError(
+          "this server has no result cache (--cache_max_bytes=0); leave cache_policy unset");
+    }
+    const CacheConfig& config = service_.cache_config();
+    absl::Duration ttl = DurationFromProto(request.cache_ttl());
+    if (ttl < absl::ZeroDuration() || ttl > config.max_ttl) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache_ttl ", absl::FormatDuration(ttl), " is not within 0..",
+                       absl::FormatDuration(config.max_ttl), " (--max_cache_ttl)"));
+    }
+    cache_ttl_ = ttl == absl::ZeroDuration() ? config.default_ttl : ttl;
+    auto key = core::CacheKey(cmd, config.salt);
+    if (!key.ok()) return key.status();
+    cache_key_ = *std::move(key);
+    cache_policy_ = request.cache_policy();
+    if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::READ_ONLY) return false;
+    const absl::Time now = absl::Now();
+    std::shared_ptr<const core::CachedResult> entry = cache->Lookup(cache_key_, now);
+    if (entry == nullptr) return false;
+    core::Result result = entry->result;
+    result.cache_hit = true;
+    result.cache_age = now - entry->stored;
+    result.queued = result.spawn = result.run = absl::ZeroDuration();
+    if (cmd.stream_output) {
+      OnStarted(result.pid, absl::ZeroDuration());
+      if (!result.stdout_data.empty()) OnOutput(core::OutputStream::kStdout, result.stdout_data);
+      if (!result.stderr_data.empty()) OnOutput(core::OutputStream::kStderr, result.stderr_data);
+      result.stdout_data.clear();
+      result.stderr_data.clear();
+    }
+    OnFinished(std::move(result));
+    return true;
+  }
+
+  // Stores a clean success under the request's key when its cache policy writes.
+  void MaybeStore(const core::Result& result) {
+    if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::REFRESH) return;
+    if (result.cache_hit || result.termination != core::Termination::kExited ||
+        !result.status.exited || result.status.code != 0 || result.stdout_truncated ||
+        result.stderr_truncated) {
+      return;
+    }
+    auto entry = std::make_shared<core::CachedResult>();
+    entry->result = result;
+    entry->stored = absl::Now();
+    entry->expires = entry->stored + cache_ttl_;
+    service_.cache()->Insert(cache_key_, std::move(entry));
   }
 
   // Back-pressure: stop (or resume) reading the child's output.
@@ -117,7 +177,10 @@ class CallBase : public core::Engine::Observer {
 
  private:
   absl::Mutex mu_;
-  bool accept_lz4_ = false;  // Set in Submit, before the engine can call back.
+  bool accept_lz4_ = false;                       // Set in Submit, before the engine can call back.
+  v1::CachePolicy cache_policy_ = v1::CACHE_OFF;  // Likewise, with the key and TTL.
+  std::string cache_key_;
+  absl::Duration cache_ttl_;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
 };
@@ -138,6 +201,7 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     if (result.ok()) {
+      MaybeStore(*result);
       ResultToProto(*result, response_);
       DurationToProto(absl::Now() - received_, response_->mutable_timings()->mutable_total());
     } else {
@@ -445,6 +509,7 @@ class ExecuteBatchReactor::Item final : public CallBase {
     Log(result);
     v1::ExecuteResponse response;
     if (result.ok()) {
+      MaybeStore(*result);
       ResultToProto(*result, &response);
       DurationToProto(absl::Now() - received_, response.mutable_timings()->mutable_total());
       v1::Compression out_c, err_c;
@@ -605,6 +670,18 @@ grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext
     out->set_served(p.stats.served);
     out->set_misses(p.stats.misses);
     out->set_generation(p.stats.generation);
+  }
+  if (cache_ != nullptr) {
+    core::ResultCache::Stats c = cache_->stats();
+    v1::CacheStatus* out = response->mutable_cache();
+    out->set_bytes(c.bytes);
+    out->set_max_bytes(cache_config_.max_bytes);
+    out->set_entries(c.entries);
+    out->set_hits(c.hits);
+    out->set_misses(c.misses);
+    out->set_evictions(c.evictions);
+    out->set_rejections(c.rejections);
+    out->set_expirations(c.expirations);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "core/cache.h"
 #include "core/engine.h"
 #include "core/validate.h"
 #include "execd/v1/execd.grpc.pb.h"
@@ -12,18 +13,33 @@
 
 namespace execd::server {
 
+// The result cache's settings (flags --cache_*).
+struct CacheConfig {
+  int64_t max_bytes = 256 << 20;  // 0: no cache.
+  std::string salt;
+  absl::Duration default_ttl = absl::Minutes(10);
+  absl::Duration max_ttl = absl::Hours(24);
+};
+
 class ExecutorService final : public v1::Executor::CallbackService {
  public:
-  ExecutorService(core::Engine& engine, const core::RequestPolicy& policy, RequestLog& log)
-      : engine_(engine), policy_(policy), log_(log) {}
+  ExecutorService(core::Engine& engine, const core::RequestPolicy& policy, RequestLog& log,
+                  const CacheConfig& cache = CacheConfig())
+      : engine_(engine), policy_(policy), log_(log), cache_config_(cache) {
+    if (cache.max_bytes > 0) {
+      core::ResultCache::Options options;
+      options.max_bytes = cache.max_bytes;
+      cache_ = std::make_unique<core::ResultCache>(options);
+    }
+  }
 
   grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* context,
                                     const v1::ExecuteRequest* request,
                                     v1::ExecuteResponse* response) override;
   grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecuteStream(
       grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) override;
-  grpc::ServerWriteReactor<v1::BatchResult>* ExecuteBatch(
-      grpc::CallbackServerContext* context, const v1::BatchRequest* request) override;
+  grpc::ServerWriteReactor<v1::BatchResult>* ExecuteBatch(grpc::CallbackServerContext* context,
+                                                          const v1::BatchRequest* request) override;
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request,
                                  v1::PingResponse* response) override;
@@ -37,11 +53,15 @@ class ExecutorService final : public v1::Executor::CallbackService {
   core::Engine& engine() { return engine_; }
   const core::RequestPolicy& policy() const { return policy_; }
   RequestLog& log() { return log_; }
+  core::ResultCache* cache() { return cache_.get(); }
+  const CacheConfig& cache_config() const { return cache_config_; }
 
  private:
   core::Engine& engine_;
   const core::RequestPolicy& policy_;
   RequestLog& log_;
+  const CacheConfig cache_config_;
+  std::unique_ptr<core::ResultCache> cache_;
 };
 
 }  // namespace execd::server

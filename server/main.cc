@@ -56,6 +56,14 @@ ABSL_FLAG(std::string, containment, "auto",
 ABSL_FLAG(std::string, pools_config, "",
           "worker pools: a PoolsConfig in protobuf text format (see deploy/pools.textproto); "
           "empty for none");
+ABSL_FLAG(int64_t, cache_max_bytes, kDefaults.cache.max_bytes,
+          "bytes of results the result cache may hold (0: no cache)");
+ABSL_FLAG(std::string, cache_salt, kDefaults.cache.salt,
+          "mixed into every cache key: change it to invalidate all cached results");
+ABSL_FLAG(absl::Duration, default_cache_ttl, kDefaults.cache.default_ttl,
+          "how long a cached result stays valid when the request sets no cache_ttl");
+ABSL_FLAG(absl::Duration, max_cache_ttl, kDefaults.cache.max_ttl,
+          "largest cache_ttl a request may ask for");
 ABSL_FLAG(bool, log_requests, kDefaults.log_requests,
           "write one logfmt line per request to stderr");
 
@@ -89,6 +97,15 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.kill_grace = absl::GetFlag(FLAGS_kill_grace);
   c.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   c.log_requests = absl::GetFlag(FLAGS_log_requests);
+  c.cache.max_bytes = absl::GetFlag(FLAGS_cache_max_bytes);
+  c.cache.salt = absl::GetFlag(FLAGS_cache_salt);
+  c.cache.default_ttl = absl::GetFlag(FLAGS_default_cache_ttl);
+  c.cache.max_ttl = absl::GetFlag(FLAGS_max_cache_ttl);
+  if (c.cache.max_bytes < 0 || c.cache.default_ttl <= absl::ZeroDuration() ||
+      c.cache.default_ttl > c.cache.max_ttl) {
+    return absl::InvalidArgumentError(
+        "--cache_max_bytes must be >= 0 and 0 < --default_cache_ttl <= --max_cache_ttl");
+  }
   c.policy = execd::core::RequestPolicy::FromProcessEnvironment();
   c.policy.default_timeout = absl::GetFlag(FLAGS_default_timeout);
   c.policy.max_timeout = absl::GetFlag(FLAGS_max_timeout);

@@ -61,7 +61,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);
-  server->service_ = std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_);
+  server->service_ =
+      std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_, c.cache);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

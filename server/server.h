@@ -29,6 +29,7 @@ struct ServerConfig {
   core::RequestPolicy policy;
   // Worker pools (from --pools_config).
   std::vector<core::PoolSpec> pools;
+  CacheConfig cache;
 };
 
 class Server {

@@ -61,3 +61,7 @@ execd_test(streaming_test
 execd_test(batch_test
   SOURCES server/batch_test.cc
   LIBS test_server test_support)
+
+execd_test(result_cache_test
+  SOURCES server/result_cache_test.cc
+  LIBS test_server test_support)

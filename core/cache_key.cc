@@ -1,0 +1,75 @@
+#include "core/cache_key.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "core/errno_status.h"
+
+namespace execd::core {
+namespace {
+
+// Every field is length-prefixed (or fixed-size), so no two different commands encode to
+// the same bytes.
+class Encoder {
+ public:
+  void Int(int64_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
+  void Bytes(absl::string_view s) {
+    Int(static_cast<int64_t>(s.size()));
+    out_.append(s.data(), s.size());
+  }
+  void Duration(absl::Duration d) { Int(absl::ToInt64Nanoseconds(d)); }
+  const std::string& bytes() const { return out_; }
+
+ private:
+  std::string out_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view salt) {
+  struct stat st;
+  if (stat(command.executable.c_str(), &st) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot identify ", command.executable,
+                     " for the cache: ", ErrnoToStatus(errno, "stat").message()));
+  }
+  Encoder e;
+  e.Bytes("execd-cache-v1");
+  e.Bytes(salt);
+  e.Bytes(command.executable);
+  e.Int(static_cast<int64_t>(st.st_dev));
+  e.Int(static_cast<int64_t>(st.st_ino));
+  e.Int(static_cast<int64_t>(st.st_size));
+  e.Int(st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
+  e.Bytes(command.pool);
+  e.Int(static_cast<int64_t>(command.argv.size()));
+  for (const std::string& a : command.argv) e.Bytes(a);
+  e.Int(static_cast<int64_t>(command.env.size()));  // Sorted by validation.
+  for (const std::string& v : command.env) e.Bytes(v);
+  e.Bytes(command.cwd);
+  e.Bytes(command.stdin_data);
+  const Limits& l = command.limits;
+  e.Duration(l.timeout);
+  e.Int(l.max_output_bytes);
+  e.Duration(l.cpu_time);
+  e.Int(l.memory_bytes);
+  e.Int(l.max_processes);
+  e.Int(l.max_open_files);
+  e.Int(l.max_file_size_bytes);
+  e.Int(static_cast<int64_t>(l.cpu_affinity.size()));
+  for (int cpu : l.cpu_affinity) e.Int(cpu);
+
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  if (EVP_Digest(e.bytes().data(), e.bytes().size(), digest, &size, EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("SHA-256 failed");
+  }
+  return std::string(reinterpret_cast<const char*>(digest), size);
+}
+
+}  // namespace execd::core

@@ -1,0 +1,220 @@
+// The result cache through a real server and channel: hits, key isolation field by field,
+// only clean successes stored, TTL, policies, the byte bound, streaming and batch hits.
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/test_server.h"
+
+namespace execd {
+namespace {
+
+using ::execd::testing::TestServer;
+using ::testing::HasSubstr;
+
+class ResultCacheTest : public ::testing::Test {
+ protected:
+  void Start(int64_t max_bytes = 1 << 20, const std::string& salt = "") {
+    // One server at a time: servers of one process share its cgroup directory.
+    server_.reset();
+    auto server = TestServer::Start([&](server::ServerConfig& c) {
+      c.cache.max_bytes = max_bytes;
+      c.cache.salt = salt;
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  void SetUp() override { Start(); }
+
+  // A command whose every run prints something new: a hit is the only way to see the
+  // same output twice.
+  static v1::ExecuteRequest Fresh() {
+    v1::ExecuteRequest r =
+        TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid"});
+    r.set_cache_policy(v1::READ_WRITE);
+    return r;
+  }
+
+  v1::ExecuteResponse Run(const v1::ExecuteRequest& request) {
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  std::unique_ptr<TestServer> server_;
+};
+
+TEST_F(ResultCacheTest, ASecondIdenticalRequestIsAnsweredFromTheCache) {
+  v1::ExecuteResponse first = Run(Fresh());
+  EXPECT_FALSE(first.cache_hit());
+  v1::ExecuteResponse second = Run(Fresh());
+  EXPECT_TRUE(second.cache_hit());
+  EXPECT_EQ(second.stdout(), first.stdout());
+  EXPECT_EQ(second.termination(), v1::EXITED);
+  EXPECT_GE(second.cache_age().seconds() * 1'000'000'000LL + second.cache_age().nanos(), 0);
+  // Without a cache policy nothing is read.
+  v1::ExecuteRequest off = Fresh();
+  off.set_cache_policy(v1::CACHE_OFF);
+  EXPECT_NE(Run(off).stdout(), first.stdout());
+}
+
+TEST_F(ResultCacheTest, RequestsThatDifferInAnyFieldNeverShareAnEntry) {
+  const std::string base = Run(Fresh()).stdout();
+  testing::ScopedTempDir dir("cache");
+  std::vector<std::pair<std::string, std::function<void(v1::ExecuteRequest&)>>> variants = {
+      {"argv", [](v1::ExecuteRequest& r) { r.add_argv("extra"); }},
+      {"env", [](v1::ExecuteRequest& r) { (*r.mutable_env())["X"] = "1"; }},
+      {"inherit_env", [](v1::ExecuteRequest& r) { r.add_inherit_env("PATH"); }},
+      {"cwd", [&](v1::ExecuteRequest& r) { r.set_cwd(dir.path()); }},
+      {"stdin", [](v1::ExecuteRequest& r) { r.set_stdin("x"); }},
+      {"timeout",
+       [](v1::ExecuteRequest& r) { r.mutable_limits()->mutable_timeout()->set_seconds(7); }},
+      {"max_output_bytes",
+       [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_output_bytes(4096); }},
+      {"max_open_files", [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_open_files(64); }},
+      {"cpu_affinity", [](v1::ExecuteRequest& r) { r.mutable_limits()->add_cpu_affinity(0); }},
+  };
+  for (auto& [field, change] : variants) {
+    v1::ExecuteRequest r = Fresh();
+    change(r);
+    v1::ExecuteResponse response = Run(r);
+    EXPECT_FALSE(response.cache_hit()) << field;
+    EXPECT_NE(response.stdout(), base) << field;
+  }
+  EXPECT_TRUE(Run(Fresh()).cache_hit());  // The original is still there.
+}
+
+TEST_F(ResultCacheTest, ANewExecutableOrANewSaltMissesTheCache) {
+  testing::ScopedTempDir dir("cache");
+  const std::string program = dir.path() + "/uuid";
+  auto install = [&](const std::string& text) {
+    std::string tmp = program + ".new";
+    { std::ofstream(tmp) << "#!/bin/sh\n# " << text << "\ncat /proc/sys/kernel/random/uuid\n"; }
+    std::filesystem::permissions(tmp, std::filesystem::perms::owner_all);
+    std::filesystem::rename(tmp, program);
+  };
+  install("one");
+  v1::ExecuteRequest r = TestServer::Request({program});
+  r.set_cache_policy(v1::READ_WRITE);
+  const std::string first = Run(r).stdout();
+  EXPECT_TRUE(Run(r).cache_hit());
+  install("two");  // Same path, new file.
+  v1::ExecuteResponse after = Run(r);
+  EXPECT_FALSE(after.cache_hit());
+  EXPECT_NE(after.stdout(), first);
+  // Another salt: a fresh key space.
+  Start(1 << 20, "salt-2");
+  EXPECT_FALSE(Run(r).cache_hit());
+  EXPECT_TRUE(Run(r).cache_hit());
+}
+
+TEST_F(ResultCacheTest, OnlyCleanSuccessesAreStored) {
+  std::vector<v1::ExecuteRequest> failures;
+  failures.push_back(
+      TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid; exit 1"}));
+  failures.push_back(
+      TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid; kill -9 $$"}));
+  v1::ExecuteRequest truncated =
+      TestServer::Request({"/bin/sh", "-c", "head -c 5000 /dev/urandom"});
+  truncated.mutable_limits()->set_max_output_bytes(1000);
+  failures.push_back(truncated);
+  v1::ExecuteRequest timed_out =
+      TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid; sleep 5"});
+  timed_out.mutable_limits()->mutable_timeout()->set_nanos(100'000'000);
+  failures.push_back(timed_out);
+  for (v1::ExecuteRequest& r : failures) {
+    r.set_cache_policy(v1::READ_WRITE);
+    EXPECT_FALSE(Run(r).cache_hit()) << r.argv(2);
+    EXPECT_FALSE(Run(r).cache_hit()) << r.argv(2) << " was stored";
+  }
+}
+
+TEST_F(ResultCacheTest, PoliciesAndTtl) {
+  v1::ExecuteRequest read_only = Fresh();
+  read_only.set_cache_policy(v1::READ_ONLY);
+  Run(read_only);
+  EXPECT_FALSE(Run(read_only).cache_hit());  // READ_ONLY never stores.
+  v1::ExecuteRequest refresh = Fresh();
+  refresh.set_cache_policy(v1::REFRESH);
+  const std::string refreshed = Run(refresh).stdout();
+  EXPECT_FALSE(Run(refresh).cache_hit());     // REFRESH always runs...
+  v1::ExecuteResponse read = Run(read_only);  // ...and stores what it ran.
+  EXPECT_TRUE(read.cache_hit());
+  EXPECT_NE(read.stdout(), refreshed);  // The second refresh replaced the first.
+
+  v1::ExecuteRequest short_lived = Fresh();
+  short_lived.add_argv("ttl");  // Its own key.
+  short_lived.mutable_cache_ttl()->set_nanos(200'000'000);
+  Run(short_lived);
+  EXPECT_TRUE(Run(short_lived).cache_hit());
+  EXPECT_TRUE(testing::WaitFor([&] { return !Run(short_lived).cache_hit(); }, absl::Seconds(5)));
+
+  v1::ExecuteRequest too_long = Fresh();
+  too_long.mutable_cache_ttl()->set_seconds(100 * 24 * 3600);
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(too_long, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max_cache_ttl"));
+}
+
+TEST_F(ResultCacheTest, TheByteBoundHolds) {
+  Start(/*max_bytes=*/64 << 10);
+  for (int i = 0; i < 40; ++i) {
+    v1::ExecuteRequest r = TestServer::Request({"/usr/bin/head", "-c", "4000", "/dev/zero"});
+    r.add_argv(absl::StrCat("--bytes=", 4000 + i));  // 40 distinct keys of ~4 KB.
+    r.set_cache_policy(v1::READ_WRITE);
+    Run(r);
+    grpc::ClientContext context;
+    v1::StatusResponse status;
+    ASSERT_TRUE(server_->stub().GetStatus(&context, v1::StatusRequest(), &status).ok());
+    ASSERT_LE(status.cache().bytes(), 64 << 10) << "after " << i;
+  }
+}
+
+TEST_F(ResultCacheTest, AServerWithoutACacheSaysSo) {
+  Start(/*max_bytes=*/0);
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Fresh(), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("--cache_max_bytes"));
+}
+
+TEST_F(ResultCacheTest, StreamAndBatchCallsAreServedFromTheCacheToo) {
+  const std::string stored = Run(Fresh()).stdout();
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, Fresh());
+  v1::ExecuteEvent event;
+  std::string streamed;
+  bool hit = false;
+  while (reader->Read(&event)) {
+    if (event.has_output()) streamed += event.output().data();
+    if (event.has_exited()) hit = event.exited().cache_hit();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(hit);
+  EXPECT_EQ(streamed, stored);
+
+  v1::BatchRequest batch;
+  *batch.add_requests() = Fresh();
+  *batch.add_requests() = Fresh();
+  grpc::ClientContext batch_context;
+  auto results = server_->stub().ExecuteBatch(&batch_context, batch);
+  v1::BatchResult result;
+  int hits = 0;
+  while (results->Read(&result)) hits += result.response().cache_hit() ? 1 : 0;
+  ASSERT_TRUE(results->Finish().ok());
+  EXPECT_EQ(hits, 2);
+}
+
+}  // namespace
+}  // namespace execd
