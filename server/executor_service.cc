@@ -1,8 +1,10 @@
 #include "server/executor_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -19,7 +21,7 @@ namespace {
 // What both reactors share: validating and submitting the request, cancelling it, and
 // logging its end. A reactor finishes only after its Start() has returned and the engine
 // has reported the end, so neither path can touch the reactor after the other finished it.
-class CallBase : public core::Engine::Observer {
+class CallBase : public core::Engine::Observer, public ExecutorService::FlightWaiter {
  protected:
   CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
       : service_(service), context_(context), rpc_(rpc), received_(absl::Now()) {}
@@ -48,17 +50,58 @@ class CallBase : public core::Engine::Observer {
       absl::StatusOr<bool> hit = LookUpCache(request, *command);
       if (!hit.ok()) return hit.status();
       if (*hit) return absl::OkStatus();  // Answered.
+      // Identical requests in flight share one run (results that are stored: READ_WRITE,
+      // and not streamed, whose output is not kept).
+      if (cache_policy_ == v1::READ_WRITE && !stream_output) {
+        absl::MutexLock lock(&mu_);
+        waiting_command_ = std::move(*command);
+        if (!service_.JoinFlight(cache_key_, this)) return absl::OkStatus();  // Waits.
+        leader_ = true;
+        command = std::move(*waiting_command_);
+        waiting_command_.reset();
+      }
     }
+    return SubmitToEngine(*std::move(command));
+  }
+
+  absl::Status SubmitToEngine(core::Command command) {
     absl::Duration left = TimeUntilDeadline(context_->deadline());
     if (left != absl::InfiniteDuration()) {
-      command->deadline = service_.engine().clock().Now() + left;
+      command.deadline = service_.engine().clock().Now() + left;
     }
-    auto execution = service_.engine().Submit(*std::move(command), this);
+    auto execution = service_.engine().Submit(std::move(command), this);
     if (!execution.ok()) return execution.status();
     absl::MutexLock lock(&mu_);
     execution_ = *std::move(execution);
     if (cancelled_) service_.engine().Cancel(execution_);
     return absl::OkStatus();
+  }
+
+  // A waiter's turn: the leader's stored result, or none and this call runs itself.
+  void FlightLanded(const core::Result* stored) override {
+    std::optional<core::Command> command;
+    {
+      absl::MutexLock lock(&mu_);
+      command = std::move(waiting_command_);
+      waiting_command_.reset();
+    }
+    if (stored != nullptr) {
+      core::Result result = *stored;
+      result.cache_hit = true;
+      result.cache_age = absl::ZeroDuration();
+      OnFinished(std::move(result));
+      return;
+    }
+    absl::Status submitted = command.has_value() ? SubmitToEngine(*std::move(command))
+                                                 : absl::CancelledError("cancelled");
+    if (!submitted.ok()) OnFinished(submitted);
+  }
+
+  // The leader's end, whatever it was: waiters get the stored result or run themselves.
+  void LandIfLeader(const core::Result* stored) {
+    if (!leader_) return;
+    leader_ = false;
+    service_.LandFlight(cache_key_, stored);
   }
 
   // Checks the cache settings, computes the key, and answers from the cache when it can
@@ -100,19 +143,25 @@ class CallBase : public core::Engine::Observer {
     return true;
   }
 
-  // Stores a clean success under the request's key when its cache policy writes.
-  void MaybeStore(const core::Result& result) {
-    if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::REFRESH) return;
+  // Stores a clean success under the request's key when its cache policy writes, then
+  // releases any identical requests waiting on this one.
+  void StoreAndLand(const absl::StatusOr<core::Result>& result) {
+    const bool stored = result.ok() && MaybeStore(*result);
+    LandIfLeader(stored ? &*result : nullptr);
+  }
+
+  bool MaybeStore(const core::Result& result) {
+    if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::REFRESH) return false;
     if (result.cache_hit || result.termination != core::Termination::kExited ||
         !result.status.exited || result.status.code != 0 || result.stdout_truncated ||
         result.stderr_truncated) {
-      return;
+      return false;
     }
     auto entry = std::make_shared<core::CachedResult>();
     entry->result = result;
     entry->stored = absl::Now();
     entry->expires = entry->stored + cache_ttl_;
-    service_.cache()->Insert(cache_key_, std::move(entry));
+    return service_.cache()->Insert(cache_key_, std::move(entry));
   }
 
   // Back-pressure: stop (or resume) reading the child's output.
@@ -139,10 +188,20 @@ class CallBase : public core::Engine::Observer {
 
   void CancelExecution() {
     std::shared_ptr<core::Engine::Execution> execution;
+    bool waiting;
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
       execution = execution_;
+      waiting = waiting_command_.has_value();
+    }
+    if (waiting && service_.LeaveFlight(cache_key_, this)) {
+      {
+        absl::MutexLock lock(&mu_);
+        waiting_command_.reset();
+      }
+      OnFinished(absl::CancelledError("cancelled while waiting for an identical request's result"));
+      return;
     }
     if (execution != nullptr) service_.engine().Cancel(execution);
   }
@@ -181,6 +240,8 @@ class CallBase : public core::Engine::Observer {
   v1::CachePolicy cache_policy_ = v1::CACHE_OFF;  // Likewise, with the key and TTL.
   std::string cache_key_;
   absl::Duration cache_ttl_;
+  bool leader_ = false;  // Runs for identical waiting requests; lands the flight.
+  std::optional<core::Command> waiting_command_ ABSL_GUARDED_BY(mu_);  // Waiting on a leader.
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
 };
@@ -200,8 +261,8 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
+    StoreAndLand(result);
     if (result.ok()) {
-      MaybeStore(*result);
       ResultToProto(*result, response_);
       DurationToProto(absl::Now() - received_, response_->mutable_timings()->mutable_total());
     } else {
@@ -507,9 +568,9 @@ class ExecuteBatchReactor::Item final : public CallBase {
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     Log(result);
+    StoreAndLand(result);
     v1::ExecuteResponse response;
     if (result.ok()) {
-      MaybeStore(*result);
       ResultToProto(*result, &response);
       DurationToProto(absl::Now() - received_, response.mutable_timings()->mutable_total());
       v1::Compression out_c, err_c;
@@ -648,6 +709,36 @@ absl::Status ExecutorService::UnknownPool(absl::string_view name) const {
       absl::StrCat("no worker pool named \"", name, "\"; this server has ",
                    names.empty() ? "none (start it with --pools_config)"
                                  : absl::StrCat("\"", absl::StrJoin(names, "\", \""), "\"")));
+}
+
+bool ExecutorService::JoinFlight(const std::string& key, FlightWaiter* waiter) {
+  absl::MutexLock lock(&flights_mu_);
+  auto [it, inserted] = flights_.try_emplace(key);
+  if (!inserted) it->second.push_back(waiter);
+  return inserted;
+}
+
+void ExecutorService::LandFlight(const std::string& key, const core::Result* stored) {
+  std::vector<FlightWaiter*> waiters;
+  {
+    absl::MutexLock lock(&flights_mu_);
+    auto it = flights_.find(key);
+    if (it == flights_.end()) return;
+    waiters = std::move(it->second);
+    flights_.erase(it);
+  }
+  for (FlightWaiter* w : waiters) w->FlightLanded(stored);
+}
+
+bool ExecutorService::LeaveFlight(const std::string& key, FlightWaiter* waiter) {
+  absl::MutexLock lock(&flights_mu_);
+  auto it = flights_.find(key);
+  if (it == flights_.end()) return false;
+  auto& waiters = it->second;
+  auto pos = std::find(waiters.begin(), waiters.end(), waiter);
+  if (pos == waiters.end()) return false;
+  waiters.erase(pos);
+  return true;
 }
 
 grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext* context,

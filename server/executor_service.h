@@ -5,6 +5,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "core/cache.h"
 #include "core/engine.h"
 #include "core/validate.h"
@@ -54,6 +56,21 @@ class ExecutorService final : public v1::Executor::CallbackService {
   const core::RequestPolicy& policy() const { return policy_; }
   RequestLog& log() { return log_; }
   core::ResultCache* cache() { return cache_.get(); }
+
+  // Single-flight for cacheable requests: the first of identical concurrent requests
+  // (same key) runs; the others wait for its result.
+  class FlightWaiter {
+   public:
+    virtual ~FlightWaiter() = default;
+    // The leader's stored result, or null when it stored none (the waiter runs itself).
+    virtual void FlightLanded(const core::Result* result) = 0;
+  };
+  // True: the caller leads (runs the command and must call LandFlight). False: it waits.
+  bool JoinFlight(const std::string& key, FlightWaiter* waiter);
+  // The leader's end: wakes every waiter with `stored` (null if nothing was stored).
+  void LandFlight(const std::string& key, const core::Result* stored);
+  // A waiter gives up (cancelled); false if the flight already landed for it.
+  bool LeaveFlight(const std::string& key, FlightWaiter* waiter);
   const CacheConfig& cache_config() const { return cache_config_; }
 
  private:
@@ -62,6 +79,9 @@ class ExecutorService final : public v1::Executor::CallbackService {
   RequestLog& log_;
   const CacheConfig cache_config_;
   std::unique_ptr<core::ResultCache> cache_;
+  absl::Mutex flights_mu_;
+  absl::flat_hash_map<std::string, std::vector<FlightWaiter*>> flights_
+      ABSL_GUARDED_BY(flights_mu_);
 };
 
 }  // namespace execd::server

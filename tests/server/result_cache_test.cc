@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -214,6 +215,90 @@ TEST_F(ResultCacheTest, StreamAndBatchCallsAreServedFromTheCacheToo) {
   while (results->Read(&result)) hits += result.response().cache_hit() ? 1 : 0;
   ASSERT_TRUE(results->Finish().ok());
   EXPECT_EQ(hits, 2);
+}
+
+}  // namespace
+}  // namespace execd
+
+namespace execd {
+namespace {
+
+TEST_F(ResultCacheTest, ThirtyTwoIdenticalConcurrentRequestsRunTheCommandOnce) {
+  testing::ScopedTempDir dir("flight");
+  const std::string counter = dir.path() + "/runs";
+  // Slow enough that the others arrive while it runs; each run appends a line.
+  v1::ExecuteRequest request = TestServer::Request(
+      {"/bin/sh", "-c",
+       absl::StrCat("echo run >> ", counter, "; sleep 0.5; cat /proc/sys/kernel/random/uuid")});
+  request.set_cache_policy(v1::READ_WRITE);
+  std::vector<std::unique_ptr<testing::AsyncCall>> calls;
+  for (int i = 0; i < 32; ++i) {
+    calls.push_back(std::make_unique<testing::AsyncCall>());
+    calls.back()->request = request;
+    calls.back()->Start(server_->stub());
+  }
+  std::set<std::string> outputs;
+  int hits = 0;
+  for (auto& call : calls) {
+    ASSERT_TRUE(call->Wait());
+    ASSERT_TRUE(call->status.ok()) << call->status.error_message();
+    outputs.insert(call->response.stdout());
+    hits += call->response.cache_hit() ? 1 : 0;
+  }
+  std::ifstream in(counter);
+  std::string line;
+  int runs = 0;
+  while (std::getline(in, line)) ++runs;
+  EXPECT_EQ(runs, 1) << "the command ran " << runs << " times";
+  EXPECT_EQ(outputs.size(), 1u);
+  EXPECT_EQ(hits, 31);
+}
+
+TEST_F(ResultCacheTest, WaitersRunThemselvesWhenTheLeaderFails) {
+  testing::ScopedTempDir dir("flight");
+  const std::string counter = dir.path() + "/runs";
+  // Fails (exit 1) on the first run only: the waiters must not inherit a failure.
+  v1::ExecuteRequest request = TestServer::Request(
+      {"/bin/sh", "-c",
+       absl::StrCat("echo run >> ", counter, "; sleep 0.3; [ $(wc -l < ", counter, ") -gt 1 ]")});
+  request.set_cache_policy(v1::READ_WRITE);
+  std::vector<std::unique_ptr<testing::AsyncCall>> calls;
+  for (int i = 0; i < 4; ++i) {
+    calls.push_back(std::make_unique<testing::AsyncCall>());
+    calls.back()->request = request;
+    calls.back()->Start(server_->stub());
+  }
+  int failed = 0;
+  for (auto& call : calls) {
+    ASSERT_TRUE(call->Wait());
+    ASSERT_TRUE(call->status.ok()) << call->status.error_message();
+    failed += call->response.exit_code() != 0 ? 1 : 0;
+  }
+  EXPECT_EQ(failed, 1);  // Only the leader's own run failed.
+}
+
+TEST_F(ResultCacheTest, AWaiterThatIsCancelledLeavesAndTheOthersStillGetTheResult) {
+  v1::ExecuteRequest request =
+      TestServer::Request({"/bin/sh", "-c", "sleep 0.5; cat /proc/sys/kernel/random/uuid"});
+  request.set_cache_policy(v1::READ_WRITE);
+  testing::AsyncCall leader, quitter, stayer;
+  leader.request = request;
+  leader.Start(server_->stub());
+  // The leader runs first; the others then wait on it (or, if it already finished, hit
+  // the cache: the same output either way).
+  ASSERT_TRUE(testing::WaitFor([&] { return server_->server().engine().stats().running == 1; },
+                               absl::Seconds(10)));
+  for (auto* call : {&quitter, &stayer}) {
+    call->request = request;
+    call->Start(server_->stub());
+  }
+  quitter.context.TryCancel();
+  ASSERT_TRUE(quitter.Wait());
+  EXPECT_EQ(quitter.status.error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(leader.Wait());
+  ASSERT_TRUE(stayer.Wait());
+  EXPECT_TRUE(stayer.status.ok());
+  EXPECT_EQ(stayer.response.stdout(), leader.response.stdout());
 }
 
 }  // namespace
