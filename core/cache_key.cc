@@ -64,9 +64,12 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
   e.Int(static_cast<int64_t>(l.cpu_affinity.size()));
   for (int cpu : l.cpu_affinity) e.Int(cpu);
 
+  // Fetched once: OpenSSL 3 looks the implementation up on every implicit use.
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
-  if (EVP_Digest(e.bytes().data(), e.bytes().size(), digest, &size, EVP_sha256(), nullptr) != 1) {
+  if (sha256 == nullptr ||
+      EVP_Digest(e.bytes().data(), e.bytes().size(), digest, &size, sha256, nullptr) != 1) {
     return absl::InternalError("SHA-256 failed");
   }
   return std::string(reinterpret_cast<const char*>(digest), size);

@@ -35,6 +35,7 @@ class ExecuteRequester final : public Requester {
     for (const std::string& a : config.argv) request_.add_argv(a);
     request_.set_pool(config.pool);
     request_.set_stdin(config.stdin_data);
+    if (config.cache) request_.set_cache_policy(v1::READ_WRITE);
   }
   std::string Send() override {
     grpc::ClientContext context;

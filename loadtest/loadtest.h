@@ -22,6 +22,7 @@ struct Config {
   std::vector<std::string> argv;
   int payload_bytes = 0;   // Ping payload.
   std::string pool;        // Execute in this worker pool.
+  bool cache = false;      // Execute with cache_policy READ_WRITE.
   int64_t batch = 0;       // kBatch: items in the one ExecuteBatch call.
   double rate = 0;         // Requests per second in all (open loop); 0: closed loop.
   std::string stdin_data;  // Each command's stdin.

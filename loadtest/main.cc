@@ -25,6 +25,7 @@ ABSL_FLAG(double, rate, 0,
 ABSL_FLAG(int64_t, batch, 0,
           "send one ExecuteBatch of this many copies of the command, max_parallel = "
           "--concurrency, and report its wall time");
+ABSL_FLAG(bool, cache, false, "Execute with cache_policy READ_WRITE (measures cache hits)");
 ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program for a pool)");
 
 int main(int argc, char** argv) {
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   config.pool = absl::GetFlag(FLAGS_pool);
   config.rate = absl::GetFlag(FLAGS_rate);
   config.batch = absl::GetFlag(FLAGS_batch);
+  config.cache = absl::GetFlag(FLAGS_cache);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     fprintf(stderr, "execd-loadtest: --ping and --local exclude each other\n");
