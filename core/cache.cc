@@ -4,6 +4,7 @@
 #include <array>
 
 #include "absl/hash/hash.h"
+#include "core/compress.h"
 
 namespace execd::core {
 namespace {
@@ -146,6 +147,37 @@ ResultCache::ResultCache(const Options& options) {
 }
 
 ResultCache::~ResultCache() = default;
+
+std::shared_ptr<CachedResult> CachedResult::Make(const Result& result, absl::Time stored,
+                                                 absl::Time expires) {
+  auto entry = std::make_shared<CachedResult>();
+  entry->result = result;
+  entry->stored = stored;
+  entry->expires = expires;
+  // Output of 4 KiB or more is kept as an lz4 frame when that saves an eighth or more.
+  constexpr size_t kCompressFrom = 4096;
+  for (auto [data, flag] : {std::pair{&entry->result.stdout_data, &entry->stdout_lz4},
+                            std::pair{&entry->result.stderr_data, &entry->stderr_lz4}}) {
+    std::string frame;
+    if (data->size() >= kCompressFrom && Lz4CompressIfSmaller(*data, &frame)) {
+      *data = std::move(frame);
+      *flag = true;
+    }
+  }
+  return entry;
+}
+
+Result CachedResult::Restore() const {
+  Result out = result;
+  for (auto [data, flag] :
+       {std::pair{&out.stdout_data, stdout_lz4}, std::pair{&out.stderr_data, stderr_lz4}}) {
+    if (!flag) continue;
+    // Frames we made ourselves; a failure would be memory corruption, reported as empty.
+    auto plain = Lz4Decompress(*data, size_t{1} << 31);
+    *data = plain.ok() ? *std::move(plain) : std::string();
+  }
+  return out;
+}
 
 int64_t ResultCache::Charge(const std::string& key, const CachedResult& entry) {
   return kEntryOverhead + static_cast<int64_t>(key.size() + entry.result.stdout_data.size() +

@@ -27,6 +27,16 @@ struct CachedResult {
   Result result;
   absl::Time stored;
   absl::Time expires;
+  // stdout/stderr hold lz4 frames (kept compressed when that saves memory); Restore()
+  // gives the plain result.
+  bool stdout_lz4 = false;
+  bool stderr_lz4 = false;
+
+  // A stored entry for `result`, its large compressible outputs lz4-compressed.
+  static std::shared_ptr<CachedResult> Make(const Result& result, absl::Time stored,
+                                            absl::Time expires);
+  // The result as stored, decompressed.
+  Result Restore() const;
 };
 
 class ResultCache {

@@ -128,7 +128,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     const absl::Time now = absl::Now();
     std::shared_ptr<const core::CachedResult> entry = cache->Lookup(cache_key_, now);
     if (entry == nullptr) return false;
-    core::Result result = entry->result;
+    core::Result result = entry->Restore();
     result.cache_hit = true;
     result.cache_age = now - entry->stored;
     result.queued = result.spawn = result.run = absl::ZeroDuration();
@@ -157,11 +157,9 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
         result.stderr_truncated) {
       return false;
     }
-    auto entry = std::make_shared<core::CachedResult>();
-    entry->result = result;
-    entry->stored = absl::Now();
-    entry->expires = entry->stored + cache_ttl_;
-    return service_.cache()->Insert(cache_key_, std::move(entry));
+    const absl::Time now = absl::Now();
+    return service_.cache()->Insert(cache_key_,
+                                    core::CachedResult::Make(result, now, now + cache_ttl_));
   }
 
   // Back-pressure: stop (or resume) reading the child's output.

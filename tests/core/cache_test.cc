@@ -93,3 +93,23 @@ TEST(ResultCache, TinyLfuKeepsHotEntriesThroughAScan) {
 
 }  // namespace
 }  // namespace execd::core
+
+namespace execd::core {
+namespace {
+
+TEST(CachedResult, LargeCompressibleOutputIsStoredCompressedAndRestoredExactly) {
+  Result r;
+  for (int i = 0; r.stdout_data.size() < 100000; ++i)
+    absl::StrAppend(&r.stdout_data, "line ", i, "\n");
+  r.stderr_data = "short";
+  auto entry = CachedResult::Make(r, kNow, kNow + absl::Hours(1));
+  EXPECT_TRUE(entry->stdout_lz4);
+  EXPECT_FALSE(entry->stderr_lz4);  // Too small to bother.
+  EXPECT_LT(ResultCache::Charge("k", *entry), static_cast<int64_t>(r.stdout_data.size()) / 2);
+  Result back = entry->Restore();
+  EXPECT_TRUE(back.stdout_data == r.stdout_data);
+  EXPECT_EQ(back.stderr_data, "short");
+}
+
+}  // namespace
+}  // namespace execd::core
