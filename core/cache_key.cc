@@ -32,20 +32,26 @@ class Encoder {
 }  // namespace
 
 absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view salt) {
-  struct stat st;
-  if (stat(command.executable.c_str(), &st) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot identify ", command.executable,
-                     " for the cache: ", ErrnoToStatus(errno, "stat").message()));
+  FileIdentity id = command.executable_id;  // From validation: one stat per request.
+  if (!id.known) {
+    struct stat st;
+    if (stat(command.executable.c_str(), &st) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot identify ", command.executable,
+                       " for the cache: ", ErrnoToStatus(errno, "stat").message()));
+    }
+    id = FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
+                      static_cast<int64_t>(st.st_size),
+                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
   }
   Encoder e;
   e.Bytes("execd-cache-v1");
   e.Bytes(salt);
   e.Bytes(command.executable);
-  e.Int(static_cast<int64_t>(st.st_dev));
-  e.Int(static_cast<int64_t>(st.st_ino));
-  e.Int(static_cast<int64_t>(st.st_size));
-  e.Int(st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
+  e.Int(id.dev);
+  e.Int(id.ino);
+  e.Int(id.size);
+  e.Int(id.mtime_ns);
   e.Bytes(command.pool);
   e.Int(static_cast<int64_t>(command.argv.size()));
   for (const std::string& a : command.argv) e.Bytes(a);

@@ -50,10 +50,20 @@ struct Limits {
   std::vector<int> cpu_affinity;                   // Empty: any CPU.
 };
 
+// Which file a path named when it was checked: a rebuilt binary at the same path differs.
+struct FileIdentity {
+  bool known = false;
+  int64_t dev = 0;
+  int64_t ino = 0;
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+};
+
 // A validated, normalised command, ready to spawn.
 struct Command {
   std::vector<std::string> argv;
   std::string executable;        // Resolved path passed to execve.
+  FileIdentity executable_id;    // What `executable` was at validation (for cache keys).
   std::vector<std::string> env;  // "NAME=value", exactly the child's environment.
   std::string cwd;               // Empty: the server's working directory.
   std::string stdin_data;
@@ -115,9 +125,9 @@ struct Result {
   bool stdout_truncated = false;
   bool stderr_truncated = false;
   ResourceUsage usage;
-  absl::Duration queued;  // Submit to admission.
-  absl::Duration spawn;   // Admission to exec done.
-  absl::Duration run;     // Exec done to exit and output drained.
+  absl::Duration queued;   // Submit to admission.
+  absl::Duration spawn;    // Admission to exec done.
+  absl::Duration run;      // Exec done to exit and output drained.
   bool cache_hit = false;  // Served from the result cache, stored `cache_age` ago.
   absl::Duration cache_age;
 };

@@ -71,7 +71,8 @@ absl::Status CheckCwd(const std::string& cwd) {
 }
 
 // Checks one candidate file: OK when it is an executable regular file.
-absl::Status CheckExecutable(const std::string& argv0, const std::string& path) {
+absl::Status CheckExecutable(const std::string& argv0, const std::string& path,
+                             FileIdentity* id = nullptr) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) {
@@ -91,6 +92,11 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path) 
         "argv[0] %s is not executable (mode %04o); chmod +x it or run it through its "
         "interpreter",
         Quote(path), st.st_mode & 07777));
+  }
+  if (id != nullptr) {
+    *id = FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
+                       static_cast<int64_t>(st.st_size),
+                       st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
   }
   return absl::OkStatus();
 }
@@ -175,11 +181,11 @@ RequestPolicy RequestPolicy::FromProcessEnvironment() {
 }
 
 absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const std::string& cwd,
-                                              const std::string& path_var) {
+                                              const std::string& path_var, FileIdentity* id) {
   if (argv0.find('/') != std::string::npos) {
     std::string path = argv0;
     if (argv0[0] != '/' && !cwd.empty()) path = absl::StrCat(cwd, "/", argv0);
-    RETURN_IF_ERROR(CheckExecutable(argv0, path));
+    RETURN_IF_ERROR(CheckExecutable(argv0, path, id));
     return path;
   }
   // Like execvp: the first executable match wins; a non-executable match is reported only
@@ -188,7 +194,7 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const st
   for (absl::string_view dir : absl::StrSplit(path_var, ':')) {
     if (dir.empty()) dir = ".";
     std::string candidate = absl::StrCat(dir, "/", argv0);
-    absl::Status s = CheckExecutable(argv0, candidate);
+    absl::Status s = CheckExecutable(argv0, candidate, id);
     if (s.ok()) return candidate;
     if (s.code() == absl::StatusCode::kPermissionDenied && first_denied.ok()) first_denied = s;
   }
@@ -323,7 +329,8 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
   ASSIGN_OR_RETURN(
       cmd.executable,
       ResolveExecutable(request.argv[0], request.cwd,
-                        path_it == policy.server_env.end() ? "/usr/bin:/bin" : path_it->second));
+                        path_it == policy.server_env.end() ? "/usr/bin:/bin" : path_it->second,
+                        &cmd.executable_id));
 
   absl::flat_hash_map<std::string, std::string> env;
   for (const auto& name : request.inherit_env) {

@@ -51,8 +51,10 @@ absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const Pool
                                               const RequestPolicy& policy);
 
 // Resolves argv[0] the way the server will execute it: a path with '/' is taken as is
-// (relative to `cwd` when not absolute); a bare name is searched in `path_var`.
+// (relative to `cwd` when not absolute); a bare name is searched in `path_var`. `id`, when
+// given, receives the identity of the file found.
 absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const std::string& cwd,
-                                              const std::string& path_var);
+                                              const std::string& path_var,
+                                              FileIdentity* id = nullptr);
 
 }  // namespace execd::core
