@@ -13,7 +13,7 @@ build_packages=(
   lz4 clang python3
 )
 runtime_packages=(
-  libgrpc++1.51 libprotobuf32 libabsl20220623 liblz4-1 tini ca-certificates
+  libgrpc++1.51 libprotobuf32 libabsl20220623 liblz4-1 libssl3 tini ca-certificates
 )
 
 case "${1:-}" in
