@@ -40,9 +40,7 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
           absl::StrCat("cannot identify ", command.executable,
                        " for the cache: ", ErrnoToStatus(errno, "stat").message()));
     }
-    id = FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
-                      static_cast<int64_t>(st.st_size),
-                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+    id = FileIdentity::FromStat(st);
   }
   Encoder e;
   e.Bytes("execd-cache-v1");

@@ -4,6 +4,17 @@
 
 namespace execd::core {
 
+FileIdentity FileIdentity::FromStat(const struct stat& st) {
+  return FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
+                      static_cast<int64_t>(st.st_size),
+                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+}
+
+FileIdentity FileIdentity::Of(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 ? FromStat(st) : FileIdentity{};
+}
+
 absl::string_view TerminationName(Termination t) {
   switch (t) {
     case Termination::kExited:

@@ -2,6 +2,7 @@
 // Plain structs, no behaviour beyond decoding; safe to copy and move between threads.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -57,6 +58,12 @@ struct FileIdentity {
   int64_t ino = 0;
   int64_t size = 0;
   int64_t mtime_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+
+  static FileIdentity FromStat(const struct stat& st);
+  // The identity of the file at `path` now; unknown (equal to no real file's) when it
+  // cannot be read.
+  static FileIdentity Of(const std::string& path);
 };
 
 // A validated, normalised command, ready to spawn.

@@ -13,13 +13,6 @@ absl::string_view PoolKindName(PoolSpec::Kind kind) {
   return kind == PoolSpec::Kind::kPrewarmed ? "PREWARMED" : "PERSISTENT";
 }
 
-Pool::Identity Pool::IdentityOf(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) return {};  // Gone: differs from any real file.
-  return Identity{st.st_dev, st.st_ino, st.st_size,
-                  st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
-}
-
 Pool::Pool(std::shared_ptr<const PoolSpec> spec, Deps deps)
     : spec_(std::move(spec)), deps_(std::move(deps)) {}
 
@@ -37,7 +30,7 @@ Pool::~Pool() {
 }
 
 void Pool::Start() {
-  identity_ = IdentityOf(spec_->command.executable);
+  identity_ = FileIdentity::Of(spec_->command.executable);
   Refill();
   ArmShrink();
 }
@@ -57,7 +50,7 @@ PoolStats Pool::stats() const {
 }
 
 void Pool::CheckIdentity() {
-  const Identity now = IdentityOf(spec_->command.executable);
+  const FileIdentity now = FileIdentity::Of(spec_->command.executable);
   if (now == identity_) return;
   // A new binary: nothing started from the old one serves another request.
   identity_ = now;
@@ -66,7 +59,7 @@ void Pool::CheckIdentity() {
 
 void Pool::Reconfigure(std::shared_ptr<const PoolSpec> spec) {
   spec_ = std::move(spec);
-  identity_ = IdentityOf(spec_->command.executable);
+  identity_ = FileIdentity::Of(spec_->command.executable);
   RetireGeneration();
   Refill();
 }
@@ -75,11 +68,7 @@ void Pool::RetireGeneration() {
   ++generation_;
   for (Idle& idle : idle_) {
     ++counters_.recycled;
-    if (idle.worker != nullptr) Destroy(std::move(idle.worker));
-    if (idle.process != nullptr) {
-      deps_.untrack(idle.process->pid());
-      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
-    }
+    Destroy(std::move(idle));
   }
   idle_.clear();
   for (Starting& s : starting_) {
@@ -242,8 +231,7 @@ void Pool::Acquire(Request* request, Call call) {
     idle_.pop_back();
     if (idle.process != nullptr && !idle.process->Alive()) {
       ++counters_.crashed;
-      deps_.untrack(idle.process->pid());
-      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+      Destroy(std::move(idle));
       continue;
     }
     Dispatch(request, std::move(call), std::move(idle));
@@ -392,6 +380,14 @@ void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
   deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
 }
 
+void Pool::Destroy(Idle idle) {
+  Destroy(std::move(idle.worker));
+  if (idle.process != nullptr) {
+    deps_.untrack(idle.process->pid());
+    deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+  }
+}
+
 void Pool::ArmShrink() {
   const absl::Duration period =
       std::clamp(spec_->idle_timeout / 4, absl::Milliseconds(20), absl::Seconds(5));
@@ -413,8 +409,7 @@ void Pool::Shrink() {
   for (auto it = idle_.begin(); it != idle_.end();) {
     if (it->process != nullptr && !it->process->Alive()) {
       ++counters_.crashed;
-      deps_.untrack(it->process->pid());
-      deps_.loop->Post([p = std::move(it->process)]() mutable { p.reset(); });
+      Destroy(std::move(*it));
       it = idle_.erase(it);
     } else {
       ++it;
@@ -426,11 +421,7 @@ void Pool::Shrink() {
     ++counters_.recycled;
     Idle idle = std::move(idle_.front());
     idle_.pop_front();
-    if (idle.worker != nullptr) Destroy(std::move(idle.worker));
-    if (idle.process != nullptr) {
-      deps_.untrack(idle.process->pid());
-      deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
-    }
+    Destroy(std::move(idle));
   }
   Refill();
 }

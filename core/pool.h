@@ -136,13 +136,6 @@ class Pool final : public PersistentWorker::Listener {
   void OnWorkerFailed(PersistentWorker* worker, absl::Status why) override;
 
  private:
-  struct Identity {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    int64_t mtime_ns = 0;
-    bool operator==(const Identity&) const = default;
-  };
   struct Idle {
     std::unique_ptr<ChildProcess> process;     // PREWARMED
     std::unique_ptr<PersistentWorker> worker;  // PERSISTENT
@@ -164,7 +157,6 @@ class Pool final : public PersistentWorker::Listener {
     int64_t generation = 0;
   };
 
-  static Identity IdentityOf(const std::string& path);
   void CheckIdentity();
   // Starts a new generation: idle and starting workers go now, busy ones when done.
   void RetireGeneration();
@@ -178,11 +170,13 @@ class Pool final : public PersistentWorker::Listener {
   void Shrink();
   int Total() const;
   void Destroy(std::unique_ptr<PersistentWorker> worker);
+  // An idle entry of either kind: its process is killed and reaped off this call stack.
+  void Destroy(Idle idle);
   std::string Describe(const PersistentWorker* worker, const absl::Status& why) const;
 
   std::shared_ptr<const PoolSpec> spec_;
   Deps deps_;
-  Identity identity_;
+  FileIdentity identity_;
   int64_t generation_ = 0;
 
   std::deque<Idle> idle_;

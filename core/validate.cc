@@ -93,11 +93,7 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path,
         "interpreter",
         Quote(path), st.st_mode & 07777));
   }
-  if (id != nullptr) {
-    *id = FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
-                       static_cast<int64_t>(st.st_size),
-                       st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
-  }
+  if (id != nullptr) *id = FileIdentity::FromStat(st);
   return absl::OkStatus();
 }
 
