@@ -148,6 +148,14 @@ ResultCache::ResultCache(const Options& options) {
 
 ResultCache::~ResultCache() = default;
 
+bool CleanSuccess(const Result& result) {
+  auto success = [](const ExitStatus& s) { return s.exited && s.code == 0; };
+  return result.termination == Termination::kExited && success(result.status) &&
+         !result.stdout_truncated && !result.stderr_truncated &&
+         std::all_of(result.stages.begin(), result.stages.end(),
+                     [&](const StageExit& stage) { return success(stage.status); });
+}
+
 std::shared_ptr<CachedResult> CachedResult::Make(const Result& result, absl::Time stored,
                                                  absl::Time expires) {
   auto entry = std::make_shared<CachedResult>();

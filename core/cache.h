@@ -23,6 +23,10 @@
 
 namespace execd::core {
 
+// Whether `result` may be stored: only a clean success is, that is every program exited
+// with 0 by itself (a pipeline's too), nothing truncated, no limit hit.
+bool CleanSuccess(const Result& result);
+
 struct CachedResult {
   Result result;
   absl::Time stored;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
+#include "core/status_macros.h"
 
 namespace execd::core {
 namespace {
@@ -23,6 +24,28 @@ class Encoder {
     out_.append(s.data(), s.size());
   }
   void Duration(absl::Duration d) { Int(absl::ToInt64Nanoseconds(d)); }
+  // A program: its path, the identity of the file (from validation: one stat per request),
+  // and its arguments.
+  absl::Status Program(const std::string& executable, FileIdentity id,
+                       const std::vector<std::string>& argv) {
+    if (!id.known) {
+      struct stat st;
+      if (stat(executable.c_str(), &st) != 0) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot identify ", executable,
+                         " for the cache: ", ErrnoToStatus(errno, "stat").message()));
+      }
+      id = FileIdentity::FromStat(st);
+    }
+    Bytes(executable);
+    Int(id.dev);
+    Int(id.ino);
+    Int(id.size);
+    Int(id.mtime_ns);
+    Int(static_cast<int64_t>(argv.size()));
+    for (const std::string& a : argv) Bytes(a);
+    return absl::OkStatus();
+  }
   const std::string& bytes() const { return out_; }
 
  private:
@@ -32,27 +55,15 @@ class Encoder {
 }  // namespace
 
 absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view salt) {
-  FileIdentity id = command.executable_id;  // From validation: one stat per request.
-  if (!id.known) {
-    struct stat st;
-    if (stat(command.executable.c_str(), &st) != 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot identify ", command.executable,
-                       " for the cache: ", ErrnoToStatus(errno, "stat").message()));
-    }
-    id = FileIdentity::FromStat(st);
-  }
   Encoder e;
   e.Bytes("execd-cache-v1");
   e.Bytes(salt);
-  e.Bytes(command.executable);
-  e.Int(id.dev);
-  e.Int(id.ino);
-  e.Int(id.size);
-  e.Int(id.mtime_ns);
+  RETURN_IF_ERROR(e.Program(command.executable, command.executable_id, command.argv));
+  e.Int(static_cast<int64_t>(command.pipe_to.size()));
+  for (const PipelineStage& stage : command.pipe_to) {
+    RETURN_IF_ERROR(e.Program(stage.executable, stage.executable_id, stage.argv));
+  }
   e.Bytes(command.pool);
-  e.Int(static_cast<int64_t>(command.argv.size()));
-  for (const std::string& a : command.argv) e.Bytes(a);
   e.Int(static_cast<int64_t>(command.env.size()));  // Sorted by validation.
   for (const std::string& v : command.env) e.Bytes(v);
   e.Bytes(command.cwd);

@@ -92,17 +92,35 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
 
   SpawnSpec spec = SpecFor(command, options.address_space_bytes);
-  spec.stdin_fd = child_stdin;
-  spec.stdout_fd = stdout_pipe.second.get();
   spec.stderr_fd = stderr_pipe.second.get();
   spec.join_fds = &child->group_->join_fds();
-  ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
-  child->group_->Attach(spawned.pid);
+  const size_t count = 1 + command.pipe_to.size();
+  child->programs_.reserve(count);
+  UniqueFd prev_read;  // The previous program's stdout: this one's stdin.
+  for (size_t i = 0; i < count; ++i) {
+    const bool last = i + 1 == count;
+    std::pair<UniqueFd, UniqueFd> next;  // This program's stdout to the next one.
+    if (!last) {
+      ASSIGN_OR_RETURN(next, os.Pipe());
+    }
+    spec.stdin_fd = i == 0 ? child_stdin : prev_read.get();
+    spec.stdout_fd = last ? stdout_pipe.second.get() : next.second.get();
+    if (i > 0) {
+      spec.executable = &command.pipe_to[i - 1].executable;
+      spec.argv = &command.pipe_to[i - 1].argv;
+    }
+    // On error, the programs already started are killed and reaped with `child`.
+    ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
+    child->group_->Attach(spawned.pid);
+    Program& program = child->programs_.emplace_back();
+    program.pid = spawned.pid;
+    program.pidfd = std::move(spawned.pidfd);
+    ++child->running_;
+    prev_read = std::move(next.first);  // Ours of the link just used closes here.
+  }
   child->exec_done_ = loop.clock().Now();
-  child->pid_ = spawned.pid;
-  child->pidfd_ = std::move(spawned.pidfd);
-  child->result_.pid = spawned.pid;
-  // The child holds its own copies now; closing ours lets it see EOF / EPIPE correctly.
+  child->result_.pid = child->pid();
+  // The children hold their own copies now; closing ours lets them see EOF / EPIPE.
   stdin_read.reset();
   stdout_pipe.second.reset();
   stderr_pipe.second.reset();
@@ -135,14 +153,22 @@ void ChildProcess::SetOutputPaused(bool paused) {
 }
 
 bool ChildProcess::Alive() const {
-  pollfd p{pidfd_.get(), POLLIN, 0};
-  return pidfd_.valid() && poll(&p, 1, 0) == 0;
+  const UniqueFd& pidfd = programs_.front().pidfd;
+  pollfd p{pidfd.get(), POLLIN, 0};
+  return pidfd.valid() && poll(&p, 1, 0) == 0;
+}
+
+std::vector<pid_t> ChildProcess::pids() const {
+  std::vector<pid_t> pids;
+  pids.reserve(programs_.size());
+  for (const Program& p : programs_) pids.push_back(p.pid);
+  return pids;
 }
 
 absl::Status ChildProcess::Watch() {
   // From here the child is watched; any failure kills it (the caller destroys us).
   watched_ = true;
-  RETURN_IF_ERROR(loop_.Watch(pidfd_.get(), EPOLLIN, this));
+  for (const Program& p : programs_) RETURN_IF_ERROR(loop_.Watch(p.pidfd.get(), EPOLLIN, this));
   for (const UniqueFd& fd : output_) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
   if (stdin_.valid()) RETURN_IF_ERROR(loop_.Watch(stdin_.get(), EPOLLOUT, this));
   timeout_timer_ = loop_.AddTimer(exec_done_ + timeout_, [this]() mutable {
@@ -156,18 +182,22 @@ ChildProcess::~ChildProcess() {
   for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_, flush_timer_}) {
     if (timer != 0) loop_.CancelTimer(timer);
   }
-  for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &pidfd_}) CloseStream(*fd);
-  if (pid_ > 0 && !exited_) {
+  for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_}) CloseStream(*fd);
+  for (Program& p : programs_) CloseStream(p.pidfd);
+  if (!programs_.empty() && !exited_) {
     KillAll();
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    for (const Program& p : programs_) {
+      while (waitpid(p.pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
     }
   }
 }
 
 void ChildProcess::KillGroup(int signal) {
-  // The child called setsid(), so its pid is its process group id. ESRCH (group already
+  // Each program called setsid(), so its pid is its process group id, and none is reaped
+  // before all have exited (then nothing signals them any more). ESRCH (group already
   // gone) is the expected race and needs no handling.
-  kill(-pid_, signal);
+  for (const Program& p : programs_) kill(-p.pid, signal);
 }
 
 void ChildProcess::KillAll() {
@@ -193,9 +223,13 @@ void ChildProcess::Terminate(Termination reason, bool immediately) {
 
 void ChildProcess::OnFdReady(int fd, uint32_t events) {
   (void)events;
-  if (fd == pidfd_.get()) {
-    OnExited();
-  } else if (fd == output_[0].get()) {
+  for (size_t i = 0; i < programs_.size(); ++i) {
+    if (fd == programs_[i].pidfd.get()) {
+      OnProgramExited(i);
+      return;
+    }
+  }
+  if (fd == output_[0].get()) {
     ReadOutput(0, /*drain=*/false);
   } else if (fd == output_[1].get()) {
     ReadOutput(1, /*drain=*/false);
@@ -285,31 +319,68 @@ void ChildProcess::WriteStdin() {
   std::string().swap(stdin_data_);
 }
 
-void ChildProcess::OnExited() {
-  // Sweep the group first, while the leader is still unreaped so its pid (the group id)
-  // cannot be reused: nothing the command started outlives it.
+void ChildProcess::OnProgramExited(size_t index) {
+  Program& p = programs_[index];
+  if (running_ == 1) {
+    OnExited(index);
+    return;
+  }
+  // One program of a pipeline ended before the others: its process group goes with it,
+  // as a lone command's does, but it stays unreaped (so its pid cannot be reused) until the
+  // whole pipeline is over.
+  siginfo_t info{};
+  if (waitid(P_PID, p.pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0) {
+    return;  // Not yet waitable (spurious wake-up); the pidfd stays readable.
+  }
+  kill(-p.pid, SIGKILL);
+  p.exited = true;
+  CloseStream(p.pidfd);
+  --running_;
+}
+
+void ChildProcess::OnExited(size_t last) {
+  // Sweep the groups first, while the programs are still unreaped so their pids (the
+  // group ids) cannot be reused: nothing the command started outlives it.
   KillAll();
-  int status = 0;
-  rusage usage{};
-  pid_t r;
+  int last_status = 0;
+  rusage last_usage{};
+  pid_t last_r;
   do {
-    r = wait4(pid_, &status, WNOHANG, &usage);
-  } while (r < 0 && errno == EINTR);
-  if (r == 0) return;  // Not yet reapable (spurious wake-up); the pidfd stays readable.
-  // r < 0 (ECHILD) would mean something else reaped our child; report it as killed rather
-  // than spin on a pidfd that stays readable.
-  if (r < 0) status = SIGKILL;
+    last_r = wait4(programs_[last].pid, &last_status, WNOHANG, &last_usage);
+  } while (last_r < 0 && errno == EINTR);
+  if (last_r == 0) return;  // Not yet reapable (spurious wake-up); the pidfd stays readable.
   exited_ = true;
-  CloseStream(pidfd_);
+  running_ = 0;
+  for (size_t i = 0; i < programs_.size(); ++i) {
+    Program& p = programs_[i];
+    int status = last_status;
+    rusage usage = last_usage;
+    pid_t r = last_r;
+    // The others have exited already, so waiting for them does not block.
+    if (i != last) {
+      do {
+        r = wait4(p.pid, &status, 0, &usage);
+      } while (r < 0 && errno == EINTR);
+    }
+    // r < 0 (ECHILD) would mean something else reaped our child; report it as killed rather
+    // than spin on a pidfd that stays readable.
+    if (r < 0) status = SIGKILL;
+    p.exited = true;
+    p.status = ExitStatus::FromWaitStatus(status);
+    p.cpu = FromTimeval(usage.ru_utime) + FromTimeval(usage.ru_stime);
+    CloseStream(p.pidfd);
+    result_.usage.user_cpu += FromTimeval(usage.ru_utime);
+    result_.usage.system_cpu += FromTimeval(usage.ru_stime);
+    result_.usage.max_rss_bytes = std::max<int64_t>(result_.usage.max_rss_bytes,
+                                                    static_cast<int64_t>(usage.ru_maxrss) * 1024);
+    if (programs_.size() > 1) result_.stages.push_back(StageExit{p.pid, p.status});
+  }
   CloseStream(stdin_);
   for (EventLoop::TimerId* timer : {&timeout_timer_, &kill_timer_}) {
     if (*timer != 0) loop_.CancelTimer(*timer);
     *timer = 0;
   }
-  result_.status = ExitStatus::FromWaitStatus(status);
-  result_.usage.user_cpu = FromTimeval(usage.ru_utime);
-  result_.usage.system_cpu = FromTimeval(usage.ru_stime);
-  result_.usage.max_rss_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  result_.status = programs_.back().status;  // A pipeline's is its last program's.
   result_.run = loop_.clock().Now() - exec_done_;
   empty_deadline_ = loop_.clock().Now() + empty_wait_;
   FinishWhenEmpty(absl::Milliseconds(1));
@@ -332,12 +403,16 @@ Termination ChildProcess::DecideTermination(const LimitHits& hits) const {
   if (terminating_) return result_.termination;  // What execd stopped it for.
   const ExitStatus& s = result_.status;
   if (hits.memory) return Termination::kMemoryLimitExceeded;
-  if (cpu_limit_ > absl::ZeroDuration() &&
-      (s.signal == SIGXCPU ||
-       (s.signal == SIGKILL && result_.usage.user_cpu + result_.usage.system_cpu >= cpu_limit_))) {
-    return Termination::kCpuTimeLimitExceeded;
+  // Per-process limits: any program of a pipeline that hit one ends the command's story.
+  for (const Program& p : programs_) {
+    if (cpu_limit_ > absl::ZeroDuration() &&
+        (p.status.signal == SIGXCPU || (p.status.signal == SIGKILL && p.cpu >= cpu_limit_))) {
+      return Termination::kCpuTimeLimitExceeded;
+    }
   }
-  if (s.signal == SIGXFSZ) return Termination::kFileSizeLimitExceeded;
+  for (const Program& p : programs_) {
+    if (p.status.signal == SIGXFSZ) return Termination::kFileSizeLimitExceeded;
+  }
   if (hits.processes && !(s.exited && s.code == 0)) return Termination::kProcessLimitExceeded;
   return s.exited ? Termination::kExited : Termination::kSignaled;
 }

@@ -11,6 +11,7 @@
 #include <array>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -86,7 +87,10 @@ class ChildProcess final : public EventLoop::FdHandler {
   // child has exited.
   void Terminate(Termination reason, bool immediately = false);
 
-  pid_t pid() const { return pid_; }
+  // The first program's pid (the only one unless the command is a pipeline).
+  pid_t pid() const { return programs_.front().pid; }
+  // Every program's pid, a pipeline's in order.
+  std::vector<pid_t> pids() const;
   // Loop thread, after Watch(): stops (or resumes) reading the child's output, so a child
   // that writes faster than its caller reads blocks on its full pipe instead of execd
   // buffering without bound.
@@ -101,7 +105,10 @@ class ChildProcess final : public EventLoop::FdHandler {
   void FlushBatches();
   void WriteStdin();
   void CloseStream(UniqueFd& fd);
-  void OnExited();
+  // A program's pidfd is readable.
+  void OnProgramExited(size_t index);
+  // The last running program has exited: the command is over.
+  void OnExited(size_t last);
   // Reports once every process of the command is gone (or `empty_wait` has passed).
   void FinishWhenEmpty(absl::Duration backoff);
   void Finish();
@@ -118,8 +125,18 @@ class ChildProcess final : public EventLoop::FdHandler {
   const absl::Duration cpu_limit_;
   std::unique_ptr<Containment::Group> group_;
 
-  pid_t pid_ = -1;
-  UniqueFd pidfd_;
+  // The command's programs: one, or a pipeline's in order, each the leader of its own
+  // process group. A program that exits before the others is not reaped until they all
+  // have, so its pid (its process group id) cannot be reused while execd may signal it.
+  struct Program {
+    pid_t pid = -1;
+    UniqueFd pidfd;
+    bool exited = false;
+    ExitStatus status;
+    absl::Duration cpu;
+  };
+  std::vector<Program> programs_;
+  size_t running_ = 0;
   UniqueFd stdin_;
   std::array<UniqueFd, 2> output_;  // stdout, stderr read ends.
   std::array<int64_t, 2> captured_{0, 0};

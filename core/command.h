@@ -37,6 +37,8 @@ struct CommandRequest {
   // Streaming batches; zero means the default.
   int64_t stream_chunk_bytes = 0;
   absl::Duration stream_flush_interval = absl::ZeroDuration();
+  // Programs that follow argv in a pipeline, each with its arguments.
+  std::vector<std::vector<std::string>> pipe_to;
 };
 
 // The limits a command runs under, after validation. Zero means "no limit".
@@ -66,6 +68,13 @@ struct FileIdentity {
   static FileIdentity Of(const std::string& path);
 };
 
+// A program of a pipeline after the first: it reads the previous program's stdout.
+struct PipelineStage {
+  std::vector<std::string> argv;
+  std::string executable;      // Resolved path passed to execve.
+  FileIdentity executable_id;  // What `executable` was at validation (for cache keys).
+};
+
 // A validated, normalised command, ready to spawn.
 struct Command {
   std::vector<std::string> argv;
@@ -89,6 +98,10 @@ struct Command {
   // The worker pool that runs it (empty: a cold spawn). For a pool, argv are the request's
   // arguments and `executable` is the pool's, for logs.
   std::string pool;
+  // A pipeline `argv | pipe_to[0] | pipe_to[1] ...`, without a shell: stdin goes to argv's
+  // program, the last program's stdout is the command's, every program writes the one
+  // stderr. All share env, cwd and limits, and end together.
+  std::vector<PipelineStage> pipe_to;
 };
 
 enum class Termination {
@@ -123,6 +136,12 @@ struct ResourceUsage {
 
 enum class OutputStream { kStdout, kStderr };
 
+// How one program of a pipeline ended.
+struct StageExit {
+  pid_t pid = 0;
+  ExitStatus status;
+};
+
 struct Result {
   Termination termination = Termination::kExited;
   ExitStatus status;
@@ -137,6 +156,9 @@ struct Result {
   absl::Duration run;      // Exec done to exit and output drained.
   bool cache_hit = false;  // Served from the result cache, stored `cache_age` ago.
   absl::Duration cache_age;
+  // A pipeline's programs in order (argv's first); empty for a single program. `status`
+  // and `pid` above are the last program's and the first's, as a shell reports them.
+  std::vector<StageExit> stages;
 };
 
 }  // namespace execd::core

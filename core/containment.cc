@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -241,7 +242,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   }
 
   const std::vector<int>& join_fds() const override { return join_; }
-  void Attach(pid_t leader) override { leader_ = leader; }
+  void Attach(pid_t) override {}  // The cgroup holds every program already.
 
   void KillAll() override {
     if (v2_kill_) {
@@ -296,7 +297,6 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   bool v2_kill_ = false;
   bool v2_memory_ = false;  // The memory and pids controllers are enabled in v2_.
   bool v2_pids_ = false;
-  pid_t leader_ = -1;
   std::vector<UniqueFd> owned_fds_;
   std::vector<int> join_;
 };
@@ -350,23 +350,26 @@ class ProcessGroupContainment final : public Containment {
   class PgroupGroup final : public Group {
    public:
     const std::vector<int>& join_fds() const override { return none_; }
-    void Attach(pid_t leader) override { pgid_ = leader; }
+    void Attach(pid_t leader) override { pgids_.push_back(leader); }
     void KillAll() override {
-      if (pgid_ > 0) kill(-pgid_, SIGKILL);
+      for (pid_t pgid : pgids_) kill(-pgid, SIGKILL);
     }
     bool Empty() override {
-      if (pgid_ <= 0) return true;
-      // Members orphaned by the leader's exit were adopted by execd (the subreaper): reap
-      // them, or the zombies keep the group alive.
-      while (waitpid(-pgid_, nullptr, WNOHANG) > 0) {
-      }
-      return kill(-pgid_, 0) != 0;
+      // Members orphaned by their leader's exit were adopted by execd (the subreaper): reap
+      // them, or the zombies keep the group alive. A group found empty is forgotten, so its
+      // id, free for reuse from then on, is never signalled.
+      std::erase_if(pgids_, [](pid_t pgid) {
+        while (waitpid(-pgid, nullptr, WNOHANG) > 0) {
+        }
+        return kill(-pgid, 0) != 0;
+      });
+      return pgids_.empty();
     }
     LimitHits Hits() override { return {}; }
     int64_t PeakMemoryBytes() override { return 0; }
 
    private:
-    pid_t pgid_ = -1;
+    std::vector<pid_t> pgids_;  // Each program's process group (a pipeline has several).
     std::vector<int> none_;
   };
 };

@@ -37,7 +37,8 @@ class Containment {
     virtual ~Group() = default;
     // Descriptors the child writes "0" to before exec, to join the group.
     virtual const std::vector<int>& join_fds() const = 0;
-    // The command's leader was spawned with this pid (its process group id too).
+    // A program of the command (each of a pipeline's) was spawned with this pid, its
+    // process group id too.
     virtual void Attach(pid_t leader) = 0;
     // SIGKILLs every process of the command, wherever it went.
     virtual void KillAll() = 0;

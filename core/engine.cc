@@ -409,7 +409,7 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
     }
     if (child.ok()) {
       absl::MutexLock lock(&leaders_mu_);
-      leaders_.insert((*child)->pid());
+      for (pid_t pid : (*child)->pids()) leaders_.insert(pid);
     }
   }
   e.spawn_done_ = options_.clock->Now();
@@ -510,7 +510,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   if (execution.child_ != nullptr) {
     {
       absl::MutexLock lock(&leaders_mu_);
-      leaders_.erase(execution.child_->pid());
+      for (pid_t pid : execution.child_->pids()) leaders_.erase(pid);
     }
     SweepOrphans();
   }

@@ -162,9 +162,9 @@ class Engine {
   // Loop thread only.
   EventLoop::TimerId expiry_timer_ = 0;
 
-  // Leaders of running commands, for the orphan sweep. Spawning threads hold spawn_gate_
-  // shared from before a child exists until its pid is in leaders_; the sweep holds it
-  // exclusively, so it never mistakes a child being spawned for an orphan.
+  // Leaders of running commands (each program of a pipeline), for the orphan sweep. Spawning
+  // threads hold spawn_gate_ shared from before a child exists until its pid is in leaders_; the
+  // sweep holds it exclusively, so it never mistakes a child being spawned for an orphan.
   absl::Mutex spawn_gate_;
   absl::Mutex leaders_mu_;
   absl::flat_hash_set<pid_t> leaders_ ABSL_GUARDED_BY(leaders_mu_);

@@ -20,6 +20,9 @@ extern char** environ;
 namespace execd::core {
 namespace {
 
+// Where bare program names are looked up when the server has no PATH.
+constexpr char kDefaultPath[] = "/usr/bin:/bin";
+
 bool HasNul(absl::string_view s) { return s.find('\0') != absl::string_view::npos; }
 
 // Quotes a caller-supplied string for an error message, escaping control characters and
@@ -203,14 +206,24 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& argv0, const st
 namespace {
 
 // Checks shared by cold and pooled requests: argv, env, stdin and request_id sizes.
+absl::Status CheckArgv(absl::string_view field, const std::vector<std::string>& argv,
+                       int64_t* arg_bytes) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    if (HasNul(argv[i])) {
+      return InvalidArgument(absl::StrCat(field, "[", i, "]"),
+                             absl::StrCat(Quote(argv[i]), " contains a NUL byte"));
+    }
+    *arg_bytes += static_cast<int64_t>(argv[i].size()) + 1;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckPayload(const CommandRequest& request, const RequestPolicy& policy) {
   int64_t arg_bytes = 0;
-  for (size_t i = 0; i < request.argv.size(); ++i) {
-    if (HasNul(request.argv[i])) {
-      return InvalidArgument(absl::StrCat("argv[", i, "]"),
-                             absl::StrCat(Quote(request.argv[i]), " contains a NUL byte"));
-    }
-    arg_bytes += request.argv[i].size() + 1;
+  RETURN_IF_ERROR(CheckArgv("argv", request.argv, &arg_bytes));
+  for (size_t i = 0; i < request.pipe_to.size(); ++i) {
+    RETURN_IF_ERROR(
+        CheckArgv(absl::StrCat("pipe_to[", i, "].argv"), request.pipe_to[i], &arg_bytes));
   }
   for (const auto& [name, value] : request.env) {
     RETURN_IF_ERROR(CheckEnvName("env", name));
@@ -304,6 +317,33 @@ absl::Status ApplyScheduling(const CommandRequest& request, Command* cmd) {
   return absl::OkStatus();
 }
 
+// The programs after argv in a pipeline, each resolved like argv[0].
+absl::StatusOr<std::vector<PipelineStage>> ValidatePipeline(
+    std::vector<std::vector<std::string>> pipe_to, const std::string& cwd,
+    const std::string& path_var) {
+  constexpr size_t kMaxStages = 16;
+  if (pipe_to.size() > kMaxStages) {
+    return InvalidArgument("pipe_to", absl::StrCat("has ", pipe_to.size(),
+                                                   " programs, over the limit of ", kMaxStages));
+  }
+  std::vector<PipelineStage> stages(pipe_to.size());
+  for (size_t i = 0; i < pipe_to.size(); ++i) {
+    const std::string field = absl::StrCat("pipe_to[", i, "].argv");
+    if (pipe_to[i].empty()) return InvalidArgument(field, "is empty; give at least the program");
+    if (pipe_to[i][0].empty()) {
+      return InvalidArgument(absl::StrCat(field, "[0]"), "is empty; name the program");
+    }
+    auto executable = ResolveExecutable(pipe_to[i][0], cwd, path_var, &stages[i].executable_id);
+    if (!executable.ok()) {
+      return absl::Status(executable.status().code(),
+                          absl::StrCat("pipe_to[", i, "]: ", executable.status().message()));
+    }
+    stages[i].executable = *std::move(executable);
+    stages[i].argv = std::move(pipe_to[i]);
+  }
+  return stages;
+}
+
 }  // namespace
 
 absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPolicy& policy) {
@@ -322,11 +362,12 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
   auto path_it = policy.server_env.find("PATH");
-  ASSIGN_OR_RETURN(
-      cmd.executable,
-      ResolveExecutable(request.argv[0], request.cwd,
-                        path_it == policy.server_env.end() ? "/usr/bin:/bin" : path_it->second,
-                        &cmd.executable_id));
+  const std::string path_var =
+      path_it == policy.server_env.end() ? std::string(kDefaultPath) : path_it->second;
+  ASSIGN_OR_RETURN(cmd.executable,
+                   ResolveExecutable(request.argv[0], request.cwd, path_var, &cmd.executable_id));
+  ASSIGN_OR_RETURN(cmd.pipe_to,
+                   ValidatePipeline(std::move(request.pipe_to), request.cwd, path_var));
 
   absl::flat_hash_map<std::string, std::string> env;
   for (const auto& name : request.inherit_env) {
@@ -365,6 +406,10 @@ absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const Pool
   if (request.max_open_files != 0) return fixed_by_pool("limits.max_open_files");
   if (request.max_file_size_bytes != 0) return fixed_by_pool("limits.max_file_size_bytes");
   if (!request.cpu_affinity.empty()) return fixed_by_pool("limits.cpu_affinity");
+  if (!request.pipe_to.empty()) {
+    return InvalidArgument("pipe_to", absl::StrCat("must be empty in a request to ", whose,
+                                                   ": a pool runs one program"));
+  }
   if (pool.kind == PoolSpec::Kind::kPrewarmed && !request.argv.empty()) {
     return InvalidArgument("argv", absl::StrCat("must be empty in a request to PREWARMED ", whose,
                                                 ": its processes are already running; send "

@@ -33,6 +33,11 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
   out.max_queue_time = DurationFromProto(request.max_queue_time());
   out.stream_chunk_bytes = request.stream_chunk_bytes();
   out.stream_flush_interval = DurationFromProto(request.stream_flush_interval());
+  out.pipe_to.reserve(request.pipe_to_size());
+  for (v1::PipeStage& stage : *request.mutable_pipe_to()) {
+    out.pipe_to.emplace_back(std::make_move_iterator(stage.mutable_argv()->begin()),
+                             std::make_move_iterator(stage.mutable_argv()->end()));
+  }
   return out;
 }
 
@@ -71,6 +76,12 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   response->set_stdout_truncated(result.stdout_truncated);
   response->set_stderr_truncated(result.stderr_truncated);
   response->set_pid(result.pid);
+  for (const core::StageExit& stage : result.stages) {
+    v1::StageResult* out = response->add_stages();
+    out->set_pid(stage.pid);
+    out->set_exit_code(stage.status.exited ? stage.status.code : 0);
+    out->set_signal(stage.status.signal);
+  }
   response->set_cache_hit(result.cache_hit);
   if (result.cache_hit) DurationToProto(result.cache_age, response->mutable_cache_age());
   v1::Timings* timings = response->mutable_timings();

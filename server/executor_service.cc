@@ -152,11 +152,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
 
   bool MaybeStore(const core::Result& result) {
     if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::REFRESH) return false;
-    if (result.cache_hit || result.termination != core::Termination::kExited ||
-        !result.status.exited || result.status.code != 0 || result.stdout_truncated ||
-        result.stderr_truncated) {
-      return false;
-    }
+    if (result.cache_hit || !core::CleanSuccess(result)) return false;
     const absl::Time now = absl::Now();
     return service_.cache()->Insert(cache_key_,
                                     core::CachedResult::Make(result, now, now + cache_ttl_));

@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "core/pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/subprocess.h"
@@ -188,6 +189,38 @@ TEST_F(ValidateTest, ResourceLimitsDefaultToTheServerMaximum) {
   CommandRequest cpu = Request({"/bin/true"});
   cpu.cpu_time = absl::Seconds(10);
   ExpectError(cpu, absl::StatusCode::kInvalidArgument, "--max_cpu_time");
+}
+
+TEST_F(ValidateTest, EveryProgramOfAPipelineIsResolvedAndCountedInTheArgvBudget) {
+  CommandRequest r = Request({"sort"});
+  r.pipe_to = {{"uniq", "-c"}, {"/bin/cat"}};
+  auto cmd = ValidateRequest(r, policy_);
+  ASSERT_TRUE(cmd.ok()) << cmd.status();
+  ASSERT_EQ(cmd->pipe_to.size(), 2u);
+  EXPECT_EQ(cmd->pipe_to[0].executable, "/usr/bin/uniq");
+  EXPECT_THAT(cmd->pipe_to[0].argv, ElementsAre("uniq", "-c"));
+  EXPECT_TRUE(cmd->pipe_to[0].executable_id.known);
+  EXPECT_EQ(cmd->pipe_to[1].executable, "/bin/cat");
+
+  CommandRequest big = Request({"/bin/true"});
+  big.pipe_to = {{"/bin/cat", std::string(policy_.max_argv_env_bytes, 'x')}};
+  ExpectError(big, absl::StatusCode::kInvalidArgument, "argv and env");
+  CommandRequest dir = Request({"/bin/true"});
+  dir.pipe_to = {{"/bin/cat"}, {"/tmp"}};
+  ExpectError(dir, absl::StatusCode::kPermissionDenied, "pipe_to[1]: argv[0] \"/tmp\"");
+}
+
+TEST_F(ValidateTest, APooledRequestCannotBeAPipeline) {
+  PoolSpec pool;
+  pool.name = "py";
+  pool.kind = PoolSpec::Kind::kPersistent;
+  CommandRequest r = Request({"x"});
+  r.pipe_to = {{"cat"}};
+  auto cmd = ValidatePooledRequest(r, pool, policy_);
+  ASSERT_FALSE(cmd.ok());
+  EXPECT_EQ(cmd.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cmd.status().message(),
+              HasSubstr("pipe_to must be empty in a request to pool \"py\""));
 }
 
 TEST_F(ValidateTest, CpuAffinityMustBeWithinTheServersCpus) {

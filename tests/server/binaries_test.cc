@@ -77,6 +77,21 @@ TEST_F(BinariesTest, StdinEnvAndStream) {
   EXPECT_EQ(r.err, "hello world\n");
 }
 
+TEST_F(BinariesTest, RunPipesAtQuotedBarsWithoutAShell) {
+  ProcessResult r = Execctl(
+      {"run", "--stdin=-", "--", "sort", "|", "uniq", "-c", "|", "sort", "-rn", "|", "head", "-n1"},
+      "b\na\nb\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "      2 b\n");
+  // The last program's code, or with --pipefail the last failing one's.
+  EXPECT_EQ(Execctl({"run", "--", "/bin/sh", "-c", "exit 3", "|", "cat"}).exit_code, 0);
+  EXPECT_EQ(Execctl({"run", "--pipefail", "--", "/bin/sh", "-c", "exit 3", "|", "cat"}).exit_code,
+            3);
+  ProcessResult dangling = Execctl({"run", "--", "cat", "|"});
+  EXPECT_EQ(dangling.exit_code, 125);
+  EXPECT_THAT(dangling.err, HasSubstr("no program after it"));
+}
+
 TEST_F(BinariesTest, SignalledCommandExitsWith128PlusSignal) {
   ProcessResult r = Execctl({"run", "--", "/bin/sh", "-c", "kill -KILL $$"});
   EXPECT_EQ(r.exit_code, 128 + SIGKILL);

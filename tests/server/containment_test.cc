@@ -90,6 +90,31 @@ TEST_P(ContainmentTest, BackgroundChildrenDieWithTheLeader) {
   EXPECT_TRUE(NoSurvivors());
 }
 
+TEST_P(ContainmentTest, EachProgramOfAPipelineTakesItsBackgroundChildrenWithIt) {
+  v1::ExecuteRequest request = Marked({"/bin/sh", "-c", "sleep 100 & echo a"});
+  for (const char* script : {"sleep 100 & cat", "sleep 100 & cat; echo b"}) {
+    v1::PipeStage* stage = request.add_pipe_to();
+    for (const char* a : {"/bin/sh", "-c", script}) stage->add_argv(a);
+  }
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.stdout(), "a\nb\n");
+  EXPECT_EQ(r.stages_size(), 3);
+  EXPECT_TRUE(NoSurvivors());
+}
+
+TEST_P(ContainmentTest, GrandchildStormsInEveryProgramOfAPipelineEndAtTheTimeout) {
+  const std::string storm = absl::StrCat(TEST_CHILD_BIN, " storm 30; trap '' TERM; ");
+  v1::ExecuteRequest request = Marked({"/bin/sh", "-c", storm + "sleep 100"});
+  v1::PipeStage* stage = request.add_pipe_to();
+  for (const std::string& a : {std::string("/bin/sh"), std::string("-c"), storm + "cat"}) {
+    stage->add_argv(a);
+  }
+  request.mutable_limits()->mutable_timeout()->set_nanos(500'000'000);
+  v1::ExecuteResponse r = Run(request);
+  EXPECT_EQ(r.termination(), v1::TIMED_OUT);
+  EXPECT_TRUE(NoSurvivors());
+}
+
 TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
   v1::ExecuteRequest request = Marked({"/bin/sh", "-c", "kill -STOP $$"});
   request.mutable_limits()->mutable_timeout()->set_nanos(300'000'000);

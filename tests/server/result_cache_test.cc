@@ -84,6 +84,7 @@ TEST_F(ResultCacheTest, RequestsThatDifferInAnyFieldNeverShareAnEntry) {
        [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_output_bytes(4096); }},
       {"max_open_files", [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_open_files(64); }},
       {"cpu_affinity", [](v1::ExecuteRequest& r) { r.mutable_limits()->add_cpu_affinity(0); }},
+      {"pipe_to", [](v1::ExecuteRequest& r) { r.add_pipe_to()->add_argv("cat"); }},
   };
   for (auto& [field, change] : variants) {
     v1::ExecuteRequest r = Fresh();
@@ -133,11 +134,35 @@ TEST_F(ResultCacheTest, OnlyCleanSuccessesAreStored) {
       TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid; sleep 5"});
   timed_out.mutable_limits()->mutable_timeout()->set_nanos(100'000'000);
   failures.push_back(timed_out);
+  // A pipeline whose last program succeeds but an earlier one failed.
+  v1::ExecuteRequest failed_stage =
+      TestServer::Request({"/bin/sh", "-c", "cat /proc/sys/kernel/random/uuid; exit 1"});
+  failed_stage.add_pipe_to()->add_argv("cat");
+  failures.push_back(failed_stage);
   for (v1::ExecuteRequest& r : failures) {
     r.set_cache_policy(v1::READ_WRITE);
     EXPECT_FALSE(Run(r).cache_hit()) << r.argv(2);
     EXPECT_FALSE(Run(r).cache_hit()) << r.argv(2) << " was stored";
   }
+}
+
+TEST_F(ResultCacheTest, PipelinesAreKeyedByEveryProgramAndComeBackWhole) {
+  v1::ExecuteRequest r = Fresh();
+  r.add_pipe_to()->add_argv("cat");
+  v1::ExecuteResponse first = Run(r);
+  ASSERT_EQ(first.stages_size(), 2);
+  v1::ExecuteResponse hit = Run(r);
+  EXPECT_TRUE(hit.cache_hit());
+  EXPECT_EQ(hit.stdout(), first.stdout());
+  ASSERT_EQ(hit.stages_size(), 2);
+  EXPECT_EQ(hit.stages(1).pid(), first.stages(1).pid());
+  // Another program, or other arguments of one, is another command.
+  v1::ExecuteRequest other_args = r;
+  other_args.mutable_pipe_to(0)->add_argv("-");
+  EXPECT_FALSE(Run(other_args).cache_hit());
+  v1::ExecuteRequest other_program = r;
+  other_program.mutable_pipe_to(0)->set_argv(0, "tee");
+  EXPECT_FALSE(Run(other_program).cache_hit());
 }
 
 TEST_F(ResultCacheTest, PoliciesAndTtl) {

@@ -14,7 +14,10 @@ const char kUsage[] =
     "usage: execctl [--target=HOST:PORT] COMMAND [flags]\n"
     "\n"
     "commands:\n"
-    "  run [flags] -- PROGRAM [ARGS...]   run a command on the server; exit with its code\n"
+    "  run [flags] -- PROGRAM [ARGS...] ['|' PROGRAM [ARGS...]]...\n"
+    "                                     run a command (or a pipeline: a quoted '|' argument\n"
+    "                                     pipes into the next program, no shell) on the\n"
+    "                                     server; exit with its (the last program's) code\n"
     "      --timeout=5s          wall-clock limit (default: the server's)\n"
     "      --stdin=FILE|-        send FILE (or execctl's stdin) as the command's stdin\n"
     "      --env NAME=VALUE      set a variable (repeatable); the child gets only these\n"
@@ -27,6 +30,7 @@ const char kUsage[] =
     "      --cpu_time=2s --memory_bytes=N --max_processes=N --max_open_files=N\n"
     "      --max_file_size_bytes=N --cpu_affinity=0,1   resource limits\n"
     "      --stream              print output live (ExecuteStream)\n"
+    "      --pipefail            a pipeline exits with its last failing program's code\n"
     "      --pool=NAME           run in worker pool NAME; ARGS are the worker's arguments\n"
     "                            (none for a PREWARMED pool, which reads its input as stdin)\n"
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
@@ -110,6 +114,11 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"stream", false,
            [&out](const std::string&) {
              out.stream = true;
+             return absl::OkStatus();
+           }},
+          {"pipefail", false,
+           [&out](const std::string&) {
+             out.pipefail = true;
              return absl::OkStatus();
            }},
           {"timeout", true, DurationFlag("timeout", out.timeout)},
@@ -214,10 +223,23 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
     }
   }
   if (out.command == Args::Command::kRun) {
-    out.argv.assign(args.begin() + static_cast<long>(i), args.end());
+    std::vector<std::string>* program = &out.argv;
+    for (; i < args.size(); ++i) {
+      if (args[i] != "|") {
+        program->push_back(args[i]);
+        continue;
+      }
+      if (program->empty()) {
+        return absl::InvalidArgumentError("run: a '|' with no program before it");
+      }
+      program = &out.pipe_to.emplace_back();
+    }
     if (out.argv.empty() && out.pool.empty()) {
       return absl::InvalidArgumentError(
           "run needs a command: execctl run [flags] -- PROGRAM ARGS...");
+    }
+    if (!out.pipe_to.empty() && out.pipe_to.back().empty()) {
+      return absl::InvalidArgumentError("run: a '|' with no program after it");
     }
   } else if (i < args.size()) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", args[i], "\""));

@@ -65,7 +65,7 @@ bool WriteAll(int fd, const std::string& data) {
 
 // The exit code execctl returns for a finished command, with a note on stderr when execd
 // stopped it.
-int ExitForResult(const v1::ExecuteResponse& r) {
+int ExitForResult(const v1::ExecuteResponse& r, bool pipefail) {
   if (r.stdout_truncated() || r.stderr_truncated()) {
     std::cerr << "execctl: output truncated (" << (r.stdout_truncated() ? "stdout" : "")
               << (r.stdout_truncated() && r.stderr_truncated() ? " and " : "")
@@ -89,6 +89,12 @@ int ExitForResult(const v1::ExecuteResponse& r) {
       break;
     default:
       break;
+  }
+  if (pipefail) {
+    for (auto it = r.stages().rbegin(); it != r.stages().rend(); ++it) {
+      if (it->signal() != 0) return 128 + it->signal();
+      if (it->exit_code() != 0) return it->exit_code();
+    }
   }
   if (r.signal() != 0) return 128 + r.signal();
   return r.exit_code();
@@ -135,6 +141,10 @@ bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
 int Run(const Args& args) {
   v1::ExecuteRequest request;
   for (const std::string& a : args.argv) request.add_argv(a);
+  for (const std::vector<std::string>& program : args.pipe_to) {
+    v1::PipeStage* stage = request.add_pipe_to();
+    for (const std::string& a : program) stage->add_argv(a);
+  }
   for (const auto& [name, value] : args.env) (*request.mutable_env())[name] = value;
   for (const std::string& name : args.inherit_env) request.add_inherit_env(name);
   request.set_cwd(args.cwd);
@@ -171,7 +181,7 @@ int Run(const Args& args) {
         !WriteOutput(STDERR_FILENO, response.stderr(), response.stderr_compression())) {
       return kExitError;
     }
-    return ExitForResult(response);
+    return ExitForResult(response, args.pipefail);
   }
   auto reader = stub->ExecuteStream(&context, request);
   v1::ExecuteEvent event;
@@ -196,7 +206,7 @@ int Run(const Args& args) {
     std::cerr << "execctl: the stream ended without an exit event\n";
     return kExitError;
   }
-  return ExitForResult(exited);
+  return ExitForResult(exited, args.pipefail);
 }
 
 int Health(const Args& args) {
