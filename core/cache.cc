@@ -59,8 +59,8 @@ class ResultCache::Shard {
         // About one counter per 4 KiB of budget: enough resolution for typical outputs.
         sketch_(static_cast<size_t>(std::max<int64_t>(1024, max_bytes / 4096))) {}
 
-  std::shared_ptr<const CachedResult> Lookup(const std::string& key, uint64_t hash,
-                                             absl::Time now) {
+  std::shared_ptr<const CachedResult> Lookup(const std::string& key, uint64_t hash, absl::Time now,
+                                             int64_t max_output_bytes) {
     absl::MutexLock lock(&mu_);
     sketch_.Increment(hash);
     auto it = index_.find(key);
@@ -72,6 +72,10 @@ class ResultCache::Shard {
       ++stats_.expirations;
       ++stats_.misses;
       Erase(it->second);
+      return nullptr;
+    }
+    if (it->second->entry->largest_output > max_output_bytes) {
+      ++stats_.misses;
       return nullptr;
     }
     lru_.splice(lru_.begin(), lru_, it->second);  // Most recent at the front.
@@ -162,6 +166,8 @@ std::shared_ptr<CachedResult> CachedResult::Make(const Result& result, absl::Tim
   entry->result = result;
   entry->stored = stored;
   entry->expires = expires;
+  entry->largest_output =
+      static_cast<int64_t>(std::max(result.stdout_data.size(), result.stderr_data.size()));
   // Output of 4 KiB or more is kept as an lz4 frame when that saves an eighth or more.
   constexpr size_t kCompressFrom = 4096;
   for (auto [data, flag] : {std::pair{&entry->result.stdout_data, &entry->stdout_lz4},
@@ -197,9 +203,10 @@ ResultCache::Shard& ResultCache::ShardOf(const std::string& key, uint64_t* hash)
   return *shards_[(*hash >> 48) % shards_.size()];
 }
 
-std::shared_ptr<const CachedResult> ResultCache::Lookup(const std::string& key, absl::Time now) {
+std::shared_ptr<const CachedResult> ResultCache::Lookup(const std::string& key, absl::Time now,
+                                                        int64_t max_output_bytes) {
   uint64_t hash;
-  return ShardOf(key, &hash).Lookup(key, hash, now);
+  return ShardOf(key, &hash).Lookup(key, hash, now, max_output_bytes);
 }
 
 bool ResultCache::Insert(const std::string& key, std::shared_ptr<const CachedResult> entry) {

@@ -35,6 +35,9 @@ struct CachedResult {
   // gives the plain result.
   bool stdout_lz4 = false;
   bool stderr_lz4 = false;
+  // The larger of stdout and stderr, uncompressed: a request whose output cap is smaller
+  // would have been truncated, so this result is not its result.
+  int64_t largest_output = 0;
 
   // A stored entry for `result`, its large compressible outputs lz4-compressed.
   static std::shared_ptr<CachedResult> Make(const Result& result, absl::Time stored,
@@ -64,9 +67,10 @@ class ResultCache {
   explicit ResultCache(const Options& options);
   ~ResultCache();
 
-  // The live entry for `key` at `now`, or null. Counts towards the key's frequency either
-  // way.
-  std::shared_ptr<const CachedResult> Lookup(const std::string& key, absl::Time now);
+  // The live entry for `key` at `now` whose output fits `max_output_bytes` per stream, or
+  // null. Counts towards the key's frequency either way.
+  std::shared_ptr<const CachedResult> Lookup(const std::string& key, absl::Time now,
+                                             int64_t max_output_bytes = INT64_MAX);
   // Stores `entry` (replacing any entry of `key`) if it fits and, with TinyLFU, if it
   // wins admission. Returns whether it was stored.
   bool Insert(const std::string& key, std::shared_ptr<const CachedResult> entry);

@@ -70,7 +70,8 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
   e.Bytes(command.stdin_data);
   const Limits& l = command.limits;
   e.Duration(l.timeout);
-  e.Int(l.max_output_bytes);
+  // Not max_output_bytes: only untruncated results are stored, and one within a request's
+  // cap is that request's result too (Lookup checks), whatever cap produced it.
   e.Duration(l.cpu_time);
   e.Int(l.memory_bytes);
   e.Int(l.max_processes);

@@ -37,6 +37,8 @@ struct CommandRequest {
   // Streaming batches; zero means the default.
   int64_t stream_chunk_bytes = 0;
   absl::Duration stream_flush_interval = absl::ZeroDuration();
+  // The output will be streamed, not returned whole: the stream cap applies.
+  bool streamed = false;
   // Programs that follow argv in a pipeline, each with its arguments.
   std::vector<std::vector<std::string>> pipe_to;
 };

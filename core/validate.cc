@@ -354,9 +354,13 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
   Command cmd;
   ASSIGN_OR_RETURN(cmd.limits.timeout, PickTimeout(request.timeout, policy.default_timeout,
                                                    policy.max_timeout, "the server maximum"));
-  ASSIGN_OR_RETURN(cmd.limits.max_output_bytes,
-                   PickOutputCap(request.max_output_bytes, policy.default_max_output_bytes,
-                                 policy.max_output_bytes, "the server maximum"));
+  ASSIGN_OR_RETURN(
+      cmd.limits.max_output_bytes,
+      request.streamed
+          ? PickOutputCap(request.max_output_bytes, policy.max_stream_output_bytes,
+                          policy.max_stream_output_bytes, "the server maximum for streams")
+          : PickOutputCap(request.max_output_bytes, policy.default_max_output_bytes,
+                          policy.max_output_bytes, "the server maximum"));
   RETURN_IF_ERROR(ApplyResourceLimits(request, policy, &cmd.limits));
   RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
 

@@ -21,6 +21,9 @@ struct RequestPolicy {
   absl::Duration max_timeout = absl::Minutes(30);
   int64_t default_max_output_bytes = 1 << 20;
   int64_t max_output_bytes = 16 << 20;
+  // Per stream of a streamed call, both the default and the maximum: streamed output goes
+  // out in chunks and is never held whole, so the message size does not bound it.
+  int64_t max_stream_output_bytes = int64_t{4} << 30;
   // Upper bound on the bytes of argv plus env, as the kernel's ARG_MAX would reject more.
   int64_t max_argv_env_bytes = 1 << 20;
   int64_t max_stdin_bytes = 256 << 20;

@@ -33,6 +33,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     core::CommandRequest command_request =
         CommandRequestFromProto(const_cast<v1::ExecuteRequest&>(request));
     request_id_ = command_request.request_id;
+    command_request.streamed = stream_output;
     accept_lz4_ = request.accept_compression() == v1::LZ4;
     if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
     absl::StatusOr<core::Command> command;
@@ -126,7 +127,8 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     cache_policy_ = request.cache_policy();
     if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::READ_ONLY) return false;
     const absl::Time now = absl::Now();
-    std::shared_ptr<const core::CachedResult> entry = cache->Lookup(cache_key_, now);
+    std::shared_ptr<const core::CachedResult> entry =
+        cache->Lookup(cache_key_, now, cmd.limits.max_output_bytes);
     if (entry == nullptr) return false;
     core::Result result = entry->Restore();
     result.cache_hit = true;

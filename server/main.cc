@@ -34,6 +34,8 @@ ABSL_FLAG(int64_t, default_max_output_bytes, kDefaults.policy.default_max_output
           "bytes captured per stream when the request sets no limit");
 ABSL_FLAG(int64_t, max_output_bytes, kDefaults.policy.max_output_bytes,
           "largest per-stream output limit a request may ask");
+ABSL_FLAG(int64_t, max_stream_output_bytes, kDefaults.policy.max_stream_output_bytes,
+          "per-stream output limit of a streamed call (ExecuteStream), default and maximum");
 ABSL_FLAG(absl::Duration, kill_grace, kDefaults.kill_grace,
           "time between SIGTERM and SIGKILL when a command is stopped");
 ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
@@ -112,6 +114,7 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.policy.max_timeout = absl::GetFlag(FLAGS_max_timeout);
   c.policy.default_max_output_bytes = absl::GetFlag(FLAGS_default_max_output_bytes);
   c.policy.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
+  c.policy.max_stream_output_bytes = absl::GetFlag(FLAGS_max_stream_output_bytes);
   c.policy.max_cpu_time = absl::GetFlag(FLAGS_max_cpu_time);
   c.policy.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
   c.policy.max_processes = absl::GetFlag(FLAGS_max_processes);

@@ -34,6 +34,10 @@ absl::Status CheckConfig(const ServerConfig& c) {
         c.max_message_bytes, "): a response with both streams full needs ", worst_response,
         " bytes; raise --max_message_bytes or lower --max_output_bytes"));
   }
+  if (p.max_stream_output_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_stream_output_bytes must be at least 1, got ", p.max_stream_output_bytes));
+  }
   if (p.default_timeout <= absl::ZeroDuration() || p.default_timeout > p.max_timeout) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--default_timeout must be positive and at most --max_timeout (",

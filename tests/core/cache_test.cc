@@ -39,6 +39,18 @@ TEST(ResultCache, StoresAndFindsByKey) {
   EXPECT_EQ(cache.stats().misses, 2);
 }
 
+TEST(ResultCache, AnEntryTooLargeForTheCallersOutputCapIsAMiss) {
+  ResultCache cache(OneShard(1 << 20, ResultCache::Policy::kLru));
+  Result result;
+  result.stdout_data = "0123456789";
+  result.stderr_data = "abc";
+  ASSERT_TRUE(cache.Insert("a", CachedResult::Make(result, kNow, kNow + absl::Hours(1))));
+  EXPECT_EQ(cache.Lookup("a", kNow, 9), nullptr);
+  EXPECT_NE(cache.Lookup("a", kNow, 10), nullptr);
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(cache.stats().misses, 1);
+}
+
 TEST(ResultCache, NeverHoldsMoreBytesThanItsBound) {
   const int64_t kMax = 100'000;
   ResultCache cache(OneShard(kMax, ResultCache::Policy::kLru));

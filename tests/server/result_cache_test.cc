@@ -80,8 +80,6 @@ TEST_F(ResultCacheTest, RequestsThatDifferInAnyFieldNeverShareAnEntry) {
       {"stdin", [](v1::ExecuteRequest& r) { r.set_stdin("x"); }},
       {"timeout",
        [](v1::ExecuteRequest& r) { r.mutable_limits()->mutable_timeout()->set_seconds(7); }},
-      {"max_output_bytes",
-       [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_output_bytes(4096); }},
       {"max_open_files", [](v1::ExecuteRequest& r) { r.mutable_limits()->set_max_open_files(64); }},
       {"cpu_affinity", [](v1::ExecuteRequest& r) { r.mutable_limits()->add_cpu_affinity(0); }},
       {"pipe_to", [](v1::ExecuteRequest& r) { r.add_pipe_to()->add_argv("cat"); }},
@@ -163,6 +161,21 @@ TEST_F(ResultCacheTest, PipelinesAreKeyedByEveryProgramAndComeBackWhole) {
   v1::ExecuteRequest other_program = r;
   other_program.mutable_pipe_to(0)->set_argv(0, "tee");
   EXPECT_FALSE(Run(other_program).cache_hit());
+}
+
+TEST_F(ResultCacheTest, AnOutputCapMattersOnlyWhenTheStoredOutputWouldNotFitIt) {
+  const v1::ExecuteResponse first = Run(Fresh());  // A 37-byte uuid line.
+  v1::ExecuteRequest roomier = Fresh();
+  roomier.mutable_limits()->set_max_output_bytes(4096);
+  v1::ExecuteResponse hit = Run(roomier);
+  EXPECT_TRUE(hit.cache_hit());
+  EXPECT_EQ(hit.stdout(), first.stdout());
+  v1::ExecuteRequest tight = Fresh();
+  tight.mutable_limits()->set_max_output_bytes(10);
+  v1::ExecuteResponse ran = Run(tight);
+  EXPECT_FALSE(ran.cache_hit());
+  EXPECT_EQ(ran.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
+  EXPECT_EQ(ran.stdout().size(), 10u);
 }
 
 TEST_F(ResultCacheTest, PoliciesAndTtl) {

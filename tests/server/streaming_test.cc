@@ -127,6 +127,54 @@ TEST_F(StreamingTest, ASlowReaderMakesTheChildWaitInsteadOfGrowingTheServer) {
   EXPECT_EQ(received, kTotal);
 }
 
+// Everything a stream delivers, and how it ended.
+struct Streamed {
+  int64_t bytes = 0;
+  v1::ExecuteResponse exited;
+  grpc::Status status;
+};
+Streamed Drain(v1::Executor::Stub& stub, const v1::ExecuteRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub.ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  Streamed out;
+  while (reader->Read(&event)) {
+    if (event.has_output()) out.bytes += static_cast<int64_t>(event.output().data().size());
+    if (event.has_exited()) out.exited = event.exited();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+TEST(StreamOutputCap, StreamsAreBoundByTheirOwnCapNotByTheMessageSize) {
+  {
+    // Server defaults: 16 MiB unary cap, 64 MiB messages; a stream carries more.
+    auto server = TestServer::Start();
+    ASSERT_TRUE(server.ok()) << server.status();
+    Streamed s = Drain((*server)->stub(),
+                       TestServer::Request({"/usr/bin/head", "-c", "100000000", "/dev/zero"}));
+    ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+    EXPECT_EQ(s.bytes, 100'000'000);
+    EXPECT_EQ(s.exited.termination(), v1::EXITED);
+    EXPECT_FALSE(s.exited.stdout_truncated());
+  }
+  auto server = TestServer::Start(
+      [](server::ServerConfig& c) { c.policy.max_stream_output_bytes = 1 << 20; });
+  ASSERT_TRUE(server.ok()) << server.status();
+  Streamed capped = Drain((*server)->stub(),
+                          TestServer::Request({"/usr/bin/head", "-c", "3000000", "/dev/zero"}));
+  EXPECT_EQ(capped.bytes, 1 << 20);
+  EXPECT_EQ(capped.exited.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
+  EXPECT_TRUE(capped.exited.stdout_truncated());
+  v1::ExecuteRequest too_much = TestServer::Request({"/bin/true"});
+  too_much.mutable_limits()->set_max_output_bytes(2 << 20);
+  Streamed rejected = Drain((*server)->stub(), too_much);
+  EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(rejected.status.error_message(),
+              ::testing::HasSubstr("exceeds the server maximum for streams"));
+}
+
 TEST_F(StreamingTest, ChunkSettingsOutOfRangeAreRejected) {
   v1::ExecuteRequest request = TestServer::Request({"/bin/true"});
   request.set_stream_chunk_bytes(64 << 20);
