@@ -65,3 +65,7 @@ execd_test(batch_test
 execd_test(result_cache_test
   SOURCES server/result_cache_test.cc
   LIBS test_server test_support)
+
+execd_test(attach_test
+  SOURCES server/attach_test.cc
+  LIBS test_server test_support)
