@@ -249,6 +249,17 @@ TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
   unlink(pid_file.c_str());
 }
 
+TEST_F(BinariesTest, AttachForwardsStdinPrintsOutputAndExitsWithTheCommandsCode) {
+  ProcessResult r = Execctl({"attach", "--", "/bin/cat"}, "hello\nworld\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "hello\nworld\n");
+  r = Execctl({"attach", "--", "/bin/sh", "-c", "cat >&2; exit 3"}, "to stderr\n");
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_EQ(r.err, "to stderr\n");
+  r = Execctl({"attach", "--", "/bin/sh", "-c", "kill -TERM $$"});
+  EXPECT_EQ(r.exit_code, 128 + SIGTERM);
+}
+
 }  // namespace
 }  // namespace execd
 
