@@ -193,7 +193,6 @@ void ChildProcess::Terminate(Termination reason, bool immediately) {
 }
 
 void ChildProcess::OnFdReady(int fd, uint32_t events) {
-  (void)events;
   if (fd == pidfd_.get()) {
     OnExited();
   } else if (fd == output_[0].get()) {
@@ -202,7 +201,7 @@ void ChildProcess::OnFdReady(int fd, uint32_t events) {
     ReadOutput(1, /*drain=*/false);
   } else if (fd == stdin_.get()) {
     if (keep_stdin_open_) {
-      WriteSessionStdin();
+      WriteSessionStdin(/*reader_gone=*/(events & (EPOLLERR | EPOLLHUP)) != 0);
     } else {
       WriteStdin();
     }
@@ -290,10 +289,12 @@ void ChildProcess::WriteStdin() {
   std::string().swap(stdin_data_);
 }
 
-void ChildProcess::WriteSessionStdin() {
+void ChildProcess::WriteSessionStdin(bool reader_gone) {
   size_t written = 0;
-  bool broken = false;
-  while (stdin_offset_ < stdin_data_.size()) {
+  // The child closed its stdin: reported even while nothing waits to be written (epoll
+  // reports it regardless of the events asked for), so it must close our end now.
+  bool broken = reader_gone;
+  while (!broken && stdin_offset_ < stdin_data_.size()) {
     ssize_t n =
         write(stdin_.get(), stdin_data_.data() + stdin_offset_, stdin_data_.size() - stdin_offset_);
     if (n > 0) {

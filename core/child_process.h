@@ -113,7 +113,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   void FlushBatches();
   void WriteStdin();
   // WriteStdin for keep_stdin_open: the pipe stays open (and unwatched) when it drains.
-  void WriteSessionStdin();
+  void WriteSessionStdin(bool reader_gone);
   void CloseStream(UniqueFd& fd);
   void OnExited();
   // Reports once every process of the command is gone (or `empty_wait` has passed).
