@@ -127,6 +127,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
 
   child->timeout_ = options.timeout;
   child->timeout_is_deadline_ = options.timeout_is_deadline;
+  child->keep_stdin_open_ = command.keep_stdin_open && child->stdin_.valid();
   return child;
 }
 
@@ -222,7 +223,6 @@ void ChildProcess::Terminate(Termination reason, bool immediately) {
 }
 
 void ChildProcess::OnFdReady(int fd, uint32_t events) {
-  (void)events;
   for (size_t i = 0; i < programs_.size(); ++i) {
     if (fd == programs_[i].pidfd.get()) {
       OnProgramExited(i);
@@ -234,7 +234,11 @@ void ChildProcess::OnFdReady(int fd, uint32_t events) {
   } else if (fd == output_[1].get()) {
     ReadOutput(1, /*drain=*/false);
   } else if (fd == stdin_.get()) {
-    WriteStdin();
+    if (keep_stdin_open_) {
+      WriteSessionStdin(/*reader_gone=*/(events & (EPOLLERR | EPOLLHUP)) != 0);
+    } else {
+      WriteStdin();
+    }
   }
 }
 
@@ -317,6 +321,60 @@ void ChildProcess::WriteStdin() {
   }
   CloseStream(stdin_);
   std::string().swap(stdin_data_);
+}
+
+void ChildProcess::WriteSessionStdin(bool reader_gone) {
+  size_t written = 0;
+  // The child closed its stdin: reported even while nothing waits to be written (epoll
+  // reports it regardless of the events asked for), so it must close our end now.
+  bool broken = reader_gone;
+  while (!broken && stdin_offset_ < stdin_data_.size()) {
+    ssize_t n =
+        write(stdin_.get(), stdin_data_.data() + stdin_offset_, stdin_data_.size() - stdin_offset_);
+    if (n > 0) {
+      stdin_offset_ += static_cast<size_t>(n);
+      written += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) break;
+    broken = true;  // EPIPE: the child closed its stdin; the session goes on without it.
+    break;
+  }
+  if (broken || stdin_offset_ == stdin_data_.size()) {
+    written += stdin_data_.size() - stdin_offset_;  // Dropped, when broken.
+    std::string().swap(stdin_data_);
+    stdin_offset_ = 0;
+    if (broken || stdin_closing_) {
+      CloseStream(stdin_);
+    } else {
+      (void)loop_.Modify(stdin_.get(), 0);  // Nothing to write until AppendStdin.
+    }
+  }
+  if (written > 0) observer_->OnStdinWritten(written);
+}
+
+void ChildProcess::AppendStdin(std::string data) {
+  if (exited_ || data.empty()) return;
+  if (!keep_stdin_open_ || !stdin_.valid() || stdin_closing_) {
+    observer_->OnStdinWritten(data.size());  // Nobody reads it any more.
+    return;
+  }
+  const bool idle = stdin_offset_ == stdin_data_.size();
+  stdin_data_.erase(0, stdin_offset_);
+  stdin_offset_ = 0;
+  stdin_data_.append(data);
+  if (idle) (void)loop_.Modify(stdin_.get(), EPOLLOUT);
+}
+
+void ChildProcess::CloseStdin() {
+  if (!keep_stdin_open_ || stdin_closing_) return;
+  stdin_closing_ = true;
+  if (stdin_offset_ == stdin_data_.size()) CloseStream(stdin_);
+}
+
+void ChildProcess::Signal(int signal) {
+  if (!exited_) KillGroup(signal);
 }
 
 void ChildProcess::OnProgramExited(size_t index) {

@@ -34,6 +34,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // Exactly once, last. The observer may destroy the ChildProcess afterwards, but not from
     // inside this call.
     virtual void OnExit(Result result) = 0;
+    // Only when the command has keep_stdin_open: `bytes` of its stdin left execd, written
+    // to the child or dropped because the child closed its stdin. Never after OnExit.
+    virtual void OnStdinWritten(size_t bytes) { (void)bytes; }
   };
 
   struct Options {
@@ -96,6 +99,15 @@ class ChildProcess final : public EventLoop::FdHandler {
   // buffering without bound.
   void SetOutputPaused(bool paused);
 
+  // Loop thread, after Watch(), for a command with keep_stdin_open (an interactive session):
+  // queues `data` for the child's stdin, written without blocking as the child reads.
+  // Dropped (and reported written) once the child closed its stdin; ignored after the exit.
+  void AppendStdin(std::string data);
+  // The child reads end of file once the queued bytes are written.
+  void CloseStdin();
+  // Sends `signal` to the command's process group, unless it has exited.
+  void Signal(int signal);
+
   void OnFdReady(int fd, uint32_t events) override;
 
  private:
@@ -104,6 +116,8 @@ class ChildProcess final : public EventLoop::FdHandler {
   void Deliver(int index, const char* data, size_t size);
   void FlushBatches();
   void WriteStdin();
+  // WriteStdin for keep_stdin_open: the pipe stays open (and unwatched) when it drains.
+  void WriteSessionStdin(bool reader_gone);
   void CloseStream(UniqueFd& fd);
   // A program's pidfd is readable.
   void OnProgramExited(size_t index);
@@ -142,6 +156,8 @@ class ChildProcess final : public EventLoop::FdHandler {
   std::array<int64_t, 2> captured_{0, 0};
   std::string stdin_data_;
   size_t stdin_offset_ = 0;
+  bool keep_stdin_open_ = false;
+  bool stdin_closing_ = false;  // keep_stdin_open: CloseStdin() was called.
 
   EventLoop::TimerId timeout_timer_ = 0;
   EventLoop::TimerId kill_timer_ = 0;

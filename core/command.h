@@ -85,6 +85,9 @@ struct Command {
   std::vector<std::string> env;  // "NAME=value", exactly the child's environment.
   std::string cwd;               // Empty: the server's working directory.
   std::string stdin_data;
+  // An interactive session: the child's stdin stays open after stdin_data, for more bytes
+  // through Engine::WriteStdin until Engine::CloseStdin.
+  bool keep_stdin_open = false;
   Limits limits;
   std::string request_id;
   // When set, output is handed to the observer as it arrives instead of being collected,

@@ -1,6 +1,7 @@
 #include "core/engine.h"
 
 #include <pthread.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <deque>
@@ -27,6 +28,7 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
   void OnOutput(OutputStream stream, absl::string_view data) override {
     observer_->OnOutput(stream, data);
   }
+  void OnStdinWritten(size_t bytes) override { observer_->OnStdinWritten(bytes); }
   void OnExit(Result result) override {
     result.queued = admitted_ - submitted_;
     result.spawn = spawn_done_ - admitted_;
@@ -276,6 +278,10 @@ absl::Status Engine::Overloaded() const {
 absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command command,
                                                                   Observer* observer) {
   if (absl::Status s = CheckEnforceable(command); !s.ok()) return s;
+  if (command.keep_stdin_open && !command.pool.empty()) {
+    return absl::InvalidArgumentError(
+        "an interactive session cannot run in a worker pool; leave pool unset");
+  }
   const absl::Time now = options_.clock->Now();
   if (command.deadline <= now) {
     return absl::DeadlineExceededError("the call's deadline had passed before it was queued");
@@ -383,6 +389,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
   child_options.stream_flush_interval = e.command_.stream_flush_interval;
+  child_options.stdin_pipe = e.command_.keep_stdin_open;
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
@@ -571,6 +578,32 @@ void Engine::SetOutputPaused(const std::shared_ptr<Execution>& execution, bool p
   loop_->Post([execution, paused]() mutable {
     if (execution->child_ != nullptr) execution->child_->SetOutputPaused(paused);
   });
+}
+
+void Engine::WriteStdin(const std::shared_ptr<Execution>& execution, std::string data) {
+  loop_->Post([execution, data = std::move(data)]() mutable {
+    if (execution->child_ != nullptr) execution->child_->AppendStdin(std::move(data));
+  });
+}
+
+void Engine::CloseStdin(const std::shared_ptr<Execution>& execution) {
+  loop_->Post([execution]() mutable {
+    if (execution->child_ != nullptr) execution->child_->CloseStdin();
+  });
+}
+
+absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int signal) {
+  static constexpr int kAllowed[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGKILL,
+                                     SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH};
+  if (std::find(std::begin(kAllowed), std::end(kAllowed), signal) == std::end(kAllowed)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "signal ", signal, " may not be sent; allowed: SIGHUP (1), SIGINT (2), SIGQUIT (3), ",
+        "SIGKILL (9), SIGUSR1 (10), SIGUSR2 (12), SIGTERM (15), SIGWINCH (28)"));
+  }
+  loop_->Post([execution, signal]() mutable {
+    if (execution->child_ != nullptr) execution->child_->Signal(signal);
+  });
+  return absl::OkStatus();
 }
 
 void Engine::SetConcurrencyLimit(int limit) {

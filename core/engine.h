@@ -68,6 +68,10 @@ class Engine {
     // Exactly once, last: the result, or why the command never started (spawn error,
     // cancelled, expired or shed while queued, server shutting down).
     virtual void OnFinished(absl::StatusOr<Result> result) = 0;
+    // Commands with keep_stdin_open: `bytes` given to WriteStdin (or the command's own
+    // stdin_data) have left execd: written to the child, or dropped because it closed its
+    // stdin. Lets a caller bound what it queues. Never after the command has exited.
+    virtual void OnStdinWritten(size_t bytes) { (void)bytes; }
   };
 
   class Execution;
@@ -88,6 +92,16 @@ class Engine {
   // Back-pressure for streamed output: while paused, the child's output is not read, so
   // it blocks on its pipe once that is full.
   void SetOutputPaused(const std::shared_ptr<Execution>& execution, bool paused);
+
+  // Interactive sessions (commands with keep_stdin_open), once the observer has seen
+  // OnStarted. WriteStdin queues more bytes for the child's stdin, written in order without
+  // blocking (see Observer::OnStdinWritten); CloseStdin gives the child end of file after
+  // them. Signal sends `signal` to the command's process group: only SIGHUP, SIGINT,
+  // SIGQUIT, SIGKILL, SIGUSR1, SIGUSR2, SIGTERM and SIGWINCH (INVALID_ARGUMENT otherwise).
+  // All three do nothing once the command has ended.
+  void WriteStdin(const std::shared_ptr<Execution>& execution, std::string data);
+  void CloseStdin(const std::shared_ptr<Execution>& execution);
+  absl::Status Signal(const std::shared_ptr<Execution>& execution, int signal);
 
   void SetConcurrencyLimit(int limit);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.

@@ -3,6 +3,9 @@
 #include <string>
 #include <utility>
 
+#include "core/compress.h"
+#include "core/engine.h"
+
 namespace execd::server {
 
 core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
@@ -108,6 +111,25 @@ absl::Duration DurationFromProto(const google::protobuf::Duration& d) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* context) {
+  if (auto pushback = status.GetPayload(core::kRetryPushbackPayload)) {
+    context->AddTrailingMetadata("grpc-retry-pushback-ms", std::string(*pushback));
+  }
+  return ToGrpcStatus(status);
+}
+
+void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
+                        v1::Compression* compression) {
+  std::string frame;
+  if (accept_lz4 && core::Lz4CompressIfSmaller(data, &frame)) {
+    *field = std::move(frame);
+    *compression = v1::LZ4;
+  } else {
+    *field = std::move(data);
+    *compression = v1::COMPRESSION_NONE;
+  }
 }
 
 absl::Duration TimeUntilDeadline(std::chrono::system_clock::time_point deadline) {

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -25,6 +26,15 @@ absl::Duration DurationFromProto(const google::protobuf::Duration& d);
 
 // absl::StatusCode values are gRPC's codes, so this is a cast plus the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// ToGrpcStatus for a call's final status: a retry delay the engine attached becomes the
+// standard `grpc-retry-pushback-ms` trailer, which gRPC's retry policy honours.
+grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* context);
+
+// Puts command output `data` into `field`, as an lz4 frame when the caller accepts lz4
+// and it pays (see accept_compression), and says which in `compression`.
+void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
+                        v1::Compression* compression);
 
 // Time left until the call's deadline; InfiniteDuration when it has none.
 absl::Duration TimeUntilDeadline(std::chrono::system_clock::time_point deadline);

@@ -12,8 +12,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "core/cache_key.h"
-#include "core/compress.h"
+#include "server/attach_call.h"
 #include "server/convert.h"
+#include "server/event_queue.h"
 
 namespace execd::server {
 namespace {
@@ -172,14 +173,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
 
   // Puts `data` into `field`, lz4-compressed when the caller accepts it and it pays.
   void SetOutput(std::string data, std::string* field, v1::Compression* compression) {
-    std::string frame;
-    if (accept_lz4_ && core::Lz4CompressIfSmaller(data, &frame)) {
-      *field = std::move(frame);
-      *compression = v1::LZ4;
-    } else {
-      *field = std::move(data);
-      *compression = v1::COMPRESSION_NONE;
-    }
+    SetMaybeCompressed(accept_lz4_, std::move(data), field, compression);
   }
 
   void CancelExecution() {
@@ -204,12 +198,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
 
   // The call's final status; a retry delay the engine attached becomes the standard
   // `grpc-retry-pushback-ms` trailer, which gRPC's retry policy honours.
-  grpc::Status CallStatus(const absl::Status& status) {
-    if (auto pushback = status.GetPayload(core::kRetryPushbackPayload)) {
-      context_->AddTrailingMetadata("grpc-retry-pushback-ms", std::string(*pushback));
-    }
-    return ToGrpcStatus(status);
-  }
+  grpc::Status CallStatus(const absl::Status& status) { return ToCallStatus(status, context_); }
 
   void Log(const absl::StatusOr<core::Result>& result) {
     RequestLog::Entry entry;
@@ -294,8 +283,11 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       : CallBase(service, context, "ExecuteStream") {}
 
   void Start(const v1::ExecuteRequest& request) {
-    // Messages are never merged past the chunk size the caller asked for.
-    chunk_bytes_ = request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes() : 64 << 10;
+    {
+      absl::MutexLock lock(&write_mu_);
+      queue_.set_chunk_bytes(request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes()
+                                                              : 64 << 10);
+    }
     absl::Status submitted = Submit(request, /*stream_output=*/true);
     if (!submitted.ok()) OnFinished(submitted);
     {
@@ -350,13 +342,9 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       if (!ok) {
         // The client is gone; nothing more can be sent. Finish once the engine is done.
         broken_ = true;
-        queue_.clear();
-        queued_bytes_ = 0;
+        queue_.Clear();
       }
-      if (paused_ && queued_bytes_ <= kResumeBytes) {
-        paused_ = false;
-        resume = true;
-      }
+      resume = queue_.TakeResume();
     }
     if (resume) SetOutputPaused(false);
     Pump();
@@ -366,31 +354,12 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   void OnDone() override { delete this; }
 
  private:
-  // Output queued for a slow reader: above kPauseBytes the child's output is no longer
-  // read (it blocks on its pipe); at kResumeBytes reading resumes.
-  static constexpr size_t kPauseBytes = 1 << 20;
-  static constexpr size_t kResumeBytes = 256 << 10;
-
   void Enqueue(v1::ExecuteEvent event, bool coalesce) {
     bool pause = false;
     {
       absl::MutexLock lock(&write_mu_);
       if (broken_) return;
-      if (event.has_output()) queued_bytes_ += event.output().data().size();
-      if (!paused_ && queued_bytes_ > kPauseBytes) {
-        paused_ = true;
-        pause = true;
-      }
-      // While a write is in flight, consecutive output of one stream is merged into one
-      // message rather than queued as many small ones.
-      if (coalesce && !queue_.empty() && queue_.back().has_output() &&
-          queue_.back().output().stream() == event.output().stream() &&
-          queue_.back().output().compression() == v1::COMPRESSION_NONE &&
-          queue_.back().output().data().size() + event.output().data().size() <= chunk_bytes_) {
-        queue_.back().mutable_output()->mutable_data()->append(event.output().data());
-      } else {
-        queue_.push_back(std::move(event));
-      }
+      pause = queue_.Push(std::move(event), coalesce);
     }
     if (pause) SetOutputPaused(true);
     Pump();
@@ -403,10 +372,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     {
       absl::MutexLock lock(&write_mu_);
       if (!start_done_ || writing_ || finished_) return;
-      if (!queue_.empty()) {
-        current_ = std::move(queue_.front());
-        queue_.pop_front();
-        if (current_.has_output()) queued_bytes_ -= current_.output().data().size();
+      if (queue_.Pop(&current_)) {
         writing_ = true;
         action = kWrite;
       } else if (engine_done_) {
@@ -419,16 +385,13 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   }
 
   absl::Mutex write_mu_;  // The write queue (CallBase::mu_ guards the execution).
-  std::deque<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(write_mu_);
+  EventQueue<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(write_mu_);
   v1::ExecuteEvent current_;
-  size_t chunk_bytes_ = 64 << 10;
   bool start_done_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
   bool engine_done_ ABSL_GUARDED_BY(write_mu_) = false;
   bool finished_ ABSL_GUARDED_BY(write_mu_) = false;
-  size_t queued_bytes_ ABSL_GUARDED_BY(write_mu_) = 0;  // Output bytes in queue_.
-  bool paused_ ABSL_GUARDED_BY(write_mu_) = false;
   grpc::Status final_status_;
 };
 
@@ -689,6 +652,11 @@ grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
   auto* reactor = new ExecuteStreamReactor(*this, context);
   reactor->Start(*request);
   return reactor;
+}
+
+grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* ExecutorService::Attach(
+    grpc::CallbackServerContext* context) {
+  return NewAttachCall(*this, context);
 }
 
 grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(

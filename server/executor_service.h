@@ -42,6 +42,8 @@ class ExecutorService final : public v1::Executor::CallbackService {
       grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) override;
   grpc::ServerWriteReactor<v1::BatchResult>* ExecuteBatch(grpc::CallbackServerContext* context,
                                                           const v1::BatchRequest* request) override;
+  grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* Attach(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* context,
                                  const v1::PingRequest* request,
                                  v1::PingResponse* response) override;

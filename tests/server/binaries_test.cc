@@ -1,7 +1,12 @@
 // The shipped binaries as a user runs them: execd started as a process, execctl and
 // execd-loadtest pointed at it.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <string>
@@ -262,6 +267,79 @@ TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
   EXPECT_NE(result.exit_code, 0);
   EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(2)));
   unlink(pid_file.c_str());
+}
+
+TEST_F(BinariesTest, AttachForwardsStdinPrintsOutputAndExitsWithTheCommandsCode) {
+  ProcessResult r = Execctl({"attach", "--", "/bin/cat"}, "hello\nworld\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "hello\nworld\n");
+  r = Execctl({"attach", "--", "/bin/sh", "-c", "cat >&2; exit 3"}, "to stderr\n");
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_EQ(r.err, "to stderr\n");
+  r = Execctl({"attach", "--", "/bin/sh", "-c", "kill -TERM $$"});
+  EXPECT_EQ(r.exit_code, 128 + SIGTERM);
+}
+
+// Reads the terminal `fd` into `*seen` until it contains `text`; false after `timeout`.
+bool ReadUntil(int fd, std::string* seen, const std::string& text, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (seen->find(text) == std::string::npos) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    pollfd p{fd, POLLIN, 0};
+    if (ms <= 0 || poll(&p, 1, static_cast<int>(ms)) <= 0) return false;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0) return false;
+    seen->append(buf, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// A user at a terminal: execctl attach runs a remote Python REPL; Ctrl-C typed at the
+// terminal interrupts the remote statement, not execctl; Ctrl-D ends the session.
+TEST_F(BinariesTest, AttachDrivesARemoteReplFromATerminal) {
+  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  ASSERT_GE(master, 0);
+  ASSERT_EQ(grantpt(master), 0);
+  ASSERT_EQ(unlockpt(master), 0);
+  const std::string tty = ptsname(master);
+  const std::string target = "--target=" + server_.target();
+  std::vector<const char*> argv = {
+      EXECCTL_BIN, target.c_str(), "attach", "--", "/usr/bin/python3", "-i", "-q", "-u", nullptr};
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // Async-signal-safe calls only, up to exec.
+    setsid();
+    int slave = open(tty.c_str(), O_RDWR);
+    if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) _exit(126);
+    for (int fd = 0; fd < 3; ++fd) dup2(slave, fd);
+    execv(argv[0], const_cast<char* const*>(argv.data()));
+    _exit(127);
+  }
+  auto type = [&](const std::string& keys) {
+    return write(master, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size());
+  };
+  std::string seen;
+  // The echo of what is typed never contains the answers waited for.
+  ASSERT_TRUE(type("x = 6 * 7\nprint('x is', x)\n"));
+  EXPECT_TRUE(ReadUntil(master, &seen, "x is 42", absl::Seconds(30))) << seen;
+  ASSERT_TRUE(type("import time; print('sleep' + 'ing'); time.sleep(1000)\n"));
+  EXPECT_TRUE(ReadUntil(master, &seen, "sleeping", absl::Seconds(30))) << seen;
+  ASSERT_TRUE(type("\x03"));  // Ctrl-C: the terminal sends execctl SIGINT.
+  EXPECT_TRUE(ReadUntil(master, &seen, "KeyboardInterrupt", absl::Seconds(30))) << seen;
+  ASSERT_TRUE(type("print('still', 'here')\n"));
+  EXPECT_TRUE(ReadUntil(master, &seen, "still here", absl::Seconds(30))) << seen;
+  ASSERT_TRUE(type("\x04"));  // Ctrl-D: end of input.
+  int status = 0;
+  const bool ended =
+      testing::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, absl::Seconds(30));
+  if (!ended) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  close(master);
+  ASSERT_TRUE(ended) << seen;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << seen;
 }
 
 }  // namespace

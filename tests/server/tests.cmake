@@ -69,3 +69,7 @@ execd_test(result_cache_test
 execd_test(pipeline_test
   SOURCES server/pipeline_test.cc
   LIBS test_server test_support)
+
+execd_test(attach_test
+  SOURCES server/attach_test.cc
+  LIBS test_server test_support)

@@ -66,6 +66,8 @@ TEST(ExecctlArgs, ErrorsNameTheFlagAndTheValue) {
            {{"run", "--bogus", "--", "x"}, "unknown flag \"--bogus\" for run"},
            {{"run", "--timeout"}, "--timeout needs a value"},
            {{"run"}, "run needs a command"},
+           {{"attach"}, "attach needs a command"},
+           {{"attach", "--stdin=-", "--", "cat"}, "unknown flag \"--stdin=-\" for attach"},
            {{"explode"}, "unknown command \"explode\""},
            {{"health", "extra"}, "unexpected argument \"extra\""},
        }) {
@@ -74,6 +76,15 @@ TEST(ExecctlArgs, ErrorsNameTheFlagAndTheValue) {
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(a.status().message(), HasSubstr(c.message));
   }
+}
+
+TEST(ExecctlArgs, AttachTakesRunsFlagsAndTheCommand) {
+  auto a = Parse({"attach", "--timeout=10m", "--inherit_env", "PATH", "--", "python3", "-i"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->command, Args::Command::kAttach);
+  EXPECT_EQ(a->timeout, absl::Minutes(10));
+  EXPECT_EQ(a->inherit_env, std::vector<std::string>{"PATH"});
+  EXPECT_EQ(a->argv, (std::vector<std::string>{"python3", "-i"}));
 }
 
 TEST(ExecctlArgs, NoCommandIsHelp) {

@@ -1,6 +1,7 @@
 #include "tools/execctl/args.h"
 
 #include <functional>
+#include <string_view>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -33,6 +34,11 @@ const char kUsage[] =
     "      --pipefail            a pipeline exits with its last failing program's code\n"
     "      --pool=NAME           run in worker pool NAME; ARGS are the worker's arguments\n"
     "                            (none for a PREWARMED pool, which reads its input as stdin)\n"
+    "  attach [flags] -- PROGRAM [ARGS...]   an interactive session: execctl's stdin goes to\n"
+    "                            the command as it comes (EOF closes it), its output is\n"
+    "                            printed live, Ctrl-C is sent to it as SIGINT; SIGTERM,\n"
+    "                            SIGHUP or Ctrl-\\ (SIGQUIT) end the session and kill it.\n"
+    "                            Flags as for run, but no --stdin, --stream or --pool\n"
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
     "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
     "  status                             running and queued commands, and each worker pool\n"
@@ -142,6 +148,15 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"cpu_affinity", true, [&out](const std::string& v) { return ParseAffinity(v, out); }},
           {"pool", true, set(out.pool)},
       };
+    case Args::Command::kAttach: {
+      // run's flags, less those that make no sense for a session.
+      std::vector<FlagSpec> flags = FlagsFor(Args::Command::kRun, out);
+      std::erase_if(flags, [](const FlagSpec& f) {
+        return std::string_view(f.name) == "stdin" || std::string_view(f.name) == "stream" ||
+               std::string_view(f.name) == "pool";
+      });
+      return flags;
+    }
     case Args::Command::kHealth:
       return {{"service", true, set(out.service)}};
     case Args::Command::kPing:
@@ -197,6 +212,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
   const std::string& command = args[i++];
   if (command == "run") {
     out.command = Args::Command::kRun;
+  } else if (command == "attach") {
+    out.command = Args::Command::kAttach;
   } else if (command == "health") {
     out.command = Args::Command::kHealth;
   } else if (command == "ping") {
@@ -222,7 +239,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
       return absl::InvalidArgumentError(absl::StrCat("unknown flag \"", arg, "\" for ", command));
     }
   }
-  if (out.command == Args::Command::kRun) {
+  if (out.command == Args::Command::kRun || out.command == Args::Command::kAttach) {
     std::vector<std::string>* program = &out.argv;
     for (; i < args.size(); ++i) {
       if (args[i] != "|") {
@@ -230,16 +247,17 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
         continue;
       }
       if (program->empty()) {
-        return absl::InvalidArgumentError("run: a '|' with no program before it");
+        return absl::InvalidArgumentError(
+            absl::StrCat(command, ": a '|' with no program before it"));
       }
       program = &out.pipe_to.emplace_back();
     }
     if (out.argv.empty() && out.pool.empty()) {
-      return absl::InvalidArgumentError(
-          "run needs a command: execctl run [flags] -- PROGRAM ARGS...");
+      return absl::InvalidArgumentError(absl::StrCat(command, " needs a command: execctl ", command,
+                                                     " [flags] -- PROGRAM ARGS..."));
     }
     if (!out.pipe_to.empty() && out.pipe_to.back().empty()) {
-      return absl::InvalidArgumentError("run: a '|' with no program after it");
+      return absl::InvalidArgumentError(absl::StrCat(command, ": a '|' with no program after it"));
     }
   } else if (i < args.size()) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", args[i], "\""));

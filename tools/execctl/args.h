@@ -12,10 +12,10 @@
 namespace execd::execctl {
 
 struct Args {
-  enum class Command { kRun, kHealth, kPing, kStatus, kHelp };
+  enum class Command { kRun, kAttach, kHealth, kPing, kStatus, kHelp };
   Command command = Command::kHelp;
   std::string target = "127.0.0.1:50051";
-  // run
+  // run and attach
   std::vector<std::string> argv;
   std::vector<std::pair<std::string, std::string>> env;
   std::vector<std::string> inherit_env;

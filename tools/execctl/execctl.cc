@@ -1,16 +1,21 @@
 #include "tools/execctl/execctl.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -138,7 +143,8 @@ bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
   return true;
 }
 
-int Run(const Args& args) {
+// The request of `run` and `attach`, without stdin.
+v1::ExecuteRequest RequestFromArgs(const Args& args) {
   v1::ExecuteRequest request;
   for (const std::string& a : args.argv) request.add_argv(a);
   for (const std::vector<std::string>& program : args.pipe_to) {
@@ -149,12 +155,6 @@ int Run(const Args& args) {
   for (const std::string& name : args.inherit_env) request.add_inherit_env(name);
   request.set_cwd(args.cwd);
   request.set_request_id(args.request_id);
-  auto stdin_data = ReadStdin(args.stdin_path);
-  if (!stdin_data.ok()) {
-    std::cerr << "execctl: " << stdin_data.status().message() << "\n";
-    return kExitError;
-  }
-  request.set_stdin(*std::move(stdin_data));
   v1::Limits* limits = request.mutable_limits();
   SetDuration(args.timeout, limits->mutable_timeout());
   limits->set_max_output_bytes(args.max_output_bytes);
@@ -169,7 +169,18 @@ int Run(const Args& args) {
   if (args.priority == "normal") request.set_priority(v1::PRIORITY_NORMAL);
   if (args.priority == "high") request.set_priority(v1::PRIORITY_HIGH);
   request.set_pool(args.pool);
-  request.set_accept_compression(v1::LZ4);  // Decompressed below; less to move.
+  request.set_accept_compression(v1::LZ4);  // Decompressed when printed; less to move.
+  return request;
+}
+
+int Run(const Args& args) {
+  v1::ExecuteRequest request = RequestFromArgs(args);
+  auto stdin_data = ReadStdin(args.stdin_path);
+  if (!stdin_data.ok()) {
+    std::cerr << "execctl: " << stdin_data.status().message() << "\n";
+    return kExitError;
+  }
+  request.set_stdin(*std::move(stdin_data));
 
   auto stub = v1::Executor::NewStub(Connect(args.target));
   grpc::ClientContext context;
@@ -204,6 +215,112 @@ int Run(const Args& args) {
   if (!status.ok()) return ExitForRpcError(status, args.target);
   if (!got_exit) {
     std::cerr << "execctl: the stream ended without an exit event\n";
+    return kExitError;
+  }
+  return ExitForResult(exited, args.pipefail);
+}
+
+// attach: signals execctl receives go through this pipe to the forwarding thread (a
+// handler may only write(2)); a 0 byte tells that thread to stop.
+int signal_pipe[2] = {-1, -1};
+
+void OnSignal(int signal) {
+  const char byte = static_cast<char>(signal);
+  ssize_t ignored = write(signal_pipe[1], &byte, 1);
+  (void)ignored;
+}
+
+using AttachStream = grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>;
+
+// The forwarding thread of attach: execctl's stdin, as it comes, to the session's stdin
+// (end of file closes it), and Ctrl-C to the command as SIGINT. SIGTERM, SIGHUP and SIGQUIT
+// end the session (the server kills the command); `*ended_by` says which.
+void Forward(AttachStream& stream, grpc::ClientContext& context, int* ended_by) {
+  pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {signal_pipe[0], POLLIN, 0}};
+  std::string buf(64 << 10, '\0');
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents != 0) {
+      char signal;
+      while (read(signal_pipe[0], &signal, 1) == 1) {
+        if (signal == 0) return;
+        if (signal == SIGINT) {
+          v1::AttachRequest request;
+          request.set_signal(SIGINT);
+          if (!stream.Write(request)) return;
+          continue;
+        }
+        *ended_by = signal;
+        context.TryCancel();
+        return;
+      }
+    }
+    if (fds[0].revents != 0) {
+      ssize_t n = read(STDIN_FILENO, buf.data(), buf.size());
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      v1::AttachRequest request;
+      if (n > 0) {
+        request.set_stdin(buf.data(), static_cast<size_t>(n));
+      } else {
+        request.mutable_close_stdin();
+        fds[0].fd = -1;  // poll ignores it from now on.
+      }
+      if (!stream.Write(request)) return;
+    }
+  }
+}
+
+int Attach(const Args& args) {
+  v1::AttachRequest start;
+  *start.mutable_start() = RequestFromArgs(args);
+  if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+    std::cerr << "execctl: pipe2: " << strerror(errno) << "\n";
+    return kExitError;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  for (int signal : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaction(signal, &action, nullptr);
+
+  auto stub = v1::Executor::NewStub(Connect(args.target));
+  grpc::ClientContext context;
+  std::unique_ptr<AttachStream> stream = stub->Attach(&context);
+  int ended_by = 0;
+  std::thread forward;
+  if (stream->Write(start)) {
+    forward = std::thread([&] { Forward(*stream, context, &ended_by); });
+  }
+  v1::AttachEvent event;
+  v1::ExecuteResponse exited;
+  bool got_exit = false;
+  bool output_ok = true;
+  while (stream->Read(&event)) {
+    if (event.has_output() && output_ok) {
+      output_ok = WriteOutput(
+          event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
+          event.output().data(), event.output().compression());
+      if (!output_ok) context.TryCancel();
+    } else if (event.has_exited()) {
+      exited = event.exited();
+      got_exit = true;
+    }
+  }
+  if (forward.joinable()) {
+    OnSignal(0);  // The call is over: the forwarding thread stops.
+    forward.join();
+  }
+  grpc::Status status = stream->Finish();
+  if (ended_by != 0) {
+    std::cerr << "execctl: " << strsignal(ended_by) << ": session ended, command killed\n";
+    return 128 + ended_by;
+  }
+  if (!output_ok) return kExitError;
+  if (!status.ok()) return ExitForRpcError(status, args.target);
+  if (!got_exit) {
+    std::cerr << "execctl: the session ended without an exit event\n";
     return kExitError;
   }
   return ExitForResult(exited, args.pipefail);
@@ -264,6 +381,8 @@ int RunCommand(const Args& args) {
   switch (args.command) {
     case Args::Command::kRun:
       return Run(args);
+    case Args::Command::kAttach:
+      return Attach(args);
     case Args::Command::kHealth:
       return Health(args);
     case Args::Command::kPing:

@@ -1,0 +1,394 @@
+#include "server/attach_call.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "core/engine.h"
+#include "core/validate.h"
+#include "server/convert.h"
+#include "server/event_queue.h"
+#include "server/executor_service.h"
+
+namespace execd::server {
+namespace {
+
+// One session. Reads are issued one at a time and only while the child is running and
+// less than kMaxQueuedStdin of earlier stdin waits for it: a child that reads slowly stops
+// the server reading, and gRPC flow control then stops the client. Writes are one at a
+// time from an EventQueue, whose back-pressure pauses the child's output as ExecuteStream
+// does. The call finishes once the engine has reported the end and every event is
+// written, never before: no engine callback can reach a finished reactor.
+class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>,
+                         public core::Engine::Observer {
+ public:
+  AttachCall(ExecutorService& service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context), received_(absl::Now()) {
+    reading_ = true;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    bool first;
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+      first = !got_start_;
+      got_start_ = true;
+    }
+    if (first) {
+      Start(ok);
+      return;
+    }
+    if (!ok) {
+      // The client half-closed (or went away, which OnCancel handles): end of input.
+      {
+        absl::MutexLock lock(&mu_);
+        client_done_ = true;
+      }
+      CloseStdin();
+      return;
+    }
+    Handle(request_);
+    MaybeRead();
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool resume;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;  // The client is gone; finish once the engine is done.
+        queue_.Clear();
+      }
+      resume = queue_.TakeResume();
+    }
+    if (resume) SetOutputPaused(false);
+    Pump();
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().Cancel(execution);
+  }
+
+  void OnDone() override { delete this; }
+
+  // core::Engine::Observer, on the engine's loop thread (OnFinished also on others).
+  void OnStarted(pid_t pid, absl::Duration queued) override {
+    v1::AttachEvent event;
+    event.mutable_started()->set_pid(pid);
+    DurationToProto(queued, event.mutable_started()->mutable_queued());
+    Enqueue(std::move(event), /*coalesce=*/false);
+    {
+      absl::MutexLock lock(&mu_);
+      started_ = true;
+    }
+    MaybeRead();
+  }
+
+  void OnOutput(core::OutputStream stream, absl::string_view data) override {
+    v1::AttachEvent event;
+    v1::ExecuteEvent::Output* output = event.mutable_output();
+    output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
+                                                             : v1::ExecuteEvent::STDERR);
+    v1::Compression compression;
+    SetMaybeCompressed(accept_lz4_, std::string(data), output->mutable_data(), &compression);
+    output->set_compression(compression);
+    Enqueue(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
+  }
+
+  void OnStdinWritten(size_t bytes) override {
+    {
+      absl::MutexLock lock(&mu_);
+      queued_stdin_ -= bytes;
+    }
+    MaybeRead();
+  }
+
+  void OnFinished(absl::StatusOr<core::Result> result) override {
+    Log(result);
+    grpc::Status status;
+    bool report;
+    {
+      absl::MutexLock lock(&mu_);
+      report = result.ok() && error_.ok();
+      status = !error_.ok()
+                   ? ToGrpcStatus(error_)
+                   : (result.ok() ? grpc::Status::OK : ToCallStatus(result.status(), context_));
+    }
+    if (report) {
+      v1::AttachEvent event;
+      ResultToProto(*result, event.mutable_exited());
+      DurationToProto(absl::Now() - received_,
+                      event.mutable_exited()->mutable_timings()->mutable_total());
+      Enqueue(std::move(event), /*coalesce=*/false);
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      final_status_ = std::move(status);
+      engine_done_ = true;
+    }
+    Pump();
+  }
+
+ private:
+  // More stdin than this waiting for the child stops the server reading messages.
+  static constexpr int64_t kMaxQueuedStdin = 1 << 20;
+
+  // The first message: validate and submit the command, or end the call.
+  void Start(bool ok) {
+    absl::Status submitted = ok ? Submit()
+                                : absl::InvalidArgumentError(
+                                      "the call ended before its first message; "
+                                      "send AttachRequest.start with the command first");
+    if (submitted.ok()) {
+      MaybeRead();
+      return;
+    }
+    absl::StatusOr<core::Result> failed = submitted;
+    OnFinished(failed);
+  }
+
+  absl::Status Submit() {
+    if (!request_.has_start()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the first AttachRequest must be start (the command to run), got ",
+                       RequestKind(request_)));
+    }
+    v1::ExecuteRequest& start = *request_.mutable_start();
+    if (!start.pool().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "start.pool \"", start.pool(),
+          "\": Attach runs a fresh process and does not use worker pools; leave pool unset "
+          "(ExecuteStream runs in pools)"));
+    }
+    if (start.cache_policy() != v1::CACHE_OFF) {
+      return absl::InvalidArgumentError(
+          "start.cache_policy: an interactive session's output depends on its input, so Attach "
+          "does not use the result cache; leave cache_policy unset");
+    }
+    accept_lz4_ = start.accept_compression() == v1::LZ4;
+    core::CommandRequest command_request = CommandRequestFromProto(start);
+    request_id_ = command_request.request_id;
+    if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
+    command_request.streamed = true;
+    const int64_t initial_stdin = static_cast<int64_t>(command_request.stdin_data.size());
+    absl::StatusOr<core::Command> command =
+        core::ValidateRequest(std::move(command_request), service_.policy());
+    if (!command.ok()) return command.status();
+    command->stream_output = true;
+    command->keep_stdin_open = true;
+    absl::Duration left = TimeUntilDeadline(context_->deadline());
+    if (left != absl::InfiniteDuration()) {
+      command->deadline = service_.engine().clock().Now() + left;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.set_chunk_bytes(command->stream_chunk_bytes);
+      queued_stdin_ = initial_stdin;  // Reported through OnStdinWritten like the rest.
+    }
+    auto execution = service_.engine().Submit(*std::move(command), this);
+    if (!execution.ok()) return execution.status();
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      execution_ = *execution;
+      cancelled = cancelled_;
+    }
+    if (cancelled) service_.engine().Cancel(*execution);
+    return absl::OkStatus();
+  }
+
+  // A message after the start.
+  void Handle(v1::AttachRequest& request) {
+    std::shared_ptr<core::Engine::Execution> execution;
+    bool stdin_closed;
+    {
+      absl::MutexLock lock(&mu_);
+      execution = execution_;
+      stdin_closed = stdin_closed_;
+    }
+    switch (request.request_case()) {
+      case v1::AttachRequest::kStdin:
+        if (stdin_closed) {
+          Fail(absl::InvalidArgumentError(absl::StrCat(
+              "stdin (", request.stdin().size(),
+              " bytes) after close_stdin: the child's stdin is closed; send all input before "
+              "close_stdin")));
+          return;
+        }
+        {
+          absl::MutexLock lock(&mu_);
+          queued_stdin_ += static_cast<int64_t>(request.stdin().size());
+        }
+        service_.engine().WriteStdin(execution, std::move(*request.mutable_stdin()));
+        return;
+      case v1::AttachRequest::kCloseStdin:
+        CloseStdin();
+        return;
+      case v1::AttachRequest::kSignal:
+        if (absl::Status s = service_.engine().Signal(execution, request.signal()); !s.ok()) {
+          Fail(s);
+        }
+        return;
+      case v1::AttachRequest::kStart:
+        Fail(absl::InvalidArgumentError(
+            absl::StrCat("a second start: this session already runs \"", argv0_,
+                         "\"; an Attach call runs one command (open another call for another)")));
+        return;
+      case v1::AttachRequest::REQUEST_NOT_SET:
+        Fail(absl::InvalidArgumentError(
+            "an AttachRequest with nothing set; send stdin, close_stdin or signal"));
+        return;
+    }
+  }
+
+  static std::string RequestKind(const v1::AttachRequest& request) {
+    switch (request.request_case()) {
+      case v1::AttachRequest::kStdin:
+        return "stdin";
+      case v1::AttachRequest::kCloseStdin:
+        return "close_stdin";
+      case v1::AttachRequest::kSignal:
+        return "signal";
+      default:
+        return "an empty message";
+    }
+  }
+
+  void CloseStdin() {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stdin_closed_) return;
+      stdin_closed_ = true;
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().CloseStdin(execution);
+  }
+
+  // A protocol error after the start: the command is killed, and the call ends with
+  // `status` once the engine has reaped it.
+  void Fail(absl::Status status) {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!error_.ok()) return;
+      error_ = std::move(status);
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().Cancel(execution);
+  }
+
+  // Starts the next read when the session may take another message.
+  void MaybeRead() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (reading_ || client_done_ || !started_ || execution_ == nullptr || !error_.ok() ||
+          engine_done_ || queued_stdin_ > kMaxQueuedStdin) {
+        return;
+      }
+      reading_ = true;
+    }
+    StartRead(&request_);
+  }
+
+  void SetOutputPaused(bool paused) {
+    std::shared_ptr<core::Engine::Execution> execution;
+    {
+      absl::MutexLock lock(&mu_);
+      execution = execution_;
+    }
+    if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
+  }
+
+  void Enqueue(v1::AttachEvent event, bool coalesce) {
+    bool pause;
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) return;
+      pause = queue_.Push(std::move(event), coalesce);
+    }
+    if (pause) SetOutputPaused(true);
+    Pump();
+  }
+
+  // Starts the next write, or finishes the call when everything has been written.
+  void Pump() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (writing_ || finished_) return;
+      if (queue_.Pop(&current_)) {
+        writing_ = true;
+        action = kWrite;
+      } else if (engine_done_) {
+        finished_ = true;
+        action = kFinish;
+        status = final_status_;
+      }
+    }
+    if (action == kWrite) StartWrite(&current_);
+    if (action == kFinish) Finish(status);
+  }
+
+  void Log(const absl::StatusOr<core::Result>& result) {
+    RequestLog::Entry entry;
+    entry.rpc = "Attach";
+    entry.request_id = request_id_;
+    std::string peer = context_->peer();
+    entry.peer = peer;
+    entry.argv0 = argv0_;
+    entry.result = &result;
+    entry.total = absl::Now() - received_;
+    service_.log().Write(entry);
+  }
+
+  ExecutorService& service_;
+  grpc::CallbackServerContext* const context_;
+  const absl::Time received_;
+  // Set while the first message is handled, before the engine can call back.
+  std::string request_id_;
+  std::string argv0_;
+  bool accept_lz4_ = false;
+
+  v1::AttachRequest request_;  // The message being read (one read at a time).
+  v1::AttachEvent current_;    // The message being written (one write at a time).
+
+  absl::Mutex mu_;
+  std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
+  bool got_start_ ABSL_GUARDED_BY(mu_) = false;    // The first read completed.
+  bool started_ ABSL_GUARDED_BY(mu_) = false;      // The engine reported the child running.
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;      // A read is in flight.
+  bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // The client half-closed.
+  bool stdin_closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;  // Accepted, not yet written to the child.
+  absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
+  EventQueue<v1::AttachEvent> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* NewAttachCall(
+    ExecutorService& service, grpc::CallbackServerContext* context) {
+  return new AttachCall(service, context);
+}
+
+}  // namespace execd::server
