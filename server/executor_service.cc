@@ -237,12 +237,16 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
                  v1::ExecuteResponse* response)
       : CallBase(service, context, "Execute"), response_(response) {}
 
-  void Start(const v1::ExecuteRequest& request) {
+  // The call's status if it is answered already (a cache hit, a rejected request, or a
+  // command that ended before Start returned): the response is complete and this reactor is
+  // not needed. Otherwise the reactor finishes the call when the result comes.
+  std::optional<grpc::Status> Start(const v1::ExecuteRequest& request) {
     absl::Status submitted = Submit(request, /*stream_output=*/false);
     if (!submitted.ok()) {
       OnFinished(submitted);  // Releases the engine's hold; the engine will never call.
     }
-    if (ReleaseHold()) Finish(status_);
+    if (ReleaseHold()) return status_;
+    return std::nullopt;
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
@@ -261,15 +265,22 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
       response_->set_stdout_compression(stdout_compression);
       response_->set_stderr_compression(stderr_compression);
     }
+    result_delivered_.store(true, std::memory_order_release);
     if (ReleaseHold()) Finish(status_);
   }
 
   void OnCancel() override { CancelExecution(); }
   void OnDone() override { delete this; }
+  // Once the result is in, what is left of the call's reactions is trivial (OnDone deletes
+  // the reactor; a late OnCancel finds nothing to stop), so gRPC may run them inline rather
+  // than wake an executor thread for each call: a thread hand-off per call, a quarter of a
+  // cache hit's cost.
+  bool InternalInlineable() override { return result_delivered_.load(std::memory_order_acquire); }
 
  private:
   // Returns true for the caller that releases the last hold and so must finish the call.
   bool ReleaseHold() { return holds_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+  std::atomic<bool> result_delivered_{false};
 
   v1::ExecuteResponse* const response_;
   grpc::Status status_;
@@ -643,8 +654,14 @@ grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* 
                                                    const v1::ExecuteRequest* request,
                                                    v1::ExecuteResponse* response) {
   auto* reactor = new ExecuteReactor(*this, context, response);
-  reactor->Start(*request);
-  return reactor;
+  std::optional<grpc::Status> answered = reactor->Start(*request);
+  if (!answered.has_value()) return reactor;
+  // Answered at once: finish as Ping does, through gRPC's own inline reactor, which saves
+  // the thread hand-offs a reactor of ours costs (a fifth of a cache hit).
+  delete reactor;
+  grpc::ServerUnaryReactor* done = context->DefaultReactor();
+  done->Finish(*std::move(answered));
+  return done;
 }
 
 grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(

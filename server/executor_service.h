@@ -11,6 +11,7 @@
 #include "core/engine.h"
 #include "core/validate.h"
 #include "execd/v1/execd.grpc.pb.h"
+#include "server/arena_allocator.h"
 #include "server/request_log.h"
 
 namespace execd::server {
@@ -28,6 +29,7 @@ class ExecutorService final : public v1::Executor::CallbackService {
   ExecutorService(core::Engine& engine, const core::RequestPolicy& policy, RequestLog& log,
                   const CacheConfig& cache = CacheConfig())
       : engine_(engine), policy_(policy), log_(log), cache_config_(cache) {
+    SetMessageAllocatorFor_Execute(&execute_allocator_);
     if (cache.max_bytes > 0) {
       core::ResultCache::Options options;
       options.max_bytes = cache.max_bytes;
@@ -76,6 +78,7 @@ class ExecutorService final : public v1::Executor::CallbackService {
   const CacheConfig& cache_config() const { return cache_config_; }
 
  private:
+  ArenaMessageAllocator<v1::ExecuteRequest, v1::ExecuteResponse> execute_allocator_;
   core::Engine& engine_;
   const core::RequestPolicy& policy_;
   RequestLog& log_;
