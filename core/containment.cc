@@ -10,8 +10,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -25,11 +23,24 @@
 namespace execd::core {
 namespace {
 
+// The contents of `fd` from offset 0: a cgroup file re-read gives its current state.
+std::string ReadAt0(int fd) {
+  std::string out;
+  char buf[4096];
+  for (off_t offset = 0;;) {
+    ssize_t n = pread(fd, buf, sizeof(buf), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    offset += n;
+  }
+  return out;
+}
+
+// Raw calls rather than a stream: these files are read at every command's end.
 std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  return fd.valid() ? ReadAt0(fd.get()) : std::string();
 }
 
 bool WriteFile(const std::string& path, absl::string_view value) {
@@ -42,14 +53,18 @@ bool WriteFile(const std::string& path, absl::string_view value) {
 
 bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
-// The value of `key` in a flat-keyed cgroup file ("oom_kill 3\nmax 0\n"), or 0.
-int64_t KeyedValue(const std::string& path, absl::string_view key) {
-  for (absl::string_view line : absl::StrSplit(ReadFile(path), '\n')) {
+// The value of `key` in flat-keyed cgroup file contents ("oom_kill 3\nmax 0\n"), or 0.
+int64_t KeyedValueIn(const std::string& contents, absl::string_view key) {
+  for (absl::string_view line : absl::StrSplit(contents, '\n')) {
     std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(line, ' ');
     int64_t value = 0;
     if (kv.first == key && absl::SimpleAtoi(kv.second, &value)) return value;
   }
   return 0;
+}
+
+int64_t KeyedValue(const std::string& path, absl::string_view key) {
+  return KeyedValueIn(ReadFile(path), key);
 }
 
 std::vector<pid_t> ProcsOf(const std::string& dir) {
@@ -188,6 +203,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     join_.clear();
     owned_fds_.clear();
     KillAll();
+    events_.reset();
     for (const std::string& dir : {v2_, memory_, pids_}) {
       if (!dir.empty()) rmdir(dir.c_str());
     }
@@ -213,7 +229,12 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
       if (absl::Status s = make(dirs.v2, &v2_); !s.ok()) return s;
       v2_kill_ = dirs.v2_kill;
       v2_memory_ = dirs.v2_memory;
-      v2_pids_ = dirs.v2_pids;
+      v2_pids_limited_ = dirs.v2_pids && max_processes > 0;
+      // Kept open: "populated" is read at least twice per command (before the kill, and
+      // until empty), a re-read of one descriptor instead of a path walk each time.
+      events_.reset(open((v2_ + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC));
+      if (!events_.valid())
+        return ErrnoToStatus(errno, absl::StrCat("open ", v2_, "/cgroup.events"));
       if (dirs.v2_memory && memory_bytes > 0) {
         WriteFile(v2_ + "/memory.max", absl::StrCat(memory_bytes));
         WriteFile(v2_ + "/memory.swap.max", "0");
@@ -246,7 +267,9 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
 
   void KillAll() override {
     if (v2_kill_) {
-      WriteFile(v2_ + "/cgroup.kill", "1");
+      // An empty cgroup cannot gain a process (only execd adds them), so there is nothing
+      // to kill: the common case of a command whose only process has exited.
+      if (!Empty()) WriteFile(v2_ + "/cgroup.kill", "1");
       return;
     }
     // No cgroup.kill: kill what the tracking cgroup lists until it lists nothing; a fork
@@ -261,7 +284,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   }
 
   bool Empty() override {
-    if (!v2_.empty()) return KeyedValue(v2_ + "/cgroup.events", "populated") == 0;
+    if (events_.valid()) return KeyedValueIn(ReadAt0(events_.get()), "populated") == 0;
     if (!pids_.empty()) return ProcsOf(pids_).empty();
     return true;
   }
@@ -271,7 +294,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     // Only files of controllers enabled here: a missing file costs a failed path walk on
     // every command's end.
     if (v2_memory_) hits.memory = KeyedValue(v2_ + "/memory.events", "oom_kill") > 0;
-    if (v2_pids_) hits.processes = KeyedValue(v2_ + "/pids.events", "max") > 0;
+    // A fork refused at a limit counts where the limit is: only ours matters.
+    if (v2_pids_limited_) hits.processes = KeyedValue(v2_ + "/pids.events", "max") > 0;
     if (!memory_.empty()) {
       hits.memory = hits.memory || KeyedValue(memory_ + "/memory.oom_control", "oom_kill") > 0;
     }
@@ -295,8 +319,9 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
  private:
   std::string v2_, memory_, pids_;
   bool v2_kill_ = false;
-  bool v2_memory_ = false;  // The memory and pids controllers are enabled in v2_.
-  bool v2_pids_ = false;
+  bool v2_memory_ = false;        // The memory controller is enabled in v2_.
+  bool v2_pids_limited_ = false;  // This group has a pids.max.
+  UniqueFd events_;               // v2_'s cgroup.events.
   std::vector<UniqueFd> owned_fds_;
   std::vector<int> join_;
 };
