@@ -490,6 +490,32 @@ TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
   EXPECT_EQ(WorkerPid("py"), pid);
 }
 
+// The shipped pre-warming script: each request is a Python program on stdin, run in a
+// process that imported its modules (and warmed up) before the request came.
+TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
+  if (access("/usr/bin/python3", X_OK) != 0) {
+    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
+                    "installs it)";
+  }
+  StartWith(absl::StrCat("pool { name: \"py\" kind: PREWARMED argv: \"/usr/bin/python3\" ",
+                         "argv: \"", SOURCE_DIR, "/examples/workers/python/prewarm.py\" ",
+                         "argv: \"json\" min_idle: 2 max_size: 2 }"));
+  // Only the program's output: the warm-up prints nothing. The named module is imported.
+  EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(6 * 7, 'json' in sys.modules)\n")),
+            "42 True\n");
+  v1::ExecuteResponse exited;
+  ASSERT_TRUE(server_->Execute(Pooled("py", {}, "import sys\nsys.exit(3)\n"), &exited).ok());
+  EXPECT_EQ(exited.exit_code(), 3);
+  v1::ExecuteResponse raised;
+  ASSERT_TRUE(server_->Execute(Pooled("py", {}, "raise ValueError('boom')\n"), &raised).ok());
+  EXPECT_EQ(raised.exit_code(), 1);
+  EXPECT_THAT(raised.stderr(), HasSubstr("ValueError: boom"));
+  // The program runs as __main__, each in a fresh process.
+  EXPECT_EQ(Run(Pooled("py", {}, "print(__name__, 'x' in globals())\nx = 1\n")),
+            "__main__ False\n");
+  EXPECT_EQ(Run(Pooled("py", {}, "print('x' in globals())\n")), "False\n");
+}
+
 }  // namespace
 }  // namespace execd
 

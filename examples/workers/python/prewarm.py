@@ -2,7 +2,7 @@
 """A pre-warmed Python process for a PREWARMED pool.
 
 execd starts it ahead of demand: it imports the modules named on its command line (so a
-request does not pay for them), then blocks reading its stdin. A request's stdin is the
+request does not pay for them), warms up the compiler, then blocks reading its stdin. A request's stdin is the
 program; it runs as __main__, and the process exits with the program's exit status,
 skipping interpreter finalisation (the program's output is flushed first), which costs
 more than the program itself for short scripts.
@@ -20,6 +20,27 @@ import traceback
 
 for module in sys.argv[1:]:
     importlib.import_module(module)
+
+# Warm up what the first program would otherwise pay for: CPython builds its compiler's
+# state on the first compile() (about 0.7 ms, against 7 us for each one after), and
+# sys.stdout sets up its encoder on its first write. Nothing here prints or runs the
+# caller's code.
+_WARM_UP = """
+import sys
+def f(x, *args, **kwargs):
+    return [y for y in range(x) if y % 2], {k: v for k, v in kwargs.items()}, f"{x!r:>4}"
+class C:
+    pass
+try:
+    f(3, a=1)
+except Exception as e:
+    raise
+finally:
+    pass
+"""
+exec(compile(_WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
+sys.stdout.write("")
+sys.stdout.flush()
 
 source = sys.stdin.buffer.read()
 sys.argv = ["-"]  # As `python3 -` would show it.
