@@ -344,15 +344,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   }
 
   void Log(const absl::StatusOr<core::Result>& result) {
-    RequestLog::Entry entry;
-    entry.rpc = "Attach";
-    entry.request_id = request_id_;
-    std::string peer = context_->peer();
-    entry.peer = peer;
-    entry.argv0 = argv0_;
-    entry.result = &result;
-    entry.total = absl::Now() - received_;
-    service_.log().Write(entry);
+    service_.log().WriteCall(
+        "Attach", request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
   }
 
   ExecutorService& service_;

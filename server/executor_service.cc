@@ -201,15 +201,8 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   grpc::Status CallStatus(const absl::Status& status) { return ToCallStatus(status, context_); }
 
   void Log(const absl::StatusOr<core::Result>& result) {
-    RequestLog::Entry entry;
-    entry.rpc = rpc_;
-    entry.request_id = request_id_;
-    std::string peer = context_->peer();
-    entry.peer = peer;
-    entry.argv0 = argv0_;
-    entry.result = &result;
-    entry.total = absl::Now() - received_;
-    service_.log().Write(entry);
+    service_.log().WriteCall(
+        rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
   }
 
   ExecutorService& service_;

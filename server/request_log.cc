@@ -39,6 +39,21 @@ std::string RequestLog::Format(const Entry& e, absl::Time now) {
   return line;
 }
 
+void RequestLog::WriteCall(absl::string_view rpc, absl::string_view request_id,
+                           const std::function<std::string()>& peer, absl::string_view argv0,
+                           const absl::StatusOr<core::Result>& result, absl::Time received) {
+  if (!enabled_) return;
+  const std::string peer_name = peer();
+  Entry entry;
+  entry.rpc = rpc;
+  entry.request_id = request_id;
+  entry.peer = peer_name;
+  entry.argv0 = argv0;
+  entry.result = &result;
+  entry.total = absl::Now() - received;
+  Write(entry);
+}
+
 void RequestLog::Write(const Entry& entry) {
   if (!enabled_) return;
   std::string line = Format(entry, absl::Now());

@@ -2,6 +2,7 @@
 // ended and where the time went. Thread-safe; a disabled log costs one branch.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -25,6 +26,11 @@ class RequestLog {
     absl::Duration total;
   };
   void Write(const Entry& entry);
+  // The line of a finished call that came at `received` from `peer` (called only when the
+  // log is on: finding the peer costs an allocation).
+  void WriteCall(absl::string_view rpc, absl::string_view request_id,
+                 const std::function<std::string()>& peer, absl::string_view argv0,
+                 const absl::StatusOr<core::Result>& result, absl::Time received);
 
   // A logfmt line for `entry` (exposed for tests).
   static std::string Format(const Entry& entry, absl::Time now);

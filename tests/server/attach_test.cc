@@ -153,10 +153,7 @@ class Session {
 class AttachTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto server = TestServer::Start([](server::ServerConfig& c) {
-      c.policy.max_output_bytes = 64 << 20;
-      c.max_message_bytes = 160 << 20;
-    });
+    auto server = TestServer::Start();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }

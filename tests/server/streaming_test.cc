@@ -25,10 +25,7 @@ using ::execd::testing::WaitFor;
 class StreamingTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto server = TestServer::Start([](server::ServerConfig& c) {
-      c.policy.max_output_bytes = 64 << 20;
-      c.max_message_bytes = 160 << 20;
-    });
+    auto server = TestServer::Start();
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }
