@@ -56,20 +56,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     MaybeRead();
   }
 
-  void OnWriteDone(bool ok) override {
-    bool resume;
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) {
-        broken_ = true;  // The client is gone; finish once the engine is done.
-        queue_.Clear();
-      }
-      resume = queue_.TakeResume();
-    }
-    if (resume) SetOutputPaused(false);
-    Pump();
-  }
+  void OnWriteDone(bool ok) override { writer_.WriteDone(ok); }
 
   void OnCancel() override {
     std::shared_ptr<core::Engine::Execution> execution;
@@ -135,10 +122,9 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     }
     {
       absl::MutexLock lock(&mu_);
-      final_status_ = std::move(status);
       engine_done_ = true;
     }
-    Pump();
+    writer_.Close(std::move(status));
   }
 
  private:
@@ -192,9 +178,9 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     if (left != absl::InfiniteDuration()) {
       command->deadline = service_.engine().clock().Now() + left;
     }
+    writer_.set_chunk_bytes(static_cast<size_t>(command->stream_chunk_bytes));
     {
       absl::MutexLock lock(&mu_);
-      queue_.set_chunk_bytes(command->stream_chunk_bytes);
       queued_stdin_ = initial_stdin;  // Reported through OnStdinWritten like the rest.
     }
     auto execution = service_.engine().Submit(*std::move(command), this);
@@ -312,36 +298,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
   }
 
-  void Enqueue(v1::AttachEvent event, bool coalesce) {
-    bool pause;
-    {
-      absl::MutexLock lock(&mu_);
-      if (broken_) return;
-      pause = queue_.Push(std::move(event), coalesce);
-    }
-    if (pause) SetOutputPaused(true);
-    Pump();
-  }
-
-  // Starts the next write, or finishes the call when everything has been written.
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    grpc::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      if (writing_ || finished_) return;
-      if (queue_.Pop(&current_)) {
-        writing_ = true;
-        action = kWrite;
-      } else if (engine_done_) {
-        finished_ = true;
-        action = kFinish;
-        status = final_status_;
-      }
-    }
-    if (action == kWrite) StartWrite(&current_);
-    if (action == kFinish) Finish(status);
-  }
+  void Enqueue(v1::AttachEvent event, bool coalesce) { writer_.Push(std::move(event), coalesce); }
 
   void Log(const absl::StatusOr<core::Result>& result) {
     service_.log().WriteCall(
@@ -357,7 +314,6 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   bool accept_lz4_ = false;
 
   v1::AttachRequest request_;  // The message being read (one read at a time).
-  v1::AttachEvent current_;    // The message being written (one write at a time).
 
   absl::Mutex mu_;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
@@ -369,12 +325,12 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;  // Accepted, not yet written to the child.
   absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
-  EventQueue<v1::AttachEvent> queue_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;  // The command is over.
+  EventWriter<v1::AttachEvent> writer_{
+      {.start_write = [this](const v1::AttachEvent* event) { StartWrite(event); },
+       .finish = [this](const grpc::Status& status) { Finish(status); },
+       .pause_output = [this](bool paused) { SetOutputPaused(paused); }},
+      /*open=*/true};
 };
 
 }  // namespace

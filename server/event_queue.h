@@ -5,10 +5,14 @@
 // Not thread-safe: the reactor's lock guards it.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <utility>
 
+#include "absl/synchronization/mutex.h"
 #include "execd/v1/execd.pb.h"
 
 namespace execd::server {
@@ -72,6 +76,100 @@ class EventQueue {
   size_t bytes_ = 0;  // Output bytes in queue_.
   size_t chunk_bytes_ = 64 << 10;
   bool paused_ = false;
+};
+
+// The write side of a streaming call, shared by ExecuteStream and Attach: events queue
+// while a write is in flight (gRPC allows one at a time; writes are never issued under the
+// lock), the child's output is paused while too much waits, and the call finishes once the
+// command is over and everything queued has been written (or the reader is gone).
+// Thread-safe.
+template <typename Event>
+class EventWriter {
+ public:
+  struct Hooks {
+    std::function<void(const Event*)> start_write;    // The reactor's StartWrite.
+    std::function<void(const grpc::Status&)> finish;  // The reactor's Finish.
+    std::function<void(bool)> pause_output;           // Stop (or resume) reading the child.
+  };
+  EventWriter(Hooks hooks, bool open) : hooks_(std::move(hooks)), open_(open) {}
+
+  void set_chunk_bytes(size_t chunk_bytes) {
+    absl::MutexLock lock(&mu_);
+    queue_.set_chunk_bytes(chunk_bytes);
+  }
+  // Writing may begin (a reactor may queue events before it is ready to write).
+  void Open() {
+    {
+      absl::MutexLock lock(&mu_);
+      open_ = true;
+    }
+    Pump();
+  }
+  void Push(Event event, bool coalesce) {
+    bool pause;
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) return;
+      pause = queue_.Push(std::move(event), coalesce);
+    }
+    if (pause) hooks_.pause_output(true);
+    Pump();
+  }
+  // The reactor's OnWriteDone.
+  void WriteDone(bool ok) {
+    bool resume;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        broken_ = true;  // The client is gone; finish once the command is over.
+        queue_.Clear();
+      }
+      resume = queue_.TakeResume();
+    }
+    if (resume) hooks_.pause_output(false);
+    Pump();
+  }
+  // The command is over: the call ends with `status` after what is queued.
+  void Close(grpc::Status status) {
+    {
+      absl::MutexLock lock(&mu_);
+      final_status_ = std::move(status);
+      closed_ = true;
+    }
+    Pump();
+  }
+
+ private:
+  void Pump() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!open_ || writing_ || finished_) return;
+      if (queue_.Pop(&current_)) {
+        writing_ = true;
+        action = kWrite;
+      } else if (closed_) {
+        finished_ = true;
+        action = kFinish;
+      }
+    }
+    // current_ and final_status_ are not touched again until this write is done or the
+    // call finished.
+    if (action == kWrite) hooks_.start_write(&current_);
+    if (action == kFinish) hooks_.finish(final_status_);
+  }
+
+  const Hooks hooks_;
+  absl::Mutex mu_;
+  EventQueue<Event> queue_ ABSL_GUARDED_BY(mu_);
+  Event current_;  // The message being written.
+  bool open_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_;
 };
 
 }  // namespace execd::server

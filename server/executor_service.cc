@@ -287,25 +287,18 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       : CallBase(service, context, "ExecuteStream") {}
 
   void Start(const v1::ExecuteRequest& request) {
-    {
-      absl::MutexLock lock(&write_mu_);
-      queue_.set_chunk_bytes(request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes()
-                                                              : 64 << 10);
-    }
+    writer_.set_chunk_bytes(request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes()
+                                                             : 64 << 10);
     absl::Status submitted = Submit(request, /*stream_output=*/true);
     if (!submitted.ok()) OnFinished(submitted);
-    {
-      absl::MutexLock lock(&write_mu_);
-      start_done_ = true;
-    }
-    Pump();
+    writer_.Open();
   }
 
   void OnStarted(pid_t pid, absl::Duration queued) override {
     v1::ExecuteEvent event;
     event.mutable_started()->set_pid(pid);
     DurationToProto(queued, event.mutable_started()->mutable_queued());
-    Enqueue(std::move(event), /*coalesce=*/false);
+    writer_.Push(std::move(event), /*coalesce=*/false);
   }
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
@@ -317,86 +310,32 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     SetOutput(std::string(data), output->mutable_data(), &compression);
     output->set_compression(compression);
     // A frame is a whole message: compressed chunks are not merged.
-    Enqueue(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
+    writer_.Push(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     Log(result);
-    bool ok = result.ok();
-    if (ok) {
+    if (result.ok()) {
       v1::ExecuteEvent event;
       ResultToProto(*result, event.mutable_exited());
       DurationToProto(absl::Now() - received_,
                       event.mutable_exited()->mutable_timings()->mutable_total());
-      Enqueue(std::move(event), /*coalesce=*/false);
+      writer_.Push(std::move(event), /*coalesce=*/false);
     }
-    {
-      absl::MutexLock lock(&write_mu_);
-      final_status_ = ok ? grpc::Status::OK : CallStatus(result.status());
-      engine_done_ = true;
-    }
-    Pump();
+    writer_.Close(result.ok() ? grpc::Status::OK : CallStatus(result.status()));
   }
 
-  void OnWriteDone(bool ok) override {
-    bool resume = false;
-    {
-      absl::MutexLock lock(&write_mu_);
-      writing_ = false;
-      if (!ok) {
-        // The client is gone; nothing more can be sent. Finish once the engine is done.
-        broken_ = true;
-        queue_.Clear();
-      }
-      resume = queue_.TakeResume();
-    }
-    if (resume) SetOutputPaused(false);
-    Pump();
-  }
-
+  void OnWriteDone(bool ok) override { writer_.WriteDone(ok); }
   void OnCancel() override { CancelExecution(); }
   void OnDone() override { delete this; }
 
  private:
-  void Enqueue(v1::ExecuteEvent event, bool coalesce) {
-    bool pause = false;
-    {
-      absl::MutexLock lock(&write_mu_);
-      if (broken_) return;
-      pause = queue_.Push(std::move(event), coalesce);
-    }
-    if (pause) SetOutputPaused(true);
-    Pump();
-  }
-
-  // Starts the next write, or finishes the call when everything has been written. Writes
-  // are issued one at a time and never under the lock.
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    {
-      absl::MutexLock lock(&write_mu_);
-      if (!start_done_ || writing_ || finished_) return;
-      if (queue_.Pop(&current_)) {
-        writing_ = true;
-        action = kWrite;
-      } else if (engine_done_) {
-        finished_ = true;
-        action = kFinish;
-      }
-    }
-    if (action == kWrite) StartWrite(&current_);
-    if (action == kFinish) Finish(final_status_);
-  }
-
-  absl::Mutex write_mu_;  // The write queue (CallBase::mu_ guards the execution).
-  EventQueue<v1::ExecuteEvent> queue_ ABSL_GUARDED_BY(write_mu_);
-  v1::ExecuteEvent current_;
-  bool start_done_ ABSL_GUARDED_BY(write_mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
-  bool engine_done_ ABSL_GUARDED_BY(write_mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(write_mu_) = false;
-  grpc::Status final_status_;
+  // Opened once Start has submitted, so that nothing is written before the call is set up.
+  EventWriter<v1::ExecuteEvent> writer_{
+      {.start_write = [this](const v1::ExecuteEvent* event) { StartWrite(event); },
+       .finish = [this](const grpc::Status& status) { Finish(status); },
+       .pause_output = [this](bool paused) { SetOutputPaused(paused); }},
+      /*open=*/false};
 };
 
 // ExecuteBatch: items run as CallBase executions of their own (validated, queued, logged
