@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -154,6 +156,39 @@ std::string MakeServerDir(const std::string& parent) {
   return dir;
 }
 
+// Emptied command cgroups kept for reuse: creating and removing a cgroup (mkdir, the
+// control files, rmdir) was a sixth of the server's work per command in a profile of
+// ExecuteBatch. Only cgroups without limits are kept, and only commands without limits
+// reuse them, so there is no limit to reset; their descriptors stay open with them.
+class CgroupRecycler {
+ public:
+  struct Entry {
+    std::string dir;
+    UniqueFd procs;   // cgroup.procs: written by the child to join.
+    UniqueFd events;  // cgroup.events: "populated".
+    UniqueFd peak;    // memory.peak, when the memory controller is on.
+  };
+  std::optional<Entry> Take() {
+    absl::MutexLock lock(&mu_);
+    if (free_.empty()) return std::nullopt;
+    Entry e = std::move(free_.back());
+    free_.pop_back();
+    return e;
+  }
+  // False (and `entry` untouched) when enough are kept already.
+  bool Give(Entry& entry) {
+    absl::MutexLock lock(&mu_);
+    if (free_.size() >= kMax) return false;
+    free_.push_back(std::move(entry));
+    return true;
+  }
+
+ private:
+  static constexpr size_t kMax = 64;
+  absl::Mutex mu_;
+  std::vector<Entry> free_ ABSL_GUARDED_BY(mu_);
+};
+
 class CgroupContainment final : public Containment {
  public:
   // Directories of this server in each usable hierarchy ("" when unusable).
@@ -195,18 +230,47 @@ class CgroupContainment final : public Containment {
   class CgroupGroup;
   const Dirs dirs_;
   std::atomic<uint64_t> next_{1};
+  const std::shared_ptr<CgroupRecycler> recycler_ = std::make_shared<CgroupRecycler>();
 };
 
 class CgroupContainment::CgroupGroup final : public Containment::Group {
  public:
+  explicit CgroupGroup(std::shared_ptr<CgroupRecycler> recycler) : recycler_(std::move(recycler)) {}
+
   ~CgroupGroup() override {
+    // Kept for the next command without limits if it ended clean: empty, and no limit
+    // event counted (the counters cannot be reset).
+    if (reusable_ && Empty() && (checked_clean_ || Clean(ReadHits()))) {
+      CgroupRecycler::Entry entry{v2_, std::move(v2_procs_), std::move(events_), std::move(peak_)};
+      if (recycler_->Give(entry)) return;
+      v2_procs_ = std::move(entry.procs);
+      events_ = std::move(entry.events);
+    }
     join_.clear();
+    v2_procs_.reset();
     owned_fds_.clear();
     KillAll();
     events_.reset();
+    peak_.reset();
     for (const std::string& dir : {v2_, memory_, pids_}) {
       if (!dir.empty()) rmdir(dir.c_str());
     }
+  }
+
+  // Takes over a recycled cgroup for a command without limits. False when it cannot be
+  // used (its peak cannot be reset): the caller drops the group, which removes it.
+  bool Reuse(const Dirs& dirs, CgroupRecycler::Entry entry) {
+    v2_ = std::move(entry.dir);
+    v2_procs_ = std::move(entry.procs);
+    events_ = std::move(entry.events);
+    peak_ = std::move(entry.peak);
+    join_.push_back(v2_procs_.get());
+    v2_kill_ = dirs.v2_kill;
+    v2_memory_ = dirs.v2_memory;
+    // memory.peak restarts from now for reads through this descriptor (Linux 6.12+).
+    if (v2_memory_ && (!peak_.valid() || write(peak_.get(), "0", 1) != 1)) return false;
+    reusable_ = true;
+    return true;
   }
 
   // Creates `name` in each hierarchy needed and applies the limits.
@@ -221,10 +285,11 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
       }
       int fd = open((*dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
       if (fd < 0) return ErrnoToStatus(errno, absl::StrCat("open ", *dir, "/cgroup.procs"));
-      owned_fds_.emplace_back(fd);
+      (dir == &v2_ ? v2_procs_ : owned_fds_.emplace_back()).reset(fd);
       join_.push_back(fd);
       return absl::OkStatus();
     };
+    bool peak_resettable = false;
     if (!dirs.v2.empty()) {
       if (absl::Status s = make(dirs.v2, &v2_); !s.ok()) return s;
       v2_kill_ = dirs.v2_kill;
@@ -241,6 +306,12 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
       }
       if (dirs.v2_pids && max_processes > 0) {
         WriteFile(v2_ + "/pids.max", absl::StrCat(max_processes));
+      }
+      if (dirs.v2_memory) {
+        // Read and write: a reused cgroup resets its peak through it (Linux 6.12+).
+        peak_.reset(open((v2_ + "/memory.peak").c_str(), O_RDWR | O_CLOEXEC));
+        peak_resettable = peak_.valid();
+        if (!peak_.valid()) peak_.reset(open((v2_ + "/memory.peak").c_str(), O_RDONLY | O_CLOEXEC));
       }
     }
     // v1 hierarchies: for limits v2 cannot apply, and for tracking when there is no v2.
@@ -259,6 +330,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
         return ErrnoToStatus(errno, "set pids.max");
       }
     }
+    reusable_ = !v2_.empty() && v2_kill_ && memory_bytes == 0 && max_processes == 0 &&
+                memory_.empty() && pids_.empty() && (!v2_memory_ || peak_resettable);
     return absl::OkStatus();
   }
 
@@ -290,6 +363,13 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   }
 
   LimitHits Hits() override {
+    LimitHits hits = ReadHits();
+    checked_clean_ = Clean(hits);
+    return hits;
+  }
+  static bool Clean(const LimitHits& hits) { return !hits.memory && !hits.processes; }
+
+  LimitHits ReadHits() {
     LimitHits hits;
     // Only files of controllers enabled here: a missing file costs a failed path walk on
     // every command's end.
@@ -310,8 +390,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     if (!memory_.empty()) {
       absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(memory_ + "/memory.max_usage_in_bytes")),
                        &peak);
-    } else if (v2_memory_) {
-      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(v2_ + "/memory.peak")), &peak);
+    } else if (peak_.valid()) {
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadAt0(peak_.get())), &peak);
     }
     return peak;
   }
@@ -319,16 +399,27 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
  private:
   std::string v2_, memory_, pids_;
   bool v2_kill_ = false;
-  bool v2_memory_ = false;        // The memory controller is enabled in v2_.
-  bool v2_pids_limited_ = false;  // This group has a pids.max.
-  UniqueFd events_;               // v2_'s cgroup.events.
-  std::vector<UniqueFd> owned_fds_;
+  bool v2_memory_ = false;           // The memory controller is enabled in v2_.
+  bool v2_pids_limited_ = false;     // This group has a pids.max.
+  UniqueFd events_;                  // v2_'s cgroup.events.
+  UniqueFd v2_procs_;                // v2_'s cgroup.procs.
+  UniqueFd peak_;                    // v2_'s memory.peak, with the memory controller.
+  std::vector<UniqueFd> owned_fds_;  // The v1 cgroup.procs.
   std::vector<int> join_;
+  const std::shared_ptr<CgroupRecycler> recycler_;
+  bool reusable_ = false;       // No limits, v2 only: may be kept for the next command.
+  bool checked_clean_ = false;  // Hits() found no limit event (else read at the end).
 };
 
 absl::StatusOr<std::unique_ptr<Containment::Group>> CgroupContainment::NewGroup(
     int64_t memory_bytes, int64_t max_processes) {
-  auto group = std::make_unique<CgroupGroup>();
+  if (memory_bytes == 0 && max_processes == 0) {
+    while (std::optional<CgroupRecycler::Entry> entry = recycler_->Take()) {
+      auto group = std::make_unique<CgroupGroup>(recycler_);
+      if (group->Reuse(dirs_, *std::move(entry))) return group;
+    }
+  }
+  auto group = std::make_unique<CgroupGroup>(recycler_);
   absl::Status s =
       group->Init(dirs_, absl::StrCat("cmd-", next_.fetch_add(1)), memory_bytes, max_processes);
   if (!s.ok()) return s;

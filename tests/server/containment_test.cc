@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -113,6 +114,35 @@ TEST_P(ContainmentTest, GrandchildStormsInEveryProgramOfAPipelineEndAtTheTimeout
   v1::ExecuteResponse r = Run(request);
   EXPECT_EQ(r.termination(), v1::TIMED_OUT);
   EXPECT_TRUE(NoSurvivors());
+}
+
+// The cgroup v2 path a command ran in, from its own /proc/self/cgroup.
+std::string V2CgroupOf(const std::string& proc_self_cgroup) {
+  for (absl::string_view line : absl::StrSplit(proc_self_cgroup, '\n')) {
+    if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
+  }
+  return "";
+}
+
+TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvivors) {
+  if (!cgroups()) GTEST_SKIP() << "SKIPPED: process-group containment has no cgroups to reuse";
+  auto cgroup_of_run = [&](v1::ExecuteRequest request) {
+    v1::ExecuteResponse r = Run(request);
+    EXPECT_EQ(r.exit_code(), 0) << r.stderr();
+    EXPECT_TRUE(NoSurvivors());
+    return V2CgroupOf(r.stdout());
+  };
+  const std::string script = "sleep 100 & cat /proc/self/cgroup";
+  const std::string first = cgroup_of_run(Marked({"/bin/sh", "-c", script}));
+  ASSERT_FALSE(first.empty());
+  // The next command without limits runs in the same, emptied cgroup; its background
+  // child dies with it all the same.
+  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", script})), first);
+  // A command with a limit gets a cgroup of its own, set up for it.
+  v1::ExecuteRequest limited = Marked({"/bin/sh", "-c", script});
+  limited.mutable_limits()->set_max_processes(50);
+  EXPECT_NE(cgroup_of_run(limited), first);
+  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", script})), first);
 }
 
 TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
