@@ -18,10 +18,10 @@ namespace {
 
 // One session. Reads are issued one at a time and only while the child is running and
 // less than kMaxQueuedStdin of earlier stdin waits for it: a child that reads slowly stops
-// the server reading, and gRPC flow control then stops the client. Writes are one at a
-// time from an EventQueue, whose back-pressure pauses the child's output as ExecuteStream
-// does. The call finishes once the engine has reported the end and every event is
-// written, never before: no engine callback can reach a finished reactor.
+// the server reading, and gRPC flow control then stops the client. Writes go through an
+// EventWriter, one at a time, which pauses the child's output as ExecuteStream's does. The call
+// finishes once the engine has reported the end and every event is written, never before: no engine
+// callback can reach a finished reactor.
 class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>,
                          public core::Engine::Observer {
  public:
