@@ -3,15 +3,19 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
 #include "core/status_macros.h"
 
@@ -43,6 +47,24 @@ absl::StatusOr<UniqueFd> SealedMemfd(absl::string_view data) {
   return fd;
 }
 
+// A pseudo-terminal of `size`: {master, slave}, both close-on-exec.
+absl::StatusOr<std::pair<UniqueFd, UniqueFd>> OpenTerminal(const TerminalSize& size) {
+  UniqueFd master(posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!master.valid()) return ErrnoToStatus(errno, "posix_openpt");
+  if (grantpt(master.get()) != 0 || unlockpt(master.get()) != 0) {
+    return ErrnoToStatus(errno, "unlock the pseudo-terminal");
+  }
+  char name[64];
+  if (ptsname_r(master.get(), name, sizeof(name)) != 0) return ErrnoToStatus(errno, "ptsname_r");
+  UniqueFd slave(open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!slave.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", name));
+  winsize ws{};
+  ws.ws_row = static_cast<unsigned short>(size.rows);
+  ws.ws_col = static_cast<unsigned short>(size.columns);
+  if (ioctl(master.get(), TIOCSWINSZ, &ws) != 0) return ErrnoToStatus(errno, "TIOCSWINSZ");
+  return std::make_pair(std::move(master), std::move(slave));
+}
+
 absl::Duration FromTimeval(const timeval& tv) {
   return absl::Seconds(tv.tv_sec) + absl::Microseconds(tv.tv_usec);
 }
@@ -66,9 +88,21 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     std::unique_ptr<Containment::Group> group, Observer* observer) {
   std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
   child->group_ = std::move(group);
-  UniqueFd stdin_read;
+  UniqueFd stdin_read;  // The child's end of its stdin (on a terminal: of 0, 1 and 2).
   int child_stdin;
-  if (command.stdin_data.empty() && !options.stdin_pipe) {
+  const bool terminal = command.terminal.has_value();
+  if (terminal && !command.pipe_to.empty()) {
+    return absl::InvalidArgumentError("a pipeline cannot run on a pseudo-terminal");
+  }
+  if (terminal) {
+    ASSIGN_OR_RETURN(auto pty, OpenTerminal(*command.terminal));
+    stdin_read = std::move(pty.second);
+    child->stdin_ = std::move(pty.first);
+    child->terminal_ = true;
+    child_stdin = stdin_read.get();
+    RETURN_IF_ERROR(SetNonBlocking(child->stdin_.get()));
+    child->stdin_data_ = std::move(command.stdin_data);
+  } else if (command.stdin_data.empty() && !options.stdin_pipe) {
     ASSIGN_OR_RETURN(child_stdin, DevNull());
   } else if (options.memfd_stdin_bytes > 0 && !options.stdin_pipe &&
              static_cast<int64_t>(command.stdin_data.size()) >= options.memfd_stdin_bytes) {
@@ -85,14 +119,23 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     RETURN_IF_ERROR(SetNonBlocking(child->stdin_.get()));
     child->stdin_data_ = std::move(command.stdin_data);
   }
-  ASSIGN_OR_RETURN(auto stdout_pipe, os.Pipe());
-  ASSIGN_OR_RETURN(auto stderr_pipe, os.Pipe());
-  child->output_[0] = std::move(stdout_pipe.first);
-  child->output_[1] = std::move(stderr_pipe.first);
-  for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
+  std::pair<UniqueFd, UniqueFd> stdout_pipe, stderr_pipe;
+  if (terminal) {
+    // All output is read from the master side, through a descriptor of its own, so the
+    // loop watches reading and writing separately.
+    child->output_[0].reset(fcntl(child->stdin_.get(), F_DUPFD_CLOEXEC, 0));
+    if (!child->output_[0].valid()) return ErrnoToStatus(errno, "dup the pseudo-terminal");
+  } else {
+    ASSIGN_OR_RETURN(stdout_pipe, os.Pipe());
+    ASSIGN_OR_RETURN(stderr_pipe, os.Pipe());
+    child->output_[0] = std::move(stdout_pipe.first);
+    child->output_[1] = std::move(stderr_pipe.first);
+    for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
+  }
 
   SpawnSpec spec = SpecFor(command, options.address_space_bytes);
-  spec.stderr_fd = stderr_pipe.second.get();
+  spec.stderr_fd = terminal ? child_stdin : stderr_pipe.second.get();
+  spec.controlling_terminal = terminal;
   spec.join_fds = &child->group_->join_fds();
   const size_t count = 1 + command.pipe_to.size();
   child->programs_.reserve(count);
@@ -104,7 +147,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
       ASSIGN_OR_RETURN(next, os.Pipe());
     }
     spec.stdin_fd = i == 0 ? child_stdin : prev_read.get();
-    spec.stdout_fd = last ? stdout_pipe.second.get() : next.second.get();
+    spec.stdout_fd = !last ? next.second.get() : terminal ? child_stdin : stdout_pipe.second.get();
     if (i > 0) {
       spec.executable = &command.pipe_to[i - 1].executable;
       spec.argv = &command.pipe_to[i - 1].argv;
@@ -170,7 +213,9 @@ absl::Status ChildProcess::Watch() {
   // From here the child is watched; any failure kills it (the caller destroys us).
   watched_ = true;
   for (const Program& p : programs_) RETURN_IF_ERROR(loop_.Watch(p.pidfd.get(), EPOLLIN, this));
-  for (const UniqueFd& fd : output_) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
+  for (const UniqueFd& fd : output_) {
+    if (fd.valid()) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
+  }
   if (stdin_.valid()) RETURN_IF_ERROR(loop_.Watch(stdin_.get(), EPOLLOUT, this));
   timeout_timer_ = loop_.AddTimer(exec_done_ + timeout_, [this]() mutable {
     timeout_timer_ = 0;
@@ -371,6 +416,14 @@ void ChildProcess::CloseStdin() {
   if (!keep_stdin_open_ || stdin_closing_) return;
   stdin_closing_ = true;
   if (stdin_offset_ == stdin_data_.size()) CloseStream(stdin_);
+}
+
+void ChildProcess::ResizeTerminal(TerminalSize size) {
+  if (!terminal_ || exited_ || !output_[0].valid()) return;
+  winsize ws{};
+  ws.ws_row = static_cast<unsigned short>(size.rows);
+  ws.ws_col = static_cast<unsigned short>(size.columns);
+  (void)ioctl(output_[0].get(), TIOCSWINSZ, &ws);
 }
 
 void ChildProcess::Signal(int signal) {

@@ -107,6 +107,8 @@ class ChildProcess final : public EventLoop::FdHandler {
   void CloseStdin();
   // Sends `signal` to the command's process group, unless it has exited.
   void Signal(int signal);
+  // For a command on a pseudo-terminal: its new size (the kernel sends SIGWINCH).
+  void ResizeTerminal(TerminalSize size);
 
   void OnFdReady(int fd, uint32_t events) override;
 
@@ -157,6 +159,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   std::string stdin_data_;
   size_t stdin_offset_ = 0;
   bool keep_stdin_open_ = false;
+  bool terminal_ = false;       // stdin_ and output_[0] are the master side of a pseudo-terminal.
   bool stdin_closing_ = false;  // keep_stdin_open: CloseStdin() was called.
 
   EventLoop::TimerId timeout_timer_ = 0;

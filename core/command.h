@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,6 +78,12 @@ struct PipelineStage {
   FileIdentity executable_id;  // What `executable` was at validation (for cache keys).
 };
 
+// A pseudo-terminal's size in character cells.
+struct TerminalSize {
+  int rows = 24;
+  int columns = 80;
+};
+
 // A validated, normalised command, ready to spawn.
 struct Command {
   std::vector<std::string> argv;
@@ -88,6 +95,9 @@ struct Command {
   // An interactive session: the child's stdin stays open after stdin_data, for more bytes
   // through Engine::WriteStdin until Engine::CloseStdin.
   bool keep_stdin_open = false;
+  // With keep_stdin_open: the command runs on a pseudo-terminal of this size instead of
+  // pipes; stdin, stdout and stderr are the terminal, and all output comes as stdout.
+  std::optional<TerminalSize> terminal;
   Limits limits;
   std::string request_id;
   // When set, output is handed to the observer as it arrives instead of being collected,

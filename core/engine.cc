@@ -592,6 +592,12 @@ void Engine::CloseStdin(const std::shared_ptr<Execution>& execution) {
   });
 }
 
+void Engine::ResizeTerminal(const std::shared_ptr<Execution>& execution, TerminalSize size) {
+  loop_->Post([execution, size]() mutable {
+    if (execution->child_ != nullptr) execution->child_->ResizeTerminal(size);
+  });
+}
+
 absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int signal) {
   static constexpr int kAllowed[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGKILL,
                                      SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH};

@@ -98,10 +98,12 @@ class Engine {
   // blocking (see Observer::OnStdinWritten); CloseStdin gives the child end of file after
   // them. Signal sends `signal` to the command's process group: only SIGHUP, SIGINT,
   // SIGQUIT, SIGKILL, SIGUSR1, SIGUSR2, SIGTERM and SIGWINCH (INVALID_ARGUMENT otherwise).
-  // All three do nothing once the command has ended.
+  // ResizeTerminal sets the size of a command's pseudo-terminal (Command::terminal); its
+  // foreground process group gets SIGWINCH. All do nothing once the command has ended.
   void WriteStdin(const std::shared_ptr<Execution>& execution, std::string data);
   void CloseStdin(const std::shared_ptr<Execution>& execution);
   absl::Status Signal(const std::shared_ptr<Execution>& execution, int signal);
+  void ResizeTerminal(const std::shared_ptr<Execution>& execution, TerminalSize size);
 
   void SetConcurrencyLimit(int limit);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.

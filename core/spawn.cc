@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -34,6 +35,7 @@ enum class ChildStep {
   kDup,
   kChdir,
   kCloseRange,
+  kTerminal,
   kExec
 };
 
@@ -46,6 +48,7 @@ struct ChildArgs {
   char* const* envp;
   const char* cwd;  // Null: inherit.
   int fds[3];
+  bool controlling_terminal;
   const int* join_fds;
   size_t join_count;
   // Resource limits to set, each with its resource id; count of them in `limit_count`.
@@ -103,6 +106,9 @@ int ChildMain(void* raw) {
   for (int i = 0; i < 3; ++i) {
     if (dup2(args->fds[i], i) < 0) ChildFail(args, ChildStep::kDup);
   }
+  if (args->controlling_terminal && ioctl(STDIN_FILENO, TIOCSCTTY, 0) != 0) {
+    ChildFail(args, ChildStep::kTerminal);
+  }
   if (args->cwd != nullptr && chdir(args->cwd) != 0) ChildFail(args, ChildStep::kChdir);
   if (close_range(3, ~0U, 0) != 0) ChildFail(args, ChildStep::kCloseRange);
   sigset_t none;
@@ -143,6 +149,8 @@ absl::Status ChildFailureStatus(const ChildArgs& args, const SpawnSpec& spec) {
       return ErrnoToStatus(args.error, "dup2 in child");
     case ChildStep::kCloseRange:
       return ErrnoToStatus(args.error, "close_range in child");
+    case ChildStep::kTerminal:
+      return ErrnoToStatus(args.error, "making the pseudo-terminal the controlling terminal");
     case ChildStep::kParentGone:
       return absl::UnavailableError("the spawning thread exited during spawn");
     case ChildStep::kNone:
@@ -184,6 +192,7 @@ class SystemOs final : public ProcessOs {
     args.fds[0] = spec.stdin_fd;
     args.fds[1] = spec.stdout_fd;
     args.fds[2] = spec.stderr_fd;
+    args.controlling_terminal = spec.controlling_terminal;
     args.parent_pid = getpid();
     args.failed_step = ChildStep::kNone;
     if (spec.join_fds != nullptr) {

@@ -33,6 +33,9 @@ struct SpawnSpec {
   int64_t max_file_size_bytes = 0;
   int64_t address_space_bytes = 0;  // RLIMIT_AS: memory fallback where no cgroup can.
   const std::vector<int>* cpu_affinity = nullptr;
+  // stdin is a pseudo-terminal that becomes the controlling terminal of the child's new
+  // session.
+  bool controlling_terminal = false;
 };
 
 // The parts of a spawn that come from `command` (program, arguments, environment, cwd,

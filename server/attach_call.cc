@@ -1,6 +1,7 @@
 #include "server/attach_call.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -163,17 +164,29 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
           "start.cache_policy: an interactive session's output depends on its input, so Attach "
           "does not use the result cache; leave cache_policy unset");
     }
+    if (request_.has_terminal()) {
+      if (start.pipe_to_size() > 0) {
+        return absl::InvalidArgumentError(
+            "terminal: a pipeline (pipe_to) cannot run on a pseudo-terminal; leave one unset");
+      }
+      absl::StatusOr<core::TerminalSize> size = TerminalSizeFromProto(request_.terminal());
+      if (!size.ok()) return size.status();
+      terminal_ = *size;
+    }
     accept_lz4_ = start.accept_compression() == v1::LZ4;
     core::CommandRequest command_request = CommandRequestFromProto(start);
     request_id_ = command_request.request_id;
     if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
     command_request.streamed = true;
     const int64_t initial_stdin = static_cast<int64_t>(command_request.stdin_data.size());
+    const char initial_last_byte =
+        command_request.stdin_data.empty() ? '\n' : command_request.stdin_data.back();
     absl::StatusOr<core::Command> command =
         core::ValidateRequest(std::move(command_request), service_.policy());
     if (!command.ok()) return command.status();
     command->stream_output = true;
     command->keep_stdin_open = true;
+    command->terminal = terminal_;
     absl::Duration left = TimeUntilDeadline(context_->deadline());
     if (left != absl::InfiniteDuration()) {
       command->deadline = service_.engine().clock().Now() + left;
@@ -182,6 +195,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     {
       absl::MutexLock lock(&mu_);
       queued_stdin_ = initial_stdin;  // Reported through OnStdinWritten like the rest.
+      if (initial_stdin > 0) at_line_start_ = initial_last_byte == '\n';
     }
     auto execution = service_.engine().Submit(*std::move(command), this);
     if (!execution.ok()) return execution.status();
@@ -197,6 +211,11 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   // A message after the start.
   void Handle(v1::AttachRequest& request) {
+    if (request.has_terminal()) {
+      Fail(absl::InvalidArgumentError(
+          "terminal is for the first message only; send resize to change the size"));
+      return;
+    }
     std::shared_ptr<core::Engine::Execution> execution;
     bool stdin_closed;
     {
@@ -216,12 +235,28 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
         {
           absl::MutexLock lock(&mu_);
           queued_stdin_ += static_cast<int64_t>(request.stdin().size());
+          if (!request.stdin().empty()) at_line_start_ = request.stdin().back() == '\n';
         }
         service_.engine().WriteStdin(execution, std::move(*request.mutable_stdin()));
         return;
       case v1::AttachRequest::kCloseStdin:
         CloseStdin();
         return;
+      case v1::AttachRequest::kResize: {
+        if (!terminal_.has_value()) {
+          Fail(absl::InvalidArgumentError(
+              "resize: this session has no terminal; ask for one with `terminal` in the first "
+              "message"));
+          return;
+        }
+        absl::StatusOr<core::TerminalSize> size = TerminalSizeFromProto(request.resize());
+        if (!size.ok()) {
+          Fail(size.status());
+          return;
+        }
+        service_.engine().ResizeTerminal(execution, *size);
+        return;
+      }
       case v1::AttachRequest::kSignal:
         if (absl::Status s = service_.engine().Signal(execution, request.signal()); !s.ok()) {
           Fail(s);
@@ -247,6 +282,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
         return "close_stdin";
       case v1::AttachRequest::kSignal:
         return "signal";
+      case v1::AttachRequest::kResize:
+        return "resize";
       default:
         return "an empty message";
     }
@@ -254,13 +291,33 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   void CloseStdin() {
     std::shared_ptr<core::Engine::Execution> execution;
+    std::string eof;
     {
       absl::MutexLock lock(&mu_);
       if (stdin_closed_) return;
       stdin_closed_ = true;
       execution = execution_;
+      // A terminal is not closed (that would hang up the session): its end-of-file
+      // character ends the input, as Ctrl-D does; typed twice after a partial line, whose
+      // first one only hands the line to the reader.
+      if (terminal_.has_value()) eof = at_line_start_ ? "\x04" : "\x04\x04";
+      queued_stdin_ += static_cast<int64_t>(eof.size());
     }
-    if (execution != nullptr) service_.engine().CloseStdin(execution);
+    if (execution == nullptr) return;
+    if (terminal_.has_value()) {
+      service_.engine().WriteStdin(execution, std::move(eof));
+    } else {
+      service_.engine().CloseStdin(execution);
+    }
+  }
+
+  static absl::StatusOr<core::TerminalSize> TerminalSizeFromProto(const v1::TerminalSize& size) {
+    if (size.rows() < 1 || size.rows() > 65535 || size.columns() < 1 || size.columns() > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("terminal size ", size.rows(), "x",
+                                                     size.columns(),
+                                                     ": rows and columns must each be 1..65535"));
+    }
+    return core::TerminalSize{static_cast<int>(size.rows()), static_cast<int>(size.columns())};
   }
 
   // A protocol error after the start: the command is killed, and the call ends with
@@ -312,6 +369,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   std::string request_id_;
   std::string argv0_;
   bool accept_lz4_ = false;
+  std::optional<core::TerminalSize> terminal_;  // Set with the start, then read-only.
 
   v1::AttachRequest request_;  // The message being read (one read at a time).
 
@@ -323,7 +381,9 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // The client half-closed.
   bool stdin_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;  // Accepted, not yet written to the child.
+  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;
+  bool at_line_start_ ABSL_GUARDED_BY(mu_) =
+      true;  // The last stdin byte was a newline.  // Accepted, not yet written to the child.
   absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;  // The command is over.
   EventWriter<v1::AttachEvent> writer_{

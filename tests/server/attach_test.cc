@@ -52,6 +52,20 @@ class Session {
     *request.mutable_start() = std::move(start);
     return Send(request);
   }
+  // Starts `start` on a pseudo-terminal of rows x columns.
+  bool StartOnTerminal(v1::ExecuteRequest start, int rows, int columns) {
+    v1::AttachRequest request;
+    *request.mutable_start() = std::move(start);
+    request.mutable_terminal()->set_rows(rows);
+    request.mutable_terminal()->set_columns(columns);
+    return Send(request);
+  }
+  bool Resize(int rows, int columns) {
+    v1::AttachRequest request;
+    request.mutable_resize()->set_rows(rows);
+    request.mutable_resize()->set_columns(columns);
+    return Send(request);
+  }
   bool Stdin(const std::string& data) {
     v1::AttachRequest request;
     request.set_stdin(data);
@@ -232,6 +246,92 @@ TEST_F(AttachTest, ASessionCanDriveAPipeline) {
   EXPECT_EQ(s.out(), "ABC\nDEF\n");
   EXPECT_EQ(s.exited().exit_code(), 0);
   EXPECT_EQ(s.exited().stages_size(), 3);
+}
+
+// ---- On a pseudo-terminal ----
+
+TEST_F(AttachTest, OnATerminalTheCommandSeesATerminalOfTheSizeAskedAndItsResizes) {
+  Session s(server_->stub());
+  ASSERT_TRUE(s.StartOnTerminal(
+      TestServer::Request({"/bin/sh", "-c",
+                           "tty; stty size; echo ready; read line; stty size; echo \"got $line\""}),
+      30, 100));
+  ASSERT_TRUE(s.WaitStdout("ready")) << s.out();
+  EXPECT_THAT(s.out(), ::testing::HasSubstr("/dev/pts/"));
+  EXPECT_THAT(s.out(), ::testing::HasSubstr("30 100\r\n"));  // The terminal adds the \r.
+  ASSERT_TRUE(s.Resize(40, 120));
+  ASSERT_TRUE(s.Stdin("typed\n"));
+  ASSERT_TRUE(s.WaitStdout("got typed")) << s.out();
+  ASSERT_TRUE(s.Finish().ok());
+  EXPECT_THAT(s.out(), ::testing::HasSubstr("typed\r\n40 120\r\n"));  // Echo, new size.
+  EXPECT_TRUE(s.err().empty());                                       // Everything comes as stdout.
+  EXPECT_EQ(s.exited().exit_code(), 0);
+}
+
+TEST_F(AttachTest, OnATerminalPythonIsInteractiveWithoutDashIAndCtrlDEndsIt) {
+  Session s(server_->stub());
+  v1::ExecuteRequest python = TestServer::Request({"python3", "-q"});
+  python.add_inherit_env("PATH");
+  ASSERT_TRUE(s.StartOnTerminal(python, 24, 80));
+  ASSERT_TRUE(s.WaitStdout(">>> ")) << s.out();  // Its prompt: stdin is a terminal.
+  ASSERT_TRUE(s.Stdin("print(6 * 7)\n"));
+  ASSERT_TRUE(s.WaitStdout("42\r\n")) << s.out();
+  ASSERT_TRUE(s.WaitStdout("42\r\n>>> ")) << s.out();
+  ASSERT_TRUE(s.CloseStdin());  // Ctrl-D at the prompt.
+  ASSERT_TRUE(s.Finish().ok());
+  EXPECT_EQ(s.exited().termination(), v1::EXITED);
+  EXPECT_EQ(s.exited().exit_code(), 0);
+}
+
+TEST_F(AttachTest, OnATerminalCtrlCIsAByteThatInterruptsTheForegroundCommand) {
+  Session s(server_->stub());
+  ASSERT_TRUE(s.StartOnTerminal(TestServer::Request({"/bin/sleep", "1000"}), 24, 80));
+  ASSERT_NE(s.WaitStarted(), 0);
+  ASSERT_TRUE(s.Stdin("\x03"));
+  ASSERT_TRUE(s.Finish().ok());
+  EXPECT_EQ(s.exited().termination(), v1::SIGNALED);
+  EXPECT_EQ(s.exited().signal(), SIGINT);
+}
+
+TEST_F(AttachTest, OnATerminalClosingStdinAfterAPartialLineStillEndsTheInput) {
+  Session s(server_->stub());
+  ASSERT_TRUE(s.StartOnTerminal(TestServer::Request({"/bin/sh", "-c", "echo ready; cat"}), 24, 80));
+  ASSERT_TRUE(s.WaitStdout("ready"));
+  ASSERT_TRUE(s.Stdin("partial"));
+  ASSERT_TRUE(s.CloseStdin());
+  ASSERT_TRUE(s.Finish().ok());
+  EXPECT_THAT(s.out(), ::testing::HasSubstr("partialpartial"));  // The echo, then cat's copy.
+  EXPECT_EQ(s.exited().exit_code(), 0);
+}
+
+TEST_F(AttachTest, TerminalMistakesAreInvalidArguments) {
+  {
+    Session s(server_->stub());
+    v1::ExecuteRequest pipeline = TestServer::Request({"/bin/true"});
+    pipeline.add_pipe_to()->add_argv("cat");
+    ASSERT_TRUE(s.StartOnTerminal(pipeline, 24, 80));
+    grpc::Status status = s.Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), ::testing::HasSubstr("pipe_to"));
+  }
+  {
+    Session s(server_->stub());
+    ASSERT_TRUE(s.StartOnTerminal(TestServer::Request({"/bin/true"}), 0, 80));
+    grpc::Status status = s.Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), ::testing::HasSubstr("1..65535"));
+  }
+  {
+    Session s(server_->stub());
+    ASSERT_TRUE(s.Start(TestServer::Request({"/bin/sleep", "1000"})));
+    const pid_t pid = s.WaitStarted();
+    ASSERT_NE(pid, 0);
+    ASSERT_TRUE(s.Resize(30, 100));  // No terminal to resize.
+    grpc::Status status = s.Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), ::testing::HasSubstr("no terminal"));
+    EXPECT_TRUE(Gone(pid));
+  }
 }
 
 TEST_F(AttachTest, HalfClosingTheCallGivesTheChildEndOfFile) {

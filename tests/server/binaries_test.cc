@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -297,49 +298,91 @@ bool ReadUntil(int fd, std::string* seen, const std::string& text, absl::Duratio
 
 // A user at a terminal: execctl attach runs a remote Python REPL; Ctrl-C typed at the
 // terminal interrupts the remote statement, not execctl; Ctrl-D ends the session.
-TEST_F(BinariesTest, AttachDrivesARemoteReplFromATerminal) {
-  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-  ASSERT_GE(master, 0);
-  ASSERT_EQ(grantpt(master), 0);
-  ASSERT_EQ(unlockpt(master), 0);
-  const std::string tty = ptsname(master);
-  const std::string target = "--target=" + server_.target();
-  std::vector<const char*> argv = {
-      EXECCTL_BIN, target.c_str(), "attach", "--", "/usr/bin/python3", "-i", "-q", "-u", nullptr};
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {  // Async-signal-safe calls only, up to exec.
+// execctl run on a new pseudo-terminal of rows x columns, as from a user's terminal.
+struct OnTerminal {
+  pid_t pid = -1;
+  int master = -1;
+};
+OnTerminal StartOnTerminal(std::vector<std::string> args, int rows = 24, int columns = 80) {
+  OnTerminal t;
+  t.master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (t.master < 0 || grantpt(t.master) != 0 || unlockpt(t.master) != 0) return t;
+  winsize ws{};
+  ws.ws_row = static_cast<unsigned short>(rows);
+  ws.ws_col = static_cast<unsigned short>(columns);
+  ioctl(t.master, TIOCSWINSZ, &ws);
+  const std::string tty = ptsname(t.master);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  t.pid = fork();
+  if (t.pid == 0) {  // Async-signal-safe calls only, up to exec.
     setsid();
     int slave = open(tty.c_str(), O_RDWR);
     if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) _exit(126);
     for (int fd = 0; fd < 3; ++fd) dup2(slave, fd);
-    execv(argv[0], const_cast<char* const*>(argv.data()));
+    execv(argv[0], argv.data());
     _exit(127);
   }
+  return t;
+}
+
+// Waits (bounded) for the process to end; its wait status, or -1 (then it is killed).
+int WaitEnd(pid_t pid) {
+  int status = 0;
+  if (!testing::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, absl::Seconds(30))) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+  }
+  return status;
+}
+
+TEST_F(BinariesTest, AttachDrivesARemoteReplFromATerminal) {
+  OnTerminal t = StartOnTerminal({EXECCTL_BIN, "--target=" + server_.target(), "attach", "--",
+                                  "/usr/bin/python3", "-i", "-q", "-u"});
+  ASSERT_GE(t.pid, 0);
   auto type = [&](const std::string& keys) {
-    return write(master, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size());
+    return write(t.master, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size());
   };
   std::string seen;
   // The echo of what is typed never contains the answers waited for.
   ASSERT_TRUE(type("x = 6 * 7\nprint('x is', x)\n"));
-  EXPECT_TRUE(ReadUntil(master, &seen, "x is 42", absl::Seconds(30))) << seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "x is 42", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("import time; print('sleep' + 'ing'); time.sleep(1000)\n"));
-  EXPECT_TRUE(ReadUntil(master, &seen, "sleeping", absl::Seconds(30))) << seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "sleeping", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("\x03"));  // Ctrl-C: the terminal sends execctl SIGINT.
-  EXPECT_TRUE(ReadUntil(master, &seen, "KeyboardInterrupt", absl::Seconds(30))) << seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "KeyboardInterrupt", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("print('still', 'here')\n"));
-  EXPECT_TRUE(ReadUntil(master, &seen, "still here", absl::Seconds(30))) << seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "still here", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("\x04"));  // Ctrl-D: end of input.
-  int status = 0;
-  const bool ended =
-      testing::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, absl::Seconds(30));
-  if (!ended) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  close(master);
-  ASSERT_TRUE(ended) << seen;
+  const int status = WaitEnd(t.pid);
+  close(t.master);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << seen;
+}
+
+// attach -t: the command gets a remote terminal of the local one's size; keys go through
+// raw (the remote terminal echoes and interprets them), and the local terminal is restored.
+TEST_F(BinariesTest, AttachWithTtyGivesTheCommandARemoteTerminal) {
+  OnTerminal t = StartOnTerminal({EXECCTL_BIN, "--target=" + server_.target(), "attach", "-t", "--",
+                                  "/bin/sh", "-c", "stty size; exec /usr/bin/python3 -q"},
+                                 33, 77);
+  ASSERT_GE(t.pid, 0);
+  auto type = [&](const std::string& keys) {
+    return write(t.master, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size());
+  };
+  std::string seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "33 77", absl::Seconds(30))) << seen;
+  EXPECT_TRUE(ReadUntil(t.master, &seen, ">>> ", absl::Seconds(30))) << seen;  // No -i needed.
+  ASSERT_TRUE(type("print(6 * 7)\r"));  // Enter, as a raw terminal sends it.
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "42", absl::Seconds(30))) << seen;
+  ASSERT_TRUE(type("\x04"));  // Ctrl-D at the prompt ends python.
+  const int status = WaitEnd(t.pid);
+  termios after{};
+  ASSERT_EQ(tcgetattr(t.master, &after), 0);
+  close(t.master);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << seen;
+  EXPECT_NE(after.c_lflag & ICANON, 0u) << "execctl left the terminal raw";
 }
 
 }  // namespace

@@ -87,6 +87,24 @@ TEST(ExecctlArgs, AttachTakesRunsFlagsAndTheCommand) {
   EXPECT_EQ(a->argv, (std::vector<std::string>{"python3", "-i"}));
 }
 
+TEST(ExecctlArgs, AttachTtyIsOptInAndOnlyForAttach) {
+  auto plain = Parse({"attach", "--", "bash"});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->tty);
+  for (const char* flag : {"-t", "--tty"}) {
+    auto a = Parse({"attach", flag, "--", "bash"});
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_TRUE(a->tty) << flag;
+    EXPECT_EQ(a->argv, std::vector<std::string>{"bash"});
+  }
+  auto run = Parse({"run", "-t", "--", "bash"});
+  EXPECT_FALSE(run.ok());  // run has no terminal.
+  auto pipeline = Parse({"run", "--", "sort", "|", "uniq", "-c"});
+  ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+  EXPECT_EQ(pipeline->argv, std::vector<std::string>{"sort"});
+  EXPECT_EQ(pipeline->pipe_to, (std::vector<std::vector<std::string>>{{"uniq", "-c"}}));
+}
+
 TEST(ExecctlArgs, NoCommandIsHelp) {
   auto a = Parse({});
   ASSERT_TRUE(a.ok());

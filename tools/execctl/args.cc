@@ -38,7 +38,9 @@ const char kUsage[] =
     "                            the command as it comes (EOF closes it), its output is\n"
     "                            printed live, Ctrl-C is sent to it as SIGINT; SIGTERM,\n"
     "                            SIGHUP or Ctrl-\\ (SIGQUIT) end the session and kill it.\n"
-    "                            Flags as for run, but no --stdin, --stream or --pool\n"
+    "                            Flags as for run, but no --stdin, --stream or --pool;\n"
+    "      -t, --tty             run it on a pseudo-terminal (prompts, line editing,\n"
+    "                            full-screen programs); execctl's own terminal goes raw\n"
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
     "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
     "  status                             running and queued commands, and each worker pool\n"
@@ -155,6 +157,12 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
         return std::string_view(f.name) == "stdin" || std::string_view(f.name) == "stream" ||
                std::string_view(f.name) == "pool";
       });
+      auto tty = [&out](const std::string&) {
+        out.tty = true;
+        return absl::OkStatus();
+      };
+      flags.push_back({"tty", false, tty});
+      flags.push_back({"t", false, tty});
       return flags;
     }
     case Args::Command::kHealth:
@@ -173,7 +181,8 @@ absl::StatusOr<bool> ApplyFlag(const std::vector<FlagSpec>& flags,
                                const std::vector<std::string>& args, size_t& i) {
   const std::string& arg = args[i];
   for (const FlagSpec& flag : flags) {
-    std::string name = absl::StrCat("--", flag.name);
+    // One-letter flags take one dash (-t), the others two.
+    std::string name = absl::StrCat(flag.name[1] == '\0' ? "-" : "--", flag.name);
     if (arg == name) {
       if (!flag.takes_value) {
         RETURN_IF_ERROR(flag.handle(""));

@@ -37,6 +37,7 @@ struct Args {
   // Programs after argv in a pipeline: the command line is split at "|" arguments.
   std::vector<std::vector<std::string>> pipe_to;
   bool pipefail = false;  // Exit with the last failing program's code, like bash's pipefail.
+  bool tty = false;       // attach: run the command on a pseudo-terminal.
   // health
   std::string service;
   // ping

@@ -4,6 +4,8 @@
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -232,9 +234,42 @@ void OnSignal(int signal) {
 
 using AttachStream = grpc::ClientReaderWriter<v1::AttachRequest, v1::AttachEvent>;
 
+// The size of execctl's terminal (stdin), or 24x80 when it has none.
+v1::TerminalSize LocalTerminalSize() {
+  v1::TerminalSize size;
+  winsize ws{};
+  const bool known = ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0;
+  size.set_rows(known ? ws.ws_row : 24);
+  size.set_columns(known ? ws.ws_col : 80);
+  return size;
+}
+
+// execctl's terminal in raw mode for a remote terminal session: keys (Ctrl-C included) go
+// to the remote terminal as they are typed, which echoes and interprets them. Restored by
+// Restore() or on destruction.
+class RawTerminal {
+ public:
+  explicit RawTerminal(bool enable) {
+    if (!enable || tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios raw = saved_;
+    cfmakeraw(&raw);
+    active_ = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+  }
+  ~RawTerminal() { Restore(); }
+  void Restore() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    active_ = false;
+  }
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
 // The forwarding thread of attach: execctl's stdin, as it comes, to the session's stdin
 // (end of file closes it), and Ctrl-C to the command as SIGINT. SIGTERM, SIGHUP and SIGQUIT
-// end the session (the server kills the command); `*ended_by` says which.
+// end the session (the server kills the command); `*ended_by` says which. With a remote
+// terminal, a resize of execctl's terminal (SIGWINCH) is passed on.
 void Forward(AttachStream& stream, grpc::ClientContext& context, int* ended_by) {
   pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {signal_pipe[0], POLLIN, 0}};
   std::string buf(64 << 10, '\0');
@@ -250,6 +285,12 @@ void Forward(AttachStream& stream, grpc::ClientContext& context, int* ended_by) 
         if (signal == SIGINT) {
           v1::AttachRequest request;
           request.set_signal(SIGINT);
+          if (!stream.Write(request)) return;
+          continue;
+        }
+        if (signal == SIGWINCH) {
+          v1::AttachRequest request;
+          *request.mutable_resize() = LocalTerminalSize();
           if (!stream.Write(request)) return;
           continue;
         }
@@ -276,6 +317,8 @@ void Forward(AttachStream& stream, grpc::ClientContext& context, int* ended_by) 
 int Attach(const Args& args) {
   v1::AttachRequest start;
   *start.mutable_start() = RequestFromArgs(args);
+  const bool local_terminal = args.tty && isatty(STDIN_FILENO);
+  if (args.tty) *start.mutable_terminal() = LocalTerminalSize();
   if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
     std::cerr << "execctl: pipe2: " << strerror(errno) << "\n";
     return kExitError;
@@ -284,6 +327,8 @@ int Attach(const Args& args) {
   action.sa_handler = OnSignal;
   sigemptyset(&action.sa_mask);
   for (int signal : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaction(signal, &action, nullptr);
+  if (args.tty) sigaction(SIGWINCH, &action, nullptr);
+  RawTerminal raw(local_terminal);
 
   auto stub = v1::Executor::NewStub(Connect(args.target));
   grpc::ClientContext context;
@@ -312,6 +357,7 @@ int Attach(const Args& args) {
     OnSignal(0);  // The call is over: the forwarding thread stops.
     forward.join();
   }
+  raw.Restore();  // Before any message of ours.
   grpc::Status status = stream->Finish();
   if (ended_by != 0) {
     std::cerr << "execctl: " << strsignal(ended_by) << ": session ended, command killed\n";
