@@ -89,7 +89,11 @@ class EventWriter {
   struct Hooks {
     std::function<void(const Event*)> start_write;    // The reactor's StartWrite.
     std::function<void(const grpc::Status&)> finish;  // The reactor's Finish.
-    std::function<void(bool)> pause_output;           // Stop (or resume) reading the child.
+    // Stop (or resume) reading the child. Called under the writer's lock, so that a pause
+    // and the resume after it are passed on in the order they were decided (outside it, a
+    // resume could overtake its pause and leave the child paused for good); it must not
+    // call back into the writer.
+    std::function<void(bool)> pause_output;
   };
   EventWriter(Hooks hooks, bool open) : hooks_(std::move(hooks)), open_(open) {}
 
@@ -106,18 +110,15 @@ class EventWriter {
     Pump();
   }
   void Push(Event event, bool coalesce) {
-    bool pause;
     {
       absl::MutexLock lock(&mu_);
       if (broken_) return;
-      pause = queue_.Push(std::move(event), coalesce);
+      if (queue_.Push(std::move(event), coalesce)) hooks_.pause_output(true);
     }
-    if (pause) hooks_.pause_output(true);
     Pump();
   }
   // The reactor's OnWriteDone.
   void WriteDone(bool ok) {
-    bool resume;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
@@ -125,9 +126,8 @@ class EventWriter {
         broken_ = true;  // The client is gone; finish once the command is over.
         queue_.Clear();
       }
-      resume = queue_.TakeResume();
+      if (queue_.TakeResume()) hooks_.pause_output(false);
     }
-    if (resume) hooks_.pause_output(false);
     Pump();
   }
   // The command is over: the call ends with `status` after what is queued.
