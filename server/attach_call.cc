@@ -36,9 +36,13 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     bool first;
     {
       absl::MutexLock lock(&mu_);
-      reading_ = false;
       first = !got_start_;
       got_start_ = true;
+      // A message still being handled keeps reading_ set: request_ is its buffer, and a
+      // read started meanwhile (MaybeRead from OnStdinWritten, on the loop thread) would
+      // overwrite it. The first message is the exception: nothing reads before the
+      // command is submitted.
+      if (first || !ok) reading_ = false;
     }
     if (first) {
       Start(ok);
@@ -54,6 +58,10 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
       return;
     }
     Handle(request_);
+    {
+      absl::MutexLock lock(&mu_);
+      reading_ = false;
+    }
     MaybeRead();
   }
 
