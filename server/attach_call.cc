@@ -94,13 +94,9 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::AttachEvent event;
-    v1::ExecuteEvent::Output* output = event.mutable_output();
-    output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
-                                                             : v1::ExecuteEvent::STDERR);
-    v1::Compression compression;
-    SetMaybeCompressed(accept_lz4_, std::string(data), output->mutable_data(), &compression);
-    output->set_compression(compression);
-    Enqueue(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
+    OutputToProto(stream, data, accept_lz4_, event.mutable_output());
+    const bool plain = event.output().compression() == v1::COMPRESSION_NONE;
+    Enqueue(std::move(event), /*coalesce=*/plain);
   }
 
   void OnStdinWritten(size_t bytes) override {

@@ -36,6 +36,11 @@ grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* c
 void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
                         v1::Compression* compression);
 
+// A chunk of streamed output as an event's `output` (ExecuteEvent and AttachEvent share
+// it): its stream, and its data, compressed as SetMaybeCompressed decides.
+void OutputToProto(core::OutputStream stream, absl::string_view data, bool accept_lz4,
+                   v1::ExecuteEvent::Output* output);
+
 // Time left until the call's deadline; InfiniteDuration when it has none.
 absl::Duration TimeUntilDeadline(std::chrono::system_clock::time_point deadline);
 

@@ -172,6 +172,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   }
 
   // Puts `data` into `field`, lz4-compressed when the caller accepts it and it pays.
+  bool accept_lz4() const { return accept_lz4_; }
   void SetOutput(std::string data, std::string* field, v1::Compression* compression) {
     SetMaybeCompressed(accept_lz4_, std::move(data), field, compression);
   }
@@ -303,14 +304,10 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::ExecuteEvent event;
-    v1::ExecuteEvent::Output* output = event.mutable_output();
-    output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
-                                                             : v1::ExecuteEvent::STDERR);
-    v1::Compression compression;
-    SetOutput(std::string(data), output->mutable_data(), &compression);
-    output->set_compression(compression);
+    OutputToProto(stream, data, accept_lz4(), event.mutable_output());
     // A frame is a whole message: compressed chunks are not merged.
-    writer_.Push(std::move(event), /*coalesce=*/compression == v1::COMPRESSION_NONE);
+    const bool plain = event.output().compression() == v1::COMPRESSION_NONE;
+    writer_.Push(std::move(event), /*coalesce=*/plain);
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {

@@ -164,15 +164,7 @@ class Session {
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-class AttachTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto server = TestServer::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-  }
-  std::unique_ptr<TestServer> server_;
-};
+using AttachTest = testing::ServerTest;
 
 bool Gone(pid_t pid) {
   return WaitFor([pid] { return !ProcessAlive(pid); }, kWait);

@@ -28,14 +28,8 @@ v1::ExecuteRequest Pipeline(std::initializer_list<std::string> first,
   return request;
 }
 
-class PipelineTest : public ::testing::Test {
+class PipelineTest : public testing::ServerTest {
  protected:
-  void SetUp() override {
-    auto server = TestServer::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-  }
-
   v1::ExecuteResponse Run(const v1::ExecuteRequest& request) {
     v1::ExecuteResponse response;
     grpc::Status status = server_->Execute(request, &response);
@@ -47,8 +41,6 @@ class PipelineTest : public ::testing::Test {
     v1::ExecuteResponse response;
     return server_->Execute(request, &response);
   }
-
-  std::unique_ptr<TestServer> server_;
 };
 
 TEST_F(PipelineTest, StdinFlowsThroughEveryProgramToTheLastOnesStdout) {

@@ -205,15 +205,7 @@ TEST_F(SchedulingTest, PriorityOutOfRangeIsInvalidArgument) {
 }
 
 // The time from the trigger (deadline or cancel) until the child is gone.
-class KillLatencyTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto server = TestServer::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-  }
-  std::unique_ptr<TestServer> server_;
-};
+using KillLatencyTest = testing::ServerTest;
 
 TEST_F(KillLatencyTest, CallDeadlineKillsTheRunningChildWithin250ms) {
   grpc::ClientContext context;

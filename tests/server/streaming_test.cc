@@ -22,15 +22,7 @@ namespace {
 using ::execd::testing::TestServer;
 using ::execd::testing::WaitFor;
 
-class StreamingTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto server = TestServer::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-  }
-  std::unique_ptr<TestServer> server_;
-};
+using StreamingTest = testing::ServerTest;
 
 // A /proc field of `pid`: a line of /proc/PID/io ("wchar: N"), or the wchan file.
 int64_t BytesWritten(pid_t pid) {

@@ -1,7 +1,7 @@
 add_library(test_server STATIC ${CMAKE_CURRENT_SOURCE_DIR}/support/test_server.cc)
 target_include_directories(test_server PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_options(test_server PRIVATE ${EXECD_WARNINGS})
-target_link_libraries(test_server PUBLIC server)
+target_link_libraries(test_server PUBLIC server GTest::gtest)
 
 # A program that misbehaves on request (allocates, forks, spins, ignores SIGTERM...).
 add_executable(execd-test-child ${CMAKE_CURRENT_SOURCE_DIR}/support/test_child.cc)

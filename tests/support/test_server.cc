@@ -57,4 +57,10 @@ grpc::Status TestServer::Execute(const v1::ExecuteRequest& request, v1::ExecuteR
   return status;
 }
 
+void ServerTest::SetUp() {
+  auto server = TestServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+}
+
 }  // namespace execd::testing

@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "execd/v1/execd.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "server/server.h"
 
 namespace execd::testing {
@@ -28,6 +29,15 @@ struct AsyncCall {
   void Start(v1::Executor::Stub& stub, absl::Duration deadline = absl::Seconds(30));
   // Waits (bounded) for the answer; false if none came.
   bool Wait() { return done.WaitForNotificationWithTimeout(absl::Seconds(30)); }
+};
+
+class TestServer;
+
+// A fixture that starts a server on the test defaults for each test.
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  std::unique_ptr<TestServer> server_;
 };
 
 class TestServer {
