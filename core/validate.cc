@@ -20,8 +20,13 @@ extern char** environ;
 namespace execd::core {
 namespace {
 
-// Where bare program names are looked up when the server has no PATH.
-constexpr char kDefaultPath[] = "/usr/bin:/bin";
+// Where bare program names are looked up: the server's PATH, else /usr/bin:/bin. A
+// reference, not a copy: this runs for every request.
+const std::string& SearchPath(const RequestPolicy& policy) {
+  static const std::string* const kDefault = new std::string("/usr/bin:/bin");
+  auto it = policy.server_env.find("PATH");
+  return it == policy.server_env.end() ? *kDefault : it->second;
+}
 
 bool HasNul(absl::string_view s) { return s.find('\0') != absl::string_view::npos; }
 
@@ -365,9 +370,7 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
   RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
-  auto path_it = policy.server_env.find("PATH");
-  const std::string path_var =
-      path_it == policy.server_env.end() ? std::string(kDefaultPath) : path_it->second;
+  const std::string& path_var = SearchPath(policy);
   ASSIGN_OR_RETURN(cmd.executable,
                    ResolveExecutable(request.argv[0], request.cwd, path_var, &cmd.executable_id));
   ASSIGN_OR_RETURN(cmd.pipe_to,
