@@ -1,7 +1,6 @@
 #include "core/compress.h"
 
 #include <cstdio>
-#include <random>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -19,16 +18,9 @@ std::string Text(size_t n) {
   return s;
 }
 
-std::string Random(size_t n) {
-  std::mt19937_64 rng(42);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
-
 TEST(Lz4, RoundTripsAnySize) {
   for (size_t n : {size_t{0}, size_t{1}, size_t{511}, size_t{70000}, size_t{3} << 20}) {
-    for (const std::string& data : {Text(n), Random(n)}) {
+    for (const std::string& data : {Text(n), testing::RandomBytes(n)}) {
       auto back = Lz4Decompress(Lz4Compress(data), data.size());
       ASSERT_TRUE(back.ok()) << n << ": " << back.status();
       EXPECT_EQ(*back, data) << n;
@@ -38,8 +30,8 @@ TEST(Lz4, RoundTripsAnySize) {
 
 TEST(Lz4, CompressesOnlyWhenItPays) {
   std::string out = "untouched";
-  EXPECT_FALSE(Lz4CompressIfSmaller(Text(kMinCompressBytes - 1), &out));  // Too small.
-  EXPECT_FALSE(Lz4CompressIfSmaller(Random(100000), &out));               // Incompressible.
+  EXPECT_FALSE(Lz4CompressIfSmaller(Text(kMinCompressBytes - 1), &out));   // Too small.
+  EXPECT_FALSE(Lz4CompressIfSmaller(testing::RandomBytes(100000), &out));  // Incompressible.
   EXPECT_EQ(out, "untouched");
   ASSERT_TRUE(Lz4CompressIfSmaller(Text(100000), &out));
   EXPECT_LT(out.size(), 100000u / 4);

@@ -9,7 +9,6 @@
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <thread>
 
@@ -457,15 +456,8 @@ TEST_F(AttachTest, AChildThatClosesItsStdinKeepsTheSessionGoing) {
   EXPECT_EQ(s.exited().exit_code(), 0);
 }
 
-std::string RandomBytes(size_t n) {
-  std::mt19937_64 rng(42);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
-
 TEST_F(AttachTest, EightMegabytesGoThroughCatIntact) {
-  const std::string data = RandomBytes(8 << 20);
+  const std::string data = testing::RandomBytes(8 << 20);
   Session s(server_->stub());
   v1::ExecuteRequest start = TestServer::Request({"/bin/cat"});
   start.mutable_limits()->set_max_output_bytes(16 << 20);

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <random>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -215,6 +216,13 @@ std::vector<pid_t> ProcessesWithEnv(const std::string& entry) {
 std::string UniqueName(const std::string& prefix) {
   static std::atomic<int> counter{0};
   return absl::StrCat(prefix, "_", getpid(), "_", counter.fetch_add(1));
+}
+
+std::string RandomBytes(size_t n) {
+  std::mt19937_64 rng(42);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
 }
 
 ScopedTempDir::ScopedTempDir(const std::string& prefix) {

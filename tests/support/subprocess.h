@@ -45,6 +45,9 @@ std::vector<pid_t> ProcessesWithEnv(const std::string& entry);
 // A value unique to this test process and call, for markers and file names.
 std::string UniqueName(const std::string& prefix);
 
+// `n` incompressible bytes, the same in every run.
+std::string RandomBytes(size_t n);
+
 // A fresh directory under the test temp dir, removed with its contents on destruction.
 class ScopedTempDir {
  public:
