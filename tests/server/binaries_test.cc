@@ -385,12 +385,6 @@ TEST_F(BinariesTest, AttachWithTtyGivesTheCommandARemoteTerminal) {
   EXPECT_NE(after.c_lflag & ICANON, 0u) << "execctl left the terminal raw";
 }
 
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
-
 // The pools file is re-read on SIGHUP: a changed pool retires its workers; a broken file
 // is logged and changes nothing; the server keeps serving throughout.
 TEST(ServerPools, SighupReloadsThePoolsFile) {
@@ -450,12 +444,6 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
       [&] { return server.log().find("changed=\"\"") != std::string::npos; }, absl::Seconds(10)));
   EXPECT_EQ(worker_pid(), second);
 }
-
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
 
 // execctl asks for lz4 and decompresses: what it prints is the command's output, exactly.
 TEST(Execctl, CompressedOutputIsPrintedAsTheCommandWroteIt) {

@@ -464,12 +464,6 @@ TEST(PoolsConfig, TheShippedExampleParses) {
   EXPECT_GE(pools->size(), 2u);
 }
 
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
-
 // The shipped Python worker library, end to end through the server.
 TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
   if (access("/usr/bin/python3", X_OK) != 0) {
@@ -515,12 +509,6 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
             "__main__ False\n");
   EXPECT_EQ(Run(Pooled("py", {}, "print('x' in globals())\n")), "False\n");
 }
-
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
 
 TEST_F(PoolsTest, AReloadRetiresOnlyThePoolsWhoseConfigurationChanged) {
   const std::string a = PersistentPool("a", "min_idle: 1 max_size: 1");

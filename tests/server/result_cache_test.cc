@@ -255,12 +255,6 @@ TEST_F(ResultCacheTest, StreamAndBatchCallsAreServedFromTheCacheToo) {
   EXPECT_EQ(hits, 2);
 }
 
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
-
 TEST_F(ResultCacheTest, ThirtyTwoIdenticalConcurrentRequestsRunTheCommandOnce) {
   testing::ScopedTempDir dir("flight");
   const std::string counter = dir.path() + "/runs";

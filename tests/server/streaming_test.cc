@@ -173,12 +173,6 @@ TEST_F(StreamingTest, ChunkSettingsOutOfRangeAreRejected) {
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("stream_chunk_bytes"));
 }
 
-}  // namespace
-}  // namespace execd
-
-namespace execd {
-namespace {
-
 std::string Plain(const std::string& data, v1::Compression compression) {
   if (compression == v1::COMPRESSION_NONE) return data;
   EXPECT_EQ(compression, v1::LZ4);
