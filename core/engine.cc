@@ -161,14 +161,8 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
       std::move(task)();
     });
   };
-  deps.track = [this](pid_t pid) {
-    absl::MutexLock lock(&leaders_mu_);
-    leaders_.insert(pid);
-  };
-  deps.untrack = [this](pid_t pid) {
-    absl::MutexLock lock(&leaders_mu_);
-    leaders_.erase(pid);
-  };
+  deps.track = [this](pid_t pid) { TrackLeaders({pid}, true); };
+  deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
   absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {
     auto spec = std::make_shared<const PoolSpec>(options_.pools[i]);
@@ -414,10 +408,7 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
     } else {
       child = group.status();
     }
-    if (child.ok()) {
-      absl::MutexLock lock(&leaders_mu_);
-      for (pid_t pid : (*child)->pids()) leaders_.insert(pid);
-    }
+    if (child.ok()) TrackLeaders((*child)->pids(), true);
   }
   e.spawn_done_ = options_.clock->Now();
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
@@ -486,6 +477,17 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
   if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
 }
 
+void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {
+  absl::MutexLock lock(&leaders_mu_);
+  for (pid_t pid : pids) {
+    if (running) {
+      leaders_.insert(pid);
+    } else {
+      leaders_.erase(pid);
+    }
+  }
+}
+
 void Engine::SweepOrphans() {
   if (!containment_->sweeps_orphans()) return;
   absl::WriterMutexLock gate(&spawn_gate_);
@@ -515,10 +517,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     }
   }
   if (execution.child_ != nullptr) {
-    {
-      absl::MutexLock lock(&leaders_mu_);
-      for (pid_t pid : execution.child_->pids()) leaders_.erase(pid);
-    }
+    TrackLeaders(execution.child_->pids(), false);
     SweepOrphans();
   }
   if (execution.child_ == nullptr) {
