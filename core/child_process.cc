@@ -210,6 +210,10 @@ std::vector<pid_t> ChildProcess::pids() const {
 }
 
 absl::Status ChildProcess::Watch() {
+  // Stdin that fits in the pipe is written now, not after a round through epoll; a
+  // pre-warmed process blocked on its stdin starts at once. (Not yet watched: closing the
+  // pipe here only closes it.)
+  if (stdin_.valid() && !keep_stdin_open_) WriteStdin();
   // From here the child is watched; any failure kills it (the caller destroys us).
   watched_ = true;
   for (const Program& p : programs_) RETURN_IF_ERROR(loop_.Watch(p.pidfd.get(), EPOLLIN, this));

@@ -34,6 +34,7 @@ std::string ReadAt0(int fd) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     out.append(buf, static_cast<size_t>(n));
+    if (static_cast<size_t>(n) < sizeof(buf)) break;  // A short read is the whole file.
     offset += n;
   }
   return out;

@@ -528,8 +528,10 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   // result: by then its descriptors are closed and its cgroup is gone.
   loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
     keep->child_.reset();
-    if (keep->pool_ != nullptr) keep->pool_->Release();  // Its pre-warmed process is gone.
     keep->observer_->OnFinished(std::move(result));
+    // Its pre-warmed process is gone; the refill this may start waits until the caller has
+    // its answer, which it would otherwise compete with for the CPU.
+    if (keep->pool_ != nullptr) keep->pool_->Release();
     absl::MutexLock lock(&mu_);
     --finishing_;
   });

@@ -58,7 +58,8 @@ void EventLoop::Post(Task task) {
     was_empty = posted_.empty();
     posted_.push_back(std::move(task));
   }
-  if (was_empty) {
+  // The loop thread checks for tasks before it sleeps; only other threads must wake it.
+  if (was_empty && !IsLoopThread()) {
     uint64_t one = 1;
     (void)!write(wake_fd_.get(), &one, sizeof(one));
   }
@@ -152,11 +153,13 @@ void EventLoop::Run() {
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   for (;;) {
+    bool tasks_waiting;
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
+      tasks_waiting = !posted_.empty();  // Posted from this thread, so no wake-up was sent.
     }
-    int n = epoll_wait(epoll_fd_.get(), events, kMaxEvents, NextTimeoutMs());
+    int n = epoll_wait(epoll_fd_.get(), events, kMaxEvents, tasks_waiting ? 0 : NextTimeoutMs());
     if (n < 0) {
       if (errno == EINTR) continue;
       std::abort();  // epoll_wait on our own epoll fd cannot fail otherwise.

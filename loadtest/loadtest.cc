@@ -200,7 +200,7 @@ Report Run(const Config& config) {
   const absl::Time start = absl::Now();
   const absl::Time end = start + config.duration;
 
-  auto worker = [&] {
+  auto worker = [&](int index) {
     std::unique_ptr<Requester> requester;
     switch (config.mode) {
       case Mode::kExecute:
@@ -218,10 +218,12 @@ Report Run(const Config& config) {
     std::vector<absl::Duration> mine;
     // Open loop when a rate is set: each worker sends on its own schedule, and latency
     // counts from the scheduled time, so a slow reply delays the measurement of the ones
-    // behind it instead of hiding them (no coordinated omission).
+    // behind it instead of hiding them (no coordinated omission). The workers' schedules
+    // are staggered, so requests arrive evenly spaced at the rate, not in bursts of
+    // `concurrency` at once.
     const absl::Duration interval =
         config.rate > 0 ? absl::Seconds(config.concurrency / config.rate) : absl::ZeroDuration();
-    absl::Time next = absl::Now();
+    absl::Time next = start + interval * index / config.concurrency;
     for (;;) {
       if (config.requests > 0) {
         if (issued.fetch_add(1) >= config.requests) break;
@@ -246,7 +248,7 @@ Report Run(const Config& config) {
     latencies.insert(latencies.end(), mine.begin(), mine.end());
   };
   std::vector<std::thread> threads;
-  for (int i = 0; i < config.concurrency; ++i) threads.emplace_back(worker);
+  for (int i = 0; i < config.concurrency; ++i) threads.emplace_back(worker, i);
   for (std::thread& t : threads) t.join();
 
   Report report;

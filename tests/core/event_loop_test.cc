@@ -34,6 +34,60 @@ TEST(EventLoop, PostedTasksRunOnTheLoopThreadInOrder) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
 }
 
+
+// A task posted from the loop thread sends no wake-up; the loop must still run it before it
+// sleeps, whether it was posted by a task, a timer, or a descriptor handler, and with
+// nothing else due for a long time.
+TEST(EventLoop, TasksPostedFromTheLoopThreadRunWithoutAnotherWakeUp) {
+  auto loop = EventLoop::Start();
+  ASSERT_TRUE(loop.ok());
+  EventLoop& l = **loop;
+  // Something due an hour away, so an idle loop would sleep that long.
+  absl::Notification far_timer_added;
+  l.Post([&]() mutable {
+    l.AddTimer(l.clock().Now() + absl::Hours(1), [] {});
+    far_timer_added.Notify();
+  });
+  ASSERT_TRUE(far_timer_added.WaitForNotificationWithTimeout(absl::Seconds(5)));
+
+  absl::Notification from_task, from_timer, from_chain;
+  l.Post([&]() mutable {
+    l.Post([&]() mutable { from_task.Notify(); });
+  });
+  ASSERT_TRUE(from_task.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  l.Post([&]() mutable {
+    l.AddTimer(l.clock().Now(), [&]() mutable {
+      l.Post([&]() mutable { from_timer.Notify(); });
+    });
+  });
+  ASSERT_TRUE(from_timer.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  // From a descriptor handler (as a child's exit is reported).
+  class PostOnReady final : public EventLoop::FdHandler {
+   public:
+    PostOnReady(EventLoop& loop, absl::Notification& done) : loop_(loop), done_(done) {}
+    void OnFdReady(int fd, uint32_t) override {
+      loop_.Unwatch(fd);
+      loop_.Post([this]() mutable { done_.Notify(); });
+    }
+
+   private:
+    EventLoop& loop_;
+    absl::Notification& done_;
+  };
+  absl::Notification from_handler;
+  PostOnReady handler(l, from_handler);
+  int fd = eventfd(1, EFD_CLOEXEC);  // Readable at once.
+  l.Post([&]() mutable { ASSERT_TRUE(l.Watch(fd, EPOLLIN, &handler).ok()); });
+  ASSERT_TRUE(from_handler.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  close(fd);
+  // A task that posts a task that posts a task: each is run by a later turn of the loop.
+  l.Post([&]() mutable {
+    l.Post([&]() mutable {
+      l.Post([&]() mutable { from_chain.Notify(); });
+    });
+  });
+  ASSERT_TRUE(from_chain.WaitForNotificationWithTimeout(absl::Seconds(5)));
+}
 TEST(EventLoop, TimersFireInDeadlineOrderAndCancelledOnesNever) {
   auto loop = EventLoop::Start();
   ASSERT_TRUE(loop.ok());
