@@ -80,12 +80,20 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
   e.Int(static_cast<int64_t>(l.cpu_affinity.size()));
   for (int cpu : l.cpu_affinity) e.Int(cpu);
 
-  // Fetched once: OpenSSL 3 looks the implementation up on every implicit use.
+  // Fetched once: OpenSSL 3 looks the implementation up on every implicit use. The context
+  // is one per thread, re-initialised for each key: EVP_Digest would allocate and free a
+  // context and the digest's state on every call, which cost more than hashing a key.
   static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  struct ContextFree {
+    void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
+  };
+  thread_local const std::unique_ptr<EVP_MD_CTX, ContextFree> context(EVP_MD_CTX_new());
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int size = 0;
-  if (sha256 == nullptr ||
-      EVP_Digest(e.bytes().data(), e.bytes().size(), digest, &size, sha256, nullptr) != 1) {
+  if (sha256 == nullptr || context == nullptr ||
+      EVP_DigestInit_ex2(context.get(), sha256, nullptr) != 1 ||
+      EVP_DigestUpdate(context.get(), e.bytes().data(), e.bytes().size()) != 1 ||
+      EVP_DigestFinal_ex(context.get(), digest, &size) != 1) {
     return absl::InternalError("SHA-256 failed");
   }
   return std::string(reinterpret_cast<const char*>(digest), size);

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "core/pool.h"
 #include "core/status_macros.h"
 
@@ -78,6 +80,49 @@ absl::Status CheckCwd(const std::string& cwd) {
   return absl::OkStatus();
 }
 
+// Files that access(X_OK) found executable, with what stat said of them then. Whether this
+// server may run a file depends on its mode, owner, group and ACL, and any change to those
+// changes its ctime; while stat shows the same file with the same ctime, the verdict holds,
+// and a request saves the access() call. (A stale verdict, say after a remount noexec,
+// only moves the error from validation to the spawn, which reports it as clearly.)
+class ExecutableVerdicts {
+ public:
+  bool Known(const std::string& path, const struct stat& st) const {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = verdicts_.find(path);
+    return it != verdicts_.end() && it->second == Key(st);
+  }
+  void Remember(const std::string& path, const struct stat& st) {
+    absl::MutexLock lock(&mu_);
+    if (verdicts_.size() >= kMaxEntries) verdicts_.clear();  // Simple bound; rebuilt on use.
+    verdicts_[path] = Key(st);
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 4096;
+  struct StatKey {
+    dev_t dev;
+    ino_t ino;
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    int64_t ctime_sec;
+    int64_t ctime_nsec;
+    bool operator==(const StatKey&) const = default;
+  };
+  static StatKey Key(const struct stat& st) {
+    return {st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_ctim.tv_sec,
+            st.st_ctim.tv_nsec};
+  }
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, StatKey> verdicts_ ABSL_GUARDED_BY(mu_);
+};
+
+ExecutableVerdicts& Verdicts() {
+  static ExecutableVerdicts* const verdicts = new ExecutableVerdicts();
+  return *verdicts;
+}
+
 // Checks one candidate file: OK when it is an executable regular file.
 absl::Status CheckExecutable(const std::string& argv0, const std::string& path,
                              FileIdentity* id = nullptr) {
@@ -95,11 +140,15 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path,
     return absl::PermissionDeniedError(
         absl::StrCat("argv[0] ", Quote(path), " is a directory, not an executable file"));
   }
-  if (!S_ISREG(st.st_mode) || access(path.c_str(), X_OK) != 0) {
-    return absl::PermissionDeniedError(absl::StrFormat(
-        "argv[0] %s is not executable (mode %04o); chmod +x it or run it through its "
-        "interpreter",
-        Quote(path), st.st_mode & 07777));
+  const bool known = S_ISREG(st.st_mode) && Verdicts().Known(path, st);
+  if (!known) {
+    if (!S_ISREG(st.st_mode) || access(path.c_str(), X_OK) != 0) {
+      return absl::PermissionDeniedError(absl::StrFormat(
+          "argv[0] %s is not executable (mode %04o); chmod +x it or run it through its "
+          "interpreter",
+          Quote(path), st.st_mode & 07777));
+    }
+    Verdicts().Remember(path, st);
   }
   if (id != nullptr) *id = FileIdentity::FromStat(st);
   return absl::OkStatus();

@@ -165,6 +165,26 @@ TEST_F(ValidateTest, NonExecutableFilesAndDirectoriesArePermissionDenied) {
   ExpectError(Request({dir_.path()}), absl::StatusCode::kPermissionDenied, "is a directory");
 }
 
+// Validation remembers files it found executable; a permission change must still be seen
+// by the very next request.
+TEST_F(ValidateTest, ExecutePermissionChangesAreSeenAtOnce) {
+  std::string program = dir_.path() + "/tool";
+  std::ofstream(program) << "#!/bin/sh\n";
+  ASSERT_EQ(chmod(program.c_str(), 0755), 0);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(ValidateRequest(Request({program}), policy_).ok());
+  }
+  ASSERT_EQ(chmod(program.c_str(), 0644), 0);
+  ExpectError(Request({program}), absl::StatusCode::kPermissionDenied, "not executable");
+  ASSERT_EQ(chmod(program.c_str(), 0755), 0);
+  EXPECT_TRUE(ValidateRequest(Request({program}), policy_).ok());
+  // Replaced by a file that is not executable, under the same name.
+  ASSERT_EQ(unlink(program.c_str()), 0);
+  std::ofstream(program) << "#!/bin/sh\n";
+  ASSERT_EQ(chmod(program.c_str(), 0600), 0);
+  ExpectError(Request({program}), absl::StatusCode::kPermissionDenied, "not executable");
+}
+
 TEST_F(ValidateTest, RelativeProgramPathsResolveAgainstCwd) {
   std::string program = dir_.path() + "/tool";
   std::ofstream(program) << "#!/bin/sh\n";
