@@ -165,6 +165,7 @@ class CgroupRecycler {
  public:
   struct Entry {
     std::string dir;
+    UniqueFd dir_fd;  // The directory: children are created in it.
     UniqueFd procs;   // cgroup.procs: written by the child to join.
     UniqueFd events;  // cgroup.events: "populated".
     UniqueFd peak;    // memory.peak, when the memory controller is on.
@@ -241,13 +242,18 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   ~CgroupGroup() override {
     // Kept for the next command without limits if it ended clean: empty, and no limit
     // event counted (the counters cannot be reset).
-    if (reusable_ && Empty() && (checked_clean_ || Clean(ReadHits()))) {
-      CgroupRecycler::Entry entry{v2_, std::move(v2_procs_), std::move(events_), std::move(peak_)};
+    // Not after a cgroup.kill: on Linux 6.18 (this host) a child that clone3 creates in a
+    // cgroup killed before is SIGKILLed at birth (see spawn.cc).
+    if (reusable_ && !killed_ && Empty() && (checked_clean_ || Clean(ReadHits()))) {
+      CgroupRecycler::Entry entry{v2_, std::move(v2_dir_), std::move(v2_procs_),
+                                  std::move(events_), std::move(peak_)};
       if (recycler_->Give(entry)) return;
+      v2_dir_ = std::move(entry.dir_fd);
       v2_procs_ = std::move(entry.procs);
       events_ = std::move(entry.events);
     }
     join_.clear();
+    v2_dir_.reset();
     v2_procs_.reset();
     owned_fds_.clear();
     KillAll();
@@ -262,6 +268,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   // used (its peak cannot be reset): the caller drops the group, which removes it.
   bool Reuse(const Dirs& dirs, CgroupRecycler::Entry entry) {
     v2_ = std::move(entry.dir);
+    v2_dir_ = std::move(entry.dir_fd);
     v2_procs_ = std::move(entry.procs);
     events_ = std::move(entry.events);
     peak_ = std::move(entry.peak);
@@ -293,6 +300,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     bool peak_resettable = false;
     if (!dirs.v2.empty()) {
       if (absl::Status s = make(dirs.v2, &v2_); !s.ok()) return s;
+      // For creating children in it; without it they join through cgroup.procs.
+      v2_dir_.reset(open(v2_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
       v2_kill_ = dirs.v2_kill;
       v2_memory_ = dirs.v2_memory;
       v2_pids_limited_ = dirs.v2_pids && max_processes > 0;
@@ -337,13 +346,20 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   }
 
   const std::vector<int>& join_fds() const override { return join_; }
+  Birthplace birthplace() const override {
+    if (!v2_dir_.valid()) return {};
+    return {v2_dir_.get(), v2_procs_.get()};
+  }
   void Attach(pid_t) override {}  // The cgroup holds every program already.
 
   void KillAll() override {
     if (v2_kill_) {
       // An empty cgroup cannot gain a process (only execd adds them), so there is nothing
       // to kill: the common case of a command whose only process has exited.
-      if (!Empty()) WriteFile(v2_ + "/cgroup.kill", "1");
+      if (!Empty()) {
+        WriteFile(v2_ + "/cgroup.kill", "1");
+        killed_ = true;
+      }
       return;
     }
     // No cgroup.kill: kill what the tracking cgroup lists until it lists nothing; a fork
@@ -403,12 +419,14 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   bool v2_memory_ = false;           // The memory controller is enabled in v2_.
   bool v2_pids_limited_ = false;     // This group has a pids.max.
   UniqueFd events_;                  // v2_'s cgroup.events.
+  UniqueFd v2_dir_;                  // v2_ itself (O_DIRECTORY).
   UniqueFd v2_procs_;                // v2_'s cgroup.procs.
   UniqueFd peak_;                    // v2_'s memory.peak, with the memory controller.
   std::vector<UniqueFd> owned_fds_;  // The v1 cgroup.procs.
   std::vector<int> join_;
   const std::shared_ptr<CgroupRecycler> recycler_;
   bool reusable_ = false;       // No limits, v2 only: may be kept for the next command.
+  bool killed_ = false;         // cgroup.kill was written.
   bool checked_clean_ = false;  // Hits() found no limit event (else read at the end).
 };
 

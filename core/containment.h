@@ -37,6 +37,17 @@ class Containment {
     virtual ~Group() = default;
     // Descriptors the child writes "0" to before exec, to join the group.
     virtual const std::vector<int>& join_fds() const = 0;
+    // A cgroup v2 directory the child may be created in (clone3's CLONE_INTO_CGROUP),
+    // and the member of join_fds() that joins that same cgroup, which such a child skips;
+    // both -1 when there is none. Being created in the cgroup spares the cgroup.procs
+    // write, which takes the kernel's cgroup threadgroup lock for writing: every fork and
+    // exit on the machine waits for it, for an RCU grace period (about 10 ms) when writes
+    // are rare.
+    struct Birthplace {
+      int dir_fd = -1;
+      int procs_fd = -1;
+    };
+    virtual Birthplace birthplace() const { return {}; }
     // A program of the command (each of a pipeline's) was spawned with this pid, its
     // process group id too.
     virtual void Attach(pid_t leader) = 0;

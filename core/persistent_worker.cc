@@ -59,6 +59,8 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
   spec.stdout_fd = out_pipe.second.get();
   spec.stderr_fd = err_pipe.second.get();
   spec.join_fds = &w->group_->join_fds();
+  spec.cgroup_dir_fd = w->group_->birthplace().dir_fd;
+  spec.cgroup_procs_fd = w->group_->birthplace().procs_fd;
   ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
   w->group_->Attach(spawned.pid);
   w->pid_ = spawned.pid;

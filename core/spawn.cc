@@ -9,20 +9,119 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "core/errno_status.h"
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
 
+#if defined(__x86_64__)
+#define EXECD_HAVE_CLONE3 1
+// clone3 with a function to run on a new stack, as clone() offers for the old call (glibc
+// 2.36 exports no clone3). In the parent it returns the child's pid or -errno; the child
+// calls fn(arg) on the stack given in the arguments and exits with its return value.
+// The syscall keeps every register but rax, rcx and r11, and the child starts with the
+// parent's registers on its own stack, so fn and arg wait in r9 and r8.
+extern "C" long execd_clone3(void* clone_args, size_t size, int (*fn)(void*), void* arg);
+asm(R"(
+    .text
+    .globl execd_clone3
+    .hidden execd_clone3
+    .type execd_clone3, @function
+execd_clone3:
+    movq %rdx, %r9
+    movq %rcx, %r8
+    movl $435, %eax
+    syscall
+    testq %rax, %rax
+    jz 1f
+    ret
+1:
+    xorl %ebp, %ebp
+    andq $-16, %rsp
+    movq %r8, %rdi
+    callq *%r9
+    movl %eax, %edi
+    movl $60, %eax
+    syscall
+    hlt
+    .size execd_clone3, .-execd_clone3
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+#endif
+
 namespace execd::core {
 namespace {
+
+#ifdef EXECD_HAVE_CLONE3
+// struct clone_args of <linux/sched.h> up to its `cgroup` field (CLONE_ARGS_SIZE_VER2).
+struct Clone3Args {
+  uint64_t flags;
+  uint64_t pidfd;
+  uint64_t child_tid;
+  uint64_t parent_tid;
+  uint64_t exit_signal;
+  uint64_t stack;
+  uint64_t stack_size;
+  uint64_t tls;
+  uint64_t set_tid;
+  uint64_t set_tid_size;
+  uint64_t cgroup;
+};
+static_assert(sizeof(Clone3Args) == 88);
+constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+
+// Cleared for good once the kernel shows it has no clone3 or no CLONE_INTO_CGROUP, or
+// that children created in a cgroup do not survive (below).
+std::atomic<bool> g_clone3_into_cgroup{true};
+
+[[noreturn]] int ExitAtOnce(void*) { _exit(0); }
+
+// On this host's Linux 6.18, a child created by clone3 in a cgroup that had once been
+// killed through cgroup.kill is SIGKILLed at birth (seen, not read: the kernel seems to
+// compare the target cgroup's kill count with the one of the *creating* process's cgroup).
+// execd never creates children in a cgroup it killed (containment does not reuse those),
+// but its own cgroup may have been killed before it started (a systemd restart in place),
+// and then every child created that way would die. Checked once, before the first use,
+// with a child that exits at once. `stack` is the caller's child stack.
+bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
+  static absl::Mutex mu(absl::kConstInit);
+  static int verdict ABSL_GUARDED_BY(mu) = -1;
+  absl::MutexLock lock(&mu);
+  if (verdict >= 0) return verdict == 1;
+  Clone3Args cl{};
+  cl.flags = CLONE_VM | CLONE_VFORK | kCloneIntoCgroup;
+  cl.exit_signal = SIGCHLD;
+  cl.stack = reinterpret_cast<uintptr_t>(stack);
+  cl.stack_size = stack_size;
+  cl.cgroup = static_cast<uint64_t>(cgroup_dir_fd);
+  long pid = execd_clone3(&cl, sizeof(cl), ExitAtOnce, nullptr);
+  if (pid < 0) {
+    // No clone3 or no CLONE_INTO_CGROUP: never again. Otherwise (this descriptor is not
+    // a cgroup the kernel takes) the child joins instead, and the next spawn asks again.
+    if (pid == -ENOSYS || pid == -E2BIG || pid == -EINVAL) {
+      g_clone3_into_cgroup.store(false, std::memory_order_relaxed);
+    }
+    return false;
+  }
+  int status = 0;
+  while (waitpid(static_cast<pid_t>(pid), &status, 0) < 0 && errno == EINTR) {
+  }
+  verdict = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : 0;
+  return verdict == 1;
+}
+#endif
 
 // What the child failed at, reported through memory it shares with the parent (CLONE_VM)
 // while the parent is suspended (CLONE_VFORK).
@@ -51,6 +150,7 @@ struct ChildArgs {
   bool controlling_terminal;
   const int* join_fds;
   size_t join_count;
+  int skip_join_fd;  // Already in that cgroup: created there.
   // Resource limits to set, each with its resource id; count of them in `limit_count`.
   int limit_resources[4];
   rlimit limits[4];
@@ -92,6 +192,7 @@ int ChildMain(void* raw) {
   }
   // Join the command's cgroups first, so everything after is accounted and limited.
   for (size_t i = 0; i < args->join_count; ++i) {
+    if (args->join_fds[i] == args->skip_join_fd) continue;
     if (write(args->join_fds[i], "0", 1) != 1) ChildFail(args, ChildStep::kJoinCgroup);
   }
   for (int i = 0; i < args->limit_count; ++i) {
@@ -195,6 +296,7 @@ class SystemOs final : public ProcessOs {
     args.controlling_terminal = spec.controlling_terminal;
     args.parent_pid = getpid();
     args.failed_step = ChildStep::kNone;
+    args.skip_join_fd = -1;
     if (spec.join_fds != nullptr) {
       args.join_fds = spec.join_fds->data();
       args.join_count = spec.join_fds->size();
@@ -229,9 +331,41 @@ class SystemOs final : public ProcessOs {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int pidfd = -1;
-    pid_t pid = clone(ChildMain, stack.get() + kStackSize,
-                      CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
-    int clone_errno = errno;
+    pid_t pid = -1;
+    int clone_errno = 0;
+    bool born_in_cgroup = false;
+#ifdef EXECD_HAVE_CLONE3
+    if (spec.cgroup_dir_fd >= 0 && g_clone3_into_cgroup.load(std::memory_order_relaxed) &&
+        CreatedChildrenSurvive(spec.cgroup_dir_fd, stack.get(), kStackSize)) {
+      Clone3Args cl{};
+      cl.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | kCloneIntoCgroup;
+      cl.pidfd = reinterpret_cast<uintptr_t>(&pidfd);
+      cl.exit_signal = SIGCHLD;
+      cl.stack = reinterpret_cast<uintptr_t>(stack.get());
+      cl.stack_size = kStackSize;
+      cl.cgroup = static_cast<uint64_t>(spec.cgroup_dir_fd);
+      args.skip_join_fd = spec.cgroup_procs_fd;
+      long r = execd_clone3(&cl, sizeof(cl), ChildMain, &args);
+      if (r >= 0) {
+        pid = static_cast<pid_t>(r);
+        born_in_cgroup = true;
+      } else {
+        // No clone3 (before 5.3) or no CLONE_INTO_CGROUP (before 5.7): never again. Any
+        // other refusal (a cgroup that takes no processes, a permission) is for the
+        // joining write below to report.
+        if (r == -ENOSYS || r == -E2BIG || r == -EINVAL) {
+          g_clone3_into_cgroup.store(false, std::memory_order_relaxed);
+        }
+        if (r == -EAGAIN || r == -ENOMEM) clone_errno = static_cast<int>(-r);
+        args.skip_join_fd = -1;
+      }
+    }
+#endif
+    if (pid < 0 && clone_errno == 0) {
+      pid = clone(ChildMain, stack.get() + kStackSize,
+                  CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+      clone_errno = errno;
+    }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid < 0) return ErrnoToStatus(clone_errno, "clone");
     UniqueFd owned_pidfd(pidfd);
@@ -241,7 +375,7 @@ class SystemOs final : public ProcessOs {
       }
       return ChildFailureStatus(args, spec);
     }
-    return SpawnedProcess{pid, std::move(owned_pidfd)};
+    return SpawnedProcess{pid, std::move(owned_pidfd), born_in_cgroup};
   }
 };
 

@@ -26,6 +26,11 @@ struct SpawnSpec {
   int stderr_fd = -1;
   // Descriptors the child writes "0" to before exec: cgroup.procs files to join.
   const std::vector<int>* join_fds = nullptr;
+  // A cgroup v2 directory to create the child in (clone3, CLONE_INTO_CGROUP), and the
+  // member of join_fds for the same cgroup, which the child then skips. Where the kernel
+  // cannot (before Linux 5.7, or not x86-64 here), the child joins it through that member.
+  int cgroup_dir_fd = -1;
+  int cgroup_procs_fd = -1;
   // Per-process limits set in the child (0: leave as inherited, except RLIMIT_NOFILE, which
   // is reset to the soft limit execd started with).
   int64_t cpu_seconds = 0;
@@ -49,6 +54,7 @@ absl::Status SetNonBlocking(int fd);
 struct SpawnedProcess {
   pid_t pid = -1;
   UniqueFd pidfd;  // Readable once the process has exited; the caller must still reap it.
+  bool born_in_cgroup = false;  // Created in spec.cgroup_dir_fd rather than joined to it.
 };
 
 class ProcessOs {
@@ -62,7 +68,8 @@ class ProcessOs {
   virtual absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) = 0;
 };
 
-// The real kernel: pipe2(O_CLOEXEC) and clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD).
+// The real kernel: pipe2(O_CLOEXEC) and clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD), or
+// clone3 with CLONE_INTO_CGROUP as well when the spec names a cgroup directory.
 ProcessOs& SystemProcessOs();
 
 // Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), so no pipe the engine

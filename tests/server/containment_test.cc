@@ -124,25 +124,35 @@ std::string V2CgroupOf(const std::string& proc_self_cgroup) {
   return "";
 }
 
+// A command whose processes have all exited leaves its cgroup to the next command without
+// limits. One that left a background child is killed with cgroup.kill, and its cgroup is
+// not used again: Linux 6.x SIGKILLs children created in a cgroup killed before. Background
+// children die with their command either way.
 TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvivors) {
   if (!cgroups()) GTEST_SKIP() << "SKIPPED: process-group containment has no cgroups to reuse";
   auto cgroup_of_run = [&](v1::ExecuteRequest request) {
     v1::ExecuteResponse r = Run(request);
     EXPECT_EQ(r.exit_code(), 0) << r.stderr();
+    EXPECT_EQ(r.termination(), v1::EXITED);
     EXPECT_TRUE(NoSurvivors());
     return V2CgroupOf(r.stdout());
   };
-  const std::string script = "sleep 100 & cat /proc/self/cgroup";
-  const std::string first = cgroup_of_run(Marked({"/bin/sh", "-c", script}));
+  const std::string clean = "cat /proc/self/cgroup";
+  const std::string leaves_a_child = "sleep 100 & cat /proc/self/cgroup";
+  const std::string first = cgroup_of_run(Marked({"/bin/sh", "-c", clean}));
   ASSERT_FALSE(first.empty());
-  // The next command without limits runs in the same, emptied cgroup; its background
-  // child dies with it all the same.
-  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", script})), first);
+  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", clean})), first);
+  // Reused once more; its background child is killed with the whole cgroup at the end.
+  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", leaves_a_child})), first);
+  // So the next command gets a new cgroup, and runs there.
+  const std::string second = cgroup_of_run(Marked({"/bin/sh", "-c", clean}));
+  ASSERT_FALSE(second.empty());
+  EXPECT_NE(second, first);
   // A command with a limit gets a cgroup of its own, set up for it.
-  v1::ExecuteRequest limited = Marked({"/bin/sh", "-c", script});
+  v1::ExecuteRequest limited = Marked({"/bin/sh", "-c", clean});
   limited.mutable_limits()->set_max_processes(50);
-  EXPECT_NE(cgroup_of_run(limited), first);
-  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", script})), first);
+  EXPECT_NE(cgroup_of_run(limited), second);
+  EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", clean})), second);
 }
 
 TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
