@@ -21,6 +21,17 @@
 #include "absl/synchronization/mutex.h"
 #include "core/errno_status.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EXECD_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(EXECD_ASAN)
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_UNPOISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#endif
+
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
@@ -118,6 +129,7 @@ bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
   int status = 0;
   while (waitpid(static_cast<pid_t>(pid), &status, 0) < 0 && errno == EINTR) {
   }
+  ASAN_UNPOISON_MEMORY_REGION(stack, stack_size);  // For the child that follows.
   verdict = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : 0;
   return verdict == 1;
 }
@@ -282,6 +294,9 @@ class SystemOs final : public ProcessOs {
     // thread suffices because CLONE_VFORK suspends this thread until the child execs or exits.
     constexpr size_t kStackSize = 64 << 10;
     thread_local std::unique_ptr<char[]> stack(new char[kStackSize]);
+    // Under AddressSanitizer the child's frames poison the shadow of this (shared) memory
+    // and never return to clear it; each child starts on a clean one. (A no-op otherwise.)
+    ASAN_UNPOISON_MEMORY_REGION(stack.get(), kStackSize);
 
     std::vector<char*> argv = CStringArray(*spec.argv);
     std::vector<char*> envp = CStringArray(*spec.env);

@@ -5,6 +5,10 @@
 //   PosixSpawn     glibc posix_spawn (also clone(CLONE_VM|CLONE_VFORK) inside)
 //   ForkExec       fork + execve
 //   EngineRoundTrip  the whole core::Engine: admission, cgroup, spawn thread, loop, reap
+//   IntoCgroupPaced/0  ExecdSpawn into a command cgroup, joined by writing cgroup.procs
+//   IntoCgroupPaced/1  the same, created in it by clone3(CLONE_INTO_CGROUP)
+//                    One spawn every 100 ms (the pause is not timed), as at a low request
+//                    rate: the cost of the cgroup.procs write depends on how rare it is.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -15,6 +19,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "benchmark/benchmark.h"
+#include "core/containment.h"
 #include "core/engine.h"
 #include "core/spawn.h"
 #include "core/validate.h"
@@ -101,6 +106,48 @@ void BM_ForkExec(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ForkExec)->UseRealTime();
+
+void BM_IntoCgroupPaced(benchmark::State& state) {
+  auto containment = Containment::Create(Containment::Mode::kCgroup);
+  if (!containment.ok()) {
+    state.SkipWithError("no writable cgroup hierarchy");
+    return;
+  }
+  auto group = (*containment)->NewGroup(0, 0);
+  if (!group.ok() || (*group)->birthplace().dir_fd < 0) {
+    state.SkipWithError("no cgroup v2 directory to create children in");
+    return;
+  }
+  const bool created = state.range(0) == 1;
+  const std::string cwd;
+  bool born = false;
+  for (auto _ : state) {
+    state.PauseTiming();
+    usleep(100 * 1000);
+    Pipes p;
+    state.ResumeTiming();
+    SpawnSpec spec;
+    spec.executable = &kTrue;
+    spec.argv = &kArgv;
+    spec.env = &kEnv;
+    spec.cwd = &cwd;
+    spec.stdin_fd = p.null_fd;
+    spec.stdout_fd = p.out[1];
+    spec.stderr_fd = p.err[1];
+    spec.join_fds = &(*group)->join_fds();
+    spec.cgroup_dir_fd = created ? (*group)->birthplace().dir_fd : -1;
+    spec.cgroup_procs_fd = (*group)->birthplace().procs_fd;
+    auto child = SystemProcessOs().Spawn(spec);
+    if (!child.ok()) {
+      state.SkipWithError(std::string(child.status().message()).c_str());
+      return;
+    }
+    born = child->born_in_cgroup;
+    Wait(child->pid);
+  }
+  state.SetLabel(born ? "created in the cgroup" : "joined by write");
+}
+BENCHMARK(BM_IntoCgroupPaced)->Arg(0)->Arg(1)->Iterations(30)->UseRealTime();
 
 class Done final : public Engine::Observer {
  public:
