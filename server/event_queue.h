@@ -1,6 +1,7 @@
 // EventQueue: the events of one streaming call waiting to be written (gRPC allows one
 // write at a time), with the output bytes they hold counted for back-pressure. Shared by
-// ExecuteStream and Attach, whose event messages have the same `output` field.
+// ExecuteStream and Attach, whose event messages have the same `output` field, and by
+// ExecuteBatch, whose results have none (nothing is counted or merged for them).
 //
 // Not thread-safe: the reactor's lock guards it.
 #pragma once
@@ -16,6 +17,13 @@
 #include "execd/v1/execd.pb.h"
 
 namespace execd::server {
+
+// Events that carry a child's output (ExecuteEvent, AttachEvent).
+template <typename Event>
+concept CarriesOutput = requires(const Event& e) {
+  e.has_output();
+  e.output().data();
+};
 
 template <typename Event>
 class EventQueue {
@@ -33,14 +41,19 @@ class EventQueue {
   // chatty child become one message). Returns true when the caller should now pause the
   // child's output.
   bool Push(Event event, bool coalesce) {
-    if (event.has_output()) bytes_ += event.output().data().size();
-    if (coalesce && !queue_.empty() && queue_.back().has_output() &&
-        queue_.back().output().stream() == event.output().stream() &&
-        queue_.back().output().compression() == v1::COMPRESSION_NONE &&
-        queue_.back().output().data().size() + event.output().data().size() <= chunk_bytes_) {
-      queue_.back().mutable_output()->mutable_data()->append(event.output().data());
-    } else {
+    if constexpr (!CarriesOutput<Event>) {
       queue_.push_back(std::move(event));
+      return false;
+    } else {
+      if (event.has_output()) bytes_ += event.output().data().size();
+      if (coalesce && !queue_.empty() && queue_.back().has_output() &&
+          queue_.back().output().stream() == event.output().stream() &&
+          queue_.back().output().compression() == v1::COMPRESSION_NONE &&
+          queue_.back().output().data().size() + event.output().data().size() <= chunk_bytes_) {
+        queue_.back().mutable_output()->mutable_data()->append(event.output().data());
+      } else {
+        queue_.push_back(std::move(event));
+      }
     }
     if (paused_ || bytes_ <= kPauseBytes) return false;
     paused_ = true;
@@ -52,7 +65,9 @@ class EventQueue {
     if (queue_.empty()) return false;
     *out = std::move(queue_.front());
     queue_.pop_front();
-    if (out->has_output()) bytes_ -= out->output().data().size();
+    if constexpr (CarriesOutput<Event>) {
+      if (out->has_output()) bytes_ -= out->output().data().size();
+    }
     return true;
   }
 
@@ -78,11 +93,11 @@ class EventQueue {
   bool paused_ = false;
 };
 
-// The write side of a streaming call, shared by ExecuteStream and Attach: events queue
-// while a write is in flight (gRPC allows one at a time; writes are never issued under the
-// lock), the child's output is paused while too much waits, and the call finishes once the
-// command is over and everything queued has been written (or the reader is gone).
-// Thread-safe.
+// The write side of a streaming call, shared by ExecuteStream, Attach and ExecuteBatch:
+// events queue while a write is in flight (gRPC allows one at a time; writes are never
+// issued under the lock), the child's output is paused while too much waits, and the call
+// finishes once the command (or batch) is over and everything queued has been written (or
+// the reader is gone). Thread-safe.
 template <typename Event>
 class EventWriter {
  public:

@@ -348,11 +348,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     request_ = request;
     absl::Status valid = Check(*request);
     if (!valid.ok()) {
-      {
-        absl::MutexLock lock(&mu_);
-        finished_ = true;
-      }
-      Finish(ToGrpcStatus(valid));
+      writer_.Close(ToGrpcStatus(valid));
       return;
     }
     total_ = request->stdins_size() > 0 ? request->stdins_size() : request->requests_size();
@@ -363,16 +359,8 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   }
 
   void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!ok) {
-        broken_ = true;
-        queue_.clear();
-      }
-    }
-    if (!ok) CancelAll();
-    Pump();
+    writer_.WriteDone(ok);
+    if (!ok) CancelAll();  // The client is gone: nothing more to run for it.
   }
   void OnCancel() override { CancelAll(); }
   void OnDone() override { delete this; }
@@ -381,6 +369,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   void ItemDone(int index, const absl::Status& status, v1::ExecuteResponse response) {
     const bool failed =
         !status.ok() || response.termination() != v1::EXITED || response.exit_code() != 0;
+    std::optional<grpc::Status> end;
     {
       absl::MutexLock lock(&mu_);
       --running_;
@@ -389,14 +378,19 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
         stopped_ = true;
         stop_reason_ = absl::StrCat("not started: fail_fast after item ", index, " failed");
       }
-      if (!broken_) {
-        v1::BatchResult result;
-        result.set_index(index);
-        result.set_status_code(static_cast<int>(status.code()));
-        result.set_status_message(std::string(status.message()));
-        *result.mutable_response() = std::move(response);
-        queue_.push_back(std::move(result));
-      }
+      v1::BatchResult result;
+      result.set_index(index);
+      result.set_status_code(static_cast<int>(status.code()));
+      result.set_status_message(std::string(status.message()));
+      *result.mutable_response() = std::move(response);
+      // Queued under the lock, so that no other item can see the batch over and close the
+      // writer before this result is in it.
+      writer_.Push(std::move(result), /*coalesce=*/false);
+      end = TakeEndLocked();
+    }
+    if (end.has_value()) {
+      writer_.Close(*std::move(end));
+      return;
     }
     Launch();
   }
@@ -423,11 +417,20 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     return absl::OkStatus();
   }
 
-  // Starts items while there is room and reports the ones fail_fast skips; then writes.
+  // Starts items while there is room and reports the ones fail_fast skips.
   void Launch();
   void LaunchOnce();
   void CancelAll();
-  void Pump();
+
+  // The call's status, once, when the batch has just ended: every item reported, or
+  // cancelled with none still running.
+  std::optional<grpc::Status> TakeEndLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ended_ || running_ > 0 || (reported_ < total_ && !cancelled_)) return std::nullopt;
+    ended_ = true;
+    if (reported_ < total_)
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the batch was cancelled");
+    return grpc::Status::OK;
+  }
 
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
@@ -444,13 +447,15 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Item>> items_ ABSL_GUARDED_BY(mu_);
-  std::deque<v1::BatchResult> queue_ ABSL_GUARDED_BY(mu_);
-  v1::BatchResult current_;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;  // The writer was closed.
   bool launching_ ABSL_GUARDED_BY(mu_) = false;
   bool relaunch_ ABSL_GUARDED_BY(mu_) = false;
+  // Results carry no output to hold back, so nothing is ever paused.
+  EventWriter<v1::BatchResult> writer_{
+      {.start_write = [this](const v1::BatchResult* result) { StartWrite(result); },
+       .finish = [this](const grpc::Status& status) { Finish(status); },
+       .pause_output = [](bool) {}},
+      /*open=*/true};
 };
 
 class ExecuteBatchReactor::Item final : public CallBase {
@@ -507,7 +512,6 @@ void ExecuteBatchReactor::Launch() {
     }
     relaunch_ = false;
   }
-  Pump();
 }
 
 void ExecuteBatchReactor::LaunchOnce() {
@@ -545,36 +549,18 @@ void ExecuteBatchReactor::LaunchOnce() {
 
 void ExecuteBatchReactor::CancelAll() {
   std::vector<Item*> items;
+  std::optional<grpc::Status> end;
   {
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
     for (auto& item : items_) items.push_back(item.get());
+    end = TakeEndLocked();  // Nothing running: no item will report to end it.
+  }
+  if (end.has_value()) {
+    writer_.Close(*std::move(end));
+    return;
   }
   for (Item* item : items) item->Cancel();
-  Pump();
-}
-
-void ExecuteBatchReactor::Pump() {
-  enum { kNothing, kWrite, kFinish } action = kNothing;
-  grpc::Status status;
-  {
-    absl::MutexLock lock(&mu_);
-    if (writing_ || finished_) return;
-    if (!queue_.empty()) {
-      current_ = std::move(queue_.front());
-      queue_.pop_front();
-      writing_ = true;
-      action = kWrite;
-    } else if (running_ == 0 && (reported_ == total_ || cancelled_)) {
-      finished_ = true;
-      action = kFinish;
-      if (cancelled_ && reported_ < total_) {
-        status = grpc::Status(grpc::StatusCode::CANCELLED, "the batch was cancelled");
-      }
-    }
-  }
-  if (action == kWrite) StartWrite(&current_);
-  if (action == kFinish) Finish(status);
 }
 
 }  // namespace

@@ -112,6 +112,21 @@ TEST_F(BatchTest, ABadItemGetsItsOwnErrorAndTheRestRun) {
   EXPECT_EQ(results[3].response().exit_code(), 4);
 }
 
+// Every item refused before it runs: the batch ends while it is still starting items, and
+// every refusal still arrives, in a larger batch than gRPC can write at once.
+TEST_F(BatchTest, ABatchOfOnlyRefusedItemsReportsEveryOneAndEnds) {
+  v1::BatchRequest batch;
+  constexpr int kItems = 500;
+  for (int i = 0; i < kItems; ++i) *batch.add_requests() = Command({"/no/such/program"});
+  batch.set_max_parallel(kItems);
+  std::map<int, v1::BatchResult> results;
+  ASSERT_TRUE(Run(batch, &results).ok());
+  ASSERT_EQ(results.size(), static_cast<size_t>(kItems));
+  for (const auto& [index, result] : results) {
+    EXPECT_EQ(result.status_code(), static_cast<int>(grpc::StatusCode::NOT_FOUND)) << index;
+  }
+}
+
 TEST_F(BatchTest, FailFastStopsStartingItemsAfterTheFirstFailure) {
   testing::ScopedTempDir dir("batch");
   v1::BatchRequest batch;
