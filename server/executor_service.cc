@@ -369,7 +369,6 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   void ItemDone(int index, const absl::Status& status, v1::ExecuteResponse response) {
     const bool failed =
         !status.ok() || response.termination() != v1::EXITED || response.exit_code() != 0;
-    std::optional<grpc::Status> end;
     {
       absl::MutexLock lock(&mu_);
       --running_;
@@ -378,14 +377,19 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
         stopped_ = true;
         stop_reason_ = absl::StrCat("not started: fail_fast after item ", index, " failed");
       }
-      v1::BatchResult result;
-      result.set_index(index);
-      result.set_status_code(static_cast<int>(status.code()));
-      result.set_status_message(std::string(status.message()));
-      *result.mutable_response() = std::move(response);
-      // Queued under the lock, so that no other item can see the batch over and close the
-      // writer before this result is in it.
-      writer_.Push(std::move(result), /*coalesce=*/false);
+    }
+    v1::BatchResult result;
+    result.set_index(index);
+    result.set_status_code(static_cast<int>(status.code()));
+    result.set_status_message(std::string(status.message()));
+    *result.mutable_response() = std::move(response);
+    // Not under the lock: the write may start here, and other items finishing meanwhile
+    // must not wait for it.
+    writer_.Push(std::move(result), /*coalesce=*/false);
+    std::optional<grpc::Status> end;
+    {
+      absl::MutexLock lock(&mu_);
+      ++queued_;
       end = TakeEndLocked();
     }
     if (end.has_value()) {
@@ -422,13 +426,17 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   void LaunchOnce();
   void CancelAll();
 
-  // The call's status, once, when the batch has just ended: every item reported, or
-  // cancelled with none still running.
+  // The call's status, once, when the batch has just ended: every item reported (or,
+  // cancelled, none still running) and every report queued for writing, so that no
+  // result can come after the writer is closed.
   std::optional<grpc::Status> TakeEndLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (ended_ || running_ > 0 || (reported_ < total_ && !cancelled_)) return std::nullopt;
+    if (ended_ || running_ > 0 || queued_ < reported_ || (reported_ < total_ && !cancelled_)) {
+      return std::nullopt;
+    }
     ended_ = true;
-    if (reported_ < total_)
+    if (reported_ < total_) {
       return grpc::Status(grpc::StatusCode::CANCELLED, "the batch was cancelled");
+    }
     return grpc::Status::OK;
   }
 
@@ -447,6 +455,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Item>> items_ ABSL_GUARDED_BY(mu_);
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;      // Results handed to writer_.
   bool ended_ ABSL_GUARDED_BY(mu_) = false;  // The writer was closed.
   bool launching_ ABSL_GUARDED_BY(mu_) = false;
   bool relaunch_ ABSL_GUARDED_BY(mu_) = false;
