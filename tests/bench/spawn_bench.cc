@@ -51,19 +51,24 @@ void Wait(pid_t pid) {
   waitpid(pid, &status, 0);
 }
 
+// /bin/true with /dev/null and the two pipes of `p`, as the engine wires a child.
+SpawnSpec TrueSpec(const Pipes& p) {
+  static const std::string* const kNoCwd = new std::string();
+  SpawnSpec spec;
+  spec.executable = &kTrue;
+  spec.argv = &kArgv;
+  spec.env = &kEnv;
+  spec.cwd = kNoCwd;
+  spec.stdin_fd = p.null_fd;
+  spec.stdout_fd = p.out[1];
+  spec.stderr_fd = p.err[1];
+  return spec;
+}
+
 void BM_ExecdSpawn(benchmark::State& state) {
-  const std::string cwd;
   for (auto _ : state) {
     Pipes p;
-    SpawnSpec spec;
-    spec.executable = &kTrue;
-    spec.argv = &kArgv;
-    spec.env = &kEnv;
-    spec.cwd = &cwd;
-    spec.stdin_fd = p.null_fd;
-    spec.stdout_fd = p.out[1];
-    spec.stderr_fd = p.err[1];
-    auto child = SystemProcessOs().Spawn(spec);
+    auto child = SystemProcessOs().Spawn(TrueSpec(p));
     if (!child.ok()) state.SkipWithError(std::string(child.status().message()).c_str());
     Wait(child->pid);
   }
@@ -119,21 +124,13 @@ void BM_IntoCgroupPaced(benchmark::State& state) {
     return;
   }
   const bool created = state.range(0) == 1;
-  const std::string cwd;
   bool born = false;
   for (auto _ : state) {
     state.PauseTiming();
     usleep(100 * 1000);
     Pipes p;
     state.ResumeTiming();
-    SpawnSpec spec;
-    spec.executable = &kTrue;
-    spec.argv = &kArgv;
-    spec.env = &kEnv;
-    spec.cwd = &cwd;
-    spec.stdin_fd = p.null_fd;
-    spec.stdout_fd = p.out[1];
-    spec.stderr_fd = p.err[1];
+    SpawnSpec spec = TrueSpec(p);
     spec.join_fds = &(*group)->join_fds();
     spec.cgroup_dir_fd = created ? (*group)->birthplace().dir_fd : -1;
     spec.cgroup_procs_fd = (*group)->birthplace().procs_fd;
