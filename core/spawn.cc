@@ -16,7 +16,6 @@
 #include <memory>
 #include <mutex>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/errno_status.h"
@@ -107,10 +106,11 @@ std::atomic<bool> g_clone3_into_cgroup{true};
 // and then every child created that way would die. Checked once, before the first use,
 // with a child that exits at once. `stack` is the caller's child stack.
 bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
+  static std::atomic<int> verdict{-1};  // -1 unknown, 0 they die, 1 they survive.
+  if (int v = verdict.load(std::memory_order_acquire); v >= 0) return v == 1;
   static absl::Mutex mu(absl::kConstInit);
-  static int verdict ABSL_GUARDED_BY(mu) = -1;
   absl::MutexLock lock(&mu);
-  if (verdict >= 0) return verdict == 1;
+  if (int v = verdict.load(std::memory_order_acquire); v >= 0) return v == 1;
   Clone3Args cl{};
   cl.flags = CLONE_VM | CLONE_VFORK | kCloneIntoCgroup;
   cl.exit_signal = SIGCHLD;
@@ -130,8 +130,9 @@ bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
   while (waitpid(static_cast<pid_t>(pid), &status, 0) < 0 && errno == EINTR) {
   }
   ASAN_UNPOISON_MEMORY_REGION(stack, stack_size);  // For the child that follows.
-  verdict = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : 0;
-  return verdict == 1;
+  const bool survived = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  verdict.store(survived ? 1 : 0, std::memory_order_release);
+  return survived;
 }
 #endif
 
