@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -96,6 +97,35 @@ TEST_F(BinariesTest, RunPipesAtQuotedBarsWithoutAShell) {
   ProcessResult dangling = Execctl({"run", "--", "cat", "|"});
   EXPECT_EQ(dangling.exit_code, 125);
   EXPECT_THAT(dangling.err, HasSubstr("no program after it"));
+}
+
+// --cache=read-write: the second identical run is answered from the server's cache (the
+// command appends to a file each time it really runs), with the same output and exit.
+TEST_F(BinariesTest, RunWithCacheAnswersTheSecondIdenticalRunFromTheCache) {
+  char dir[] = "/tmp/execctl-cache-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string counter = absl::StrCat(dir, "/runs");
+  const std::vector<std::string> run = {
+      "run", "--cache=read-write", "--cache_ttl=1m", "--",
+      "/bin/sh", "-c", absl::StrCat("echo ran >> ", counter, "; echo result")};
+  ProcessResult first = Execctl(run);
+  ProcessResult second = Execctl(run);
+  EXPECT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(first.out, "result\n");
+  EXPECT_EQ(second.out, "result\n");
+  std::ifstream in(counter);
+  std::string runs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(runs, "ran\n");  // Ran once.
+  // refresh runs it again.
+  std::vector<std::string> refresh = run;
+  refresh[1] = "--cache=refresh";
+  EXPECT_EQ(Execctl(refresh).exit_code, 0);
+  std::ifstream again(counter);
+  runs.assign(std::istreambuf_iterator<char>(again), std::istreambuf_iterator<char>());
+  EXPECT_EQ(runs, "ran\nran\n");
+  unlink(counter.c_str());
+  rmdir(dir);
 }
 
 TEST_F(BinariesTest, SignalledCommandExitsWith128PlusSignal) {

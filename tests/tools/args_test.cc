@@ -45,6 +45,16 @@ TEST(ExecctlArgs, LimitsAndScheduling) {
   EXPECT_THAT(a->cpu_affinity, ElementsAre(0, 2));
 }
 
+TEST(ExecctlArgs, CachePolicyAndTtl) {
+  auto a = Parse({"run", "--cache=read-only", "--cache_ttl", "90s", "--", "x"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->cache, "read-only");
+  EXPECT_EQ(a->cache_ttl, absl::Seconds(90));
+  auto none = Parse({"run", "--", "x"});
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->cache, "");
+}
+
 TEST(ExecctlArgs, DefaultTargetComesFromTheEnvironmentValue) {
   auto a = ParseArgs({"health"}, "other:9");
   ASSERT_TRUE(a.ok());
@@ -63,6 +73,9 @@ TEST(ExecctlArgs, ErrorsNameTheFlagAndTheValue) {
            {{"run", "--priority=urgent", "--", "x"}, "--priority wants low, normal or high"},
            {{"run", "--memory_bytes=-1", "--", "x"}, "--memory_bytes wants a non-negative"},
            {{"run", "--cpu_affinity=a", "--", "x"}, "--cpu_affinity wants CPU numbers"},
+           {{"run", "--cache=maybe", "--", "x"}, "--cache wants off, read-write, read-only"},
+           {{"run", "--cache_ttl=later", "--", "x"}, "--cache_ttl wants a duration"},
+           {{"attach", "--cache=read-write", "--", "cat"}, "unknown flag \"--cache=read-write\""},
            {{"run", "--bogus", "--", "x"}, "unknown flag \"--bogus\" for run"},
            {{"run", "--timeout"}, "--timeout needs a value"},
            {{"run"}, "run needs a command"},

@@ -32,6 +32,9 @@ const char kUsage[] =
     "      --max_file_size_bytes=N --cpu_affinity=0,1   resource limits\n"
     "      --stream              print output live (ExecuteStream)\n"
     "      --pipefail            a pipeline exits with its last failing program's code\n"
+    "      --cache=read-write    answer from the server's result cache when an identical\n"
+    "                            command succeeded; read-only, refresh, off (default)\n"
+    "      --cache_ttl=10m       how long a stored result stays valid (default: the server's)\n"
     "      --pool=NAME           run in worker pool NAME; ARGS are the worker's arguments\n"
     "                            (none for a PREWARMED pool, which reads its input as stdin)\n"
     "  attach [flags] -- PROGRAM [ARGS...]   an interactive session: execctl's stdin goes to\n"
@@ -100,6 +103,15 @@ absl::Status ParseAffinity(const std::string& value, Args& out) {
   return absl::OkStatus();
 }
 
+absl::Status ParseCache(const std::string& value, Args& out) {
+  if (value != "off" && value != "read-write" && value != "read-only" && value != "refresh") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cache wants off, read-write, read-only or refresh, got \"", value, "\""));
+  }
+  out.cache = value;
+  return absl::OkStatus();
+}
+
 absl::Status ParsePriority(const std::string& value, Args& out) {
   if (value != "low" && value != "normal" && value != "high") {
     return absl::InvalidArgumentError(
@@ -149,13 +161,16 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"max_file_size_bytes", true, CountFlag("max_file_size_bytes", out.max_file_size_bytes)},
           {"cpu_affinity", true, [&out](const std::string& v) { return ParseAffinity(v, out); }},
           {"pool", true, set(out.pool)},
+          {"cache", true, [&out](const std::string& v) { return ParseCache(v, out); }},
+          {"cache_ttl", true, DurationFlag("cache_ttl", out.cache_ttl)},
       };
     case Args::Command::kAttach: {
       // run's flags, less those that make no sense for a session.
       std::vector<FlagSpec> flags = FlagsFor(Args::Command::kRun, out);
       std::erase_if(flags, [](const FlagSpec& f) {
-        return std::string_view(f.name) == "stdin" || std::string_view(f.name) == "stream" ||
-               std::string_view(f.name) == "pool";
+        const std::string_view name = f.name;
+        return name == "stdin" || name == "stream" || name == "pool" || name == "cache" ||
+               name == "cache_ttl";
       });
       auto tty = [&out](const std::string&) {
         out.tty = true;

@@ -26,6 +26,8 @@ struct Args {
   std::string request_id;
   std::string pool;      // Worker pool; empty: a cold spawn.
   std::string priority;  // low, normal or high; empty: the server default.
+  std::string cache;     // off, read-write, read-only or refresh; empty: off.
+  absl::Duration cache_ttl = absl::ZeroDuration();  // Zero: the server default.
   absl::Duration max_queue_time = absl::ZeroDuration();
   absl::Duration cpu_time = absl::ZeroDuration();
   long long memory_bytes = 0;

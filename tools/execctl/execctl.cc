@@ -171,6 +171,10 @@ v1::ExecuteRequest RequestFromArgs(const Args& args) {
   if (args.priority == "normal") request.set_priority(v1::PRIORITY_NORMAL);
   if (args.priority == "high") request.set_priority(v1::PRIORITY_HIGH);
   request.set_pool(args.pool);
+  if (args.cache == "read-write") request.set_cache_policy(v1::READ_WRITE);
+  if (args.cache == "read-only") request.set_cache_policy(v1::READ_ONLY);
+  if (args.cache == "refresh") request.set_cache_policy(v1::REFRESH);
+  SetDuration(args.cache_ttl, request.mutable_cache_ttl());
   request.set_accept_compression(v1::LZ4);  // Decompressed when printed; less to move.
   return request;
 }
