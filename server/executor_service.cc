@@ -56,7 +56,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       // and not streamed, whose output is not kept).
       if (cache_policy_ == v1::READ_WRITE && !stream_output) {
         absl::MutexLock lock(&mu_);
-        waiting_command_ = std::move(*command);
+        waiting_command_ = std::make_unique<core::Command>(std::move(*command));
         if (!service_.JoinFlight(cache_key_, this)) return absl::OkStatus();  // Waits.
         leader_ = true;
         command = std::move(*waiting_command_);
@@ -74,18 +74,26 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     auto execution = service_.engine().Submit(std::move(command), this);
     if (!execution.ok()) return execution.status();
     absl::MutexLock lock(&mu_);
+    if (released_) return absl::OkStatus();  // It ended already; nothing to hold or cancel.
     execution_ = *std::move(execution);
     if (cancelled_) service_.engine().Cancel(execution_);
     return absl::OkStatus();
   }
 
+  // The engine has reported: the execution (the command, held for cancelling) is let go.
+  // A batch keeps its finished items until it ends; this keeps each to a few hundred bytes.
+  void ReleaseExecution() {
+    absl::MutexLock lock(&mu_);
+    released_ = true;
+    execution_.reset();
+  }
+
   // A waiter's turn: the leader's stored result, or none and this call runs itself.
   void FlightLanded(const core::Result* stored) override {
-    std::optional<core::Command> command;
+    std::unique_ptr<core::Command> command;
     {
       absl::MutexLock lock(&mu_);
       command = std::move(waiting_command_);
-      waiting_command_.reset();
     }
     if (stored != nullptr) {
       core::Result result = *stored;
@@ -94,8 +102,8 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       OnFinished(std::move(result));
       return;
     }
-    absl::Status submitted = command.has_value() ? SubmitToEngine(*std::move(command))
-                                                 : absl::CancelledError("cancelled");
+    absl::Status submitted = command != nullptr ? SubmitToEngine(std::move(*command))
+                                                : absl::CancelledError("cancelled");
     if (!submitted.ok()) OnFinished(submitted);
   }
 
@@ -184,7 +192,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
       execution = execution_;
-      waiting = waiting_command_.has_value();
+      waiting = waiting_command_ != nullptr;
     }
     if (waiting && service_.LeaveFlight(cache_key_, this)) {
       {
@@ -220,9 +228,12 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   std::string cache_key_;
   absl::Duration cache_ttl_;
   bool leader_ = false;  // Runs for identical waiting requests; lands the flight.
-  std::optional<core::Command> waiting_command_ ABSL_GUARDED_BY(mu_);  // Waiting on a leader.
+  // Waiting on a leader (on the heap: every call, and every finished item a batch keeps,
+  // would otherwise carry a Command's size).
+  std::unique_ptr<core::Command> waiting_command_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
+  bool released_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseExecution was called.
 };
 
 class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
@@ -480,6 +491,7 @@ class ExecuteBatchReactor::Item final : public CallBase {
   void Cancel() { CancelExecution(); }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
+    ReleaseExecution();
     Log(result);
     StoreAndLand(result);
     v1::ExecuteResponse response;
