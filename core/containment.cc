@@ -34,10 +34,20 @@ std::string ReadAt0(int fd) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     out.append(buf, static_cast<size_t>(n));
-    if (static_cast<size_t>(n) < sizeof(buf)) break;  // A short read is the whole file.
     offset += n;
   }
   return out;
+}
+
+// A cgroup file of a line or two (cgroup.events, memory.peak), read with one call: a
+// read from offset 0 returns all of a file that fits the buffer. (Not for lists such as
+// cgroup.procs, whose reads can stop short of the end at a record boundary.)
+std::string ReadSmallAt0(int fd) {
+  char buf[256];
+  ssize_t n;
+  while ((n = pread(fd, buf, sizeof(buf), 0)) < 0 && errno == EINTR) {
+  }
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
 }
 
 // Raw calls rather than a stream: these files are read at every command's end.
@@ -374,7 +384,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   }
 
   bool Empty() override {
-    if (events_.valid()) return KeyedValueIn(ReadAt0(events_.get()), "populated") == 0;
+    if (events_.valid()) return KeyedValueIn(ReadSmallAt0(events_.get()), "populated") == 0;
     if (!pids_.empty()) return ProcsOf(pids_).empty();
     return true;
   }
@@ -408,7 +418,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
       absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(memory_ + "/memory.max_usage_in_bytes")),
                        &peak);
     } else if (peak_.valid()) {
-      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadAt0(peak_.get())), &peak);
+      absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadSmallAt0(peak_.get())), &peak);
     }
     return peak;
   }
