@@ -47,6 +47,15 @@ absl::StatusOr<UniqueFd> SealedMemfd(absl::string_view data) {
   return fd;
 }
 
+// Sets the size of the pseudo-terminal `fd` (either side); its foreground process group
+// gets SIGWINCH.
+bool SetTerminalSize(int fd, const TerminalSize& size) {
+  winsize ws{};
+  ws.ws_row = static_cast<unsigned short>(size.rows);
+  ws.ws_col = static_cast<unsigned short>(size.columns);
+  return ioctl(fd, TIOCSWINSZ, &ws) == 0;
+}
+
 // A pseudo-terminal of `size`: {master, slave}, both close-on-exec.
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> OpenTerminal(const TerminalSize& size) {
   UniqueFd master(posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -58,10 +67,7 @@ absl::StatusOr<std::pair<UniqueFd, UniqueFd>> OpenTerminal(const TerminalSize& s
   if (ptsname_r(master.get(), name, sizeof(name)) != 0) return ErrnoToStatus(errno, "ptsname_r");
   UniqueFd slave(open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
   if (!slave.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", name));
-  winsize ws{};
-  ws.ws_row = static_cast<unsigned short>(size.rows);
-  ws.ws_col = static_cast<unsigned short>(size.columns);
-  if (ioctl(master.get(), TIOCSWINSZ, &ws) != 0) return ErrnoToStatus(errno, "TIOCSWINSZ");
+  if (!SetTerminalSize(master.get(), size)) return ErrnoToStatus(errno, "TIOCSWINSZ");
   return std::make_pair(std::move(master), std::move(slave));
 }
 
@@ -358,28 +364,9 @@ void ChildProcess::ReadOutput(int index, bool drain) {
   }
 }
 
-void ChildProcess::WriteStdin() {
-  while (stdin_offset_ < stdin_data_.size()) {
-    ssize_t n =
-        write(stdin_.get(), stdin_data_.data() + stdin_offset_, stdin_data_.size() - stdin_offset_);
-    if (n > 0) {
-      stdin_offset_ += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) return;
-    break;  // EPIPE: the child closed its stdin; the rest is not wanted.
-  }
-  CloseStream(stdin_);
-  std::string().swap(stdin_data_);
-}
-
-void ChildProcess::WriteSessionStdin(bool reader_gone) {
+size_t ChildProcess::WriteQueuedStdin(bool* broken) {
   size_t written = 0;
-  // The child closed its stdin: reported even while nothing waits to be written (epoll
-  // reports it regardless of the events asked for), so it must close our end now.
-  bool broken = reader_gone;
-  while (!broken && stdin_offset_ < stdin_data_.size()) {
+  while (stdin_offset_ < stdin_data_.size()) {
     ssize_t n =
         write(stdin_.get(), stdin_data_.data() + stdin_offset_, stdin_data_.size() - stdin_offset_);
     if (n > 0) {
@@ -389,9 +376,27 @@ void ChildProcess::WriteSessionStdin(bool reader_gone) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) break;
-    broken = true;  // EPIPE: the child closed its stdin; the session goes on without it.
+    *broken = true;  // EPIPE: the child closed its stdin.
     break;
   }
+  return written;
+}
+
+void ChildProcess::WriteStdin() {
+  bool broken = false;
+  WriteQueuedStdin(&broken);
+  if (!broken && stdin_offset_ < stdin_data_.size()) return;  // The pipe is full: later.
+  // All written, or the child closed its stdin and the rest is not wanted.
+  CloseStream(stdin_);
+  std::string().swap(stdin_data_);
+}
+
+void ChildProcess::WriteSessionStdin(bool reader_gone) {
+  // The child closed its stdin: reported even while nothing waits to be written (epoll
+  // reports it regardless of the events asked for), so it must close our end now. The
+  // session goes on without it.
+  bool broken = reader_gone;
+  size_t written = broken ? 0 : WriteQueuedStdin(&broken);
   if (broken || stdin_offset_ == stdin_data_.size()) {
     written += stdin_data_.size() - stdin_offset_;  // Dropped, when broken.
     std::string().swap(stdin_data_);
@@ -426,10 +431,7 @@ void ChildProcess::CloseStdin() {
 
 void ChildProcess::ResizeTerminal(TerminalSize size) {
   if (!terminal_ || exited_ || !output_[0].valid()) return;
-  winsize ws{};
-  ws.ws_row = static_cast<unsigned short>(size.rows);
-  ws.ws_col = static_cast<unsigned short>(size.columns);
-  (void)ioctl(output_[0].get(), TIOCSWINSZ, &ws);
+  (void)SetTerminalSize(output_[0].get(), size);
 }
 
 void ChildProcess::Signal(int signal) {
@@ -450,7 +452,6 @@ void ChildProcess::OnProgramExited(size_t index) {
     return;  // Not yet waitable (spurious wake-up); the pidfd stays readable.
   }
   kill(-p.pid, SIGKILL);
-  p.exited = true;
   CloseStream(p.pidfd);
   --running_;
 }
@@ -482,7 +483,6 @@ void ChildProcess::OnExited(size_t last) {
     // r < 0 (ECHILD) would mean something else reaped our child; report it as killed rather
     // than spin on a pidfd that stays readable.
     if (r < 0) status = SIGKILL;
-    p.exited = true;
     p.status = ExitStatus::FromWaitStatus(status);
     p.cpu = FromTimeval(usage.ru_utime) + FromTimeval(usage.ru_stime);
     CloseStream(p.pidfd);

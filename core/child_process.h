@@ -117,6 +117,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   void ReadOutput(int index, bool drain);
   void Deliver(int index, const char* data, size_t size);
   void FlushBatches();
+  // Writes queued stdin until it is all written or the pipe is full; sets *broken when
+  // the child has closed its stdin. Returns the bytes written.
+  size_t WriteQueuedStdin(bool* broken);
   void WriteStdin();
   // WriteStdin for keep_stdin_open: the pipe stays open (and unwatched) when it drains.
   void WriteSessionStdin(bool reader_gone);
@@ -147,7 +150,6 @@ class ChildProcess final : public EventLoop::FdHandler {
   struct Program {
     pid_t pid = -1;
     UniqueFd pidfd;
-    bool exited = false;
     ExitStatus status;
     absl::Duration cpu;
   };

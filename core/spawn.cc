@@ -96,6 +96,18 @@ constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
 // that children created in a cgroup do not survive (below).
 std::atomic<bool> g_clone3_into_cgroup{true};
 
+// clone3 arguments for a child created in `cgroup_dir_fd`, run on `stack`, suspending the
+// caller until it execs or exits.
+Clone3Args IntoCgroup(int cgroup_dir_fd, char* stack, size_t stack_size) {
+  Clone3Args cl{};
+  cl.flags = CLONE_VM | CLONE_VFORK | kCloneIntoCgroup;
+  cl.exit_signal = SIGCHLD;
+  cl.stack = reinterpret_cast<uintptr_t>(stack);
+  cl.stack_size = stack_size;
+  cl.cgroup = static_cast<uint64_t>(cgroup_dir_fd);
+  return cl;
+}
+
 [[noreturn]] int ExitAtOnce(void*) { _exit(0); }
 
 // On this host's Linux 6.18, a child created by clone3 in a cgroup that had once been
@@ -111,12 +123,7 @@ bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
   static absl::Mutex mu(absl::kConstInit);
   absl::MutexLock lock(&mu);
   if (int v = verdict.load(std::memory_order_acquire); v >= 0) return v == 1;
-  Clone3Args cl{};
-  cl.flags = CLONE_VM | CLONE_VFORK | kCloneIntoCgroup;
-  cl.exit_signal = SIGCHLD;
-  cl.stack = reinterpret_cast<uintptr_t>(stack);
-  cl.stack_size = stack_size;
-  cl.cgroup = static_cast<uint64_t>(cgroup_dir_fd);
+  Clone3Args cl = IntoCgroup(cgroup_dir_fd, stack, stack_size);
   long pid = execd_clone3(&cl, sizeof(cl), ExitAtOnce, nullptr);
   if (pid < 0) {
     // No clone3 or no CLONE_INTO_CGROUP: never again. Otherwise (this descriptor is not
@@ -353,13 +360,9 @@ class SystemOs final : public ProcessOs {
 #ifdef EXECD_HAVE_CLONE3
     if (spec.cgroup_dir_fd >= 0 && g_clone3_into_cgroup.load(std::memory_order_relaxed) &&
         CreatedChildrenSurvive(spec.cgroup_dir_fd, stack.get(), kStackSize)) {
-      Clone3Args cl{};
-      cl.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | kCloneIntoCgroup;
+      Clone3Args cl = IntoCgroup(spec.cgroup_dir_fd, stack.get(), kStackSize);
+      cl.flags |= CLONE_PIDFD;
       cl.pidfd = reinterpret_cast<uintptr_t>(&pidfd);
-      cl.exit_signal = SIGCHLD;
-      cl.stack = reinterpret_cast<uintptr_t>(stack.get());
-      cl.stack_size = kStackSize;
-      cl.cgroup = static_cast<uint64_t>(spec.cgroup_dir_fd);
       args.skip_join_fd = spec.cgroup_procs_fd;
       long r = execd_clone3(&cl, sizeof(cl), ChildMain, &args);
       if (r >= 0) {

@@ -87,15 +87,18 @@ absl::Status CheckCwd(const std::string& cwd) {
 // only moves the error from validation to the spawn, which reports it as clearly.)
 class ExecutableVerdicts {
  public:
-  bool Known(const std::string& path, const struct stat& st) const {
-    absl::ReaderMutexLock lock(&mu_);
-    auto it = verdicts_.find(path);
-    return it != verdicts_.end() && it->second == Key(st);
-  }
-  void Remember(const std::string& path, const struct stat& st) {
+  // Whether this server may execute the file at `path`, which stat found as `st`.
+  bool Executable(const std::string& path, const struct stat& st) {
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = verdicts_.find(path);
+      if (it != verdicts_.end() && it->second == Key(st)) return true;
+    }
+    if (access(path.c_str(), X_OK) != 0) return false;
     absl::MutexLock lock(&mu_);
     if (verdicts_.size() >= kMaxEntries) verdicts_.clear();  // Simple bound; rebuilt on use.
     verdicts_[path] = Key(st);
+    return true;
   }
 
  private:
@@ -114,7 +117,7 @@ class ExecutableVerdicts {
     return {st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_ctim.tv_sec,
             st.st_ctim.tv_nsec};
   }
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   absl::flat_hash_map<std::string, StatKey> verdicts_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -140,15 +143,11 @@ absl::Status CheckExecutable(const std::string& argv0, const std::string& path,
     return absl::PermissionDeniedError(
         absl::StrCat("argv[0] ", Quote(path), " is a directory, not an executable file"));
   }
-  const bool known = S_ISREG(st.st_mode) && Verdicts().Known(path, st);
-  if (!known) {
-    if (!S_ISREG(st.st_mode) || access(path.c_str(), X_OK) != 0) {
-      return absl::PermissionDeniedError(absl::StrFormat(
-          "argv[0] %s is not executable (mode %04o); chmod +x it or run it through its "
-          "interpreter",
-          Quote(path), st.st_mode & 07777));
-    }
-    Verdicts().Remember(path, st);
+  if (!S_ISREG(st.st_mode) || !Verdicts().Executable(path, st)) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "argv[0] %s is not executable (mode %04o); chmod +x it or run it through its "
+        "interpreter",
+        Quote(path), st.st_mode & 07777));
   }
   if (id != nullptr) *id = FileIdentity::FromStat(st);
   return absl::OkStatus();

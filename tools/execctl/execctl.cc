@@ -145,6 +145,12 @@ bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
   return true;
 }
 
+// A streamed output event, written to execctl's stdout or stderr as the command wrote it.
+bool WriteOutputEvent(const v1::ExecuteEvent::Output& output) {
+  return WriteOutput(output.stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
+                     output.data(), output.compression());
+}
+
 // The request of `run` and `attach`, without stdin.
 v1::ExecuteRequest RequestFromArgs(const Args& args) {
   v1::ExecuteRequest request;
@@ -206,9 +212,7 @@ int Run(const Args& args) {
   bool got_exit = false;
   while (reader->Read(&event)) {
     if (event.has_output()) {
-      if (!WriteOutput(
-              event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
-              event.output().data(), event.output().compression())) {
+      if (!WriteOutputEvent(event.output())) {
         context.TryCancel();
         return kExitError;
       }
@@ -348,9 +352,7 @@ int Attach(const Args& args) {
   bool output_ok = true;
   while (stream->Read(&event)) {
     if (event.has_output() && output_ok) {
-      output_ok = WriteOutput(
-          event.output().stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
-          event.output().data(), event.output().compression());
+      output_ok = WriteOutputEvent(event.output());
       if (!output_ok) context.TryCancel();
     } else if (event.has_exited()) {
       exited = event.exited();
