@@ -255,8 +255,8 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     // Not after a cgroup.kill: on Linux 6.18 (this host) a child that clone3 creates in a
     // cgroup killed before is SIGKILLed at birth (see spawn.cc).
     if (reusable_ && !killed_ && Empty() && (checked_clean_ || Clean(ReadHits()))) {
-      CgroupRecycler::Entry entry{v2_, std::move(v2_dir_), std::move(v2_procs_),
-                                  std::move(events_), std::move(peak_)};
+      CgroupRecycler::Entry entry{v2_, std::move(v2_dir_), std::move(v2_procs_), std::move(events_),
+                                  std::move(peak_)};
       if (recycler_->Give(entry)) return;
       v2_dir_ = std::move(entry.dir_fd);
       v2_procs_ = std::move(entry.procs);

@@ -114,8 +114,8 @@ class ExecutableVerdicts {
     bool operator==(const StatKey&) const = default;
   };
   static StatKey Key(const struct stat& st) {
-    return {st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_ctim.tv_sec,
-            st.st_ctim.tv_nsec};
+    return {st.st_dev, st.st_ino,         st.st_mode,        st.st_uid,
+            st.st_gid, st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
   }
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, StatKey> verdicts_ ABSL_GUARDED_BY(mu_);

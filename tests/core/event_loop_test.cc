@@ -34,7 +34,6 @@ TEST(EventLoop, PostedTasksRunOnTheLoopThreadInOrder) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
 }
 
-
 // A task posted from the loop thread sends no wake-up; the loop must still run it before it
 // sleeps, whether it was posted by a task, a timer, or a descriptor handler, and with
 // nothing else due for a long time.
@@ -51,14 +50,10 @@ TEST(EventLoop, TasksPostedFromTheLoopThreadRunWithoutAnotherWakeUp) {
   ASSERT_TRUE(far_timer_added.WaitForNotificationWithTimeout(absl::Seconds(5)));
 
   absl::Notification from_task, from_timer, from_chain;
-  l.Post([&]() mutable {
-    l.Post([&]() mutable { from_task.Notify(); });
-  });
+  l.Post([&]() mutable { l.Post([&]() mutable { from_task.Notify(); }); });
   ASSERT_TRUE(from_task.WaitForNotificationWithTimeout(absl::Seconds(5)));
   l.Post([&]() mutable {
-    l.AddTimer(l.clock().Now(), [&]() mutable {
-      l.Post([&]() mutable { from_timer.Notify(); });
-    });
+    l.AddTimer(l.clock().Now(), [&]() mutable { l.Post([&]() mutable { from_timer.Notify(); }); });
   });
   ASSERT_TRUE(from_timer.WaitForNotificationWithTimeout(absl::Seconds(5)));
   // From a descriptor handler (as a child's exit is reported).
@@ -81,11 +76,8 @@ TEST(EventLoop, TasksPostedFromTheLoopThreadRunWithoutAnotherWakeUp) {
   ASSERT_TRUE(from_handler.WaitForNotificationWithTimeout(absl::Seconds(5)));
   close(fd);
   // A task that posts a task that posts a task: each is run by a later turn of the loop.
-  l.Post([&]() mutable {
-    l.Post([&]() mutable {
-      l.Post([&]() mutable { from_chain.Notify(); });
-    });
-  });
+  l.Post(
+      [&]() mutable { l.Post([&]() mutable { l.Post([&]() mutable { from_chain.Notify(); }); }); });
   ASSERT_TRUE(from_chain.WaitForNotificationWithTimeout(absl::Seconds(5)));
 }
 TEST(EventLoop, TimersFireInDeadlineOrderAndCancelledOnesNever) {

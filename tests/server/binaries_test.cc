@@ -105,9 +105,13 @@ TEST_F(BinariesTest, RunWithCacheAnswersTheSecondIdenticalRunFromTheCache) {
   char dir[] = "/tmp/execctl-cache-XXXXXX";
   ASSERT_NE(mkdtemp(dir), nullptr);
   const std::string counter = absl::StrCat(dir, "/runs");
-  const std::vector<std::string> run = {
-      "run", "--cache=read-write", "--cache_ttl=1m", "--",
-      "/bin/sh", "-c", absl::StrCat("echo ran >> ", counter, "; echo result")};
+  const std::vector<std::string> run = {"run",
+                                        "--cache=read-write",
+                                        "--cache_ttl=1m",
+                                        "--",
+                                        "/bin/sh",
+                                        "-c",
+                                        absl::StrCat("echo ran >> ", counter, "; echo result")};
   ProcessResult first = Execctl(run);
   ProcessResult second = Execctl(run);
   EXPECT_EQ(first.exit_code, 0) << first.err;

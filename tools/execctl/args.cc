@@ -105,8 +105,8 @@ absl::Status ParseAffinity(const std::string& value, Args& out) {
 
 absl::Status ParseCache(const std::string& value, Args& out) {
   if (value != "off" && value != "read-write" && value != "read-only" && value != "refresh") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--cache wants off, read-write, read-only or refresh, got \"", value, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cache wants off, read-write, read-only or refresh, got \"", value, "\""));
   }
   out.cache = value;
   return absl::OkStatus();
