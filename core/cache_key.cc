@@ -18,6 +18,7 @@ namespace {
 // the same bytes.
 class Encoder {
  public:
+  Encoder() { out_.reserve(512); }  // A typical key in one allocation.
   void Int(int64_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
   void Bytes(absl::string_view s) {
     Int(static_cast<int64_t>(s.size()));

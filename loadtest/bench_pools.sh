@@ -2,6 +2,8 @@
 # Pool benchmarks for BENCHMARKS.md, each a ratio against a baseline measured in this run:
 #   1. a trivial Python program: cold spawn through execd vs a PREWARMED pool (p50 latency),
 #      open loop at a fixed rate (latency from each request's scheduled time) and closed loop
+#      and the floor under both: the same program spawned locally (no execd), and a
+#      PREWARMED pool of /bin/cat (no interpreter to wake, almost nothing to tear down)
 #   2. a persistent worker (C++ test worker and the Python example) vs the Ping RPC
 #      (throughput at the same concurrency)
 # usage: loadtest/bench_pools.sh [BUILD_DIR] [DURATION]   (from the repository root)
@@ -15,6 +17,7 @@ trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$config"' E
 cat >"$config" <<CONFIG
 pool { name: "python" kind: PREWARMED argv: "/usr/bin/python3"
        argv: "$PWD/examples/workers/python/prewarm.py" min_idle: 8 max_size: 16 }
+pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 8 max_size: 16 }
 pool { name: "cxx" kind: PERSISTENT argv: "$PWD/$build/execd-test-worker"
        min_idle: 8 max_size: 8 }
 pool { name: "py" kind: PERSISTENT argv: "/usr/bin/python3"
@@ -26,10 +29,16 @@ for _ in $(seq 100); do "$build/execctl" --target="$target" health >/dev/null 2>
 lt() { "$build/execd-loadtest" --target="$target" --duration="$duration" "$@"; }
 program='print(1)'
 echo "== Python print(1): cold spawn vs PREWARMED pool vs Ping, open loop (concurrency 2)"
-for rate in 10 20; do
+for rate in 10 20 40; do
   lt --concurrency=2 --rate=$rate -- /usr/bin/python3 -c "$program"
   lt --concurrency=2 --rate=$rate --pool=python --stdin_text="$program"
   lt --concurrency=2 --rate=$rate --ping
+done
+echo "== the floor, open loop (concurrency 2): local spawns, no execd; a pre-warmed /bin/cat"
+for rate in 10 40; do
+  lt --concurrency=2 --rate=$rate --local -- /usr/bin/python3 -c "$program"
+  lt --concurrency=2 --rate=$rate --local -- /bin/cat /dev/null
+  lt --concurrency=2 --rate=$rate --pool=cat --stdin_text=1
 done
 echo "== the same, closed loop (concurrency 1): the pool must spawn one process per request"
 lt --concurrency=1 -- /usr/bin/python3 -c "$program"

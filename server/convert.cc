@@ -87,20 +87,34 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   }
   response->set_cache_hit(result.cache_hit);
   if (result.cache_hit) DurationToProto(result.cache_age, response->mutable_cache_age());
+  // Zero durations stay unset (they read as zero): a cache hit has no queue, spawn or run
+  // time, and each set field is a message to allocate, encode and decode.
+  auto set_nonzero = [](absl::Duration d, auto mutable_field) {
+    if (d != absl::ZeroDuration()) DurationToProto(d, mutable_field());
+  };
   v1::Timings* timings = response->mutable_timings();
-  DurationToProto(result.queued, timings->mutable_queued());
-  DurationToProto(result.spawn, timings->mutable_spawn());
-  DurationToProto(result.run, timings->mutable_run());
+  set_nonzero(result.queued, [timings] { return timings->mutable_queued(); });
+  set_nonzero(result.spawn, [timings] { return timings->mutable_spawn(); });
+  set_nonzero(result.run, [timings] { return timings->mutable_run(); });
   v1::ResourceUsage* usage = response->mutable_usage();
-  DurationToProto(result.usage.user_cpu, usage->mutable_user_cpu());
-  DurationToProto(result.usage.system_cpu, usage->mutable_system_cpu());
+  set_nonzero(result.usage.user_cpu, [usage] { return usage->mutable_user_cpu(); });
+  set_nonzero(result.usage.system_cpu, [usage] { return usage->mutable_system_cpu(); });
   usage->set_max_rss_bytes(result.usage.max_rss_bytes);
   usage->set_peak_memory_bytes(result.usage.peak_memory_bytes);
 }
 
 void DurationToProto(absl::Duration d, google::protobuf::Duration* out) {
-  int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
-  out->set_seconds(seconds);
+  // Whole nanoseconds cover ±292 years, past any duration execd measures; only longer
+  // ones (an infinite deadline) take absl's general division. Both truncate toward zero,
+  // so seconds and nanos share a sign as google.protobuf.Duration requires.
+  constexpr absl::Duration kNanosecondRange = absl::Hours(24 * 365 * 290);
+  if (d > -kNanosecondRange && d < kNanosecondRange) {
+    const int64_t ns = absl::ToInt64Nanoseconds(d);
+    out->set_seconds(ns / 1'000'000'000);
+    out->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+    return;
+  }
+  out->set_seconds(absl::IDivDuration(d, absl::Seconds(1), &d));
   out->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
 }
 

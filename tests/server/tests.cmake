@@ -7,6 +7,10 @@ target_link_libraries(test_server PUBLIC server GTest::gtest)
 add_executable(execd-test-child ${CMAKE_CURRENT_SOURCE_DIR}/support/test_child.cc)
 target_compile_options(execd-test-child PRIVATE ${EXECD_WARNINGS})
 
+execd_test(convert_test
+  SOURCES server/convert_test.cc
+  LIBS server)
+
 execd_test(executor_service_test
   SOURCES server/executor_service_test.cc
   LIBS test_server test_support)
