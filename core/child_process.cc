@@ -531,6 +531,11 @@ Termination ChildProcess::DecideTermination(const LimitHits& hits) const {
     if (p.status.signal == SIGXFSZ) return Termination::kFileSizeLimitExceeded;
   }
   if (hits.processes && !(s.exited && s.code == 0)) return Termination::kProcessLimitExceeded;
+  // Output over the cap that was read only after the command ended (it wrote and exited
+  // before execd looked): the same verdict as when execd stops it, whatever the timing.
+  if (result_.stdout_truncated || result_.stderr_truncated) {
+    return Termination::kOutputLimitExceeded;
+  }
   return s.exited ? Termination::kExited : Termination::kSignaled;
 }
 

@@ -4,6 +4,7 @@
 #include "core/engine.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -186,6 +187,41 @@ TEST_F(EngineTest, OutputOverTheCapKeepsTheFirstBytesAndStopsTheChild) {
   EXPECT_EQ(result->stdout_data.substr(0, 6), "first\n");
   EXPECT_TRUE(result->stdout_truncated);
   EXPECT_FALSE(result->stderr_truncated);
+}
+
+// The real OS, except that Spawn returns only once the child has exited: the engine first
+// looks at a child that is gone with its output waiting in the pipe, an order a loaded
+// machine produces for short commands.
+class ExitBeforeWatchOs final : public ProcessOs {
+ public:
+  absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() override { return SystemProcessOs().Pipe(); }
+  absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) override {
+    absl::StatusOr<SpawnedProcess> spawned = SystemProcessOs().Spawn(spec);
+    if (spawned.ok()) {
+      pollfd exited{spawned->pidfd.get(), POLLIN, 0};
+      EXPECT_EQ(poll(&exited, 1, 10'000), 1) << "the child did not exit within 10 s";
+    }
+    return spawned;
+  }
+};
+
+TEST_F(EngineTest, OutputOverTheCapIsReportedAsSuchWhenTheChildExitedBeforeItWasRead) {
+  ExitBeforeWatchOs os;
+  engine_.reset();  // Engines of one process share its cgroup directory: one at a time.
+  Engine::Options options;
+  options.os = &os;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  CommandRequest r;
+  r.argv = {"/usr/bin/printf", "0123456789"};
+  r.max_output_bytes = 4;
+  auto result = Run(r);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kOutputLimitExceeded);
+  EXPECT_EQ(result->stdout_data, "0123");
+  EXPECT_TRUE(result->stdout_truncated);
+  EXPECT_EQ(result->status.code, 0);  // It did exit on its own, with its own status.
 }
 
 TEST_F(EngineTest, OutputExactlyAtTheCapIsNotTruncated) {
