@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -374,10 +375,14 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     if (!ok) CancelAll();  // The client is gone: nothing more to run for it.
   }
   void OnCancel() override { CancelAll(); }
-  void OnDone() override { delete this; }
+  void OnDone() override { Unref(); }
 
-  // An item's end: its result, or why it did not run.
+  // An item's end: its result, or why it did not run. Items end on engine threads, and once
+  // one of them has queued the last result another may close the writer, and gRPC delete
+  // the reactor, while this call is still launching: it holds a reference until it returns.
   void ItemDone(int index, const absl::Status& status, v1::ExecuteResponse response) {
+    Ref();
+    absl::Cleanup unref = [this] { Unref(); };
     const bool failed =
         !status.ok() || response.termination() != v1::EXITED || response.exit_code() != 0;
     {
@@ -432,6 +437,13 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     return absl::OkStatus();
   }
 
+  // gRPC's reference (released in OnDone) and one per ItemDone in progress; the last one
+  // out deletes the reactor.
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
   // Starts items while there is room and reports the ones fail_fast skips.
   void Launch();
   void LaunchOnce();
@@ -457,6 +469,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   int total_ = 0;
   int max_parallel_ = 1;
   bool fail_fast_ = false;
+  std::atomic<int> refs_{1};
 
   absl::Mutex mu_;
   int next_ ABSL_GUARDED_BY(mu_) = 0;      // Next item to start.
