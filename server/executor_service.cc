@@ -89,8 +89,12 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     execution_.reset();
   }
 
-  // A waiter's turn: the leader's stored result, or none and this call runs itself.
+  // A waiter's turn: the leader's stored result, or none and this call runs itself. It
+  // comes on the leader's thread, outside this call's reactions: the command it submits
+  // may end, and the call finish, before SubmitToEngine is done with this object.
   void FlightLanded(const core::Result* stored) override {
+    Hold();
+    absl::Cleanup unhold = [this] { Unhold(); };
     std::unique_ptr<core::Command> command;
     {
       absl::MutexLock lock(&mu_);
@@ -215,6 +219,11 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
         rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
   }
 
+  // Keep the call's reactor (for a batch item, its batch) from being deleted until Unhold,
+  // which may delete it.
+  virtual void Hold() = 0;
+  virtual void Unhold() = 0;
+
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
   const absl::string_view rpc_;
@@ -276,7 +285,10 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   }
 
   void OnCancel() override { CancelExecution(); }
-  void OnDone() override { delete this; }
+  void OnDone() override { Unhold(); }
+  // Answered in Start and never handed to gRPC: deleted now, or when a Hold still in
+  // progress ends (a waiter's FlightLanded can run past the OnFinished it delivered).
+  void Discard() { Unhold(); }
   // Once the result is in, what is left of the call's reactions is trivial (OnDone deletes
   // the reactor; a late OnCancel finds nothing to stop), so gRPC may run them inline rather
   // than wake an executor thread for each call: a thread hand-off per call, a quarter of a
@@ -288,9 +300,15 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   bool ReleaseHold() { return holds_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
   std::atomic<bool> result_delivered_{false};
 
+  void Hold() override { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unhold() override {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
   v1::ExecuteResponse* const response_;
   grpc::Status status_;
   std::atomic<int> holds_{2};  // Start() and the engine's OnFinished.
+  std::atomic<int> refs_{1};   // gRPC's (released in OnDone) and each Hold's.
 };
 
 class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEvent>,
@@ -336,9 +354,15 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
 
   void OnWriteDone(bool ok) override { writer_.WriteDone(ok); }
   void OnCancel() override { CancelExecution(); }
-  void OnDone() override { delete this; }
+  void OnDone() override { Unhold(); }
 
  private:
+  void Hold() override { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unhold() override {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+  std::atomic<int> refs_{1};  // gRPC's (released in OnDone) and each Hold's.
+
   // Opened once Start has submitted, so that nothing is written before the call is set up.
   EventWriter<v1::ExecuteEvent> writer_{
       {.start_write = [this](const v1::ExecuteEvent* event) { StartWrite(event); },
@@ -502,6 +526,9 @@ class ExecuteBatchReactor::Item final : public CallBase {
     if (!submitted.ok()) OnFinished(submitted);
   }
   void Cancel() { CancelExecution(); }
+  // The batch owns its items: holding an item holds the batch.
+  void Hold() override { batch_.Ref(); }
+  void Unhold() override { batch_.Unref(); }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     ReleaseExecution();
@@ -607,7 +634,7 @@ grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* 
   if (!answered.has_value()) return reactor;
   // Answered at once: finish as Ping does, through gRPC's own inline reactor, which saves
   // the thread hand-offs a reactor of ours costs (a fifth of a cache hit).
-  delete reactor;
+  reactor->Discard();
   grpc::ServerUnaryReactor* done = context->DefaultReactor();
   done->Finish(*std::move(answered));
   return done;

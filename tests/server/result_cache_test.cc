@@ -309,6 +309,28 @@ TEST_F(ResultCacheTest, WaitersRunThemselvesWhenTheLeaderFails) {
   EXPECT_EQ(failed, 1);  // Only the leader's own run failed.
 }
 
+// Fast failures: nothing is stored, so every waiter runs itself as soon as the leader
+// ends, submitting on the leader's thread; each of many identical calls gets its own
+// answer, none from the cache, and none is left hanging.
+TEST_F(ResultCacheTest, ManyIdenticalFastFailuresEachGetTheirOwnAnswer) {
+  v1::ExecuteRequest request = TestServer::Request({"/bin/sh", "-c", "exit 3"});
+  request.set_cache_policy(v1::READ_WRITE);
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::unique_ptr<testing::AsyncCall>> calls;
+    for (int i = 0; i < 32; ++i) {
+      calls.push_back(std::make_unique<testing::AsyncCall>());
+      calls.back()->request = request;
+      calls.back()->Start(server_->stub());
+    }
+    for (auto& call : calls) {
+      ASSERT_TRUE(call->Wait());
+      ASSERT_TRUE(call->status.ok()) << call->status.error_message();
+      EXPECT_EQ(call->response.exit_code(), 3);
+      EXPECT_FALSE(call->response.cache_hit());
+    }
+  }
+}
+
 TEST_F(ResultCacheTest, AWaiterThatIsCancelledLeavesAndTheOthersStillGetTheResult) {
   v1::ExecuteRequest request =
       TestServer::Request({"/bin/sh", "-c", "sleep 0.5; cat /proc/sys/kernel/random/uuid"});
