@@ -20,6 +20,18 @@
 namespace execd::server {
 namespace {
 
+// Who still needs a reactor: gRPC until OnDone, and each thread working on the call outside
+// its reactions (an engine thread ending a batch item, a leader's thread landing a flight).
+// Unref is true for the last one out, which deletes the reactor.
+class Refs {
+ public:
+  void Ref() { n_.fetch_add(1, std::memory_order_relaxed); }
+  bool Unref() { return n_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+
+ private:
+  std::atomic<int> n_{1};  // gRPC's.
+};
+
 // What both reactors share: validating and submitting the request, cancelling it, and
 // logging its end. A reactor finishes only after its Start() has returned and the engine
 // has reported the end, so neither path can touch the reactor after the other finished it.
@@ -93,8 +105,8 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   // comes on the leader's thread, outside this call's reactions: the command it submits
   // may end, and the call finish, before SubmitToEngine is done with this object.
   void FlightLanded(const core::Result* stored) override {
-    Hold();
-    absl::Cleanup unhold = [this] { Unhold(); };
+    Ref();
+    absl::Cleanup unref = [this] { Unref(); };
     std::unique_ptr<core::Command> command;
     {
       absl::MutexLock lock(&mu_);
@@ -219,10 +231,12 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
         rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
   }
 
-  // Keep the call's reactor (for a batch item, its batch) from being deleted until Unhold,
-  // which may delete it.
-  virtual void Hold() = 0;
-  virtual void Unhold() = 0;
+  // Keep the call from being deleted until Unref, which may delete it (OnDone is gRPC's
+  // Unref). A batch item refers to its batch instead, which owns it.
+  virtual void Ref() { refs_.Ref(); }
+  virtual void Unref() {
+    if (refs_.Unref()) delete this;
+  }
 
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
@@ -244,6 +258,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseExecution was called.
+  Refs refs_;
 };
 
 class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
@@ -285,10 +300,10 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   }
 
   void OnCancel() override { CancelExecution(); }
-  void OnDone() override { Unhold(); }
-  // Answered in Start and never handed to gRPC: deleted now, or when a Hold still in
-  // progress ends (a waiter's FlightLanded can run past the OnFinished it delivered).
-  void Discard() { Unhold(); }
+  void OnDone() override { Unref(); }
+  // Answered in Start and never handed to gRPC: deleted now, or when a reference still in
+  // use goes (a waiter's FlightLanded can run past the OnFinished it delivered).
+  void Discard() { Unref(); }
   // Once the result is in, what is left of the call's reactions is trivial (OnDone deletes
   // the reactor; a late OnCancel finds nothing to stop), so gRPC may run them inline rather
   // than wake an executor thread for each call: a thread hand-off per call, a quarter of a
@@ -300,15 +315,9 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   bool ReleaseHold() { return holds_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
   std::atomic<bool> result_delivered_{false};
 
-  void Hold() override { refs_.fetch_add(1, std::memory_order_relaxed); }
-  void Unhold() override {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-
   v1::ExecuteResponse* const response_;
   grpc::Status status_;
   std::atomic<int> holds_{2};  // Start() and the engine's OnFinished.
-  std::atomic<int> refs_{1};   // gRPC's (released in OnDone) and each Hold's.
 };
 
 class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEvent>,
@@ -354,15 +363,9 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
 
   void OnWriteDone(bool ok) override { writer_.WriteDone(ok); }
   void OnCancel() override { CancelExecution(); }
-  void OnDone() override { Unhold(); }
+  void OnDone() override { Unref(); }
 
  private:
-  void Hold() override { refs_.fetch_add(1, std::memory_order_relaxed); }
-  void Unhold() override {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-  }
-  std::atomic<int> refs_{1};  // gRPC's (released in OnDone) and each Hold's.
-
   // Opened once Start has submitted, so that nothing is written before the call is set up.
   EventWriter<v1::ExecuteEvent> writer_{
       {.start_write = [this](const v1::ExecuteEvent* event) { StartWrite(event); },
@@ -461,11 +464,11 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     return absl::OkStatus();
   }
 
-  // gRPC's reference (released in OnDone) and one per ItemDone in progress; the last one
-  // out deletes the reactor.
-  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // gRPC's reference (released in OnDone), one per ItemDone in progress and one per item
+  // landing a flight.
+  void Ref() { refs_.Ref(); }
   void Unref() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    if (refs_.Unref()) delete this;
   }
 
   // Starts items while there is room and reports the ones fail_fast skips.
@@ -493,7 +496,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   int total_ = 0;
   int max_parallel_ = 1;
   bool fail_fast_ = false;
-  std::atomic<int> refs_{1};
+  Refs refs_;
 
   absl::Mutex mu_;
   int next_ ABSL_GUARDED_BY(mu_) = 0;      // Next item to start.
@@ -526,9 +529,9 @@ class ExecuteBatchReactor::Item final : public CallBase {
     if (!submitted.ok()) OnFinished(submitted);
   }
   void Cancel() { CancelExecution(); }
-  // The batch owns its items: holding an item holds the batch.
-  void Hold() override { batch_.Ref(); }
-  void Unhold() override { batch_.Unref(); }
+  // The batch owns its items: a reference to an item is one to the batch.
+  void Ref() override { batch_.Ref(); }
+  void Unref() override { batch_.Unref(); }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     ReleaseExecution();
