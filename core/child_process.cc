@@ -142,9 +142,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   SpawnSpec spec = SpecFor(command, options.address_space_bytes);
   spec.stderr_fd = terminal ? child_stdin : stderr_pipe.second.get();
   spec.controlling_terminal = terminal;
-  spec.join_fds = &child->group_->join_fds();
-  spec.cgroup_dir_fd = child->group_->birthplace().dir_fd;
-  spec.cgroup_procs_fd = child->group_->birthplace().procs_fd;
+  child->group_->PlaceChild(spec);
   const size_t count = 1 + command.pipe_to.size();
   child->programs_.reserve(count);
   UniqueFd prev_read;  // The previous program's stdout: this one's stdin.

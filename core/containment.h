@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "core/spawn.h"
 #include "core/unique_fd.h"
 
 namespace execd::core {
@@ -48,6 +49,13 @@ class Containment {
       int procs_fd = -1;
     };
     virtual Birthplace birthplace() const { return {}; }
+    // Points `spec` at this group: its child joins it, or is created in it.
+    void PlaceChild(SpawnSpec& spec) const {
+      spec.join_fds = &join_fds();
+      const Birthplace place = birthplace();
+      spec.cgroup_dir_fd = place.dir_fd;
+      spec.cgroup_procs_fd = place.procs_fd;
+    }
     // A program of the command (each of a pipeline's) was spawned with this pid, its
     // process group id too.
     virtual void Attach(pid_t leader) = 0;

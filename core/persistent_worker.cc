@@ -58,9 +58,7 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
   spec.stdin_fd = in_pipe.first.get();
   spec.stdout_fd = out_pipe.second.get();
   spec.stderr_fd = err_pipe.second.get();
-  spec.join_fds = &w->group_->join_fds();
-  spec.cgroup_dir_fd = w->group_->birthplace().dir_fd;
-  spec.cgroup_procs_fd = w->group_->birthplace().procs_fd;
+  w->group_->PlaceChild(spec);
   ASSIGN_OR_RETURN(SpawnedProcess spawned, os.Spawn(spec));
   w->group_->Attach(spawned.pid);
   w->pid_ = spawned.pid;

@@ -96,6 +96,15 @@ constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
 // that children created in a cgroup do not survive (below).
 std::atomic<bool> g_clone3_into_cgroup{true};
 
+// After clone3 returned `r` < 0: when that says this kernel has no clone3 (before 5.3) or
+// no CLONE_INTO_CGROUP (before 5.7), execd stops trying. Any other refusal (a cgroup that
+// takes no processes, a permission) concerns that one cgroup: its child joins instead.
+void ForgetClone3IfUnsupported(long r) {
+  if (r == -ENOSYS || r == -E2BIG || r == -EINVAL) {
+    g_clone3_into_cgroup.store(false, std::memory_order_relaxed);
+  }
+}
+
 // clone3 arguments for a child created in `cgroup_dir_fd`, run on `stack`, suspending the
 // caller until it execs or exits.
 Clone3Args IntoCgroup(int cgroup_dir_fd, char* stack, size_t stack_size) {
@@ -126,11 +135,7 @@ bool CreatedChildrenSurvive(int cgroup_dir_fd, char* stack, size_t stack_size) {
   Clone3Args cl = IntoCgroup(cgroup_dir_fd, stack, stack_size);
   long pid = execd_clone3(&cl, sizeof(cl), ExitAtOnce, nullptr);
   if (pid < 0) {
-    // No clone3 or no CLONE_INTO_CGROUP: never again. Otherwise (this descriptor is not
-    // a cgroup the kernel takes) the child joins instead, and the next spawn asks again.
-    if (pid == -ENOSYS || pid == -E2BIG || pid == -EINVAL) {
-      g_clone3_into_cgroup.store(false, std::memory_order_relaxed);
-    }
+    ForgetClone3IfUnsupported(pid);  // Else the next spawn asks again.
     return false;
   }
   int status = 0;
@@ -369,12 +374,8 @@ class SystemOs final : public ProcessOs {
         pid = static_cast<pid_t>(r);
         born_in_cgroup = true;
       } else {
-        // No clone3 (before 5.3) or no CLONE_INTO_CGROUP (before 5.7): never again. Any
-        // other refusal (a cgroup that takes no processes, a permission) is for the
-        // joining write below to report.
-        if (r == -ENOSYS || r == -E2BIG || r == -EINVAL) {
-          g_clone3_into_cgroup.store(false, std::memory_order_relaxed);
-        }
+        // Otherwise refused for this cgroup: the child joins it by the write, which reports.
+        ForgetClone3IfUnsupported(r);
         if (r == -EAGAIN || r == -ENOMEM) clone_errno = static_cast<int>(-r);
         args.skip_join_fd = -1;
       }

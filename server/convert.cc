@@ -70,6 +70,15 @@ v1::Termination TerminationToProto(core::Termination t) {
   return v1::TERMINATION_UNSPECIFIED;
 }
 
+// A duration sub-message set only when the duration is not zero: unset reads as zero (a
+// cache hit has no queue, spawn or run time), and each set one is a message to allocate,
+// encode and decode.
+template <typename Message>
+void SetNonZero(absl::Duration d, Message* message,
+                google::protobuf::Duration* (Message::*mutable_field)()) {
+  if (d != absl::ZeroDuration()) DurationToProto(d, (message->*mutable_field)());
+}
+
 }  // namespace
 
 void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
@@ -87,18 +96,13 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   }
   response->set_cache_hit(result.cache_hit);
   if (result.cache_hit) DurationToProto(result.cache_age, response->mutable_cache_age());
-  // Zero durations stay unset (they read as zero): a cache hit has no queue, spawn or run
-  // time, and each set field is a message to allocate, encode and decode.
-  auto set_nonzero = [](absl::Duration d, auto mutable_field) {
-    if (d != absl::ZeroDuration()) DurationToProto(d, mutable_field());
-  };
   v1::Timings* timings = response->mutable_timings();
-  set_nonzero(result.queued, [timings] { return timings->mutable_queued(); });
-  set_nonzero(result.spawn, [timings] { return timings->mutable_spawn(); });
-  set_nonzero(result.run, [timings] { return timings->mutable_run(); });
+  SetNonZero(result.queued, timings, &v1::Timings::mutable_queued);
+  SetNonZero(result.spawn, timings, &v1::Timings::mutable_spawn);
+  SetNonZero(result.run, timings, &v1::Timings::mutable_run);
   v1::ResourceUsage* usage = response->mutable_usage();
-  set_nonzero(result.usage.user_cpu, [usage] { return usage->mutable_user_cpu(); });
-  set_nonzero(result.usage.system_cpu, [usage] { return usage->mutable_system_cpu(); });
+  SetNonZero(result.usage.user_cpu, usage, &v1::ResourceUsage::mutable_user_cpu);
+  SetNonZero(result.usage.system_cpu, usage, &v1::ResourceUsage::mutable_system_cpu);
   usage->set_max_rss_bytes(result.usage.max_rss_bytes);
   usage->set_peak_memory_bytes(result.usage.peak_memory_bytes);
 }
