@@ -204,38 +204,51 @@ TEST_F(SchedulingTest, PriorityOutOfRangeIsInvalidArgument) {
   EXPECT_THAT(status.error_message(), HasSubstr("priority"));
 }
 
-// The time from the trigger (deadline or cancel) until the child is gone.
-using KillLatencyTest = testing::ServerTest;
+// When the caller is gone (deadline passed, cancelled) the command is SIGKILLed at once,
+// without the SIGTERM grace a timeout gets. The server's grace here is a minute and the
+// child ignores SIGTERM, so a child gone within the bounded wait was never given the grace:
+// what is checked is the behaviour, not a latency figure on a shared machine.
+class KillLatencyTest : public ::testing::Test {
+ protected:
+  static constexpr absl::Duration kGrace = absl::Seconds(60);
+  void SetUp() override {
+    auto server = TestServer::Start([](server::ServerConfig& c) { c.kill_grace = kGrace; });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  static v1::ExecuteRequest IgnoresSigterm() {
+    return TestServer::Request({"/bin/sh", "-c", "trap '' TERM; sleep 100"});
+  }
+  std::unique_ptr<TestServer> server_;
+};
 
-TEST_F(KillLatencyTest, CallDeadlineKillsTheRunningChildWithin250ms) {
+TEST_F(KillLatencyTest, CallDeadlineKillsTheRunningChildWithoutAGrace) {
   grpc::ClientContext context;
   const absl::Time deadline = absl::Now() + absl::Milliseconds(500);
   context.set_deadline(absl::ToChronoTime(deadline));
-  auto reader = server_->stub().ExecuteStream(
-      &context, TestServer::Request({"/bin/sh", "-c", "trap '' TERM; sleep 100"}));
+  auto reader = server_->stub().ExecuteStream(&context, IgnoresSigterm());
   v1::ExecuteEvent event;
   ASSERT_TRUE(reader->Read(&event));
   ASSERT_TRUE(event.has_started());
   pid_t pid = event.started().pid();
   while (reader->Read(&event)) {
   }
-  reader->Finish();
-  ASSERT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(5)));
-  // Even a child that ignores SIGTERM: when the caller's deadline passes nobody waits for a
-  // graceful end.
-  EXPECT_LT(absl::Now() - deadline, absl::Milliseconds(250));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, kGrace / 4))
+      << "still alive " << absl::Now() - deadline << " after the deadline";
 }
 
-TEST_F(KillLatencyTest, CancelKillsTheRunningChildWithin250ms) {
+TEST_F(KillLatencyTest, CancelKillsTheRunningChildWithoutAGrace) {
   grpc::ClientContext context;
-  auto reader = server_->stub().ExecuteStream(&context, TestServer::Request({"/bin/sleep", "100"}));
+  auto reader = server_->stub().ExecuteStream(&context, IgnoresSigterm());
   v1::ExecuteEvent event;
   ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
   pid_t pid = event.started().pid();
   absl::Time cancelled = absl::Now();
   context.TryCancel();
-  ASSERT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(5)));
-  EXPECT_LT(absl::Now() - cancelled, absl::Milliseconds(250));
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, kGrace / 4))
+      << "still alive " << absl::Now() - cancelled << " after the cancel";
   while (reader->Read(&event)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
