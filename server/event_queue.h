@@ -1,7 +1,7 @@
 // EventQueue: the events of one streaming call waiting to be written (gRPC allows one
 // write at a time), with the output bytes they hold counted for back-pressure. Shared by
 // ExecuteStream and Attach, whose event messages have the same `output` field, and by
-// ExecuteBatch, whose results have none (nothing is counted or merged for them).
+// ExecuteBatch, whose results hold their items' whole output (counted, never merged).
 //
 // Not thread-safe: the reactor's lock guards it.
 #pragma once
@@ -25,6 +25,18 @@ concept CarriesOutput = requires(const Event& e) {
   e.output().data();
 };
 
+// Output bytes an event holds: an output chunk's, or a batch result's whole output.
+template <typename Event>
+size_t HeldBytes(const Event& e) {
+  if constexpr (CarriesOutput<Event>) {
+    return e.has_output() ? e.output().data().size() : 0;
+  } else if constexpr (requires { e.response().stdout(); }) {
+    return e.response().stdout().size() + e.response().stderr().size();
+  } else {
+    return 0;
+  }
+}
+
 template <typename Event>
 class EventQueue {
  public:
@@ -41,11 +53,10 @@ class EventQueue {
   // chatty child become one message). Returns true when the caller should now pause the
   // child's output.
   bool Push(Event event, bool coalesce) {
+    bytes_ += HeldBytes(event);
     if constexpr (!CarriesOutput<Event>) {
       queue_.push_back(std::move(event));
-      return false;
     } else {
-      if (event.has_output()) bytes_ += event.output().data().size();
       if (coalesce && !queue_.empty() && queue_.back().has_output() &&
           queue_.back().output().stream() == event.output().stream() &&
           queue_.back().output().compression() == v1::COMPRESSION_NONE &&
@@ -65,9 +76,7 @@ class EventQueue {
     if (queue_.empty()) return false;
     *out = std::move(queue_.front());
     queue_.pop_front();
-    if constexpr (CarriesOutput<Event>) {
-      if (out->has_output()) bytes_ -= out->output().data().size();
-    }
+    bytes_ -= HeldBytes(*out);
     return true;
   }
 
@@ -118,22 +127,27 @@ class EventWriter {
   }
   // Writing may begin (a reactor may queue events before it is ready to write).
   void Open() {
+    Action action;
     {
       absl::MutexLock lock(&mu_);
       open_ = true;
+      action = NextLocked();
     }
-    Pump();
+    Take(action);
   }
   void Push(Event event, bool coalesce) {
+    Action action;
     {
       absl::MutexLock lock(&mu_);
       if (broken_) return;
       if (queue_.Push(std::move(event), coalesce)) hooks_.pause_output(true);
+      action = NextLocked();
     }
-    Pump();
+    Take(action);
   }
   // The reactor's OnWriteDone.
   void WriteDone(bool ok) {
+    Action action;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
@@ -142,37 +156,44 @@ class EventWriter {
         queue_.Clear();
       }
       if (queue_.TakeResume()) hooks_.pause_output(false);
+      action = NextLocked();
     }
-    Pump();
+    Take(action);
   }
-  // The command is over: the call ends with `status` after what is queued.
+  // The command is over: the call ends with `status` after what is queued. Called on an
+  // engine thread, outside the reactor's reactions: once closed_ is set, another thread
+  // may finish the call and gRPC delete the reactor. So what to do next is decided in the
+  // same critical section; after it, this thread only issues the write or the finish it
+  // decided on, and the call cannot end before either.
   void Close(grpc::Status status) {
+    Action action;
     {
       absl::MutexLock lock(&mu_);
       final_status_ = std::move(status);
       closed_ = true;
+      action = NextLocked();
     }
-    Pump();
+    Take(action);
   }
 
  private:
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!open_ || writing_ || finished_) return;
-      if (queue_.Pop(&current_)) {
-        writing_ = true;
-        action = kWrite;
-      } else if (closed_) {
-        finished_ = true;
-        action = kFinish;
-      }
+  enum class Action { kNothing, kWrite, kFinish };
+
+  Action NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!open_ || writing_ || finished_) return Action::kNothing;
+    if (queue_.Pop(&current_)) {
+      writing_ = true;
+      return Action::kWrite;
     }
-    // current_ and final_status_ are not touched again until this write is done or the
-    // call finished.
-    if (action == kWrite) hooks_.start_write(&current_);
-    if (action == kFinish) hooks_.finish(final_status_);
+    if (!closed_) return Action::kNothing;
+    finished_ = true;
+    return Action::kFinish;
+  }
+  // Outside the lock: writes are never issued under it. current_ and final_status_ are not
+  // touched again until this write is done or the call finished.
+  void Take(Action action) {
+    if (action == Action::kWrite) hooks_.start_write(&current_);
+    if (action == Action::kFinish) hooks_.finish(final_status_);
   }
 
   const Hooks hooks_;

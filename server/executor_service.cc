@@ -86,10 +86,16 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     }
     auto execution = service_.engine().Submit(std::move(command), this);
     if (!execution.ok()) return execution.status();
-    absl::MutexLock lock(&mu_);
-    if (released_) return absl::OkStatus();  // It ended already; nothing to hold or cancel.
-    execution_ = *std::move(execution);
-    if (cancelled_) service_.engine().Cancel(execution_);
+    std::shared_ptr<core::Engine::Execution> cancel;
+    {
+      absl::MutexLock lock(&mu_);
+      if (released_) return absl::OkStatus();  // It ended already; nothing to hold or cancel.
+      execution_ = *std::move(execution);
+      if (cancelled_) cancel = execution_;
+    }
+    // Not under the lock: cancelled while queued, the command ends here, on this thread,
+    // and OnFinished (a batch item's ReleaseExecution) takes the lock.
+    if (cancel != nullptr) service_.engine().Cancel(cancel);
     return absl::OkStatus();
   }
 
@@ -162,8 +168,16 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     result.queued = result.spawn = result.run = absl::ZeroDuration();
     if (cmd.stream_output) {
       OnStarted(result.pid, absl::ZeroDuration());
-      if (!result.stdout_data.empty()) OnOutput(core::OutputStream::kStdout, result.stdout_data);
-      if (!result.stderr_data.empty()) OnOutput(core::OutputStream::kStderr, result.stderr_data);
+      // In chunks of the size asked, as a run's output comes.
+      const size_t chunk = static_cast<size_t>(std::max<int64_t>(1, cmd.stream_chunk_bytes));
+      for (size_t at = 0; at < result.stdout_data.size(); at += chunk) {
+        OnOutput(core::OutputStream::kStdout,
+                 absl::string_view(result.stdout_data).substr(at, chunk));
+      }
+      for (size_t at = 0; at < result.stderr_data.size(); at += chunk) {
+        OnOutput(core::OutputStream::kStderr,
+                 absl::string_view(result.stderr_data).substr(at, chunk));
+      }
       result.stdout_data.clear();
       result.stderr_data.clear();
     }
@@ -399,7 +413,17 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
 
   void OnWriteDone(bool ok) override {
     writer_.WriteDone(ok);
-    if (!ok) CancelAll();  // The client is gone: nothing more to run for it.
+    if (!ok) {
+      CancelAll();  // The client is gone: nothing more to run for it.
+      return;
+    }
+    bool resumed;
+    {
+      absl::MutexLock lock(&mu_);
+      resumed = resumed_;
+      resumed_ = false;
+    }
+    if (resumed) Launch();
   }
   void OnCancel() override { CancelAll(); }
   void OnDone() override { Unref(); }
@@ -510,11 +534,20 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   bool ended_ ABSL_GUARDED_BY(mu_) = false;  // The writer was closed.
   bool launching_ ABSL_GUARDED_BY(mu_) = false;
   bool relaunch_ ABSL_GUARDED_BY(mu_) = false;
-  // Results carry no output to hold back, so nothing is ever paused.
+  // Back-pressure: while too much output waits in results a slow reader has not taken, no
+  // more items start (held_); the write that makes room sets resumed_, and its OnWriteDone
+  // launches (the writer's hook may not call back into the writer).
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+  bool resumed_ ABSL_GUARDED_BY(mu_) = false;
   EventWriter<v1::BatchResult> writer_{
       {.start_write = [this](const v1::BatchResult* result) { StartWrite(result); },
        .finish = [this](const grpc::Status& status) { Finish(status); },
-       .pause_output = [](bool) {}},
+       .pause_output =
+           [this](bool paused) {
+             absl::MutexLock lock(&mu_);
+             held_ = paused;
+             resumed_ = !paused;
+           }},
       /*open=*/true};
 };
 
@@ -584,7 +617,7 @@ void ExecuteBatchReactor::LaunchOnce() {
   std::string reason;
   {
     absl::MutexLock lock(&mu_);
-    while (!stopped_ && !cancelled_ && next_ < total_ && running_ < max_parallel_) {
+    while (!stopped_ && !cancelled_ && !held_ && next_ < total_ && running_ < max_parallel_) {
       const int index = next_++;
       ++running_;
       items_.push_back(std::make_unique<Item>(service_, context_, *this, index));

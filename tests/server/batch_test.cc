@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -202,6 +203,83 @@ TEST_F(BatchTest, MalformedBatchesAreRejected) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("exactly one request"));
   EXPECT_TRUE(results.empty());
+}
+
+// Results carry their items' output: a reader that reads nothing must stop the batch
+// launching items, as a slow stream reader makes its child wait, instead of the server
+// holding every finished item's output.
+TEST_F(BatchTest, AReaderThatReadsNothingStopsTheBatchInsteadOfGrowingTheServer) {
+  testing::ScopedTempDir dir("batch");
+  constexpr int kItems = 48;  // 1 MB of output each.
+  v1::BatchRequest batch;
+  batch.set_max_parallel(2);
+  for (int i = 0; i < kItems; ++i) {
+    *batch.add_requests() =
+        Command({"/bin/sh", "-c",
+                 absl::StrCat("touch ", dir.path(), "/", i, "; head -c 1000000 /dev/zero")});
+  }
+  // Items started so far: each leaves a file.
+  auto started = [&] {
+    return static_cast<int>(std::distance(std::filesystem::directory_iterator(dir.path()),
+                                          std::filesystem::directory_iterator()));
+  };
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = server_->stub().ExecuteBatch(&context, batch);
+  // Wait until items stop starting (40 polls, 200 ms, without a new one) or all have.
+  int last = -1;
+  int still = 0;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const int now = started();
+        still = now == last ? still + 1 : 0;
+        last = now;
+        return still >= 40 || now >= kItems;
+      },
+      absl::Seconds(60)));
+  EXPECT_LT(last, kItems / 2) << "the server ran on while nobody read its results";
+  // Reading resumes the batch: every item runs and reports.
+  std::map<int, v1::BatchResult> results;
+  v1::BatchResult result;
+  while (reader->Read(&result)) results[result.index()] = result;
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(results.size(), static_cast<size_t>(kItems));
+  for (const auto& [index, r] : results) {
+    EXPECT_EQ(r.status_code(), 0) << r.status_message();
+    EXPECT_EQ(r.response().stdout().size(), 1000000u) << index;
+  }
+}
+
+// A cancel that lands while an item is being submitted (its Start on an engine thread,
+// after the batch made it and before the engine queued it) cancels that item as soon as
+// it is queued; the engine then reports it on the same thread. The batch must still end.
+// Not deterministic: each round cancels at a different point of the item cycle.
+TEST(BatchCancelRace, ACancelDuringAnItemsSubmitStillEndsTheBatch) {
+  // One slot, two items at once: each item started as another ends is queued.
+  auto server = TestServer::Start([](server::ServerConfig& c) { c.max_concurrency = 1; });
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::BatchRequest batch;
+  batch.set_max_parallel(2);
+  for (int i = 0; i < 2000; ++i) *batch.add_requests() = Command({"/bin/true"});
+  for (int round = 0; round < 150; ++round) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto reader = (*server)->stub().ExecuteBatch(&context, batch);
+    v1::BatchResult result;
+    for (int i = 0; i < 2 + round % 5; ++i) ASSERT_TRUE(reader->Read(&result));
+    context.TryCancel();
+    while (reader->Read(&result)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+    // The server still runs commands (a stuck engine thread would stop them all).
+    v1::ExecuteResponse response;
+    grpc::Status status =
+        (*server)->Execute(TestServer::Request({"/bin/true"}), &response, absl::Seconds(10));
+    if (!status.ok()) {
+      (void)server->release();  // Stuck: its shutdown would never return.
+      FAIL() << "round " << round << ": " << status.error_message();
+    }
+  }
 }
 
 TEST_F(BatchTest, CancellingTheBatchKillsItsRunningItems) {

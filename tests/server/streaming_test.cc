@@ -2,9 +2,11 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -13,6 +15,7 @@
 #include "core/compress.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/event_queue.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
 
@@ -171,6 +174,76 @@ TEST_F(StreamingTest, ChunkSettingsOutOfRangeAreRejected) {
   grpc::Status status = server_->Execute(request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("stream_chunk_bytes"));
+}
+
+// A cache hit streams the stored output as a run does: in chunks of stream_chunk_bytes, not
+// as one message of the whole output (which a client's 4 MiB receive limit can refuse).
+TEST_F(StreamingTest, ACacheHitIsStreamedInChunksOfTheAskedSize) {
+  server_.reset();  // One server at a time: this one has a cache.
+  auto server = TestServer::Start([](server::ServerConfig& c) { c.cache.max_bytes = 4 << 20; });
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  v1::ExecuteRequest request = TestServer::Request({"/usr/bin/head", "-c", "200000", "/dev/zero"});
+  request.set_cache_policy(v1::READ_WRITE);
+  v1::ExecuteResponse stored;
+  ASSERT_TRUE(server_->Execute(request, &stored).ok());
+  ASSERT_EQ(stored.stdout().size(), 200000u);
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  std::vector<size_t> chunks;
+  bool hit = false;
+  while (reader->Read(&event)) {
+    if (event.has_output()) chunks.push_back(event.output().data().size());
+    if (event.has_exited()) hit = event.exited().cache_hit();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_TRUE(hit);
+  std::vector<size_t> want(3, 64 << 10);
+  want.push_back(200000 - 3 * (64 << 10));
+  EXPECT_EQ(chunks, want);
+}
+
+// The engine's thread closes the writer (the command ended) while a gRPC thread's
+// OnWriteDone finishes the call, after which gRPC's OnDone deletes the reactor at once:
+// Close must not touch the writer once another thread may have finished the call. Not
+// deterministic: each round starts the two at a different offset; under ASan a touch after
+// the delete is reported.
+TEST(EventWriterRace, CloseLeavesTheWriterAloneOnceAnotherThreadMayFinish) {
+  constexpr int kRounds = 30000;
+  std::atomic<server::EventWriter<v1::ExecuteEvent>*> writer{nullptr};
+  std::atomic<int> go{0};
+  std::atomic<int> closed{0};
+  std::atomic<int> spin{0};  // Varies the offset between the two threads.
+  thread_local bool finished_here = false;
+  std::thread engine([&] {
+    for (int round = 1; round <= kRounds; ++round) {
+      while (go.load(std::memory_order_acquire) != round) {
+      }
+      writer.load()->Close(grpc::Status::OK);
+      closed.store(round, std::memory_order_release);
+    }
+  });
+  for (int round = 1; round <= kRounds; ++round) {
+    auto* w = new server::EventWriter<v1::ExecuteEvent>(
+        {.start_write = [](const v1::ExecuteEvent*) {},
+         .finish = [](const grpc::Status&) { finished_here = true; },
+         .pause_output = [](bool) {}},
+        /*open=*/true);
+    v1::ExecuteEvent started;
+    started.mutable_started()->set_pid(1);
+    w->Push(started, /*coalesce=*/false);  // Its write is in flight.
+    writer.store(w);
+    finished_here = false;
+    go.store(round, std::memory_order_release);
+    for (int i = 0; i < round % 200; ++i) spin.fetch_add(1, std::memory_order_relaxed);
+    w->WriteDone(true);
+    if (finished_here) delete w;  // This thread finished the call: OnDone follows.
+    while (closed.load(std::memory_order_acquire) != round) {
+    }
+    if (!finished_here) delete w;
+  }
+  engine.join();
 }
 
 std::string Plain(const std::string& data, v1::Compression compression) {
