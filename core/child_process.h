@@ -51,6 +51,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // The timeout is the caller's deadline rather than the command's own limit: nobody
     // waits for the result any more, so expiry kills at once instead of SIGTERM first.
     bool timeout_is_deadline = false;
+    // The caller's deadline, on the loop's clock: the child is killed at once when it
+    // passes, however long the spawn took (the timeout counts from the exec).
+    absl::Time deadline = absl::InfiniteFuture();
     // Give the child a stdin pipe even though the command has no stdin data yet: a
     // pre-warmed process gets its request's stdin later, through Assign().
     bool stdin_pipe = false;
@@ -174,6 +177,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   bool output_paused_ = false;
   absl::Duration timeout_;
   bool timeout_is_deadline_ = false;
+  absl::Time deadline_ = absl::InfiniteFuture();
   bool watched_ = false;
   absl::Time empty_deadline_;
   bool terminating_ = false;

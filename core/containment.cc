@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -267,10 +268,27 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     v2_procs_.reset();
     owned_fds_.clear();
     KillAll();
+    // A cgroup with processes in it cannot be removed, and killed ones take a moment to
+    // go (a command whose spawn failed halfway is destroyed right after the kill).
+    WaitEmpty(absl::Milliseconds(200));
     events_.reset();
     peak_.reset();
     for (const std::string& dir : {v2_, memory_, pids_}) {
       if (!dir.empty()) rmdir(dir.c_str());
+    }
+  }
+
+  // Waits up to `timeout` for the cgroup to be empty, woken by changes of cgroup.events.
+  void WaitEmpty(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (!Empty()) {
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) return;
+      if (!events_.valid()) return;  // Nothing to wait on (v1 tracking only).
+      // The read in Empty() armed it: a change since then wakes the poll at once.
+      pollfd p{events_.get(), POLLPRI, 0};
+      poll(&p, 1,
+           static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1)))));
     }
   }
 
@@ -472,7 +490,26 @@ class ProcessGroupContainment final : public Containment {
   bool sweeps_orphans() const override { return true; }
 
   void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
-    // Our children, from each of our threads' lists (cheaper than scanning all of /proc).
+    // An orphan's own children come to execd only as it dies: sweep again until a round
+    // finds none. Killed processes fork no more, so that takes as many rounds as the
+    // escaped tree is deep; the bound keeps a running command that orphans processes as
+    // fast as they are swept from holding the caller here (the next sweep goes on).
+    constexpr int kMaxRounds = 64;
+    for (int round = 0; round < kMaxRounds; ++round) {
+      std::vector<pid_t> orphans = Orphans(leaders);
+      if (orphans.empty()) return;
+      for (pid_t pid : orphans) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  }
+
+ private:
+  // Our children that are not `leaders`, from each of our threads' lists (cheaper than
+  // scanning all of /proc). Not those still in the process group of one of `leaders`: they
+  // lost their parent but are still that running command's, and die with its group.
+  static std::vector<pid_t> Orphans(const absl::flat_hash_set<pid_t>& leaders) {
     std::vector<pid_t> orphans;
     if (DIR* tasks = opendir("/proc/self/task")) {
       while (dirent* e = readdir(tasks)) {
@@ -480,18 +517,17 @@ class ProcessGroupContainment final : public Containment {
         std::string children = ReadFile(absl::StrCat("/proc/self/task/", e->d_name, "/children"));
         for (absl::string_view word : absl::StrSplit(children, ' ', absl::SkipEmpty())) {
           pid_t pid;
-          if (absl::SimpleAtoi(word, &pid) && !leaders.contains(pid)) orphans.push_back(pid);
+          if (!absl::SimpleAtoi(word, &pid) || leaders.contains(pid)) continue;
+          // Our unreaped child: its pid, and so the answer, cannot change meanwhile.
+          if (leaders.contains(getpgid(pid))) continue;
+          orphans.push_back(pid);
         }
       }
       closedir(tasks);
     }
-    for (pid_t pid : orphans) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
+    return orphans;
   }
 
- private:
   class PgroupGroup final : public Group {
    public:
     const std::vector<int>& join_fds() const override { return none_; }

@@ -379,6 +379,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   ChildProcess::Options child_options;
   child_options.timeout = std::min(e.command_.limits.timeout, left);
   child_options.timeout_is_deadline = left < e.command_.limits.timeout;
+  child_options.deadline = e.command_.deadline;
   child_options.kill_grace = options_.kill_grace;
   child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
@@ -410,6 +411,9 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
     }
     if (child.ok()) TrackLeaders((*child)->pids(), true);
   }
+  // A pipeline whose later program failed to spawn has had its earlier ones killed and
+  // reaped; what they started outside their process groups came to execd meanwhile.
+  if (!child.ok()) SweepOrphans();
   e.spawn_done_ = options_.clock->Now();
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
     OnSpawned(std::move(execution), std::move(child));

@@ -7,13 +7,19 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
+#include <functional>
+#include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "core/errno_status.h"
 #include "core/validate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -36,9 +42,9 @@ class Collector final : public Engine::Observer {
     result_ = std::move(result);
     done_.Notify();
   }
-  absl::StatusOr<Result> Get() {
-    if (!done_.WaitForNotificationWithTimeout(absl::Seconds(30))) {
-      return absl::DeadlineExceededError("no result within 30 s");
+  absl::StatusOr<Result> Get(absl::Duration timeout = absl::Seconds(30)) {
+    if (!done_.WaitForNotificationWithTimeout(timeout)) {
+      return absl::DeadlineExceededError("no result in time");
     }
     return result_;
   }
@@ -318,6 +324,303 @@ TEST_F(EngineTest, StreamedOutputArrivesInChunksAndIsNotCollected) {
   EXPECT_EQ(out.substr(0, 18), "line1\nline2\nline3\n");
   EXPECT_EQ(out.size(), 18u + 300000u);
   EXPECT_GE(c.chunks(), 2);
+}
+
+// The real OS, except that a hook runs in the `at`-th spawn (0-based) before it goes on, or
+// fails with EAGAIN when `fail` is set: for orders a loaded machine produces rarely.
+class HookedSpawnOs final : public ProcessOs {
+ public:
+  int at = 0;
+  bool fail = false;
+  std::function<void()> hook;
+  absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() override { return SystemProcessOs().Pipe(); }
+  absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) override {
+    if (spawns_.fetch_add(1) == at) {
+      if (hook) hook();
+      if (fail) return ErrnoToStatus(EAGAIN, "clone");
+    }
+    return SystemProcessOs().Spawn(spec);
+  }
+  void Reset() { spawns_ = 0; }
+
+ private:
+  std::atomic<int> spawns_{0};
+};
+
+// A clock that moves only when told to.
+class ManualClock final : public Clock {
+ public:
+  absl::Time Now() const override {
+    absl::MutexLock lock(&mu_);
+    return now_;
+  }
+  void Advance(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    now_ += d;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Time now_ = absl::UnixEpoch() + absl::Hours(1);
+};
+
+// The first program of a pipeline started a process that left its session; the second
+// program then fails to spawn. Nothing the command started may outlive its (failed) start.
+TEST_F(EngineTest, ProcessesOfAPipelineWhoseLaterProgramFailedToSpawnDoNotSurvive) {
+  for (Containment::Mode mode : {Containment::Mode::kProcessGroup, Containment::Mode::kAuto}) {
+    const std::string marker = ::execd::testing::UniqueName("escapee");
+    HookedSpawnOs os;
+    os.at = 1;
+    os.fail = true;
+    os.hook = [&] {
+      // Wait until the first program's background processes have left its session (setsid
+      // execs sleep only after setsid()).
+      EXPECT_TRUE(testing::WaitFor(
+          [&] {
+            int sleeping = 0;
+            for (pid_t pid : testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker)) {
+              std::ifstream comm(absl::StrCat("/proc/", pid, "/comm"));
+              std::string name;
+              if (comm >> name && name == "sleep") ++sleeping;
+            }
+            return sleeping == 50;
+          },
+          absl::Seconds(10)));
+    };
+    engine_.reset();
+    Engine::Options options;
+    options.os = &os;
+    options.containment = mode;
+    auto engine = Engine::Create(options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = *std::move(engine);
+    CommandRequest r;
+    // Many, so that they take a while to die once killed.
+    r.argv = {"/bin/sh", "-c", "for i in $(seq 50); do setsid sleep 1000 & done; wait"};
+    r.pipe_to = {{"/bin/cat"}};
+    r.env = {{"EXECD_TEST_MARKER", marker}};
+    auto result = Run(r);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+    const bool gone = testing::WaitFor(
+        [&] { return testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker).empty(); },
+        absl::Seconds(5));
+    EXPECT_TRUE(gone) << "a process of the failed pipeline survived, containment "
+                      << static_cast<int>(mode);
+    for (pid_t pid : testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker)) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    engine_.reset();
+  }
+}
+
+// The cgroup directories under the engine's own, or nothing without cgroup v2.
+std::vector<std::string> CommandCgroups(const Engine& engine) {
+  std::vector<std::string> found;
+  const std::string describe = engine.containment().Describe();
+  if (!absl::StartsWith(describe, "cgroup: v2 ")) return found;
+  const std::string v2 = describe.substr(11, describe.find_first_of(" ;", 11) - 11);
+  if (DIR* d = opendir(v2.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_type == DT_DIR && e->d_name[0] != '.') found.push_back(v2 + "/" + e->d_name);
+    }
+    closedir(d);
+  }
+  return found;
+}
+
+// As above with cgroups: the cgroup of the failed command is removed, not left behind
+// because its killed processes had not quite gone yet.
+TEST_F(EngineTest, CgroupOfAPipelineWhoseLaterProgramFailedToSpawnIsRemoved) {
+  HookedSpawnOs os;
+  os.at = 1;
+  os.fail = true;
+  engine_.reset();
+  Engine::Options options;
+  options.os = &os;
+  options.containment = Containment::Mode::kCgroup;
+  auto engine = Engine::Create(options);
+  if (!engine.ok()) GTEST_SKIP() << "SKIPPED: no cgroups here: " << engine.status();
+  engine_ = *std::move(engine);
+  if (!absl::StartsWith(engine_->containment().Describe(), "cgroup: v2 ")) {
+    engine_.reset();
+    GTEST_SKIP() << "SKIPPED: no cgroup v2 hierarchy";
+  }
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const std::string marker = ::execd::testing::UniqueName("escapee");
+    os.hook = [&] {
+      EXPECT_TRUE(testing::WaitFor(
+          [&] { return testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker).size() >= 21; },
+          absl::Seconds(10)));
+    };
+    os.Reset();
+    CommandRequest r;
+    r.argv = {"/bin/sh", "-c", "for i in $(seq 20); do sleep 1000 & done; wait"};
+    r.pipe_to = {{"/bin/cat"}};
+    r.env = {{"EXECD_TEST_MARKER", marker}};
+    r.max_processes = 1000;  // A cgroup with a limit is never kept for reuse.
+    auto result = Run(r);
+    if (result.status().code() == absl::StatusCode::kFailedPrecondition) {
+      engine_.reset();
+      GTEST_SKIP() << "SKIPPED: " << result.status();
+    }
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << result.status();
+    // Not kept for reuse (it has a limit), so none may be left.
+    EXPECT_THAT(CommandCgroups(*engine_), ::testing::IsEmpty()) << "attempt " << attempt;
+  }
+  engine_.reset();
+}
+
+// Process-group containment: a command's process left its session and started a child of
+// its own, then the command ended. The orphan sweep kills the escapee; its child, which
+// comes to execd only when the escapee dies, must not survive either.
+TEST_F(EngineTest, ChildOfAnEscapedProcessDoesNotSurviveTheCommand) {
+  testing::ScopedTempDir dir("execd_engine");
+  const std::string marker = ::execd::testing::UniqueName("escapee");
+  engine_.reset();
+  Engine::Options options;
+  options.containment = Containment::Mode::kProcessGroup;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  CommandRequest r;
+  // The command ends once the escapee has started its child.
+  r.argv = {"/bin/sh", "-c",
+            "mkfifo f; setsid sh -c 'sleep 1000 & echo started > f; wait' & read x < f"};
+  r.cwd = dir.path();
+  r.env = {{"EXECD_TEST_MARKER", marker}};
+  auto result = Run(r);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kExited);
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker).empty(); },
+      absl::Seconds(5)))
+      << "a process of the command survived it";
+  for (pid_t pid : testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker)) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+  engine_.reset();
+}
+
+// Process-group containment: a running command's background process that stayed in its
+// process group but lost its parent (a double fork) came to execd. Another command ending
+// meanwhile must not kill it: it is the running command's, and goes with that command.
+TEST_F(EngineTest, AnotherCommandEndingLeavesARunningCommandsOrphanedChildAlone) {
+  testing::ScopedTempDir dir("execd_engine");
+  engine_.reset();
+  Engine::Options options;
+  options.containment = Containment::Mode::kProcessGroup;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  ASSERT_EQ(mkfifo((dir.path() + "/go").c_str(), 0600), 0);
+  CommandRequest a;
+  // Starts a background sleep whose parent exits at once, waits for the test, then says
+  // whether the sleep is still there.
+  a.argv = {"/bin/sh", "-c",
+            "(sleep 1000 & echo $! > pid.tmp; mv pid.tmp pid); read x < go; "
+            "kill -0 $(cat pid) && echo alive; kill $(cat pid)"};
+  a.cwd = dir.path();
+  auto command = ValidateRequest(a, policy_);
+  ASSERT_TRUE(command.ok()) << command.status();
+  Collector c;
+  auto execution = engine_->Submit(*std::move(command), &c);
+  ASSERT_TRUE(execution.ok());
+  // Until the sleep's parent (the subshell) has exited and it came to execd.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        pid_t pid = 0;
+        if (!(std::ifstream(dir.path() + "/pid") >> pid)) return false;
+        std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+        std::string line;
+        std::getline(stat, line);
+        // "pid (comm) state ppid ...": comm is "sleep", no spaces.
+        std::istringstream fields(line);
+        std::string skip;
+        pid_t ppid = 0;
+        fields >> skip >> skip >> skip >> ppid;
+        return ppid == getpid();
+      },
+      absl::Seconds(10)));
+  auto other = Run({"/bin/true"});
+  ASSERT_TRUE(other.ok()) << other.status();
+  {
+    std::ofstream go(dir.path() + "/go");  // Opens once the command waits on it.
+    go << "\n";
+  }
+  auto result = c.Get();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->stdout_data, "alive\n") << "the running command's process was killed";
+  engine_.reset();
+}
+
+// A cancel that reaches the loop while the child is still being spawned stops it as soon
+// as the spawn completes.
+TEST_F(EngineTest, CancelDuringTheSpawnStopsTheChildOnceSpawned) {
+  absl::Notification in_spawn, release;
+  HookedSpawnOs os;
+  os.hook = [&] {
+    in_spawn.Notify();
+    EXPECT_TRUE(release.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  };
+  engine_.reset();
+  Engine::Options options;
+  options.os = &os;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  CommandRequest r;
+  r.argv = {"/bin/sleep", "1000"};
+  auto command = ValidateRequest(r, policy_);
+  ASSERT_TRUE(command.ok());
+  Collector c;
+  auto execution = engine_->Submit(*std::move(command), &c);
+  ASSERT_TRUE(execution.ok());
+  ASSERT_TRUE(in_spawn.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  engine_->Cancel(*execution);
+  engine_->PoolStatuses();  // A round through the loop: the cancel has reached it.
+  release.Notify();
+  auto result = c.Get();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kCancelled);
+  engine_.reset();
+}
+
+// The caller's deadline passes while the child is still being spawned (a spawn thread
+// busy with other spawns, a slow clone): the child must not run past the deadline for as
+// long again.
+TEST_F(EngineTest, DeadlineThatPassedDuringTheSpawnStopsTheChildAtOnce) {
+  ManualClock clock;
+  HookedSpawnOs os;
+  os.hook = [&] { clock.Advance(absl::Seconds(10)); };  // The spawn took ten seconds.
+  engine_.reset();
+  Engine::Options options;
+  options.os = &os;
+  options.clock = &clock;
+  auto engine = Engine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  engine_ = *std::move(engine);
+  CommandRequest r;
+  r.argv = {"/bin/sleep", "1000"};
+  auto command = ValidateRequest(r, policy_);
+  ASSERT_TRUE(command.ok());
+  command->deadline = clock.Now() + absl::Seconds(1);
+  Collector c;
+  auto execution = engine_->Submit(*std::move(command), &c);
+  ASSERT_TRUE(execution.ok());
+  auto result = c.Get(absl::Seconds(5));
+  if (!result.ok() && result.status().code() == absl::StatusCode::kDeadlineExceeded) {
+    engine_->Cancel(*execution);  // Still running at the deadline plus the spawn time.
+    ADD_FAILURE() << "the child outlived the caller's deadline: " << result.status();
+    (void)c.Get();
+    engine_.reset();  // Before the clock and the OS it uses.
+    return;
+  }
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kTimedOut);
+  EXPECT_EQ(result->status.signal, SIGKILL);  // A passed deadline kills at once.
+  engine_.reset();
 }
 
 int OpenDescriptors() {
