@@ -199,6 +199,15 @@ absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpe
         added.empty() ? "none" : absl::StrJoin(added, ", "), "; removed: ",
         removed.empty() ? "none" : absl::StrJoin(removed, ", "), "); restart execd for that"));
   }
+  // Requests were checked against, and wait in, a pool of its kind.
+  for (const PoolSpec& p : pools) {
+    std::shared_ptr<const PoolSpec> now = FindPool(p.name);
+    if (now->kind != p.kind) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a reload cannot change the kind of pool \"", p.name, "\" (", PoolKindName(now->kind),
+          " to ", PoolKindName(p.kind), "); restart execd for that"));
+    }
+  }
   std::vector<std::string> changed;
   for (PoolSpec& p : pools) {
     const int index = pool_index_.at(p.name);

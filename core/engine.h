@@ -124,7 +124,7 @@ class Engine {
   // Applies a new configuration of the same pools (same names): each pool whose
   // configuration changed retires its workers and refills under the new one. Returns the
   // names of the pools that changed; FAILED_PRECONDITION (and no change) if pools were
-  // added or removed, which takes a restart.
+  // added or removed, or a pool's kind changed, which takes a restart.
   absl::StatusOr<std::vector<std::string>> ReloadPools(std::vector<PoolSpec> pools);
   struct PoolStatus {
     std::string name;

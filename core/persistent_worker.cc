@@ -110,6 +110,10 @@ absl::Status PersistentWorker::Start() {
 void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>& arguments,
                             const std::string& stdin_data, absl::Duration timeout) {
   if (dead_) return;
+  // The stderr tail goes into this request's error message: none of what the worker wrote
+  // for an earlier request (and maybe another caller), which it wrote before answering.
+  if (stderr_.valid()) ReadStderr();
+  stderr_tail_.clear();
   worker::v1::WorkRequest request;
   request.set_request_id(request_id);
   for (const std::string& a : arguments) request.add_arguments(a);

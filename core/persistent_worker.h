@@ -69,7 +69,8 @@ class PersistentWorker final : public EventLoop::FdHandler {
 
   pid_t pid() const { return pid_; }
   bool dead() const { return dead_; }
-  // The tail of what the worker wrote to its stderr, for error messages.
+  // The tail of what the worker wrote to its stderr since the last Send (or its start),
+  // for error messages.
   std::string stderr_tail() const { return stderr_tail_; }
 
   void OnFdReady(int fd, uint32_t events) override;

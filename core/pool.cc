@@ -155,12 +155,14 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
   const bool prewarmed = spec_->kind == PoolSpec::Kind::kPrewarmed;
   absl::Status status = prewarmed ? process.status() : worker.status();
   if (status.ok()) ++counters_.started;
-  if (status.ok() && generation != generation_) {
-    ++counters_.recycled;
-    if (prewarmed) {
-      deps_.untrack((*process)->pid());
-    } else {
-      Destroy(*std::move(worker));
+  if (generation != generation_) {  // Started, or failed, under a retired configuration.
+    if (status.ok()) {
+      ++counters_.recycled;
+      if (prewarmed) {
+        deps_.untrack((*process)->pid());
+      } else {
+        Destroy(*std::move(worker));
+      }
     }
     Refill();
     return;
@@ -281,6 +283,7 @@ void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse r
   auto it = std::find_if(busy_.begin(), busy_.end(),
                          [worker](const Busy& b) { return b.worker.get() == worker; });
   if (it == busy_.end()) return;
+  consecutive_idle_deaths_ = 0;
   Busy b = std::move(*it);
   busy_.erase(it);
   Result result;
@@ -324,8 +327,12 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
     std::string message = Describe(w.get(), why);
     Destroy(std::move(w));
     last_start_error_ = message;
-    if (!waiting_.empty() && static_cast<int>(waiting_.size()) >
-                                 static_cast<int>(idle_.size() + starting_.size()) + spawning_) {
+    // The oldest waiter gets the error unless enough other workers are on their way; not
+    // after a failure in a row, though: each failure starts a replacement, which would
+    // count as on its way for ever.
+    if (!waiting_.empty() && (consecutive_start_failures_ > 0 ||
+                              static_cast<int>(waiting_.size()) >
+                                  static_cast<int>(idle_.size() + starting_.size()) + spawning_)) {
       Request* request = waiting_.front().request;
       waiting_.pop_front();
       request->OnDone(absl::UnavailableError(
@@ -336,9 +343,13 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
   }
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {
     if (it->worker.get() != worker) continue;
+    // One that dies before it has served anything, as one that crashes at start-up (right
+    // after its health check), is replaced at once only a few times in a row; then at the
+    // shrink timer's pace.
+    const bool served = it->served > 0;
     Destroy(std::move(it->worker));
     idle_.erase(it);
-    Refill();
+    if (served || ++consecutive_idle_deaths_ <= 3 || !waiting_.empty()) Refill();
     return;
   }
   auto it = std::find_if(busy_.begin(), busy_.end(),
@@ -376,6 +387,9 @@ std::string Pool::Describe(const PersistentWorker* worker, const absl::Status& w
 void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
   if (worker == nullptr) return;
   deps_.untrack(worker->pid());
+  // Dead now, so it calls nothing more: its events may come before the posted destruction
+  // (it is the next turn's), when the worker is no longer the pool's, or the pool is gone.
+  worker->Kill(absl::CancelledError("retired"), /*quiet=*/true);
   // Not from inside the worker's own callback.
   deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
 }

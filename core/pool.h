@@ -114,8 +114,9 @@ class Pool final : public PersistentWorker::Listener {
   ~Pool() override;  // Kills every worker. Loop thread, after every request is done.
 
   const PoolSpec& spec() const { return *spec_; }  // Loop thread.
-  // Loop thread: a new configuration. Every worker of the old one is retired (idle ones at
-  // once, busy ones when they finish); the pool refills under the new one.
+  // Loop thread: a new configuration, of the same kind. Every worker of the old one is
+  // retired (idle ones at once, busy ones when they finish); the pool refills under the new
+  // one.
   void Reconfigure(std::shared_ptr<const PoolSpec> spec);
   // Loop thread: fills the pool to min_idle.
   void Start();
@@ -194,6 +195,7 @@ class Pool final : public PersistentWorker::Listener {
   absl::Time last_miss_ = absl::InfinitePast();
   EventLoop::TimerId shrink_timer_ = 0;
   int consecutive_start_failures_ = 0;
+  int consecutive_idle_deaths_ = 0;  // PERSISTENT workers that died idle before serving.
   std::string last_start_error_;
   PoolStats counters_;
   uint64_t next_request_id_ = 1;

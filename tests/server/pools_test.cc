@@ -5,9 +5,13 @@
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <deque>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <string>
@@ -16,6 +20,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "core/containment.h"
+#include "core/event_loop.h"
+#include "core/pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/pools_config.h"
@@ -418,6 +427,260 @@ TEST_F(PoolsTest, PooledRequestsMayNotOverrideWhatThePoolFixes) {
   grpc::Status status = server_->Execute(Pooled("nope", {}), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(status.error_message(), HasSubstr("\"w\""));
+}
+
+TEST_F(PoolsTest, AWorkerThatFailsItsHealthCheckFailsTheRequestWhileAnotherStarts) {
+  // /bin/true exits at once. Two workers start for the request (max_size 2), and each
+  // failure starts a replacement, so another worker is always starting when one fails.
+  StartWith(PersistentPool("dead", "max_size: 2", "/bin/true"));
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("dead", {}), &response, absl::Seconds(10));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("could not start a worker"));
+  EXPECT_LT(Stats("dead").started, 50) << "the pool kept spawning for the request";
+}
+
+TEST_F(PoolsTest, AWorkerThatDiesRightAfterItsHealthCheckIsNotRespawnedWithoutEnd) {
+  // It answers the health check (one empty frame: a single zero byte), then exits.
+  StartWith(R"pb(
+    pool {
+      name: "flaky"
+      kind: PERSISTENT
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "head -c 1 >/dev/null; printf '\\000'; exit 1"
+      min_idle: 1
+      max_size: 1
+    })pb");
+  ASSERT_TRUE(WaitForStats("flaky", [](const core::PoolStats& s) { return s.crashed >= 1; }));
+  // Like a worker that fails its health check: a few tries, then the shrink timer's pace
+  // (every 5 s with the default idle_timeout), not a spawn loop.
+  EXPECT_FALSE(WaitFor([&] { return Stats("flaky").started >= 50; }, absl::Seconds(3)))
+      << Stats("flaky").started << " workers started";
+}
+
+// A worker's own stderr (not the protocol's) goes into the error of the request it fails;
+// what it wrote while serving another caller's request does not.
+TEST_F(PoolsTest, AWorkersErrorCarriesNoneOfAnEarlierRequestsStderr) {
+  if (access("/usr/bin/python3", X_OK) != 0) {
+    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
+                    "installs it)";
+  }
+  testing::ScopedTempDir dir("pools");
+  const std::string worker = dir.path() + "/worker.py";
+  std::ofstream(worker) << "import os, sys\n"
+                        << "sys.path.insert(0, '" << SOURCE_DIR << "/examples/workers/python')\n"
+                        << "import execd_worker\n"
+                        << "def handle(arguments, stdin):\n"
+                        << "    sys.stderr.write(arguments[1] + '\\n')\n"
+                        << "    sys.stderr.flush()\n"
+                        << "    if arguments[0] == 'crash':\n"
+                        << "        os._exit(3)\n"
+                        << "    return 0\n"
+                        << "execd_worker.serve(handle)\n";
+  StartWith(PersistentPool("py", absl::StrCat("argv: \"", worker, "\" min_idle: 1 max_size: 1"),
+                           "/usr/bin/python3"));
+  Run(Pooled("py", {"log", "secret-of-the-first-caller"}));
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(Pooled("py", {"crash", "own-last-words"}), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(status.error_message(), HasSubstr("own-last-words"));
+  EXPECT_THAT(status.error_message(), ::testing::Not(HasSubstr("secret-of-the-first-caller")));
+}
+
+TEST_F(PoolsTest, AReloadThatChangesAPoolsKindNeverRunsARequestWithoutItsInput) {
+  // The request waits for a worker that does not pass its health check...
+  StartWith(PersistentPool("p", "argv: \"100\" max_size: 1 startup_timeout { seconds: 30 }",
+                           "/bin/sleep"));
+  AsyncCall call;
+  call.request = Pooled("p", {}, "hello");
+  call.Start(server_->stub(), absl::Seconds(20));
+  ASSERT_TRUE(
+      WaitForStats("p", [](const core::PoolStats& s) { return s.misses == 1 && s.starting == 1; }));
+  // ...when a reload makes the pool PREWARMED.
+  auto prewarmed = server::ParsePoolsConfig(
+      "pool { name: \"p\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 }", "t",
+      core::RequestPolicy::FromProcessEnvironment());
+  ASSERT_TRUE(prewarmed.ok()) << prewarmed.status();
+  auto changed = server_->server().engine().ReloadPools(*std::move(prewarmed));
+  if (!changed.ok()) {  // Refused: the request stays with the pool it was checked for.
+    EXPECT_EQ(changed.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(changed.status().message(), HasSubstr("kind"));
+    EXPECT_EQ(server_->server().engine().FindPool("p")->kind, core::PoolSpec::Kind::kPersistent);
+    call.context.TryCancel();
+    ASSERT_TRUE(call.Wait());
+    return;
+  }
+  ASSERT_TRUE(call.Wait());
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.response.stdout(), "hello") << "the request ran without its stdin";
+}
+
+// ---- core::Pool on its own, with the spawns run when the test says ----
+
+class PoolUnitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto loop = core::EventLoop::Start();
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    loop_ = *std::move(loop);
+    auto containment = core::Containment::Create(core::Containment::Mode::kAuto);
+    ASSERT_TRUE(containment.ok()) << containment.status();
+    containment_ = *std::move(containment);
+  }
+  void TearDown() override {
+    OnLoop([&] { pool_.reset(); });
+    RunSpawns();
+    OnLoop([] {});
+    OnLoop([] {});
+  }
+
+  static core::PoolSpec Parse(const std::string& config) {
+    auto specs =
+        server::ParsePoolsConfig(config, "t", core::RequestPolicy::FromProcessEnvironment());
+    EXPECT_TRUE(specs.ok()) << specs.status();
+    return specs.ok() ? (*specs)[0] : core::PoolSpec{};
+  }
+  void Make(const std::string& config) { Make(Parse(config)); }
+  void Make(core::PoolSpec spec) {
+    spec_ = std::make_shared<const core::PoolSpec>(std::move(spec));
+    core::Pool::Deps deps;
+    deps.loop = loop_.get();
+    deps.os = &core::SystemProcessOs();
+    deps.containment = containment_.get();
+    deps.kill_grace = absl::Milliseconds(200);
+    deps.run_blocking = [this](absl::AnyInvocable<void() &&> task) {
+      absl::MutexLock lock(&mu_);
+      spawns_.push_back(std::move(task));
+    };
+    deps.track = [](pid_t) {};
+    deps.untrack = [](pid_t) {};
+    pool_ = std::make_unique<core::Pool>(spec_, deps);
+  }
+
+  // Runs `f` on the loop thread and waits for it.
+  void OnLoop(absl::AnyInvocable<void() &&> f) {
+    absl::Notification done;
+    loop_->Post([&]() mutable {
+      std::move(f)();
+      done.Notify();
+    });
+    done.WaitForNotification();
+  }
+  // Runs the spawns the pool asked for, on this thread (which outlives their processes).
+  void RunSpawns() {
+    std::deque<absl::AnyInvocable<void() &&>> spawns;
+    {
+      absl::MutexLock lock(&mu_);
+      spawns.swap(spawns_);
+    }
+    for (auto& spawn : spawns) std::move(spawn)();
+  }
+  // Starts the pool, which has min_idle 1, and returns its worker's pid once it is idle.
+  pid_t StartOneWorker() {
+    std::vector<pid_t> before = testing::ChildrenOf(getpid());
+    OnLoop([&] { pool_->Start(); });
+    RunSpawns();
+    EXPECT_TRUE(WaitFor([&] { return Stats().idle == 1; }, absl::Seconds(10)));
+    for (pid_t pid : testing::ChildrenOf(getpid())) {
+      if (std::find(before.begin(), before.end(), pid) == before.end()) return pid;
+    }
+    ADD_FAILURE() << "no worker process";
+    return -1;
+  }
+  core::PoolStats Stats() {
+    core::PoolStats s;
+    OnLoop([&] { s = pool_->stats(); });
+    return s;
+  }
+
+  std::unique_ptr<core::EventLoop> loop_;
+  std::unique_ptr<core::Containment> containment_;
+  std::shared_ptr<const core::PoolSpec> spec_;
+  std::unique_ptr<core::Pool> pool_;
+  absl::Mutex mu_;
+  std::deque<absl::AnyInvocable<void() &&>> spawns_;
+};
+
+class FakeRequest final : public core::Pool::Request {
+ public:
+  void OnProcess(std::unique_ptr<core::ChildProcess>) override { ADD_FAILURE() << "OnProcess"; }
+  void OnStarted(pid_t) override {}
+  void OnDone(absl::StatusOr<core::Result> result) override {
+    result_ = std::move(result);
+    done_.Notify();
+  }
+  bool done() const { return done_.HasBeenNotified(); }
+  absl::StatusOr<core::Result> result_ = absl::UnknownError("none");
+
+ private:
+  absl::Notification done_;
+};
+
+TEST_F(PoolUnitTest, AFailedStartOfARetiredConfigurationDoesNotFailAWaitingRequest) {
+  core::PoolSpec broken = Parse(PersistentPool("w", "max_size: 1"));
+  const core::PoolSpec fixed = broken;
+  broken.command.executable = "/nonexistent/worker";
+  broken.fingerprint += "# broken";
+  Make(broken);
+  OnLoop([&] { pool_->Start(); });
+  FakeRequest request;
+  core::Pool::Call call;
+  call.arguments = {"x"};
+  call.stdin_data = "in";
+  call.max_output_bytes = 1 << 20;
+  call.timeout = absl::Seconds(10);
+  OnLoop([&] { pool_->Acquire(&request, std::move(call)); });  // Starts a broken worker.
+  // The configuration is fixed before that start fails.
+  OnLoop([&] { pool_->Reconfigure(std::make_shared<const core::PoolSpec>(fixed)); });
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        RunSpawns();
+        return request.done();
+      },
+      absl::Seconds(20)));
+  ASSERT_TRUE(request.result_.ok()) << request.result_.status();
+  EXPECT_EQ(request.result_->stdout_data, "in|x");
+}
+
+// The loop runs what a turn posts on its next turn, after the descriptors that turn found
+// ready: a retired worker's destruction, posted as it is retired, comes after them.
+TEST_F(PoolUnitTest, ARetiredWorkerThatDiesBeforeItIsDestroyedIsNotCountedAsCrashed) {
+  Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t worker = StartOneWorker();
+  ASSERT_GT(worker, 0);
+  auto changed = std::make_shared<core::PoolSpec>(*spec_);
+  changed->fingerprint += "# changed";
+  OnLoop([&] {
+    pool_->Reconfigure(changed);  // Retires the idle worker.
+    kill(worker, SIGKILL);        // It dies before its destruction runs.
+    siginfo_t info;
+    waitid(P_PID, worker, &info, WEXITED | WNOWAIT);
+  });
+  OnLoop([] {});
+  OnLoop([] {});
+  core::PoolStats s = Stats();
+  EXPECT_EQ(s.recycled, 1);
+  EXPECT_EQ(s.crashed, 0);
+}
+
+TEST_F(PoolUnitTest, APoolDestroyedJustAfterARetireIsNotCalledByTheRetiredWorker) {
+  Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t worker = StartOneWorker();
+  ASSERT_GT(worker, 0);
+  auto changed = std::make_shared<core::PoolSpec>(*spec_);
+  changed->fingerprint += "# changed";
+  // A reload, then the engine's shutdown, in one turn of the loop.
+  OnLoop([&] {
+    pool_->Reconfigure(changed);
+    pool_.reset();
+    kill(worker, SIGKILL);  // The retired worker dies before its destruction runs.
+    siginfo_t info;
+    waitid(P_PID, worker, &info, WEXITED | WNOWAIT);
+  });
+  OnLoop([] {});  // Under ASan: a heap-use-after-free of the pool, if the worker calls it.
+  OnLoop([] {});
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(worker); }, absl::Seconds(5)));
 }
 
 // ---- configuration ----
