@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -107,7 +108,9 @@ void Pool::StartOne() {
   PersistentWorker::Options worker_options;
   worker_options.startup_timeout = spec_->startup_timeout;
   worker_options.kill_grace = deps_.kill_grace;
-  worker_options.max_frame_bytes = 2 * spec_->max_output_bytes + (1 << 20);
+  // Room for both outputs and the rest of the message, within what protobuf parses.
+  worker_options.max_frame_bytes = std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20),
+                                                     std::numeric_limits<int>::max());
   worker_options.address_space_bytes = address_space;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;

@@ -208,6 +208,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
       absl::MutexLock lock(&mu_);
       execution_ = *execution;
       cancelled = cancelled_;
+      // Output can outrun this thread: a pause asked for before now is applied now.
+      if (output_paused_) service_.engine().SetOutputPaused(execution_, true);
     }
     if (cancelled) service_.engine().Cancel(*execution);
     return absl::OkStatus();
@@ -350,13 +352,12 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     StartRead(&request_);
   }
 
+  // Posted under the lock, so pauses and resumes reach the engine in order; one asked for
+  // before the execution is known is applied when it is.
   void SetOutputPaused(bool paused) {
-    std::shared_ptr<core::Engine::Execution> execution;
-    {
-      absl::MutexLock lock(&mu_);
-      execution = execution_;
-    }
-    if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
+    absl::MutexLock lock(&mu_);
+    output_paused_ = paused;
+    if (execution_ != nullptr) service_.engine().SetOutputPaused(execution_, paused);
   }
 
   void Enqueue(v1::AttachEvent event, bool coalesce) { writer_.Push(std::move(event), coalesce); }
@@ -385,9 +386,9 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // The client half-closed.
   bool stdin_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;
-  bool at_line_start_ ABSL_GUARDED_BY(mu_) =
-      true;  // The last stdin byte was a newline.  // Accepted, not yet written to the child.
+  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;  // Accepted, not yet written to the child.
+  bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;  // The last stdin byte was a newline.
+  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
   absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;  // The command is over.
   EventWriter<v1::AttachEvent> writer_{

@@ -92,6 +92,8 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       if (released_) return absl::OkStatus();  // It ended already; nothing to hold or cancel.
       execution_ = *std::move(execution);
       if (cancelled_) cancel = execution_;
+      // Output can outrun this thread: a pause asked for before now is applied now.
+      if (output_paused_) service_.engine().SetOutputPaused(execution_, true);
     }
     // Not under the lock: cancelled while queued, the command ends here, on this thread,
     // and OnFinished (a batch item's ReleaseExecution) takes the lock.
@@ -200,14 +202,13 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
                                     core::CachedResult::Make(result, now, now + cache_ttl_));
   }
 
-  // Back-pressure: stop (or resume) reading the child's output.
+  // Back-pressure: stop (or resume) reading the child's output. Posted under the lock, so
+  // pauses and resumes reach the engine in order; one asked for before the execution is
+  // known is applied when it is.
   void SetOutputPaused(bool paused) {
-    std::shared_ptr<core::Engine::Execution> execution;
-    {
-      absl::MutexLock lock(&mu_);
-      execution = execution_;
-    }
-    if (execution != nullptr) service_.engine().SetOutputPaused(execution, paused);
+    absl::MutexLock lock(&mu_);
+    output_paused_ = paused;
+    if (execution_ != nullptr) service_.engine().SetOutputPaused(execution_, paused);
   }
 
   // Puts `data` into `field`, lz4-compressed when the caller accepts it and it pays.
@@ -272,6 +273,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseExecution was called.
+  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
   Refs refs_;
 };
 

@@ -4,6 +4,7 @@
 #include <google/protobuf/text_format.h>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <utility>
 
@@ -86,6 +87,10 @@ absl::StatusOr<std::vector<core::PoolSpec>> ParsePoolsConfig(const std::string& 
     }
     spec.max_size = static_cast<int>(p.max_size());
     spec.min_idle = static_cast<int>(p.min_idle());
+    if (p.max_requests() > static_cast<uint32_t>(std::numeric_limits<int>::max())) {
+      return error(absl::StrCat("max_requests must be at most ", std::numeric_limits<int>::max(),
+                                " (0 is unlimited)"));
+    }
     spec.max_requests = static_cast<int>(p.max_requests());
     if (spec.kind == core::PoolSpec::Kind::kPrewarmed && p.max_requests() > 1) {
       return error("max_requests applies to PERSISTENT pools; PREWARMED processes serve one");

@@ -706,6 +706,9 @@ TEST(PoolsConfig, ErrorsNameTheLineAndTheFix) {
        "/no/such/worker"},
       {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 max_requests: 5 }",
        "max_requests applies to PERSISTENT"},
+      {"pool { name: \"a\" kind: PERSISTENT argv: \"/bin/cat\" max_size: 1 "
+       "max_requests: 3000000000 }",
+       "max_requests must be at most 2147483647"},
       {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 "
        "timeout { seconds: 100000 } }",
        "--max_timeout"},
