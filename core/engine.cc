@@ -467,7 +467,7 @@ void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) 
                 options);
   e.child_ = std::move(child);
   if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
-    Finish(e, watched);
+    FailUnwatched(e, watched);
     return;
   }
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
@@ -483,11 +483,21 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
   }
   e.child_ = *std::move(child);
   if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
-    Finish(e, watched);  // Destroying the child kills it.
+    FailUnwatched(e, watched);
     return;
   }
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
   if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
+}
+
+void Engine::FailUnwatched(Execution& e, absl::Status why) {
+  // Killed and reaped while its pids are still leaders: were they untracked first, the
+  // sweep would reap them, and the child's own kill then aim at pids free for reuse.
+  const std::vector<pid_t> pids = e.child_->pids();
+  e.child_.reset();
+  TrackLeaders(pids, false);
+  SweepOrphans();  // What it started outside its groups.
+  Finish(e, std::move(why));
 }
 
 void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {

@@ -149,6 +149,8 @@ class Engine {
   void StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options);
   // On the loop: a pre-warmed process for `e`; runs it like a spawned child.
   void OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child);
+  // On the loop: a started child that could not be watched is killed, reaped and reported.
+  void FailUnwatched(Execution& e, absl::Status why);
   // Adds (running) or removes the processes execd spawned, for the orphan sweep.
   void TrackLeaders(const std::vector<pid_t>& pids, bool running);
   void SweepOrphans();
