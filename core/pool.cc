@@ -190,7 +190,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
                                                                 : absl::StatusCode::kUnavailable,
           absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", status.message())));
     }
-    if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
+    if (!FailedInARow(++consecutive_start_failures_) || !waiting_.empty()) Refill();
     return;
   }
   Ready(Idle{*std::move(process), nullptr, deps_.loop->clock().Now(), generation, 0});
@@ -198,6 +198,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
 
 void Pool::Ready(Idle idle) {
   consecutive_start_failures_ = 0;
+  if (consecutive_idle_deaths_ == 0) retry_after_ = absl::InfinitePast();
   if (!waiting_.empty()) {
     Waiting next = std::move(waiting_.front());
     waiting_.pop_front();
@@ -287,6 +288,7 @@ void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse r
                          [worker](const Busy& b) { return b.worker.get() == worker; });
   if (it == busy_.end()) return;
   consecutive_idle_deaths_ = 0;
+  retry_after_ = absl::InfinitePast();
   Busy b = std::move(*it);
   busy_.erase(it);
   Result result;
@@ -341,7 +343,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
       request->OnDone(absl::UnavailableError(
           absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", message)));
     }
-    if (++consecutive_start_failures_ <= 3 || !waiting_.empty()) Refill();
+    if (!FailedInARow(++consecutive_start_failures_) || !waiting_.empty()) Refill();
     return;
   }
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {
@@ -352,7 +354,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
     const bool served = it->served > 0;
     Destroy(std::move(it->worker));
     idle_.erase(it);
-    if (served || ++consecutive_idle_deaths_ <= 3 || !waiting_.empty()) Refill();
+    if (served || !FailedInARow(++consecutive_idle_deaths_) || !waiting_.empty()) Refill();
     return;
   }
   auto it = std::find_if(busy_.begin(), busy_.end(),
@@ -440,7 +442,21 @@ void Pool::Shrink() {
     idle_.pop_front();
     Destroy(std::move(idle));
   }
+  // Backing off a pool whose workers keep failing: a request that comes still tries (and
+  // gets the error), but nothing else does before its time.
+  if (waiting_.empty() && now < retry_after_) return;
   Refill();
+}
+
+bool Pool::FailedInARow(int failures) {
+  constexpr int kAtOnce = 3;  // Replaced at once: a worker that crashes now and then.
+  if (failures <= kAtOnce) return false;
+  // Then as a crash-looping container is restarted: 1 s, doubling, at most a minute.
+  const absl::Duration delay =
+      std::min(absl::Seconds(1) * (int64_t{1} << std::min(failures - kAtOnce - 1, 6)),
+               absl::Minutes(1));
+  retry_after_ = deps_.loop->clock().Now() + delay;
+  return true;
 }
 
 }  // namespace execd::core

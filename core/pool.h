@@ -169,6 +169,9 @@ class Pool final : public PersistentWorker::Listener {
   void Dispatch(Request* request, Call call, Idle idle);
   void ArmShrink();
   void Shrink();
+  // Counts a failed start (or an idle death before serving): true, and the next refill by
+  // the shrink timer delayed, once there have been more than a few in a row.
+  bool FailedInARow(int failures);
   int Total() const;
   void Destroy(std::unique_ptr<PersistentWorker> worker);
   // An idle entry of either kind: its process is killed and reaped off this call stack.
@@ -196,6 +199,8 @@ class Pool final : public PersistentWorker::Listener {
   EventLoop::TimerId shrink_timer_ = 0;
   int consecutive_start_failures_ = 0;
   int consecutive_idle_deaths_ = 0;  // PERSISTENT workers that died idle before serving.
+  // After a few failures in a row the shrink timer refills no sooner than this.
+  absl::Time retry_after_ = absl::InfinitePast();
   std::string last_start_error_;
   PoolStats counters_;
   uint64_t next_request_id_ = 1;

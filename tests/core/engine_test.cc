@@ -23,6 +23,7 @@
 #include "core/validate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
 
 namespace execd::core {
@@ -347,23 +348,6 @@ class HookedSpawnOs final : public ProcessOs {
   std::atomic<int> spawns_{0};
 };
 
-// A clock that moves only when told to.
-class ManualClock final : public Clock {
- public:
-  absl::Time Now() const override {
-    absl::MutexLock lock(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    absl::MutexLock lock(&mu_);
-    now_ += d;
-  }
-
- private:
-  mutable absl::Mutex mu_;
-  absl::Time now_ = absl::UnixEpoch() + absl::Hours(1);
-};
-
 // The first program of a pipeline started a process that left its session; the second
 // program then fails to spawn. Nothing the command started may outlive its (failed) start.
 TEST_F(EngineTest, ProcessesOfAPipelineWhoseLaterProgramFailedToSpawnDoNotSurvive) {
@@ -591,7 +575,7 @@ TEST_F(EngineTest, CancelDuringTheSpawnStopsTheChildOnceSpawned) {
 // busy with other spawns, a slow clone): the child must not run past the deadline for as
 // long again.
 TEST_F(EngineTest, DeadlineThatPassedDuringTheSpawnStopsTheChildAtOnce) {
-  ManualClock clock;
+  testing::ManualClock clock;
   HookedSpawnOs os;
   os.hook = [&] { clock.Advance(absl::Seconds(10)); };  // The spawn took ten seconds.
   engine_.reset();

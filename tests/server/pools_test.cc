@@ -28,6 +28,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/pools_config.h"
+#include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
 
@@ -521,9 +522,7 @@ TEST_F(PoolsTest, AReloadThatChangesAPoolsKindNeverRunsARequestWithoutItsInput) 
 class PoolUnitTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto loop = core::EventLoop::Start();
-    ASSERT_TRUE(loop.ok()) << loop.status();
-    loop_ = *std::move(loop);
+    StartLoop(core::MonotonicClock::Get());
     auto containment = core::Containment::Create(core::Containment::Mode::kAuto);
     ASSERT_TRUE(containment.ok()) << containment.status();
     containment_ = *std::move(containment);
@@ -535,6 +534,15 @@ class PoolUnitTest : public ::testing::Test {
     OnLoop([] {});
   }
 
+  void StartLoop(const core::Clock& clock) {
+    auto loop = core::EventLoop::Start(clock);
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    loop_ = *std::move(loop);
+  }
+  size_t PendingSpawns() {
+    absl::MutexLock lock(&mu_);
+    return spawns_.size();
+  }
   static core::PoolSpec Parse(const std::string& config) {
     auto specs =
         server::ParsePoolsConfig(config, "t", core::RequestPolicy::FromProcessEnvironment());
@@ -594,6 +602,7 @@ class PoolUnitTest : public ::testing::Test {
     return s;
   }
 
+  testing::ManualClock manual_clock_;  // For a test that starts the loop on it.
   std::unique_ptr<core::EventLoop> loop_;
   std::unique_ptr<core::Containment> containment_;
   std::shared_ptr<const core::PoolSpec> spec_;
@@ -641,6 +650,42 @@ TEST_F(PoolUnitTest, AFailedStartOfARetiredConfigurationDoesNotFailAWaitingReque
       absl::Seconds(20)));
   ASSERT_TRUE(request.result_.ok()) << request.result_.status();
   EXPECT_EQ(request.result_->stdout_data, "in|x");
+}
+
+// A worker that never passes its start-up is replaced at once a few times, then retried
+// with a growing delay, as a crash-looping container is restarted: not at every tick of
+// the shrink timer for ever. Time is the loop's manual clock, so each step is exact.
+TEST_F(PoolUnitTest, AWorkerThatNeverStartsIsRetriedWithAGrowingDelay) {
+  StartLoop(manual_clock_);
+  // idle_timeout 80 ms: the shrink timer ticks every 20 ms.
+  Make(R"pb(pool {
+              name: "w" kind: PERSISTENT argv: "/bin/false" min_idle: 1 max_size: 1
+              idle_timeout { nanos: 80000000 }
+            })pb");
+  OnLoop([&] { pool_->Start(); });
+  auto failed = [&](int n) {
+    return WaitFor([&] { return Stats().crashed == n; }, absl::Seconds(10));
+  };
+  // Three failures are replaced at once.
+  for (int n = 1; n <= 4; ++n) {
+    ASSERT_EQ(PendingSpawns(), 1u) << "failure " << n - 1;
+    RunSpawns();
+    ASSERT_TRUE(failed(n)) << "crashed " << Stats().crashed << ", want " << n;
+  }
+  // Then 1 s, 2 s: none before, one after.
+  for (absl::Duration delay : {absl::Seconds(1), absl::Seconds(2)}) {
+    EXPECT_EQ(PendingSpawns(), 0u);
+    manual_clock_.Advance(delay - absl::Milliseconds(100));  // Many ticks, all too early.
+    OnLoop([] {});
+    OnLoop([] {});
+    EXPECT_EQ(PendingSpawns(), 0u) << "retried before " << delay;
+    manual_clock_.Advance(absl::Milliseconds(200));
+    ASSERT_TRUE(WaitFor([&] { return PendingSpawns() == 1; }, absl::Seconds(10)))
+        << "not retried after " << delay;
+    const int crashed = Stats().crashed;
+    RunSpawns();
+    ASSERT_TRUE(failed(crashed + 1));
+  }
 }
 
 // The loop runs what a turn posts on its next turn, after the descriptors that turn found
