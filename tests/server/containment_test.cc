@@ -127,7 +127,9 @@ std::string V2CgroupOf(const std::string& proc_self_cgroup) {
 // A command whose processes have all exited leaves its cgroup to the next command without
 // limits. One that left a background child is killed with cgroup.kill, and its cgroup is
 // not used again: Linux 6.x SIGKILLs children created in a cgroup killed before. Background
-// children die with their command either way.
+// children die with their command either way. (The child leaves its session: one in the
+// leader's process group may already be gone to the group kill when the cgroup is checked,
+// which leaves the cgroup clean, never killed, and rightly reused.)
 TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvivors) {
   if (!cgroups()) GTEST_SKIP() << "SKIPPED: process-group containment has no cgroups to reuse";
   auto cgroup_of_run = [&](v1::ExecuteRequest request) {
@@ -138,7 +140,10 @@ TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvi
     return V2CgroupOf(r.stdout());
   };
   const std::string clean = "cat /proc/self/cgroup";
-  const std::string leaves_a_child = "sleep 100 & cat /proc/self/cgroup";
+  // The child leaves its session (field 6 of /proc/PID/stat) before the command goes on.
+  const std::string leaves_a_child =
+      "setsid sleep 100 & p=$!; until [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = $p ]; do :; done; "
+      "cat /proc/self/cgroup";
   const std::string first = cgroup_of_run(Marked({"/bin/sh", "-c", clean}));
   ASSERT_FALSE(first.empty());
   EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", clean})), first);
