@@ -110,6 +110,10 @@ absl::Status PersistentWorker::Start() {
 void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>& arguments,
                             const std::string& stdin_data, absl::Duration timeout) {
   if (dead_) return;
+  if (!stdout_.valid()) {  // Closed, and waiting out its grace: it cannot answer.
+    Kill(absl::InternalError("closed its stdout; it can serve no more requests"));
+    return;
+  }
   // The stderr tail goes into this request's error message: none of what the worker wrote
   // for an earlier request (and maybe another caller), which it wrote before answering.
   if (stderr_.valid()) ReadStderr();
@@ -190,11 +194,25 @@ void PersistentWorker::OnFdReady(int fd, uint32_t events) {
 }
 
 void PersistentWorker::StdinClosed() {
-  // Usually the worker is exiting: let its exit status tell why. One that lives on with
-  // its stdin closed cannot take requests; the request's timeout ends it.
   Close(stdin_);
   out_.clear();
   OnExited();
+  if (!dead_) ExpectExit("stdin");
+}
+
+void PersistentWorker::ExpectExit(absl::string_view pipe) {
+  // Usually the worker is exiting, and its exit status will tell why. One that lives on
+  // can serve nothing more: it is killed once an exit would have come, rather than hold
+  // its place until a request times out on it.
+  CancelTimer();
+  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.kill_grace,
+                          [this, pipe = std::string(pipe)]() mutable {
+                            timer_ = 0;
+                            Kill(absl::InternalError(absl::StrCat(
+                                "closed its ", pipe, " but did not exit within ",
+                                absl::FormatDuration(options_.kill_grace),
+                                "; it can serve no more requests")));
+                          });
 }
 
 void PersistentWorker::ReadStderr() {
@@ -226,7 +244,8 @@ void PersistentWorker::ReadStdout() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) return;
-    Close(stdout_);  // EOF: the worker is exiting; its pidfd says how.
+    Close(stdout_);
+    ExpectExit("stdout");
     return;
   }
 }

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/command.h"
 #include "core/containment.h"
@@ -88,6 +89,8 @@ class PersistentWorker final : public EventLoop::FdHandler {
   void Fail(absl::Status why);
   void Close(UniqueFd& fd);
   void CancelTimer();
+  // The worker closed `pipe`: it is killed unless it exits within the kill grace.
+  void ExpectExit(absl::string_view pipe);
 
   EventLoop& loop_;
   const Options options_;

@@ -460,6 +460,30 @@ TEST_F(PoolsTest, AWorkerThatDiesRightAfterItsHealthCheckIsNotRespawnedWithoutEn
       << Stats("flaky").started << " workers started";
 }
 
+// A worker that closes its stdout but lives on can answer nothing more: it is killed and
+// replaced within the kill grace, and a request it gets fails at once with the reason,
+// rather than the worker holding its place until a request times out on it.
+TEST_F(PoolsTest, AWorkerThatClosesItsStdoutButLivesOnIsReplaced) {
+  StartWith(R"pb(
+    pool {
+      name: "mute"
+      kind: PERSISTENT
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "head -c 1 >/dev/null; printf '\\000'; exec >&-; exec sleep 1000"
+      min_idle: 1
+      max_size: 1
+      timeout { seconds: 60 }
+    })pb");
+  ASSERT_TRUE(WaitForStats("mute", [](const core::PoolStats& s) { return s.crashed >= 1; }));
+  v1::ExecuteResponse response;
+  const absl::Time start = absl::Now();
+  grpc::Status status = server_->Execute(Pooled("mute", {"x"}), &response, absl::Seconds(60));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("closed its stdout"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(30)) << "the request waited for its timeout";
+}
+
 // A worker's own stderr (not the protocol's) goes into the error of the request it fails;
 // what it wrote while serving another caller's request does not.
 TEST_F(PoolsTest, AWorkersErrorCarriesNoneOfAnEarlierRequestsStderr) {
