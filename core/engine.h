@@ -3,8 +3,9 @@
 // group on an event loop, and reports each one's life to an Observer.
 //
 // Thread-safety: all public methods may be called from any thread. Observer callbacks run
-// on the engine's loop thread, except OnFinished for a request cancelled while queued,
-// which runs on the thread that called Cancel.
+// on the engine's loop thread, except OnFinished for a request ended while queued: one
+// cancelled runs on the thread that called Cancel, one displaced from a full queue on the
+// thread of the Submit that displaced it. Neither is called with an engine lock held.
 #pragma once
 
 #include <sys/types.h>
