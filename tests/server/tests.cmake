@@ -77,3 +77,11 @@ execd_test(pipeline_test
 execd_test(attach_test
   SOURCES server/attach_test.cc
   LIBS test_server test_support)
+
+execd_test(leak_test
+  SOURCES server/leak_test.cc
+  LIBS test_support execd_proto gRPC::grpc++)
+target_compile_definitions(leak_test PRIVATE
+  EXECD_BIN="$<TARGET_FILE:execd>"
+  TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>")
+add_dependencies(leak_test execd execd-test-worker)
