@@ -9,7 +9,15 @@
 namespace execd::core {
 namespace {
 
-constexpr int64_t kEntryOverhead = 256;
+// What an entry costs besides its key and output: the entry with its shared_ptr control
+// block, its LRU node (key, hash, charge, entry, links) and its index slot (key, iterator),
+// and room for the allocator's rounding and the index's spare slots. Each of the node and
+// the slot holds a copy of the key: Charge counts its bytes twice.
+constexpr int64_t kEntryOverhead =
+    sizeof(CachedResult) + 2 * sizeof(void*) +
+    (sizeof(std::string) + 2 * sizeof(int64_t) + sizeof(std::shared_ptr<const CachedResult>) +
+     2 * sizeof(void*)) +
+    (sizeof(std::string) + sizeof(void*)) + 64;
 
 // Count-min sketch with 4 rows of saturating counters (0..15), halved every `sample`
 // increments.
@@ -91,16 +99,25 @@ class ResultCache::Shard {
       ++stats_.rejections;
       return false;
     }
-    const int candidate = sketch_.Estimate(hash);
     // Make room from the least recently used end; with TinyLFU each victim must be used
-    // less often than the newcomer, or the newcomer is turned away.
+    // less often than the newcomer, or the newcomer is turned away, before anything is
+    // evicted for it. An expired victim always goes: it is no one's result any more.
+    const absl::Time now = entry->stored;
+    if (policy_ == Policy::kTinyLfu) {
+      const int candidate = sketch_.Estimate(hash);
+      int64_t freed = 0;
+      for (auto victim = lru_.rbegin();
+           bytes_ - freed + charge > max_bytes_ && victim != lru_.rend(); ++victim) {
+        if (victim->entry->expires > now && sketch_.Estimate(victim->hash) >= candidate) {
+          ++stats_.rejections;
+          return false;
+        }
+        freed += victim->charge;
+      }
+    }
     while (bytes_ + charge > max_bytes_ && !lru_.empty()) {
       auto victim = std::prev(lru_.end());
-      if (policy_ == Policy::kTinyLfu && sketch_.Estimate(victim->hash) >= candidate) {
-        ++stats_.rejections;
-        return false;
-      }
-      ++stats_.evictions;
+      ++(victim->entry->expires <= now ? stats_.expirations : stats_.evictions);
       Erase(victim);
     }
     lru_.push_front(Node{key, hash, charge, std::move(entry)});
@@ -174,6 +191,9 @@ std::shared_ptr<CachedResult> CachedResult::Make(const Result& result, absl::Tim
                             std::pair{&entry->result.stderr_data, &entry->stderr_lz4}}) {
     std::string frame;
     if (data->size() >= kCompressFrom && Lz4CompressIfSmaller(*data, &frame)) {
+      // The frame was allocated at lz4's bound, about the input's size: kept as it is, the
+      // entry would hold that much memory, not the compressed size it saves for.
+      frame.shrink_to_fit();
       *data = std::move(frame);
       *flag = true;
     }
@@ -194,8 +214,10 @@ Result CachedResult::Restore() const {
 }
 
 int64_t ResultCache::Charge(const std::string& key, const CachedResult& entry) {
-  return kEntryOverhead + static_cast<int64_t>(key.size() + entry.result.stdout_data.size() +
-                                               entry.result.stderr_data.size());
+  const Result& r = entry.result;
+  return kEntryOverhead +
+         static_cast<int64_t>(2 * key.size() + r.stdout_data.capacity() + r.stderr_data.capacity() +
+                              r.stages.capacity() * sizeof(StageExit));
 }
 
 ResultCache::Shard& ResultCache::ShardOf(const std::string& key, uint64_t* hash) {

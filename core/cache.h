@@ -76,7 +76,8 @@ class ResultCache {
   bool Insert(const std::string& key, std::shared_ptr<const CachedResult> entry);
   Stats stats() const;
 
-  // What an entry is charged: its output plus a fixed overhead for key and bookkeeping.
+  // What an entry is charged: the memory it holds (output buffers, key copies, stages) plus
+  // a fixed overhead for the entry and its bookkeeping.
   static int64_t Charge(const std::string& key, const CachedResult& entry);
 
  private:

@@ -65,6 +65,7 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
     RETURN_IF_ERROR(e.Program(stage.executable, stage.executable_id, stage.argv));
   }
   e.Bytes(command.pool);
+  e.Bytes(command.pool_fingerprint);
   e.Int(static_cast<int64_t>(command.env.size()));  // Sorted by validation.
   for (const std::string& v : command.env) e.Bytes(v);
   e.Bytes(command.cwd);

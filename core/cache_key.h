@@ -1,8 +1,8 @@
 // The result cache's key: SHA-256 over a canonical encoding of everything that can change
 // a command's result: the program's identity (its resolved path, and the device, inode,
 // size and modification time of the file), argv, the child's full environment, cwd, stdin,
-// every limit, the pool, and a server-wide salt. Two commands that differ in any of these
-// never share a key. Thread-safe.
+// every limit, the pool and its configuration, and a server-wide salt. Two commands that
+// differ in any of these never share a key. Thread-safe.
 #pragma once
 
 #include <string>

@@ -113,6 +113,9 @@ struct Command {
   // The worker pool that runs it (empty: a cold spawn). For a pool, argv are the request's
   // arguments and `executable` is the pool's, for logs.
   std::string pool;
+  // The pool's configuration (PoolSpec::fingerprint) when it was checked: the worker's own
+  // argv, environment and cwd are in it, not in this command (for cache keys).
+  std::string pool_fingerprint;
   // A pipeline `argv | pipe_to[0] | pipe_to[1] ...`, without a shell: stdin goes to argv's
   // program, the last program's stdout is the command's, every program writes the one
   // stderr. All share env, cwd and limits, and end together.

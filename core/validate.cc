@@ -473,6 +473,7 @@ absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const Pool
   RETURN_IF_ERROR(CheckPayload(request, policy));
   Command cmd;
   cmd.pool = pool.name;
+  cmd.pool_fingerprint = pool.fingerprint;
   cmd.executable = pool.command.executable;
   cmd.limits = pool.command.limits;
   ASSIGN_OR_RETURN(cmd.limits.timeout, PickTimeout(request.timeout, pool.timeout, pool.timeout,

@@ -109,7 +109,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     execution_.reset();
   }
 
-  // A waiter's turn: the leader's stored result, or none and this call runs itself. It
+  // A waiter's turn: the leader's clean success, or none and this call runs itself. It
   // comes on the leader's thread, outside this call's reactions: the command it submits
   // may end, and the call finish, before SubmitToEngine is done with this object.
   void FlightLanded(const core::Result* stored) override {
@@ -120,7 +120,11 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       absl::MutexLock lock(&mu_);
       command = std::move(waiting_command_);
     }
-    if (stored != nullptr) {
+    // The key leaves the output cap out: a result over this call's cap is not its result
+    // (it would have been truncated), so the call runs itself.
+    if (stored != nullptr && command != nullptr &&
+        std::max(stored->stdout_data.size(), stored->stderr_data.size()) <=
+            static_cast<uint64_t>(command->limits.max_output_bytes)) {
       core::Result result = *stored;
       result.cache_hit = true;
       result.cache_age = absl::ZeroDuration();
@@ -142,6 +146,11 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   // Checks the cache settings, computes the key, and answers from the cache when it can
   // (true: the call has been answered through OnOutput/OnFinished).
   absl::StatusOr<bool> LookUpCache(const v1::ExecuteRequest& request, const core::Command& cmd) {
+    if (!v1::CachePolicy_IsValid(request.cache_policy())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache_policy ", request.cache_policy(),
+                       " is not one of CACHE_OFF, READ_WRITE, READ_ONLY or REFRESH"));
+    }
     core::ResultCache* cache = service_.cache();
     if (cache == nullptr) {
       return absl::FailedPreconditionError(
@@ -188,10 +197,12 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   }
 
   // Stores a clean success under the request's key when its cache policy writes, then
-  // releases any identical requests waiting on this one.
+  // releases any identical requests waiting on this one: with that success whether or not
+  // the cache admitted it (they ran once), else to run themselves.
   void StoreAndLand(const absl::StatusOr<core::Result>& result) {
-    const bool stored = result.ok() && MaybeStore(*result);
-    LandIfLeader(stored ? &*result : nullptr);
+    const bool clean = result.ok() && !result->cache_hit && core::CleanSuccess(*result);
+    if (clean) MaybeStore(*result);
+    LandIfLeader(clean ? &*result : nullptr);
   }
 
   bool MaybeStore(const core::Result& result) {

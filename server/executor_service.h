@@ -66,12 +66,13 @@ class ExecutorService final : public v1::Executor::CallbackService {
   class FlightWaiter {
    public:
     virtual ~FlightWaiter() = default;
-    // The leader's stored result, or null when it stored none (the waiter runs itself).
+    // The leader's clean success (stored or not), or null when it had none (the waiter
+    // runs itself).
     virtual void FlightLanded(const core::Result* result) = 0;
   };
   // True: the caller leads (runs the command and must call LandFlight). False: it waits.
   bool JoinFlight(const std::string& key, FlightWaiter* waiter);
-  // The leader's end: wakes every waiter with `stored` (null if nothing was stored).
+  // The leader's end: wakes every waiter with `stored` (null if it was no clean success).
   void LandFlight(const std::string& key, const core::Result* stored);
   // A waiter gives up (cancelled); false if the flight already landed for it.
   bool LeaveFlight(const std::string& key, FlightWaiter* waiter);

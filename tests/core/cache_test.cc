@@ -103,11 +103,62 @@ TEST(ResultCache, TinyLfuKeepsHotEntriesThroughAScan) {
   }
 }
 
+// TinyLFU turns a newcomer away when a victim it would need is used more often than it;
+// then nothing is evicted for it: the colder entries ahead of that victim stay.
+TEST(ResultCache, ARejectedNewcomerEvictsNothing) {
+  const int64_t entry = ResultCache::Charge("k0", *Entry(1000));
+  ResultCache cache(OneShard(entry * 3, ResultCache::Policy::kTinyLfu));
+  ASSERT_TRUE(cache.Insert("k0", Entry(1000)));  // Never asked for: the coldest.
+  for (const char* hot : {"k1", "k2"}) {
+    for (int i = 0; i < 5; ++i) cache.Lookup(hot, kNow);
+    ASSERT_TRUE(cache.Insert(hot, Entry(1000)));
+  }
+  cache.Lookup("big", kNow);  // Asked for once: more than k0, less than k1.
+  // Needs two entries' room: k0's and then k1's, which wins.
+  EXPECT_FALSE(cache.Insert("big", Entry(2 * 1000 + 100)));
+  EXPECT_EQ(cache.stats().evictions, 0);
+  EXPECT_EQ(cache.stats().entries, 3);
+  EXPECT_NE(cache.Lookup("k0", kNow), nullptr);
+}
+
+// An expired entry is no one's result any more, however often it was asked for: it makes
+// room for a newcomer instead of turning it away.
+TEST(ResultCache, AnExpiredEntryNeverKeepsAFreshOneOut) {
+  ResultCache cache(
+      OneShard(ResultCache::Charge("old", *Entry(1000)), ResultCache::Policy::kTinyLfu));
+  for (int i = 0; i < 10; ++i) cache.Lookup("old", kNow);
+  ASSERT_TRUE(cache.Insert("old", Entry(1000, absl::Seconds(1))));
+  const absl::Time later = kNow + absl::Hours(1);
+  cache.Lookup("new", later);
+  auto fresh = std::make_shared<CachedResult>(*Entry(1000));
+  fresh->stored = later;
+  fresh->expires = later + absl::Hours(1);
+  EXPECT_TRUE(cache.Insert("new", fresh));
+  EXPECT_NE(cache.Lookup("new", later), nullptr);
+}
+
 }  // namespace
 }  // namespace execd::core
 
 namespace execd::core {
 namespace {
+
+// The byte bound counts memory, not just output: an entry is charged at least for its
+// output buffers as allocated, itself, and the two copies of its key (LRU node and index).
+TEST(CachedResult, IsChargedForAllTheMemoryItHolds) {
+  const std::string key(32, 'k');  // A SHA-256 digest.
+  Result compressible;
+  for (int i = 0; compressible.stdout_data.size() < 100000; ++i)
+    absl::StrAppend(&compressible.stdout_data, "line ", i, "\n");
+  for (const Result& r : {Result(), compressible}) {
+    auto entry = CachedResult::Make(r, kNow, kNow + absl::Hours(1));
+    const size_t held = entry->result.stdout_data.capacity() +
+                        entry->result.stderr_data.capacity() + sizeof(CachedResult) +
+                        2 * (sizeof(std::string) + key.size());
+    EXPECT_GE(ResultCache::Charge(key, *entry), static_cast<int64_t>(held))
+        << r.stdout_data.size() << " bytes of output";
+  }
+}
 
 TEST(CachedResult, LargeCompressibleOutputIsStoredCompressedAndRestoredExactly) {
   Result r;

@@ -137,6 +137,25 @@ TEST_F(BinariesTest, SignalledCommandExitsWith128PlusSignal) {
   EXPECT_EQ(r.exit_code, 128 + SIGKILL);
 }
 
+TEST_F(BinariesTest, StatusReportsTheResultCache) {
+  ASSERT_EQ(Execctl({"run", "--cache=read-write", "--", "/bin/echo", "hi"}).exit_code, 0);
+  ProcessResult r = Execctl({"status"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("cache "));
+  EXPECT_THAT(r.out, HasSubstr(" 1 entries"));
+}
+
+// Output execctl could not write is a failure of execctl's, not the command's success.
+TEST_F(BinariesTest, OutputThatCannotBeWrittenIsAnError) {
+  for (const char* mode : {"--timeout=30s", "--stream"}) {
+    ProcessResult r =
+        RunProcess({"/bin/sh", "-c", "exec \"$@\" > /dev/full", "sh", EXECCTL_BIN,
+                    "--target=" + server_.target(), "run", mode, "--", "/bin/echo", "hi"});
+    EXPECT_EQ(r.exit_code, 125) << mode << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr("cannot write the command's stdout")) << mode;
+  }
+}
+
 TEST_F(BinariesTest, HealthPrintsServing) {
   ProcessResult r = Execctl({"health"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -477,6 +496,23 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
   ASSERT_TRUE(testing::WaitFor(
       [&] { return server.log().find("changed=\"\"") != std::string::npos; }, absl::Seconds(10)));
   EXPECT_EQ(worker_pid(), second);
+}
+
+// A command execd stopped is no success, whatever its own exit code: a persistent worker
+// that answers exit 0 with more output than the cap.
+TEST(Execctl, ACommandStoppedAtALimitNeverExitsZero) {
+  testing::ScopedTempDir dir("pools");
+  const std::string path = dir.path() + "/pools.textproto";
+  std::ofstream(path) << "pool { name: \"w\" kind: PERSISTENT argv: \"" << TEST_WORKER_BIN
+                      << "\" max_size: 1 }\n";
+  testing::ServerProcess server(EXECD_BIN, {"--pools_config=" + path});
+  ASSERT_TRUE(server.ok()) << server.log();
+  testing::ProcessResult r =
+      testing::RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--pool=w",
+                           "--max_output_bytes=5", "--", "print"});
+  EXPECT_EQ(r.out, "hello");
+  EXPECT_THAT(r.err, HasSubstr("output limit exceeded"));
+  EXPECT_EQ(r.exit_code, 125);
 }
 
 // execctl asks for lz4 and decompresses: what it prints is the command's output, exactly.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/pools_config.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
 
@@ -50,6 +51,54 @@ class ResultCacheTest : public ::testing::Test {
     grpc::Status status = server_->Execute(request, &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response;
+  }
+
+  // Runs `leader` and `waiter` (identical apart from what a test varies) in one batch,
+  // the leader first, with a third item after them: once that one's result comes, both
+  // were submitted, and the waiter joined the leader's flight, which only then may land
+  // (the leader waits for `gate` to exist). Returns the leader's and the waiter's responses.
+  std::pair<v1::ExecuteResponse, v1::ExecuteResponse> RunInOneFlight(
+      const v1::ExecuteRequest& leader, const v1::ExecuteRequest& waiter, const std::string& gate) {
+    v1::BatchRequest batch;
+    *batch.add_requests() = leader;
+    *batch.add_requests() = waiter;
+    *batch.add_requests() = TestServer::Request({"/bin/true"});
+    batch.set_max_parallel(3);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    auto results = server_->stub().ExecuteBatch(&context, batch);
+    v1::BatchResult result;
+    std::pair<v1::ExecuteResponse, v1::ExecuteResponse> out;
+    EXPECT_TRUE(results->Read(&result));
+    EXPECT_EQ(result.index(), 2);
+    std::ofstream(gate).put('\n');
+    while (results->Read(&result)) {
+      EXPECT_EQ(result.status_code(), 0) << result.status_message();
+      if (result.index() == 0) out.first = result.response();
+      if (result.index() == 1) out.second = result.response();
+    }
+    EXPECT_TRUE(results->Finish().ok());
+    return out;
+  }
+
+  // A command that waits for `gate` to exist, counts its runs in `counter`, then prints
+  // `print`'s output.
+  static v1::ExecuteRequest Gated(const std::string& gate, const std::string& counter,
+                                  const std::string& print) {
+    v1::ExecuteRequest r = TestServer::Request(
+        {"/bin/sh", "-c",
+         absl::StrCat("until [ -e ", gate, " ]; do sleep 0.01; done; echo run >> ", counter, "; ",
+                      print)});
+    r.set_cache_policy(v1::READ_WRITE);
+    return r;
+  }
+
+  static int Lines(const std::string& path) {
+    std::ifstream in(path);
+    std::string line;
+    int n = 0;
+    while (std::getline(in, line)) ++n;
+    return n;
   }
 
   std::unique_ptr<TestServer> server_;
@@ -206,18 +255,25 @@ TEST_F(ResultCacheTest, PoliciesAndTtl) {
   EXPECT_THAT(status.error_message(), HasSubstr("--max_cache_ttl"));
 }
 
+// Far more distinct results than fit: the cache fills, then makes room (or turns
+// newcomers away) and never holds more than its bound. Each shard holds a sixteenth.
 TEST_F(ResultCacheTest, TheByteBoundHolds) {
-  Start(/*max_bytes=*/64 << 10);
-  for (int i = 0; i < 40; ++i) {
-    v1::ExecuteRequest r = TestServer::Request({"/usr/bin/head", "-c", "4000", "/dev/zero"});
-    r.add_argv(absl::StrCat("--bytes=", 4000 + i));  // 40 distinct keys of ~4 KB.
+  constexpr int64_t kMax = 1 << 20;
+  Start(kMax);
+  v1::StatusResponse status;
+  for (int i = 0; i < 300; ++i) {
+    // 8,000 random bytes: they do not compress, and 8 fit in a shard of 64 KiB.
+    v1::ExecuteRequest r = TestServer::Request({"/usr/bin/head", "-c", "8000", "/dev/urandom"});
+    r.mutable_env()->insert({"ROUND", absl::StrCat(i)});  // A new key each time.
     r.set_cache_policy(v1::READ_WRITE);
-    Run(r);
+    ASSERT_EQ(Run(r).termination(), v1::EXITED);
     grpc::ClientContext context;
-    v1::StatusResponse status;
     ASSERT_TRUE(server_->stub().GetStatus(&context, v1::StatusRequest(), &status).ok());
-    ASSERT_LE(status.cache().bytes(), 64 << 10) << "after " << i;
+    ASSERT_LE(status.cache().bytes(), kMax) << "after " << i;
   }
+  EXPECT_GE(status.cache().entries(), 50) << "the cache stored too little to test its bound";
+  EXPECT_GT(status.cache().evictions() + status.cache().rejections(), 0)
+      << "the bound was never reached";
 }
 
 TEST_F(ResultCacheTest, AServerWithoutACacheSaysSo) {
@@ -226,6 +282,15 @@ TEST_F(ResultCacheTest, AServerWithoutACacheSaysSo) {
   grpc::Status status = server_->Execute(Fresh(), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_THAT(status.error_message(), HasSubstr("--cache_max_bytes"));
+}
+
+TEST_F(ResultCacheTest, AnUnknownCachePolicyIsRefused) {
+  v1::ExecuteRequest request = Fresh();
+  request.set_cache_policy(static_cast<v1::CachePolicy>(9));  // A newer client's, say.
+  v1::ExecuteResponse response;
+  grpc::Status status = server_->Execute(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("cache_policy 9"));
 }
 
 TEST_F(ResultCacheTest, StreamAndBatchCallsAreServedFromTheCacheToo) {
@@ -353,6 +418,64 @@ TEST_F(ResultCacheTest, AWaiterThatIsCancelledLeavesAndTheOthersStillGetTheResul
   ASSERT_TRUE(stayer.Wait());
   EXPECT_TRUE(stayer.status.ok());
   EXPECT_EQ(stayer.response.stdout(), leader.response.stdout());
+}
+
+// The key leaves out max_output_bytes: a waiter whose cap is smaller than the leader's
+// output must not get that output (it would have been truncated had it run).
+TEST_F(ResultCacheTest, AWaiterGetsTheLeadersResultOnlyWithinItsOwnOutputCap) {
+  testing::ScopedTempDir dir("flight");
+  const v1::ExecuteRequest leader =
+      Gated(dir.path() + "/gate", dir.path() + "/runs", "echo 0123456789abcdefghij");
+  v1::ExecuteRequest tight = leader;
+  tight.mutable_limits()->set_max_output_bytes(10);
+  auto [led, waited] = RunInOneFlight(leader, tight, dir.path() + "/gate");
+  EXPECT_EQ(led.stdout(), "0123456789abcdefghij\n");
+  EXPECT_FALSE(waited.cache_hit());
+  EXPECT_EQ(waited.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
+  EXPECT_EQ(waited.stdout(), "0123456789");
+}
+
+// A clean success is the waiters' result whether or not the cache admitted it: here it is
+// larger than a shard, so it is not stored, yet it ran once.
+TEST_F(ResultCacheTest, WaitersGetACleanSuccessTheCacheDidNotAdmit) {
+  Start(/*max_bytes=*/16 << 10);  // 1 KiB per shard.
+  testing::ScopedTempDir dir("flight");
+  const v1::ExecuteRequest request =
+      Gated(dir.path() + "/gate", dir.path() + "/runs", "head -c 2000 /dev/zero");
+  auto [led, waited] = RunInOneFlight(request, request, dir.path() + "/gate");
+  EXPECT_EQ(Lines(dir.path() + "/runs"), 1) << "identical concurrent requests ran again";
+  EXPECT_EQ(led.stdout(), std::string(2000, '\0'));
+  EXPECT_EQ(waited.stdout(), led.stdout());
+  EXPECT_EQ(waited.exit_code(), 0);
+}
+
+// A pool's own argv, env and cwd are in its configuration, not in the request: a reload
+// that changes them must not serve results of the old configuration.
+TEST_F(ResultCacheTest, APoolWhoseConfigurationChangedMissesTheCache) {
+  const auto pool = [](const std::string& word) {
+    auto pools = server::ParsePoolsConfig(
+        absl::StrCat("pool { name: \"p\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                     "argv: \"echo ", word, "\" max_size: 1 }"),
+        "test.textproto", core::RequestPolicy::FromProcessEnvironment());
+    EXPECT_TRUE(pools.ok()) << pools.status();
+    return *std::move(pools);
+  };
+  server_.reset();
+  auto server = TestServer::Start([&](server::ServerConfig& c) {
+    c.cache.max_bytes = 1 << 20;
+    c.pools = pool("one");
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  v1::ExecuteRequest request;
+  request.set_pool("p");
+  request.set_cache_policy(v1::READ_WRITE);
+  EXPECT_EQ(Run(request).stdout(), "one\n");
+  EXPECT_TRUE(Run(request).cache_hit());
+  ASSERT_TRUE(server_->server().engine().ReloadPools(pool("two")).ok());
+  v1::ExecuteResponse after = Run(request);
+  EXPECT_FALSE(after.cache_hit());
+  EXPECT_EQ(after.stdout(), "two\n");
 }
 
 }  // namespace

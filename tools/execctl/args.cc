@@ -50,7 +50,8 @@ const char kUsage[] =
     "\n"
     "--target defaults to $EXECD_TARGET, else 127.0.0.1:50051.\n"
     "exit codes: the command's own code; 128+N when killed by signal N; 124 timed out;\n"
-    "  127 not found; 126 permission denied; 125 any other execctl or RPC error.\n";
+    "  127 not found; 126 permission denied; 125 any other execctl or RPC error, or a\n"
+    "  command execd stopped (a limit, a cancel) that exited 0 all the same.\n";
 
 namespace {
 

@@ -104,6 +104,9 @@ int ExitForResult(const v1::ExecuteResponse& r, bool pipefail) {
     }
   }
   if (r.signal() != 0) return 128 + r.signal();
+  // execd stopped it (a limit, a cancel) yet its own code says success, as when it wrote
+  // too much and exited before execd could stop it: its output is not all it wrote.
+  if (r.exit_code() == 0 && r.termination() != v1::EXITED) return kExitError;
   return r.exit_code();
 }
 
@@ -125,12 +128,17 @@ absl::StatusOr<std::string> ReadStdin(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// Writes `data` to execctl's stdout or stderr; false, with a note, when it cannot.
+bool WriteOrSay(int fd, const std::string& data) {
+  if (WriteAll(fd, data)) return true;
+  std::cerr << "execctl: cannot write the command's " << (fd == STDOUT_FILENO ? "stdout" : "stderr")
+            << ": " << strerror(errno) << "\n";
+  return false;
+}
+
 // Writes command output, decompressing it when the server sent an lz4 frame.
 bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
-  if (compression == v1::COMPRESSION_NONE) {
-    WriteAll(fd, data);
-    return true;
-  }
+  if (compression == v1::COMPRESSION_NONE) return WriteOrSay(fd, data);
   if (compression != v1::LZ4) {
     std::cerr << "execctl: the server sent output in an unknown encoding (" << compression << ")\n";
     return false;
@@ -141,8 +149,7 @@ bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
               << "\n";
     return false;
   }
-  WriteAll(fd, *plain);
-  return true;
+  return WriteOrSay(fd, *plain);
 }
 
 // A streamed output event, written to execctl's stdout or stderr as the command wrote it.
@@ -415,6 +422,13 @@ int Status(const Args& args) {
   if (!status.ok()) return ExitForRpcError(status, args.target);
   std::cout << "running " << response.running() << " of " << response.concurrency_limit()
             << ", queued " << response.queued() << "\n";
+  if (response.has_cache()) {
+    const v1::CacheStatus& c = response.cache();
+    std::cout << "cache " << c.bytes() << " of " << c.max_bytes() << " bytes, " << c.entries()
+              << " entries, hits " << c.hits() << ", misses " << c.misses() << ", evictions "
+              << c.evictions() << ", rejections " << c.rejections() << ", expirations "
+              << c.expirations() << "\n";
+  }
   if (response.pools().empty()) return 0;
   std::cout << absl::StrFormat("%-16s %-10s %5s %5s %8s %8s %8s %8s %8s %7s %4s\n", "POOL", "KIND",
                                "IDLE", "BUSY", "STARTING", "STARTED", "RECYCLED", "CRASHED",
