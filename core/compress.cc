@@ -69,9 +69,10 @@ absl::Status Lz4DecompressInto(absl::string_view frame, size_t max_bytes, std::s
         absl::StrCat("lz4 frame decompresses to more than ", max_bytes, " bytes"));
   }
   // Decode straight into the result: sized once when the header gives the size, else
-  // grown as needed.
-  const size_t first =
-      info.contentSize > 0 ? info.contentSize : std::min<size_t>(max_bytes, 64 << 10);
+  // grown as needed. The size is believed only as far as the input can hold it (an lz4
+  // block decodes to at most 255 times its size): a few bytes must not claim gigabytes.
+  const size_t first = info.contentSize > 0 ? std::min<size_t>(info.contentSize, left * 255)
+                                            : std::min<size_t>(max_bytes, 64 << 10);
   if (out.size() < first) out.resize(first);
   size_t filled = 0;
   while (hint != 0) {

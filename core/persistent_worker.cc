@@ -12,31 +12,13 @@
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
 #include "core/status_macros.h"
+#include "core/worker_frame.h"
 
 namespace execd::core {
 namespace {
 
 constexpr size_t kStderrTail = 4096;
 constexpr size_t kReadChunk = 64 << 10;
-
-void AppendVarint(std::string& out, uint64_t v) {
-  while (v >= 0x80) {
-    out.push_back(static_cast<char>(v | 0x80));
-    v >>= 7;
-  }
-  out.push_back(static_cast<char>(v));
-}
-
-// Decodes a varint at the front of `in`. Returns the number of bytes it took, 0 when more
-// bytes are needed, or -1 when it is malformed (over 10 bytes).
-int ReadVarint(absl::string_view in, uint64_t& value) {
-  value = 0;
-  for (size_t i = 0; i < in.size() && i < 10; ++i) {
-    value |= static_cast<uint64_t>(static_cast<unsigned char>(in[i]) & 0x7f) << (7 * i);
-    if ((static_cast<unsigned char>(in[i]) & 0x80) == 0) return static_cast<int>(i + 1);
-  }
-  return in.size() >= 10 ? -1 : 0;
-}
 
 }  // namespace
 
@@ -148,9 +130,7 @@ void PersistentWorker::Cancel() {
 }
 
 void PersistentWorker::Write(const worker::v1::WorkRequest& request) {
-  std::string body = request.SerializeAsString();
-  AppendVarint(out_, body.size());
-  out_ += body;
+  AppendFrame(request, out_);
   FlushStdin();
 }
 
@@ -252,26 +232,14 @@ void PersistentWorker::ReadStdout() {
 
 void PersistentWorker::ParseFrames() {
   while (!dead_ && !in_.empty()) {
-    uint64_t size;
-    int header = ReadVarint(in_, size);
-    if (header == 0) return;
-    if (header < 0 || size > static_cast<uint64_t>(options_.max_frame_bytes)) {
-      Kill(absl::InternalError(absl::StrCat(
-          "broke the protocol: a response frame header of ", header < 0 ? "over 10" : "",
-          header < 0 ? " bytes"
-                     : absl::StrCat(size, " bytes (limit ", options_.max_frame_bytes, ")"),
-          "; is it writing to stdout outside the protocol?")));
-      return;
-    }
-    if (in_.size() < header + size) return;
     worker::v1::WorkResponse response;
-    if (!response.ParseFromArray(in_.data() + header, static_cast<int>(size))) {
-      Kill(absl::InternalError(
-          "broke the protocol: a response frame is not a WorkResponse; is it writing to stdout "
-          "outside the protocol?"));
+    absl::StatusOr<size_t> taken = ReadResponseFrame(in_, options_.max_frame_bytes, response);
+    if (!taken.ok()) {
+      Kill(taken.status());
       return;
     }
-    in_.erase(0, header + size);
+    if (*taken == 0) return;
+    in_.erase(0, *taken);
     if (state_ == State::kIdle || response.request_id() != request_id_) {
       Kill(absl::InternalError(absl::StrCat(
           "broke the protocol: answered request_id ", response.request_id(), " while ",

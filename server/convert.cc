@@ -31,8 +31,10 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
     out.cpu_affinity.assign(limits.cpu_affinity().begin(), limits.cpu_affinity().end());
   }
   // The proto's enum starts at UNSPECIFIED; core counts priorities from 0 (lowest). Unknown
-  // enum values pass through out of range, for validation to reject.
-  out.priority = request.priority() == v1::PRIORITY_UNSPECIFIED ? -1 : request.priority() - 1;
+  // enum values pass through out of range, for validation to reject; negative ones as -2,
+  // since the enum is an int32 on the wire and INT32_MIN - 1 would overflow.
+  const int priority = request.priority();
+  out.priority = priority == v1::PRIORITY_UNSPECIFIED ? -1 : priority < 0 ? -2 : priority - 1;
   out.max_queue_time = DurationFromProto(request.max_queue_time());
   out.stream_chunk_bytes = request.stream_chunk_bytes();
   out.stream_flush_interval = DurationFromProto(request.stream_flush_interval());

@@ -1,5 +1,7 @@
 #include "core/compress.h"
 
+#include <lz4frame.h>
+
 #include <cstdio>
 #include <string>
 
@@ -51,6 +53,24 @@ TEST(Lz4, BadFramesAreErrorsNotCrashes) {
   if (corrupt.ok()) {
     EXPECT_NE(*corrupt, Text(100000));
   }
+}
+
+TEST(Lz4, AHeaderClaimingGigabytesAllocatesNothingLikeIt) {
+  // A frame header declaring 1 GiB of content, then the end mark: no data at all.
+  LZ4F_preferences_t prefs{};
+  prefs.frameInfo.contentSize = size_t{1} << 30;
+  LZ4F_cctx* cctx = nullptr;
+  ASSERT_FALSE(LZ4F_isError(LZ4F_createCompressionContext(&cctx, LZ4F_VERSION)));
+  std::string frame(LZ4F_HEADER_SIZE_MAX, '\0');
+  size_t header = LZ4F_compressBegin(cctx, frame.data(), frame.size(), &prefs);
+  LZ4F_freeCompressionContext(cctx);
+  ASSERT_FALSE(LZ4F_isError(header));
+  frame.resize(header);
+  frame.append(4, '\0');
+  std::string out;
+  absl::Status s = Lz4DecompressInto(frame, size_t{1} << 32, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(out.capacity(), size_t{1} << 20);
 }
 
 TEST(Lz4, TheLz4ToolReadsOurFrames) {

@@ -1,9 +1,13 @@
 #include "server/convert.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <limits>
 
 #include "absl/time/time.h"
 #include "core/command.h"
+#include "core/validate.h"
 
 namespace execd::server {
 namespace {
@@ -52,6 +56,24 @@ TEST(ResultToProtoTest, LeavesZeroDurationsUnsetAndReadsThemAsZero) {
   EXPECT_EQ(DurationFromProto(response.timings().run()), absl::Milliseconds(4));
   EXPECT_EQ(DurationFromProto(response.usage().user_cpu()), absl::Microseconds(900));
   EXPECT_FALSE(response.usage().has_system_cpu());
+}
+
+TEST(CommandRequestFromProtoTest, EveryUnknownPriorityIsRejectedByValidation) {
+  for (int priority :
+       {std::numeric_limits<int>::min(), -1, 4, 7, std::numeric_limits<int>::max()}) {
+    v1::ExecuteRequest request;
+    request.add_argv("/bin/true");
+    request.set_priority(static_cast<v1::Priority>(priority));
+    auto command = core::ValidateRequest(CommandRequestFromProto(request), core::RequestPolicy());
+    EXPECT_EQ(command.status().code(), absl::StatusCode::kInvalidArgument) << priority;
+    EXPECT_THAT(command.status().message(), ::testing::HasSubstr("priority")) << priority;
+  }
+  v1::ExecuteRequest high;
+  high.add_argv("/bin/true");
+  high.set_priority(v1::PRIORITY_HIGH);
+  auto command = core::ValidateRequest(CommandRequestFromProto(high), core::RequestPolicy());
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->priority, 2);
 }
 
 }  // namespace

@@ -136,14 +136,17 @@ bool WriteOrSay(int fd, const std::string& data) {
   return false;
 }
 
-// Writes command output, decompressing it when the server sent an lz4 frame.
-bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
+// Writes command output, decompressing it when the server sent an lz4 frame of at most
+// `max_plain` bytes (a whole response's output: 4 GiB; a stream chunk: 4 MiB, the most
+// stream_chunk_bytes allows), so a bad frame cannot make execctl allocate more.
+bool WriteOutput(int fd, const std::string& data, v1::Compression compression,
+                 size_t max_plain = size_t{1} << 32) {
   if (compression == v1::COMPRESSION_NONE) return WriteOrSay(fd, data);
   if (compression != v1::LZ4) {
     std::cerr << "execctl: the server sent output in an unknown encoding (" << compression << ")\n";
     return false;
   }
-  auto plain = core::Lz4Decompress(data, size_t{1} << 32);
+  auto plain = core::Lz4Decompress(data, max_plain);
   if (!plain.ok()) {
     std::cerr << "execctl: bad compressed output from the server: " << plain.status().message()
               << "\n";
@@ -155,7 +158,7 @@ bool WriteOutput(int fd, const std::string& data, v1::Compression compression) {
 // A streamed output event, written to execctl's stdout or stderr as the command wrote it.
 bool WriteOutputEvent(const v1::ExecuteEvent::Output& output) {
   return WriteOutput(output.stream() == v1::ExecuteEvent::STDERR ? STDERR_FILENO : STDOUT_FILENO,
-                     output.data(), output.compression());
+                     output.data(), output.compression(), size_t{4} << 20);
 }
 
 // The request of `run` and `attach`, without stdin.
