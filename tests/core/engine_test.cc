@@ -74,11 +74,19 @@ class EngineTest : public ::testing::Test {
     Engine::Options options;
     options.kill_grace = absl::Milliseconds(200);
     options.memfd_stdin_bytes = memfd_stdin_bytes_;
-    auto engine = Engine::Create(options);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = *std::move(engine);
+    ASSERT_EQ(Restart(options), absl::OkStatus());
     policy_ = RequestPolicy::FromProcessEnvironment();
     policy_.server_env["PATH"] = "/usr/bin:/bin";
+  }
+
+  // Replaces the engine with one made with `options` (engines of one process share its
+  // cgroup directory: one at a time).
+  absl::Status Restart(const Engine::Options& options) {
+    engine_.reset();
+    auto engine = Engine::Create(options);
+    if (!engine.ok()) return engine.status();
+    engine_ = *std::move(engine);
+    return absl::OkStatus();
   }
 
   absl::StatusOr<Result> Run(CommandRequest request, bool stream = false,
@@ -214,12 +222,9 @@ class ExitBeforeWatchOs final : public ProcessOs {
 
 TEST_F(EngineTest, OutputOverTheCapIsReportedAsSuchWhenTheChildExitedBeforeItWasRead) {
   ExitBeforeWatchOs os;
-  engine_.reset();  // Engines of one process share its cgroup directory: one at a time.
   Engine::Options options;
   options.os = &os;
-  auto engine = Engine::Create(options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  engine_ = *std::move(engine);
+  ASSERT_EQ(Restart(options), absl::OkStatus());
   CommandRequest r;
   r.argv = {"/usr/bin/printf", "0123456789"};
   r.max_output_bytes = 4;
@@ -371,13 +376,10 @@ TEST_F(EngineTest, ProcessesOfAPipelineWhoseLaterProgramFailedToSpawnDoNotSurviv
           },
           absl::Seconds(10)));
     };
-    engine_.reset();
     Engine::Options options;
     options.os = &os;
     options.containment = mode;
-    auto engine = Engine::Create(options);
-    ASSERT_TRUE(engine.ok()) << engine.status();
-    engine_ = *std::move(engine);
+    ASSERT_EQ(Restart(options), absl::OkStatus());
     CommandRequest r;
     // Many, so that they take a while to die once killed.
     r.argv = {"/bin/sh", "-c", "for i in $(seq 50); do setsid sleep 1000 & done; wait"};
@@ -419,13 +421,12 @@ TEST_F(EngineTest, CgroupOfAPipelineWhoseLaterProgramFailedToSpawnIsRemoved) {
   HookedSpawnOs os;
   os.at = 1;
   os.fail = true;
-  engine_.reset();
   Engine::Options options;
   options.os = &os;
   options.containment = Containment::Mode::kCgroup;
-  auto engine = Engine::Create(options);
-  if (!engine.ok()) GTEST_SKIP() << "SKIPPED: no cgroups here: " << engine.status();
-  engine_ = *std::move(engine);
+  if (absl::Status started = Restart(options); !started.ok()) {
+    GTEST_SKIP() << "SKIPPED: no cgroups here: " << started;
+  }
   if (!absl::StartsWith(engine_->containment().Describe(), "cgroup: v2 ")) {
     engine_.reset();
     GTEST_SKIP() << "SKIPPED: no cgroup v2 hierarchy";
@@ -461,12 +462,9 @@ TEST_F(EngineTest, CgroupOfAPipelineWhoseLaterProgramFailedToSpawnIsRemoved) {
 TEST_F(EngineTest, ChildOfAnEscapedProcessDoesNotSurviveTheCommand) {
   testing::ScopedTempDir dir("execd_engine");
   const std::string marker = ::execd::testing::UniqueName("escapee");
-  engine_.reset();
   Engine::Options options;
   options.containment = Containment::Mode::kProcessGroup;
-  auto engine = Engine::Create(options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  engine_ = *std::move(engine);
+  ASSERT_EQ(Restart(options), absl::OkStatus());
   CommandRequest r;
   // The command ends once the escapee has started its child.
   r.argv = {"/bin/sh", "-c",
@@ -492,12 +490,9 @@ TEST_F(EngineTest, ChildOfAnEscapedProcessDoesNotSurviveTheCommand) {
 // meanwhile must not kill it: it is the running command's, and goes with that command.
 TEST_F(EngineTest, AnotherCommandEndingLeavesARunningCommandsOrphanedChildAlone) {
   testing::ScopedTempDir dir("execd_engine");
-  engine_.reset();
   Engine::Options options;
   options.containment = Containment::Mode::kProcessGroup;
-  auto engine = Engine::Create(options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  engine_ = *std::move(engine);
+  ASSERT_EQ(Restart(options), absl::OkStatus());
   ASSERT_EQ(mkfifo((dir.path() + "/go").c_str(), 0600), 0);
   CommandRequest a;
   // Starts a background sleep whose parent exits at once, waits for the test, then says
@@ -548,12 +543,9 @@ TEST_F(EngineTest, CancelDuringTheSpawnStopsTheChildOnceSpawned) {
     in_spawn.Notify();
     EXPECT_TRUE(release.WaitForNotificationWithTimeout(absl::Seconds(10)));
   };
-  engine_.reset();
   Engine::Options options;
   options.os = &os;
-  auto engine = Engine::Create(options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  engine_ = *std::move(engine);
+  ASSERT_EQ(Restart(options), absl::OkStatus());
   CommandRequest r;
   r.argv = {"/bin/sleep", "1000"};
   auto command = ValidateRequest(r, policy_);
@@ -578,13 +570,10 @@ TEST_F(EngineTest, DeadlineThatPassedDuringTheSpawnStopsTheChildAtOnce) {
   testing::ManualClock clock;
   HookedSpawnOs os;
   os.hook = [&] { clock.Advance(absl::Seconds(10)); };  // The spawn took ten seconds.
-  engine_.reset();
   Engine::Options options;
   options.os = &os;
   options.clock = &clock;
-  auto engine = Engine::Create(options);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  engine_ = *std::move(engine);
+  ASSERT_EQ(Restart(options), absl::OkStatus());
   CommandRequest r;
   r.argv = {"/bin/sleep", "1000"};
   auto command = ValidateRequest(r, policy_);

@@ -558,6 +558,18 @@ class PoolUnitTest : public ::testing::Test {
     OnLoop([] {});
   }
 
+  // The pool's configuration, changed (a reload of it retires its workers).
+  std::shared_ptr<const core::PoolSpec> Changed() const {
+    auto changed = std::make_shared<core::PoolSpec>(*spec_);
+    changed->fingerprint += "# changed";
+    return changed;
+  }
+  // Kills a worker and waits until it has exited, unreaped: its pidfd is readable.
+  static void KillUnreaped(pid_t pid) {
+    kill(pid, SIGKILL);
+    siginfo_t info;
+    waitid(P_PID, pid, &info, WEXITED | WNOWAIT);
+  }
   void StartLoop(const core::Clock& clock) {
     auto loop = core::EventLoop::Start(clock);
     ASSERT_TRUE(loop.ok()) << loop.status();
@@ -718,13 +730,9 @@ TEST_F(PoolUnitTest, ARetiredWorkerThatDiesBeforeItIsDestroyedIsNotCountedAsCras
   Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
   const pid_t worker = StartOneWorker();
   ASSERT_GT(worker, 0);
-  auto changed = std::make_shared<core::PoolSpec>(*spec_);
-  changed->fingerprint += "# changed";
   OnLoop([&] {
-    pool_->Reconfigure(changed);  // Retires the idle worker.
-    kill(worker, SIGKILL);        // It dies before its destruction runs.
-    siginfo_t info;
-    waitid(P_PID, worker, &info, WEXITED | WNOWAIT);
+    pool_->Reconfigure(Changed());  // Retires the idle worker.
+    KillUnreaped(worker);           // It dies before its destruction runs.
   });
   OnLoop([] {});
   OnLoop([] {});
@@ -737,15 +745,11 @@ TEST_F(PoolUnitTest, APoolDestroyedJustAfterARetireIsNotCalledByTheRetiredWorker
   Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
   const pid_t worker = StartOneWorker();
   ASSERT_GT(worker, 0);
-  auto changed = std::make_shared<core::PoolSpec>(*spec_);
-  changed->fingerprint += "# changed";
   // A reload, then the engine's shutdown, in one turn of the loop.
   OnLoop([&] {
-    pool_->Reconfigure(changed);
+    pool_->Reconfigure(Changed());
     pool_.reset();
-    kill(worker, SIGKILL);  // The retired worker dies before its destruction runs.
-    siginfo_t info;
-    waitid(P_PID, worker, &info, WEXITED | WNOWAIT);
+    KillUnreaped(worker);  // The retired worker dies before its destruction runs.
   });
   OnLoop([] {});  // Under ASan: a heap-use-after-free of the pool, if the worker calls it.
   OnLoop([] {});
