@@ -92,10 +92,15 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
     c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   c.spawn_threads = absl::GetFlag(FLAGS_spawn_threads);
-  if (c.spawn_threads <= 0) {
+  if (c.spawn_threads == 0) {
     c.spawn_threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
   }
-  c.max_queue = static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_max_queue)));
+  if (int max_queue = absl::GetFlag(FLAGS_max_queue); max_queue >= 0) {
+    c.max_queue = static_cast<size_t>(max_queue);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_queue must not be negative (0: no queue), got ", max_queue));
+  }
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   c.kill_grace = absl::GetFlag(FLAGS_kill_grace);
   c.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);

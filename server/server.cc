@@ -3,13 +3,69 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <utility>
+
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/pools_config.h"
 
 namespace execd::server {
 namespace {
+
+// Durations and maxima where 0 has a meaning and a negative value has none.
+absl::Status CheckNotNegative(const ServerConfig& c) {
+  const core::RequestPolicy& p = c.policy;
+  for (const auto& [flag, value] :
+       {std::pair{"--drain_timeout", c.drain_timeout}, std::pair{"--kill_grace", c.kill_grace},
+        std::pair{"--max_cpu_time", p.max_cpu_time}}) {
+    if (value < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must not be negative, got ", absl::FormatDuration(value)));
+    }
+  }
+  for (const auto& [flag, value] : {std::pair{"--max_memory_bytes", p.max_memory_bytes},
+                                    std::pair{"--max_processes", p.max_processes},
+                                    std::pair{"--max_open_files", p.max_open_files},
+                                    std::pair{"--max_file_size_bytes", p.max_file_size_bytes}}) {
+    if (value < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must not be negative (0: no maximum), got ", value));
+    }
+  }
+  // An endless grace never sends SIGKILL: a command that ignores SIGTERM outlives its
+  // timeout, and a drain waits for it forever.
+  if (c.kill_grace == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("--kill_grace must be finite, got inf");
+  }
+  return absl::OkStatus();
+}
+
+// gRPC quietly serves somewhere nobody asked for when the port is missing (443) or past
+// 65535 (taken modulo 65536), so a TCP address must end in a port in range.
+absl::Status CheckListenPort(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
+    return absl::OkStatus();
+  }
+  size_t colon = listen.rfind(':');
+  size_t bracket = listen.rfind(']');
+  absl::string_view port;
+  if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket)) {
+    port = absl::string_view(listen).substr(colon + 1);
+  }
+  int value = -1;
+  if (port.empty() || port.size() > 5 || !absl::c_all_of(port, absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(port, &value) || value > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen=", listen, " needs a port from 0 to 65535 (0: any free port), as in ",
+        "127.0.0.1:50051 or [::]:50051"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status CheckConfig(const ServerConfig& c) {
   if (c.max_concurrency < 1) {
@@ -26,13 +82,14 @@ absl::Status CheckConfig(const ServerConfig& c) {
         absl::StrCat("--default_max_output_bytes must be between 1 and --max_output_bytes (",
                      p.max_output_bytes, "), got ", p.default_max_output_bytes));
   }
-  // A unary response carries both streams; it must fit in one message.
-  int64_t worst_response = 2 * p.max_output_bytes + (64 << 10);
-  if (worst_response > c.max_message_bytes) {
+  // A unary response carries both streams; it must fit in one message. Compared as a
+  // quotient: 2 * max_output_bytes overflows for a huge flag value.
+  constexpr int64_t kResponseOverhead = 64 << 10;
+  if (p.max_output_bytes > (c.max_message_bytes - kResponseOverhead) / 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_output_bytes (", p.max_output_bytes, ") is too large for --max_message_bytes (",
-        c.max_message_bytes, "): a response with both streams full needs ", worst_response,
-        " bytes; raise --max_message_bytes or lower --max_output_bytes"));
+        c.max_message_bytes, "): a response with both streams full needs twice it plus ",
+        kResponseOverhead, " bytes; raise --max_message_bytes or lower --max_output_bytes"));
   }
   if (p.max_stream_output_bytes < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -43,7 +100,12 @@ absl::Status CheckConfig(const ServerConfig& c) {
         "--default_timeout must be positive and at most --max_timeout (",
         absl::FormatDuration(p.max_timeout), "), got ", absl::FormatDuration(p.default_timeout)));
   }
-  return absl::OkStatus();
+  if (absl::Status s = CheckNotNegative(c); !s.ok()) return s;
+  if (c.spawn_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--spawn_threads must be at least 1 (0: one per core), got ", c.spawn_threads));
+  }
+  return CheckListenPort(c.listen);
 }
 
 }  // namespace
@@ -80,6 +142,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1024);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  // gRPC sets SO_REUSEPORT by default: a second execd on a busy port would start and take
+  // a share of its connections instead of failing.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", c.listen,

@@ -244,7 +244,16 @@ TEST(ServerFlags, InconsistentFlagsStopStartUpWithAReason) {
   EXPECT_THAT(r.err, HasSubstr("--max_message_bytes"));
   r = RunProcess({EXECD_BIN, "--listen=not-an-address"});
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.err, HasSubstr("cannot listen on --listen=not-an-address"));
+  EXPECT_THAT(r.err, HasSubstr("--listen=not-an-address needs a port"));
+  r = RunProcess({EXECD_BIN, "--listen=not-an-address:50051"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("cannot listen on --listen=not-an-address:50051"));
+  r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--max_queue=-1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--max_queue must not be negative"));
+  r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--spawn_threads=-1"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--spawn_threads must be at least 1"));
 }
 
 TEST(ServerCrash, SigkillOfTheServerKillsItsDirectChildren) {

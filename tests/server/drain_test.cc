@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -104,6 +105,62 @@ TEST_F(DrainTest, WorkStillRunningAfterTheDrainTimeoutIsKilledAndReported) {
   EXPECT_FALSE(testing::ProcessAlive(running.response.pid()));
   EXPECT_EQ(queued.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_THAT(queued.status.error_message(), HasSubstr("shutting down"));
+}
+
+// Start-up refuses a configuration it cannot honour, naming the setting to change.
+absl::Status StartWith(const std::function<void(server::ServerConfig&)>& adjust) {
+  auto server = TestServer::Start(adjust);
+  return server.ok() ? absl::OkStatus() : server.status();
+}
+
+TEST(ServerStart, RefusesAPortAnotherServerIsListeningOn) {
+  auto first = TestServer::Start();
+  ASSERT_TRUE(first.ok()) << first.status();
+  int port = (*first)->server().port();
+  absl::Status second =
+      StartWith([port](server::ServerConfig& c) { c.listen = absl::StrCat("127.0.0.1:", port); });
+  EXPECT_EQ(second.code(), absl::StatusCode::kUnavailable) << second;
+  EXPECT_THAT(second.message(), HasSubstr("cannot listen"));
+}
+
+TEST(ServerStart, RefusesAnAddressWithoutAPortInRange) {
+  for (std::string listen : {"127.0.0.1:99999", "127.0.0.1:", "127.0.0.1", "[::1]"}) {
+    absl::Status s = StartWith([listen](server::ServerConfig& c) { c.listen = listen; });
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << listen << ": " << s;
+    EXPECT_THAT(s.message(), HasSubstr("--listen=" + listen + " needs a port")) << listen;
+  }
+}
+
+TEST(ServerStart, RefusesAnOutputLimitWhoseResponseWouldOverflow) {
+  for (int64_t huge : {int64_t{1} << 62, std::numeric_limits<int64_t>::max()}) {
+    absl::Status s = StartWith([huge](server::ServerConfig& c) {
+      c.policy.default_max_output_bytes = 1;
+      c.policy.max_output_bytes = huge;
+    });
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << huge;
+    EXPECT_THAT(s.message(), HasSubstr("--max_output_bytes")) << huge;
+  }
+}
+
+TEST(ServerStart, RefusesNegativeDurationsAndMaxima) {
+  const std::vector<std::pair<std::string, std::function<void(server::ServerConfig&)>>> cases = {
+      {"--drain_timeout", [](server::ServerConfig& c) { c.drain_timeout = absl::Seconds(-1); }},
+      {"--kill_grace", [](server::ServerConfig& c) { c.kill_grace = absl::Seconds(-1); }},
+      {"--kill_grace must be finite",
+       [](server::ServerConfig& c) { c.kill_grace = absl::InfiniteDuration(); }},
+      {"--max_cpu_time",
+       [](server::ServerConfig& c) { c.policy.max_cpu_time = absl::Seconds(-1); }},
+      {"--max_memory_bytes", [](server::ServerConfig& c) { c.policy.max_memory_bytes = -1; }},
+      {"--max_processes", [](server::ServerConfig& c) { c.policy.max_processes = -1; }},
+      {"--max_open_files", [](server::ServerConfig& c) { c.policy.max_open_files = -1; }},
+      {"--max_file_size_bytes", [](server::ServerConfig& c) { c.policy.max_file_size_bytes = -1; }},
+      {"--spawn_threads", [](server::ServerConfig& c) { c.spawn_threads = -1; }},
+  };
+  for (const auto& [flag, adjust] : cases) {
+    absl::Status s = StartWith(adjust);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << flag;
+    EXPECT_THAT(s.message(), HasSubstr(flag)) << s;
+  }
 }
 
 }  // namespace
