@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
     if (sig != SIGHUP) break;
-    if (!pools_path.empty()) (void)(*server)->ReloadPools(pools_path);  // It logs why.
+    (void)(*server)->ReloadPools(pools_path);  // It logs what it did, or why not.
   }
   (*server)->Shutdown();
   return 0;

@@ -163,6 +163,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
 Server::~Server() { Shutdown(); }
 
 absl::Status Server::ReloadPools(const std::string& path) {
+  if (path.empty()) {  // Said, so that an operator's SIGHUP is not met with silence.
+    log_.Event("event=pools_reload_skipped reason=\"no --pools_config: nothing to reload\"");
+    return absl::FailedPreconditionError("no --pools_config: nothing to reload");
+  }
   absl::StatusOr<std::vector<std::string>> changed = [&] {
     auto pools = LoadPoolsConfig(path, config_.policy);
     if (!pools.ok()) return absl::StatusOr<std::vector<std::string>>(pools.status());

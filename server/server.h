@@ -50,6 +50,7 @@ class Server {
 
   // Re-reads the pools file (SIGHUP): pools whose configuration changed retire their
   // workers and refill. Logs the outcome; on error the running pools stay as they were.
+  // With no file (`path` empty) there is nothing to reload: FAILED_PRECONDITION, logged.
   absl::Status ReloadPools(const std::string& path);
 
  private:

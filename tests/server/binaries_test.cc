@@ -507,6 +507,17 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
   EXPECT_EQ(worker_pid(), second);
 }
 
+// Without --pools_config a SIGHUP has nothing to reload: the log says so, and the server
+// keeps serving.
+TEST_F(BinariesTest, SighupWithoutAPoolsFileSaysThereIsNothingToReload) {
+  kill(server_.pid(), SIGHUP);
+  ASSERT_TRUE(server_.WaitForLog("event=pools_reload_skipped", absl::Seconds(10)))
+      << server_.log();
+  ProcessResult r = Execctl({"run", "--", "/bin/echo", "still here"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "still here\n");
+}
+
 // A command execd stopped is no success, whatever its own exit code: a persistent worker
 // that answers exit 0 with more output than the cap.
 TEST(Execctl, ACommandStoppedAtALimitNeverExitsZero) {
