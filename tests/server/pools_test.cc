@@ -825,6 +825,46 @@ TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
   EXPECT_EQ(WorkerPid("py"), pid);
 }
 
+// A handler's mistakes are its request's failure, never the worker's, and never a silent
+// empty success: closing sys.stdout, returning something that is not an answer, raising
+// an exception that is not an Exception.
+TEST_F(PoolsTest, ThePythonWorkerLibrarySurvivesAndReportsAHandlersMistakes) {
+  if (access("/usr/bin/python3", X_OK) != 0) {
+    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
+                    "installs it)";
+  }
+  testing::ScopedTempDir dir("pools");
+  const std::string worker = dir.path() + "/worker.py";
+  std::ofstream(worker) << "import os, sys\n"
+                        << "sys.path.insert(0, '" << SOURCE_DIR << "/examples/workers/python')\n"
+                        << "import execd_worker\n"
+                        << "def handle(arguments, stdin):\n"
+                        << "    if arguments[0] == 'pid':\n"
+                        << "        return 0, str(os.getpid()), b''\n"
+                        << "    if arguments[0] == 'close':\n"
+                        << "        print('before close')\n"
+                        << "        sys.stdout.close()\n"
+                        << "        return 0\n"
+                        << "    if arguments[0] == 'bytes':\n"
+                        << "        return stdin.upper()\n"
+                        << "    if arguments[0] == 'interrupt':\n"
+                        << "        raise KeyboardInterrupt\n"
+                        << "execd_worker.serve(handle)\n";
+  StartWith(PersistentPool("py", absl::StrCat("argv: \"", worker, "\" min_idle: 1 max_size: 1"),
+                           "/usr/bin/python3"));
+  const pid_t pid = WorkerPid("py");
+  EXPECT_EQ(Run(Pooled("py", {"close"})), "before close\n");
+  v1::ExecuteResponse bytes;
+  ASSERT_TRUE(server_->Execute(Pooled("py", {"bytes"}, "hi"), &bytes).ok());
+  EXPECT_EQ(bytes.exit_code(), 1);
+  EXPECT_THAT(bytes.stderr(), HasSubstr("TypeError: handler returned bytes"));
+  v1::ExecuteResponse interrupted;
+  ASSERT_TRUE(server_->Execute(Pooled("py", {"interrupt"}), &interrupted).ok());
+  EXPECT_EQ(interrupted.exit_code(), 1);
+  EXPECT_THAT(interrupted.stderr(), HasSubstr("KeyboardInterrupt"));
+  EXPECT_EQ(WorkerPid("py"), pid) << "the worker died of a handler's mistake";
+}
+
 // The shipped pre-warming script: each request is a Python program on stdin, run in a
 // process that imported its modules (and warmed up) before the request came.
 TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
@@ -849,6 +889,23 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
   EXPECT_EQ(Run(Pooled("py", {}, "print(__name__, 'x' in globals())\nx = 1\n")),
             "__main__ False\n");
   EXPECT_EQ(Run(Pooled("py", {}, "print('x' in globals())\n")), "False\n");
+  // What python3 does at exit: wait for the program's threads, run its atexit functions.
+  EXPECT_EQ(Run(Pooled("py", {},
+                       "import atexit, threading\n"
+                       "atexit.register(print, 'at exit')\n"
+                       "go = threading.Event()\n"
+                       "threading.Thread(target=lambda: (go.wait(), print('thread'))).start()\n"
+                       "print('main')\n"
+                       "go.set()\n")),
+            "main\nthread\nat exit\n");
+  // Its sys.path[0] is the working directory, as for `python3 -`.
+  EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(repr(sys.path[0]))\n")), "''\n");
+  // A program that closed its stdout still exits with its own status.
+  v1::ExecuteResponse closed;
+  ASSERT_TRUE(
+      server_->Execute(Pooled("py", {}, "import sys\nsys.stdout.close()\nsys.exit(4)\n"), &closed)
+          .ok());
+  EXPECT_EQ(closed.exit_code(), 4) << closed.stderr();
 }
 
 TEST_F(PoolsTest, AReloadRetiresOnlyThePoolsWhoseConfigurationChanged) {

@@ -280,10 +280,12 @@ def _to_response(result) -> Response:
             raise TypeError(f"handler returned a tuple of {len(result)} items; expected "
                             "(exit_code, stdout, stderr)")
         exit_code, stdout, stderr = result
-    else:  # Response or anything with the same attributes.
-        exit_code = getattr(result, "exit_code", 0)
-        stdout = getattr(result, "stdout", b"")
-        stderr = getattr(result, "stderr", b"")
+    elif all(hasattr(result, name) for name in ("exit_code", "stdout", "stderr")):
+        # A Response or anything with the same attributes.
+        exit_code, stdout, stderr = result.exit_code, result.stdout, result.stderr
+    else:  # Not an answer (bytes, a list...): never a silent exit code 0 with no output.
+        raise TypeError(f"handler returned {type(result).__name__}; expected (exit_code, "
+                        "stdout, stderr), a Response, an int or None")
     if not isinstance(exit_code, int):
         raise TypeError(f"handler returned {type(exit_code).__name__} as exit_code")
     if not _INT32_MIN <= exit_code <= _INT32_MAX:
@@ -302,6 +304,13 @@ def _exit_response(e: SystemExit) -> Response:
     return Response(exit_code=1, stderr=_as_bytes(f"{code}\n", "stderr"))
 
 
+class _Captured(io.BytesIO):
+    """The handler's sys.stdout.buffer; it survives the handler closing sys.stdout."""
+
+    def close(self) -> None:
+        pass
+
+
 def _run(handler: Callable, request: Request) -> Response:
     """Calls the handler with sys.stdin and sys.stdout redirected to the request.
 
@@ -310,7 +319,7 @@ def _run(handler: Callable, request: Request) -> Response:
     stdout, so that it cannot corrupt the protocol on the real stdout. An exception
     becomes exit code 1 with its traceback on stderr; sys.exit(N) becomes exit code N.
     """
-    captured = io.BytesIO()
+    captured = _Captured()
     fake_stdout = io.TextIOWrapper(captured, encoding="utf-8", errors="surrogateescape",
                                    write_through=True)
     fake_stdin = io.TextIOWrapper(io.BytesIO(request.stdin), encoding="utf-8",
@@ -323,7 +332,9 @@ def _run(handler: Callable, request: Request) -> Response:
                 response = _to_response(handler(list(request.arguments), request.stdin))
             except SystemExit as e:
                 response = _exit_response(e)
-            except Exception:  # pylint: disable=broad-except
+            # BaseException: KeyboardInterrupt, GeneratorExit and the like are the
+            # handler's failure too, not the worker's.
+            except BaseException:  # pylint: disable=broad-except
                 response = Response(exit_code=1,
                                     stderr=traceback.format_exc().encode("utf-8", "replace"))
             try:

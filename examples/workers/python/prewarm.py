@@ -3,8 +3,10 @@
 
 execd starts it ahead of demand: it imports the modules named on its command line (so a
 request does not pay for them), warms up the compiler, then blocks reading its stdin. A request's stdin is the
-program; it runs as __main__, and the process exits with the program's exit status,
-skipping interpreter finalisation (the program's output is flushed first), which costs
+program; it runs as __main__ (sys.path[0] is the working directory, as for `python3 -`),
+and the process exits with the program's exit status once its non-daemon threads ended
+and its atexit functions ran, skipping the rest of interpreter finalisation (the
+program's output is flushed first), which costs
 more than the program itself for short scripts.
 
 pool config:
@@ -46,6 +48,7 @@ sys.stdout.flush()
 
 source = sys.stdin.buffer.read()
 sys.argv = ["-"]  # As `python3 -` would show it.
+sys.path[0] = ""  # As `python3 -` has it: the working directory, not this script's.
 code = 0
 try:
     exec(compile(source, "<stdin>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
@@ -61,6 +64,24 @@ except BaseException:  # The program's own error: reported as python would, exit
     import traceback  # pylint: disable=import-outside-toplevel
     traceback.print_exc()
     code = 1
-sys.stdout.flush()
-sys.stderr.flush()
+# What interpreter finalisation would do that the program can see, in its order: wait
+# for the program's non-daemon threads, then run its atexit functions.
+if "threading" in sys.modules:
+    import threading  # pylint: disable=import-outside-toplevel
+
+    while True:
+        others = [t for t in threading.enumerate()
+                  if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+        if not others:
+            break
+        for thread in others:
+            thread.join()
+import atexit  # pylint: disable=import-outside-toplevel,wrong-import-position
+
+atexit._run_exitfuncs()  # pylint: disable=protected-access
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except Exception:  # pylint: disable=broad-except  # e.g. the program closed it.
+        pass
 os._exit(code & 0xFF)
