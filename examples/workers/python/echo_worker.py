@@ -5,7 +5,8 @@ Arguments of a request (the caller's argv):
   exit N    answers with exit code N and no output
   crash     exits the process with status 3 without answering (a crashed worker)
   hang      never answers
-  garbage   writes 11 bytes 0xff to the real stdout (a corrupt frame), then answers
+  garbage   writes 11 bytes 0xff straight to fd 1, then answers: the library has made fd 1
+            a copy of stderr, so they land there and the frames are unharmed
   pid       answers with the worker's pid on stdout
   print     calls print("hello from print"): the library puts it in the response stdout
   anything else: exit code 0, stdout = stdin + b"|" + the arguments joined by spaces
@@ -30,7 +31,7 @@ def handle(arguments: list[str], stdin: bytes) -> tuple[int, bytes, bytes]:
         while True:
             time.sleep(3600)
     if command == "garbage":
-        os.write(1, b"\xff" * 11)  # Straight to fd 1, past the library's redirection.
+        os.write(1, b"\xff" * 11)  # Straight to fd 1, as a child process would write.
         return 0, b"", b""
     if command == "pid":
         return 0, str(os.getpid()).encode(), b""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import sys
 import traceback
 from typing import BinaryIO, Callable, Optional
@@ -347,6 +348,17 @@ def _run(handler: Callable, request: Request) -> Response:
     return response
 
 
+def _take_stdout() -> BinaryIO:
+    """Keeps fd 1 for the frames alone: they go to a private copy of it, and fd 1 becomes
+    a copy of stderr. So nothing else (a child process, os.write(1, ...), a thread that
+    prints after its handler returned) can write into the protocol stream; it all lands
+    on stderr instead."""
+    sys.stdout.flush()
+    private = os.dup(1)  # Not inherited by children (os.dup's default).
+    os.dup2(2, 1)
+    return os.fdopen(private, "wb")
+
+
 def serve(handler: Callable, *, input_stream: Optional[BinaryIO] = None,
           output_stream: Optional[BinaryIO] = None) -> None:
     """Serves requests until execd closes the worker's stdin, then returns.
@@ -364,7 +376,7 @@ def serve(handler: Callable, *, input_stream: Optional[BinaryIO] = None,
     the worker exits with the reason on stderr and execd replaces it.
     """
     in_stream = input_stream if input_stream is not None else sys.stdin.buffer
-    out_stream = output_stream if output_stream is not None else sys.stdout.buffer
+    out_stream = output_stream if output_stream is not None else _take_stdout()
     while True:
         frame = read_frame(in_stream)
         if frame is None:
