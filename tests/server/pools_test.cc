@@ -43,8 +43,32 @@ using ::execd::testing::TestServer;
 using ::execd::testing::WaitFor;
 using ::testing::HasSubstr;
 
+std::string PersistentPool(const std::string& name, const std::string& extra,
+                           const std::string& binary = TEST_WORKER_BIN) {
+  return absl::StrCat("pool { name: \"", name, "\" kind: PERSISTENT argv: \"", binary, "\" ", extra,
+                      " }\n");
+}
+
 class PoolsTest : public ::testing::Test {
  protected:
+  static bool HavePython() { return access("/usr/bin/python3", X_OK) == 0; }
+  static constexpr char kNoPython[] =
+      "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh installs it)";
+
+  // Starts a server with a PERSISTENT pool "py" of one worker built on the shipped Python
+  // library, whose handle(arguments, stdin) has the body `handler` (indented by four).
+  void StartPythonWorker(const std::string& handler) {
+    python_dir_ = std::make_unique<testing::ScopedTempDir>("pools");
+    const std::string worker = python_dir_->path() + "/worker.py";
+    std::ofstream(worker) << "import os, sys\n"
+                          << "sys.path.insert(0, '" << SOURCE_DIR << "/examples/workers/python')\n"
+                          << "import execd_worker\n"
+                          << "def handle(arguments, stdin):\n"
+                          << handler << "execd_worker.serve(handle)\n";
+    StartWith(PersistentPool("py", absl::StrCat("argv: \"", worker, "\" min_idle: 1 max_size: 1"),
+                             "/usr/bin/python3"));
+  }
+
   // Starts a server with the pools of `config` (text format).
   void StartWith(const std::string& config, int max_concurrency = 8) {
     auto server = TestServer::Start([&](server::ServerConfig& c) {
@@ -97,14 +121,9 @@ class PoolsTest : public ::testing::Test {
     return pid;
   }
 
+  std::unique_ptr<testing::ScopedTempDir> python_dir_;  // Outlives the server using it.
   std::unique_ptr<TestServer> server_;
 };
-
-std::string PersistentPool(const std::string& name, const std::string& extra,
-                           const std::string& binary = TEST_WORKER_BIN) {
-  return absl::StrCat("pool { name: \"", name, "\" kind: PERSISTENT argv: \"", binary, "\" ", extra,
-                      " }\n");
-}
 
 // ---- PREWARMED ----
 
@@ -489,24 +508,13 @@ TEST_F(PoolsTest, AWorkerThatClosesItsStdoutButLivesOnIsReplaced) {
 // A worker's own stderr (not the protocol's) goes into the error of the request it fails;
 // what it wrote while serving another caller's request does not.
 TEST_F(PoolsTest, AWorkersErrorCarriesNoneOfAnEarlierRequestsStderr) {
-  if (access("/usr/bin/python3", X_OK) != 0) {
-    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
-                    "installs it)";
-  }
-  testing::ScopedTempDir dir("pools");
-  const std::string worker = dir.path() + "/worker.py";
-  std::ofstream(worker) << "import os, sys\n"
-                        << "sys.path.insert(0, '" << SOURCE_DIR << "/examples/workers/python')\n"
-                        << "import execd_worker\n"
-                        << "def handle(arguments, stdin):\n"
-                        << "    sys.stderr.write(arguments[1] + '\\n')\n"
-                        << "    sys.stderr.flush()\n"
-                        << "    if arguments[0] == 'crash':\n"
-                        << "        os._exit(3)\n"
-                        << "    return 0\n"
-                        << "execd_worker.serve(handle)\n";
-  StartWith(PersistentPool("py", absl::StrCat("argv: \"", worker, "\" min_idle: 1 max_size: 1"),
-                           "/usr/bin/python3"));
+  if (!HavePython()) GTEST_SKIP() << kNoPython;
+  StartPythonWorker(
+      "    sys.stderr.write(arguments[1] + '\\n')\n"
+      "    sys.stderr.flush()\n"
+      "    if arguments[0] == 'crash':\n"
+      "        os._exit(3)\n"
+      "    return 0\n");
   Run(Pooled("py", {"log", "secret-of-the-first-caller"}));
   v1::ExecuteResponse response;
   grpc::Status status = server_->Execute(Pooled("py", {"crash", "own-last-words"}), &response);
@@ -697,7 +705,11 @@ TEST_F(PoolUnitTest, AWorkerThatNeverStartsIsRetriedWithAGrowingDelay) {
   StartLoop(manual_clock_);
   // idle_timeout 80 ms: the shrink timer ticks every 20 ms.
   Make(R"pb(pool {
-              name: "w" kind: PERSISTENT argv: "/bin/false" min_idle: 1 max_size: 1
+              name: "w"
+              kind: PERSISTENT
+              argv: "/bin/false"
+              min_idle: 1
+              max_size: 1
               idle_timeout { nanos: 80000000 }
             })pb");
   OnLoop([&] { pool_->Start(); });
@@ -807,10 +819,7 @@ TEST(PoolsConfig, TheShippedExampleParses) {
 
 // The shipped Python worker library, end to end through the server.
 TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
-  if (access("/usr/bin/python3", X_OK) != 0) {
-    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
-                    "installs it)";
-  }
+  if (!HavePython()) GTEST_SKIP() << kNoPython;
   StartWith(PersistentPool(
       "py",
       absl::StrCat("argv: \"", SOURCE_DIR, "/examples/workers/python/echo_worker.py\" ",
@@ -832,29 +841,18 @@ TEST_F(PoolsTest, ThePythonExampleWorkerServesRequests) {
 // empty success: closing sys.stdout, returning something that is not an answer, raising
 // an exception that is not an Exception.
 TEST_F(PoolsTest, ThePythonWorkerLibrarySurvivesAndReportsAHandlersMistakes) {
-  if (access("/usr/bin/python3", X_OK) != 0) {
-    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
-                    "installs it)";
-  }
-  testing::ScopedTempDir dir("pools");
-  const std::string worker = dir.path() + "/worker.py";
-  std::ofstream(worker) << "import os, sys\n"
-                        << "sys.path.insert(0, '" << SOURCE_DIR << "/examples/workers/python')\n"
-                        << "import execd_worker\n"
-                        << "def handle(arguments, stdin):\n"
-                        << "    if arguments[0] == 'pid':\n"
-                        << "        return 0, str(os.getpid()), b''\n"
-                        << "    if arguments[0] == 'close':\n"
-                        << "        print('before close')\n"
-                        << "        sys.stdout.close()\n"
-                        << "        return 0\n"
-                        << "    if arguments[0] == 'bytes':\n"
-                        << "        return stdin.upper()\n"
-                        << "    if arguments[0] == 'interrupt':\n"
-                        << "        raise KeyboardInterrupt\n"
-                        << "execd_worker.serve(handle)\n";
-  StartWith(PersistentPool("py", absl::StrCat("argv: \"", worker, "\" min_idle: 1 max_size: 1"),
-                           "/usr/bin/python3"));
+  if (!HavePython()) GTEST_SKIP() << kNoPython;
+  StartPythonWorker(
+      "    if arguments[0] == 'pid':\n"
+      "        return 0, str(os.getpid()), b''\n"
+      "    if arguments[0] == 'close':\n"
+      "        print('before close')\n"
+      "        sys.stdout.close()\n"
+      "        return 0\n"
+      "    if arguments[0] == 'bytes':\n"
+      "        return stdin.upper()\n"
+      "    if arguments[0] == 'interrupt':\n"
+      "        raise KeyboardInterrupt\n");
   const pid_t pid = WorkerPid("py");
   EXPECT_EQ(Run(Pooled("py", {"close"})), "before close\n");
   v1::ExecuteResponse bytes;
@@ -871,10 +869,7 @@ TEST_F(PoolsTest, ThePythonWorkerLibrarySurvivesAndReportsAHandlersMistakes) {
 // The shipped pre-warming script: each request is a Python program on stdin, run in a
 // process that imported its modules (and warmed up) before the request came.
 TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
-  if (access("/usr/bin/python3", X_OK) != 0) {
-    GTEST_SKIP() << "SKIPPED: /usr/bin/python3 is not installed (deploy/install-deps.sh "
-                    "installs it)";
-  }
+  if (!HavePython()) GTEST_SKIP() << kNoPython;
   StartWith(absl::StrCat("pool { name: \"py\" kind: PREWARMED argv: \"/usr/bin/python3\" ",
                          "argv: \"", SOURCE_DIR, "/examples/workers/python/prewarm.py\" ",
                          "argv: \"json\" min_idle: 2 max_size: 2 }"));
