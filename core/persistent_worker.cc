@@ -185,14 +185,13 @@ void PersistentWorker::ExpectExit(absl::string_view pipe) {
   // can serve nothing more: it is killed once an exit would have come, rather than hold
   // its place until a request times out on it.
   CancelTimer();
-  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.kill_grace,
-                          [this, pipe = std::string(pipe)]() mutable {
-                            timer_ = 0;
-                            Kill(absl::InternalError(absl::StrCat(
-                                "closed its ", pipe, " but did not exit within ",
-                                absl::FormatDuration(options_.kill_grace),
-                                "; it can serve no more requests")));
-                          });
+  timer_ = loop_.AddTimer(
+      loop_.clock().Now() + options_.kill_grace, [this, pipe = std::string(pipe)]() mutable {
+        timer_ = 0;
+        Kill(absl::InternalError(absl::StrCat("closed its ", pipe, " but did not exit within ",
+                                              absl::FormatDuration(options_.kill_grace),
+                                              "; it can serve no more requests")));
+      });
 }
 
 void PersistentWorker::ReadStderr() {

@@ -109,8 +109,8 @@ void Pool::StartOne() {
   worker_options.startup_timeout = spec_->startup_timeout;
   worker_options.kill_grace = deps_.kill_grace;
   // Room for both outputs and the rest of the message, within what protobuf parses.
-  worker_options.max_frame_bytes = std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20),
-                                                     std::numeric_limits<int>::max());
+  worker_options.max_frame_bytes =
+      std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20), std::numeric_limits<int>::max());
   worker_options.address_space_bytes = address_space;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
@@ -452,9 +452,8 @@ bool Pool::FailedInARow(int failures) {
   constexpr int kAtOnce = 3;  // Replaced at once: a worker that crashes now and then.
   if (failures <= kAtOnce) return false;
   // Then as a crash-looping container is restarted: 1 s, doubling, at most a minute.
-  const absl::Duration delay =
-      std::min(absl::Seconds(1) * (int64_t{1} << std::min(failures - kAtOnce - 1, 6)),
-               absl::Minutes(1));
+  const absl::Duration delay = std::min(
+      absl::Seconds(1) * (int64_t{1} << std::min(failures - kAtOnce - 1, 6)), absl::Minutes(1));
   retry_after_ = deps_.loop->clock().Now() + delay;
   return true;
 }

@@ -386,8 +386,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // The client half-closed.
   bool stdin_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;  // Accepted, not yet written to the child.
-  bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;  // The last stdin byte was a newline.
+  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;    // Accepted, not yet written to the child.
+  bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;   // The last stdin byte was a newline.
   bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
   absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;  // The command is over.

@@ -511,8 +511,7 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
 // keeps serving.
 TEST_F(BinariesTest, SighupWithoutAPoolsFileSaysThereIsNothingToReload) {
   kill(server_.pid(), SIGHUP);
-  ASSERT_TRUE(server_.WaitForLog("event=pools_reload_skipped", absl::Seconds(10)))
-      << server_.log();
+  ASSERT_TRUE(server_.WaitForLog("event=pools_reload_skipped", absl::Seconds(10))) << server_.log();
   ProcessResult r = Execctl({"run", "--", "/bin/echo", "still here"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "still here\n");

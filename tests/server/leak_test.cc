@@ -1,8 +1,8 @@
 // Soak: every kind of call, the ones that go wrong included, through the real execd binary;
 // afterwards the server holds exactly the descriptors and child processes it held before
 // (its pool workers), and nothing a command started is still running anywhere.
-#include <grpcpp/grpcpp.h>
 #include <dirent.h>
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -58,8 +58,8 @@ class LeakTest : public ::testing::Test {
   void SetUp() override {
     std::ofstream(pools_) << "pool { name: \"cat\" kind: PREWARMED argv: \"/bin/cat\" "
                              "min_idle: 2 max_size: 2 }\n"
-                          << "pool { name: \"w\" kind: PERSISTENT argv: \"" TEST_WORKER_BIN "\" "
-                             "min_idle: 2 max_size: 2 timeout { seconds: 30 } }\n";
+                          << "pool { name: \"w\" kind: PERSISTENT argv: \"" << TEST_WORKER_BIN
+                          << "\" min_idle: 2 max_size: 2 timeout { seconds: 30 } }\n";
     server_ = std::make_unique<ServerProcess>(
         EXECD_BIN, std::vector<std::string>{"--pools_config=" + pools_, "--kill_grace=200ms",
                                             "--log_requests=false"});
@@ -121,8 +121,7 @@ class LeakTest : public ::testing::Test {
     capped.mutable_limits()->set_max_output_bytes(1000);
     EXPECT_TRUE(Execute(capped, &r).ok());
     EXPECT_EQ(r.termination(), v1::OUTPUT_LIMIT_EXCEEDED);
-    EXPECT_EQ(Execute(Request({"/no/such/program"}), &r).error_code(),
-              grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(Execute(Request({"/no/such/program"}), &r).error_code(), grpc::StatusCode::NOT_FOUND);
     ExpectStoppedAtTheDeadline(Request({"/bin/sleep", "100"}));
     // Large stdin (a memfd), a pipeline, and a cache miss then hit.
     v1::ExecuteRequest big = Request({"/usr/bin/wc", "-c"});
@@ -250,8 +249,8 @@ TEST_F(LeakTest, EveryKindOfCallLeavesNoDescriptorOrProcessBehind) {
   for (int i = 0; i < kRounds; ++i) Round();
   ASSERT_TRUE(testing::WaitFor([&] { return Idle(); }, absl::Seconds(30)));
   // Children are reaped and their descriptors closed just after the result is sent.
-  EXPECT_TRUE(testing::WaitFor([&] { return Descriptors(server_->pid()) == before; },
-                               absl::Seconds(10)))
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return Descriptors(server_->pid()) == before; }, absl::Seconds(10)))
       << "before: " << Show(before) << "\nafter:  " << Show(Descriptors(server_->pid()));
   EXPECT_EQ(testing::ChildrenOf(server_->pid()).size(), workers);
   EXPECT_TRUE(testing::WaitFor(
