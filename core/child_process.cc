@@ -175,7 +175,6 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   stderr_pipe.second.reset();
 
   child->timeout_ = options.timeout;
-  child->timeout_is_deadline_ = options.timeout_is_deadline;
   child->deadline_ = options.deadline;
   child->keep_stdin_open_ = command.keep_stdin_open && child->stdin_.valid();
   return child;
@@ -189,7 +188,6 @@ void ChildProcess::Assign(Observer* observer, std::string stdin_data, const Limi
   stream_output_ = stream_output;
   kill_grace_ = options.kill_grace;
   timeout_ = options.timeout;
-  timeout_is_deadline_ = options.timeout_is_deadline;
   deadline_ = options.deadline;
   stream_chunk_bytes_ = std::max<int64_t>(1, options.stream_chunk_bytes);
   stream_flush_interval_ = options.stream_flush_interval;
@@ -229,8 +227,9 @@ absl::Status ChildProcess::Watch() {
     if (fd.valid()) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
   }
   if (stdin_.valid()) RETURN_IF_ERROR(loop_.Watch(stdin_.get(), EPOLLOUT, this));
-  // The caller's deadline may come first: it passed during a slow spawn.
-  const bool at_deadline = timeout_is_deadline_ || deadline_ < exec_done_ + timeout_;
+  // The caller's deadline may come first (a short one, or one that passed during a slow
+  // spawn).
+  const bool at_deadline = deadline_ <= exec_done_ + timeout_;
   timeout_timer_ =
       loop_.AddTimer(std::min(exec_done_ + timeout_, deadline_), [this, at_deadline]() mutable {
         timeout_timer_ = 0;

@@ -48,11 +48,9 @@ class ChildProcess final : public EventLoop::FdHandler {
     // How long to wait, after the leader exited and the group was killed, for the rest of
     // the command's processes to be gone before reporting anyway.
     absl::Duration empty_wait = absl::Seconds(5);
-    // The timeout is the caller's deadline rather than the command's own limit: nobody
-    // waits for the result any more, so expiry kills at once instead of SIGTERM first.
-    bool timeout_is_deadline = false;
-    // The caller's deadline, on the loop's clock: the child is killed at once when it
-    // passes, however long the spawn took (the timeout counts from the exec).
+    // The caller's deadline, on the loop's clock: when it comes before the timeout (which
+    // counts from the exec, however long the spawn took), nobody waits for the result any
+    // more, so the child is killed at once instead of SIGTERM first.
     absl::Time deadline = absl::InfiniteFuture();
     // Give the child a stdin pipe even though the command has no stdin data yet: a
     // pre-warmed process gets its request's stdin later, through Assign().
@@ -176,7 +174,6 @@ class ChildProcess final : public EventLoop::FdHandler {
   absl::Duration stream_flush_interval_ = absl::Milliseconds(10);
   bool output_paused_ = false;
   absl::Duration timeout_;
-  bool timeout_is_deadline_ = false;
   absl::Time deadline_ = absl::InfiniteFuture();
   bool watched_ = false;
   absl::Time empty_deadline_;

@@ -387,7 +387,6 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   }
   ChildProcess::Options child_options;
   child_options.timeout = std::min(e.command_.limits.timeout, left);
-  child_options.timeout_is_deadline = left < e.command_.limits.timeout;
   child_options.deadline = e.command_.deadline;
   child_options.kill_grace = options_.kill_grace;
   child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
@@ -462,7 +461,6 @@ void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) 
   ChildProcess::Options options = e.child_options_;
   const absl::Duration left = e.command_.deadline - now;
   options.timeout = std::max(absl::Milliseconds(1), std::min(e.command_.limits.timeout, left));
-  options.timeout_is_deadline = left < e.command_.limits.timeout;
   child->Assign(&e, std::move(e.command_.stdin_data), e.command_.limits, e.command_.stream_output,
                 options);
   e.child_ = std::move(child);
