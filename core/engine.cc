@@ -650,7 +650,9 @@ void Engine::Shutdown(absl::Duration drain) {
   {
     absl::MutexLock lock(&mu_);
     draining_ = true;
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_.empty(); };
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return live_.empty() || drain_cut_;
+    };
     mu_.AwaitWithTimeout(absl::Condition(&idle), drain);
     for (auto& [id, execution] : live_) rest.push_back(execution);
   }
@@ -661,6 +663,11 @@ void Engine::Shutdown(absl::Duration drain) {
     return live_.empty() && finishing_ == 0;
   };
   mu_.Await(absl::Condition(&finished));
+}
+
+void Engine::CutDrainShort() {
+  absl::MutexLock lock(&mu_);
+  drain_cut_ = true;
 }
 
 Engine::Stats Engine::stats() const {

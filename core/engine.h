@@ -112,6 +112,8 @@ class Engine {
   // StopAccepting, then waits up to `drain` for admitted and queued work to end, then
   // cancels the rest and waits for it to be reaped.
   void Shutdown(absl::Duration drain);
+  // Any thread: a Shutdown waiting out its drain (now or later) cancels the rest at once.
+  void CutDrainShort();
 
   struct Stats {
     int running = 0;
@@ -171,6 +173,7 @@ class Engine {
   mutable absl::Mutex mu_;
   Scheduler scheduler_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool drain_cut_ ABSL_GUARDED_BY(mu_) = false;
   Id next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<Id, std::shared_ptr<Execution>> live_ ABSL_GUARDED_BY(mu_);
   // Started commands that have left live_ but whose child and observer are still being

@@ -1,8 +1,11 @@
 // execd: the process-execution server. Parses flags, builds the server, serves until
-// SIGTERM or SIGINT, then drains and exits 0.
+// SIGTERM or SIGINT, then drains and exits 0; a second SIGTERM or SIGINT cuts the drain
+// short.
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -172,6 +175,22 @@ int main(int argc, char** argv) {
     if (sig != SIGHUP) break;
     (void)(*server)->ReloadPools(pools_path);  // It logs what it did, or why not.
   }
-  (*server)->Shutdown();
+  // The drain runs on its own thread so that this one keeps listening: a second SIGTERM or
+  // Ctrl-C cuts the drain short, as an operator who sent it expects.
+  std::atomic<bool> drained{false};
+  const pthread_t main_thread = pthread_self();
+  std::thread drainer([&] {
+    (*server)->Shutdown();
+    drained = true;
+    pthread_kill(main_thread, SIGTERM);  // Wakes the sigwait below.
+  });
+  for (bool cut = false; !drained;) {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (drained || sig == SIGHUP || cut) continue;  // No reloads while draining.
+    cut = true;
+    (*server)->CutDrainShort();
+  }
+  drainer.join();
   return 0;
 }

@@ -101,9 +101,13 @@ absl::Status CheckConfig(const ServerConfig& c) {
         absl::FormatDuration(p.max_timeout), "), got ", absl::FormatDuration(p.default_timeout)));
   }
   if (absl::Status s = CheckNotNegative(c); !s.ok()) return s;
-  if (c.spawn_threads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--spawn_threads must be at least 1 (0: one per core), got ", c.spawn_threads));
+  // Each spawn thread only waits in vfork for its child's exec: past a few per core they
+  // buy nothing, and a count the system cannot start would abort start-up.
+  constexpr int kMaxSpawnThreads = 256;
+  if (c.spawn_threads < 1 || c.spawn_threads > kMaxSpawnThreads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--spawn_threads must be from 1 to ", kMaxSpawnThreads,
+                     " (0: one per core), got ", c.spawn_threads));
   }
   return CheckListenPort(c.listen);
 }
@@ -202,6 +206,11 @@ void Server::Shutdown() {
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   grpc_server_->Wait();
   log_.Event("event=stopped");
+}
+
+void Server::CutDrainShort() {
+  log_.Event("event=drain_cut_short reason=\"second stop signal\"");
+  engine_->CutDrainShort();
 }
 
 }  // namespace execd::server

@@ -45,6 +45,9 @@ class Server {
   // Health turns NOT_SERVING, new calls are refused, running calls get up to the drain
   // timeout to finish, then the rest are cancelled and their processes killed. Idempotent.
   void Shutdown();
+  // Any thread, during or before Shutdown: running calls get no more drain time; they are
+  // cancelled at once (an operator's second SIGTERM or Ctrl-C).
+  void CutDrainShort();
 
   core::Engine& engine() { return *engine_; }
 

@@ -253,7 +253,10 @@ TEST(ServerFlags, InconsistentFlagsStopStartUpWithAReason) {
   EXPECT_THAT(r.err, HasSubstr("--max_queue must not be negative"));
   r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--spawn_threads=-1"});
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.err, HasSubstr("--spawn_threads must be at least 1"));
+  EXPECT_THAT(r.err, HasSubstr("--spawn_threads must be from 1 to 256"));
+  r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--spawn_threads=100000"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--spawn_threads must be from 1 to 256"));
 }
 
 TEST(ServerCrash, SigkillOfTheServerKillsItsDirectChildren) {
@@ -330,6 +333,34 @@ TEST(ServerShutdown, SigtermKillsCommandsStillRunningAfterTheDrainTimeout) {
   EXPECT_NE(result.exit_code, 0);
   EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(2)));
   unlink(pid_file.c_str());
+}
+
+// An operator who sends a second SIGTERM (or presses Ctrl-C twice) wants the server gone
+// now, not after a drain timeout of an hour.
+TEST(ServerShutdown, SecondSigtermCutsTheDrainShort) {
+  ServerProcess server(EXECD_BIN, {"--drain_timeout=1h", "--kill_grace=100ms"});
+  ASSERT_TRUE(server.ok()) << server.log();
+  ProcessResult result;
+  std::thread client([&] {
+    result = RunProcess(
+        {EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sleep", "1000"});
+  });
+  std::vector<pid_t> children;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        children = testing::ChildrenOf(server.pid());
+        return !children.empty();
+      },
+      absl::Seconds(10)));
+  kill(server.pid(), SIGTERM);
+  ASSERT_TRUE(server.WaitForLog("event=draining", absl::Seconds(5)));
+  EXPECT_TRUE(testing::ProcessAlive(children[0]));  // The first signal drains: it runs on.
+  EXPECT_EQ(server.Stop(SIGTERM, absl::Seconds(20)), 0) << server.log();
+  client.join();
+  EXPECT_THAT(server.log(), HasSubstr("event=drain_cut_short"));
+  EXPECT_NE(result.exit_code, 0) << result.out;
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return !testing::ProcessAlive(children[0]); }, absl::Seconds(2)));
 }
 
 TEST_F(BinariesTest, AttachForwardsStdinPrintsOutputAndExitsWithTheCommandsCode) {

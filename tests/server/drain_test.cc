@@ -155,6 +155,9 @@ TEST(ServerStart, RefusesNegativeDurationsAndMaxima) {
       {"--max_open_files", [](server::ServerConfig& c) { c.policy.max_open_files = -1; }},
       {"--max_file_size_bytes", [](server::ServerConfig& c) { c.policy.max_file_size_bytes = -1; }},
       {"--spawn_threads", [](server::ServerConfig& c) { c.spawn_threads = -1; }},
+      // Not negative, but more threads than any machine starts: refused, not an abort.
+      {"--spawn_threads must be from 1 to 256",
+       [](server::ServerConfig& c) { c.spawn_threads = 1'000'000; }},
   };
   for (const auto& [flag, adjust] : cases) {
     absl::Status s = StartWith(adjust);
