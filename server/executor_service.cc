@@ -169,7 +169,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     cache_key_ = *std::move(key);
     cache_policy_ = request.cache_policy();
     if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::READ_ONLY) return false;
-    const absl::Time now = absl::Now();
+    const absl::Time now = service_.cache_config().clock->Now();
     std::shared_ptr<const core::CachedResult> entry =
         cache->Lookup(cache_key_, now, cmd.limits.max_output_bytes);
     if (entry == nullptr) return false;
@@ -208,7 +208,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   bool MaybeStore(const core::Result& result) {
     if (cache_policy_ != v1::READ_WRITE && cache_policy_ != v1::REFRESH) return false;
     if (result.cache_hit || !core::CleanSuccess(result)) return false;
-    const absl::Time now = absl::Now();
+    const absl::Time now = service_.cache_config().clock->Now();
     return service_.cache()->Insert(cache_key_,
                                     core::CachedResult::Make(result, now, now + cache_ttl_));
   }

@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "core/cache.h"
+#include "core/clock.h"
 #include "core/engine.h"
 #include "core/validate.h"
 #include "execd/v1/execd.grpc.pb.h"
@@ -22,6 +23,9 @@ struct CacheConfig {
   std::string salt;
   absl::Duration default_ttl = absl::Minutes(10);
   absl::Duration max_ttl = absl::Hours(24);
+  // Entries' ages and expiries: monotonic, so a step of the wall clock neither expires
+  // every entry at once nor keeps one past its TTL. Tests inject a manual clock.
+  const core::Clock* clock = &core::MonotonicClock::Get();
 };
 
 class ExecutorService final : public v1::Executor::CallbackService {

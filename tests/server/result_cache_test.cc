@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/pools_config.h"
+#include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
 
@@ -31,6 +32,7 @@ class ResultCacheTest : public ::testing::Test {
     auto server = TestServer::Start([&](server::ServerConfig& c) {
       c.cache.max_bytes = max_bytes;
       c.cache.salt = salt;
+      c.cache.clock = &clock_;
     });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -101,17 +103,24 @@ class ResultCacheTest : public ::testing::Test {
     return n;
   }
 
+  // The cache's clock (entries' ages and expiry); commands run on real time.
+  testing::ManualClock clock_;
   std::unique_ptr<TestServer> server_;
 };
+
+absl::Duration Age(const v1::ExecuteResponse& r) {
+  return absl::Seconds(r.cache_age().seconds()) + absl::Nanoseconds(r.cache_age().nanos());
+}
 
 TEST_F(ResultCacheTest, ASecondIdenticalRequestIsAnsweredFromTheCache) {
   v1::ExecuteResponse first = Run(Fresh());
   EXPECT_FALSE(first.cache_hit());
+  clock_.Advance(absl::Seconds(7));
   v1::ExecuteResponse second = Run(Fresh());
   EXPECT_TRUE(second.cache_hit());
   EXPECT_EQ(second.stdout(), first.stdout());
   EXPECT_EQ(second.termination(), v1::EXITED);
-  EXPECT_GE(second.cache_age().seconds() * 1'000'000'000LL + second.cache_age().nanos(), 0);
+  EXPECT_EQ(Age(second), absl::Seconds(7));
   // Without a cache policy nothing is read.
   v1::ExecuteRequest off = Fresh();
   off.set_cache_policy(v1::CACHE_OFF);
@@ -243,9 +252,16 @@ TEST_F(ResultCacheTest, PoliciesAndTtl) {
   v1::ExecuteRequest short_lived = Fresh();
   short_lived.add_argv("ttl");  // Its own key.
   short_lived.mutable_cache_ttl()->set_nanos(200'000'000);
-  Run(short_lived);
-  EXPECT_TRUE(Run(short_lived).cache_hit());
-  EXPECT_TRUE(testing::WaitFor([&] { return !Run(short_lived).cache_hit(); }, absl::Seconds(5)));
+  const std::string stored = Run(short_lived).stdout();
+  clock_.Advance(absl::Milliseconds(199));
+  v1::ExecuteResponse young = Run(short_lived);
+  EXPECT_TRUE(young.cache_hit());
+  EXPECT_EQ(Age(young), absl::Milliseconds(199));
+  clock_.Advance(absl::Milliseconds(1));  // Its TTL is up: it runs again, and stores anew.
+  v1::ExecuteResponse expired = Run(short_lived);
+  EXPECT_FALSE(expired.cache_hit());
+  EXPECT_NE(expired.stdout(), stored);
+  EXPECT_EQ(Run(short_lived).stdout(), expired.stdout());
 
   v1::ExecuteRequest too_long = Fresh();
   too_long.mutable_cache_ttl()->set_seconds(100 * 24 * 3600);
