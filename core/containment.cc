@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +22,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "core/errno_status.h"
 
 namespace execd::core {
@@ -237,7 +240,7 @@ class CgroupContainment final : public Containment {
   absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
                                                   int64_t max_processes) override;
   bool sweeps_orphans() const override { return false; }
-  void SweepOrphans(const absl::flat_hash_set<pid_t>&) override {}
+  bool SweepOrphans(const absl::flat_hash_set<pid_t>&) override { return true; }
 
  private:
   class CgroupGroup;
@@ -489,23 +492,60 @@ class ProcessGroupContainment final : public Containment {
 
   bool sweeps_orphans() const override { return true; }
 
-  void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
+  bool SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
     // An orphan's own children come to execd only as it dies: sweep again until a round
     // finds none. Killed processes fork no more, so that takes as many rounds as the
     // escaped tree is deep; the bound keeps a running command that orphans processes as
     // fast as they are swept from holding the caller here (the next sweep goes on).
     constexpr int kMaxRounds = 64;
+    const absl::Time deadline = absl::Now() + kReapWait;
     for (int round = 0; round < kMaxRounds; ++round) {
       std::vector<pid_t> orphans = Orphans(leaders);
-      if (orphans.empty()) return;
-      for (pid_t pid : orphans) {
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-      }
+      if (orphans.empty()) return true;
+      for (pid_t pid : orphans) kill(pid, SIGKILL);
+      bool all_reaped = true;
+      for (pid_t pid : orphans) all_reaped &= Reap(pid, deadline);
+      if (!all_reaped) return false;
     }
+    return false;
   }
 
  private:
+  // How long one sweep waits for the orphans it killed to die. A SIGKILLed process is
+  // normally gone within milliseconds; one that is not (in uninterruptible sleep on a
+  // hung filesystem, frozen by a cgroup v1 freezer) must not hold the caller, which is the
+  // event loop: it stays our unreaped child, so its pid stays ours, for a later sweep.
+  static constexpr absl::Duration kReapWait = absl::Milliseconds(50);
+
+  // Reaps `pid`, a SIGKILLed child, waiting for it until `deadline`, or not at all when an
+  // earlier sweep already waited for it in vain. Returns whether it was reaped.
+  bool Reap(pid_t pid, absl::Time deadline) {
+    if (!dying_.contains(pid)) {
+      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+      const absl::Duration left = deadline - absl::Now();
+      if (pidfd.valid() && left > absl::ZeroDuration()) {
+        pollfd p{pidfd.get(), POLLIN, 0};
+        while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) < 0 &&
+               errno == EINTR) {
+        }
+      }
+    }
+    pid_t r;
+    do {
+      r = waitpid(pid, nullptr, WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      dying_.insert(pid);
+      return false;
+    }
+    dying_.erase(pid);  // Reaped (or, were it ECHILD, not ours to wait for any more).
+    return true;
+  }
+
+  // Orphans killed that outlived a sweep's wait. Sweeps never run at once (the caller's
+  // contract), so this needs no lock.
+  absl::flat_hash_set<pid_t> dying_;
+
   // Our children that are not `leaders`, from each of our threads' lists (cheaper than
   // scanning all of /proc). Not those still in the process group of one of `leaders`: they
   // lost their parent but are still that running command's, and die with its group.

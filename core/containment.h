@@ -85,8 +85,10 @@ class Containment {
   virtual bool sweeps_orphans() const = 0;
   // Called after a command's leader was reaped: kills and reaps the children execd adopted
   // as subreaper, that is every child that is not one of `leaders` (running commands'
-  // leaders). The caller must make sure no spawn is in flight meanwhile.
-  virtual void SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
+  // leaders). The caller must make sure no spawn is in flight meanwhile, and no other
+  // sweep. Waits at most a few tens of milliseconds: returns false when a killed orphan
+  // has not died by then (or more remain), and the caller should sweep again later.
+  virtual bool SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
 };
 
 }  // namespace execd::core

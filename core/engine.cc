@@ -251,9 +251,15 @@ Engine::~Engine() {
   });
   pools_gone.WaitForNotification();
   spawn_threads_.reset();  // Before the loop they post to goes away.
-  // Workers' deferred destructions were posted to the loop; run them before it stops.
+  // Workers' deferred destructions were posted to the loop; run them before it stops. No
+  // orphan sweep is left armed to run on a half-destroyed engine.
   absl::Notification flushed;
-  loop_->Post([&flushed]() mutable { flushed.Notify(); });
+  loop_->Post([this, &flushed]() mutable {
+    orphan_sweeps_stopped_ = true;
+    if (orphan_timer_ != 0) loop_->CancelTimer(orphan_timer_);
+    orphan_timer_ = 0;
+    flushed.Notify();
+  });
   flushed.WaitForNotification();
 }
 
@@ -509,15 +515,35 @@ void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {
   }
 }
 
-void Engine::SweepOrphans() {
-  if (!containment_->sweeps_orphans()) return;
-  absl::WriterMutexLock gate(&spawn_gate_);
-  absl::flat_hash_set<pid_t> leaders;
+bool Engine::SweepOrphans() {
+  if (!containment_->sweeps_orphans()) return true;
+  bool done;
   {
-    absl::MutexLock lock(&leaders_mu_);
-    leaders = leaders_;
+    absl::WriterMutexLock gate(&spawn_gate_);
+    absl::flat_hash_set<pid_t> leaders;
+    {
+      absl::MutexLock lock(&leaders_mu_);
+      leaders = leaders_;
+    }
+    done = containment_->SweepOrphans(leaders);
   }
-  containment_->SweepOrphans(leaders);
+  if (!done) {
+    if (loop_->IsLoopThread()) {
+      ArmOrphanSweep();
+    } else {
+      loop_->Post([this]() mutable { ArmOrphanSweep(); });
+    }
+  }
+  return done;
+}
+
+void Engine::ArmOrphanSweep() {
+  if (orphan_timer_ != 0 || orphan_sweeps_stopped_) return;
+  orphan_timer_ = loop_->AddTimer(options_.clock->Now() + orphan_retry_, [this]() mutable {
+    orphan_timer_ = 0;
+    orphan_retry_ = std::min(orphan_retry_ * 2, absl::Seconds(1));
+    if (SweepOrphans()) orphan_retry_ = kFirstOrphanRetry;  // Else it armed the next one.
+  });
 }
 
 void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {

@@ -156,7 +156,12 @@ class Engine {
   void FailUnwatched(Execution& e, absl::Status why);
   // Adds (running) or removes the processes execd spawned, for the orphan sweep.
   void TrackLeaders(const std::vector<pid_t>& pids, bool running);
-  void SweepOrphans();
+  // Kills and reaps what commands left outside their process groups (process-group
+  // containment). Returns false when some killed orphan was not gone within the sweep's
+  // short wait; a retry is then armed on the loop, so nothing stays unreaped for good.
+  bool SweepOrphans();
+  // Loop thread: sweeps again after orphan_retry_, backing off while orphans outlive it.
+  void ArmOrphanSweep();
   void Finish(Execution& execution, absl::StatusOr<Result> result);
   // Posts StartOnLoop for every entry the scheduler lets run now.
   void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -185,6 +190,10 @@ class Engine {
 
   // Loop thread only.
   EventLoop::TimerId expiry_timer_ = 0;
+  EventLoop::TimerId orphan_timer_ = 0;
+  absl::Duration orphan_retry_ = kFirstOrphanRetry;
+  bool orphan_sweeps_stopped_ = false;  // The engine is being destroyed.
+  static constexpr absl::Duration kFirstOrphanRetry = absl::Milliseconds(20);
 
   // Leaders of running commands (each program of a pipeline), for the orphan sweep. Spawning
   // threads hold spawn_gate_ shared from before a child exists until its pid is in leaders_; the

@@ -2,11 +2,15 @@
 // mechanism: nothing a command starts survives it, and each limit hit is reported as such.
 // Survivors are counted by scanning /proc for a marker variable every descendant inherits.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -158,6 +162,59 @@ TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvi
   limited.mutable_limits()->set_max_processes(50);
   EXPECT_NE(cgroup_of_run(limited), second);
   EXPECT_EQ(cgroup_of_run(Marked({"/bin/sh", "-c", clean})), second);
+}
+
+// A process that SIGKILL cannot end at once (in uninterruptible sleep on a hung
+// filesystem; here, frozen by a cgroup v1 freezer) must not stall the server: the command
+// that left it behind is answered, other calls are served, and the process is reaped
+// once it can die.
+TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
+  if (cgroups()) {
+    GTEST_SKIP() << "SKIPPED: with cgroups there is no orphan sweep (the cgroup holds escapees)";
+  }
+  const std::string freezer = absl::StrCat("/sys/fs/cgroup/freezer/", testing::UniqueName("frz"));
+  if (mkdir(freezer.c_str(), 0755) != 0) {
+    GTEST_SKIP() << "SKIPPED: no writable cgroup v1 freezer to hold a process in: mkdir "
+                 << freezer << ": " << strerror(errno);
+  }
+  auto write = [&](const std::string& file, const std::string& text) {
+    FILE* f = fopen((freezer + "/" + file).c_str(), "w");
+    if (f == nullptr) return false;
+    bool ok = fputs(text.c_str(), f) >= 0;
+    return fclose(f) == 0 && ok;
+  };
+  absl::Cleanup thaw = [&] {
+    write("freezer.state", "THAWED");
+    ASSERT_TRUE(testing::WaitFor([&] { return rmdir(freezer.c_str()) == 0; }, absl::Seconds(5)));
+  };
+  // The command leaves a child in a session of its own, freezes it, and exits: the sweep
+  // that follows sends SIGKILL to a process that cannot act on it until it is thawed.
+  const std::string script = absl::StrCat(
+      "setsid sleep 100 & p=$!; until [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = $p ]; do :; done; ",
+      "echo $p > ", freezer, "/cgroup.procs; echo FROZEN > ", freezer, "/freezer.state; ",
+      "until grep -qx FROZEN ", freezer, "/freezer.state; do :; done; echo $p");
+  v1::ExecuteResponse response;
+  grpc::Status status =
+      server_->Execute(Marked({"/bin/sh", "-c", script}), &response, absl::Seconds(10));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.termination(), v1::EXITED) << response.stderr();
+  pid_t orphan = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(response.stdout()), &orphan));
+  const std::string proc = absl::StrCat("/proc/", orphan);
+  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  // The server goes on serving meanwhile.
+  for (int i = 0; i < 3; ++i) {
+    v1::ExecuteResponse echo;
+    status = server_->Execute(TestServer::Request({"/bin/echo", "served"}), &echo,
+                              absl::Seconds(10));
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(echo.stdout(), "served\n");
+  }
+  // Thawed, it dies of the SIGKILL it got, and a later sweep reaps it: no zombie is left.
+  ASSERT_TRUE(write("freezer.state", "THAWED"));
+  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; },
+                               absl::Seconds(10)))
+      << "pid " << orphan << " is still there (a zombie nobody reaped?)";
 }
 
 TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
