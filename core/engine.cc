@@ -676,9 +676,7 @@ void Engine::Shutdown(absl::Duration drain) {
   {
     absl::MutexLock lock(&mu_);
     draining_ = true;
-    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return live_.empty() || drain_cut_;
-    };
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_.empty() || drain_cut_; };
     mu_.AwaitWithTimeout(absl::Condition(&idle), drain);
     for (auto& [id, execution] : live_) rest.push_back(execution);
   }

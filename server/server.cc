@@ -105,9 +105,9 @@ absl::Status CheckConfig(const ServerConfig& c) {
   // buy nothing, and a count the system cannot start would abort start-up.
   constexpr int kMaxSpawnThreads = 256;
   if (c.spawn_threads < 1 || c.spawn_threads > kMaxSpawnThreads) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--spawn_threads must be from 1 to ", kMaxSpawnThreads,
-                     " (0: one per core), got ", c.spawn_threads));
+    return absl::InvalidArgumentError(absl::StrCat("--spawn_threads must be from 1 to ",
+                                                   kMaxSpawnThreads, " (0: one per core), got ",
+                                                   c.spawn_threads));
   }
   return CheckListenPort(c.listen);
 }

@@ -342,8 +342,8 @@ TEST(ServerShutdown, SecondSigtermCutsTheDrainShort) {
   ASSERT_TRUE(server.ok()) << server.log();
   ProcessResult result;
   std::thread client([&] {
-    result = RunProcess(
-        {EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sleep", "1000"});
+    result =
+        RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sleep", "1000"});
   });
   std::vector<pid_t> children;
   ASSERT_TRUE(testing::WaitFor(

@@ -2,8 +2,8 @@
 // mechanism: nothing a command starts survives it, and each limit hit is reported as such.
 // Survivors are counted by scanning /proc for a marker variable every descendant inherits.
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -172,8 +172,8 @@ TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvi
 TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   const std::string freezer = absl::StrCat("/sys/fs/cgroup/freezer/", testing::UniqueName("frz"));
   if (mkdir(freezer.c_str(), 0755) != 0) {
-    GTEST_SKIP() << "SKIPPED: no writable cgroup v1 freezer to hold a process in: mkdir "
-                 << freezer << ": " << strerror(errno);
+    GTEST_SKIP() << "SKIPPED: no writable cgroup v1 freezer to hold a process in: mkdir " << freezer
+                 << ": " << strerror(errno);
   }
   auto write = [&](const std::string& file, const std::string& text) {
     FILE* f = fopen((freezer + "/" + file).c_str(), "w");
@@ -203,15 +203,14 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   // The server goes on serving meanwhile.
   for (int i = 0; i < 3; ++i) {
     v1::ExecuteResponse echo;
-    status = server_->Execute(TestServer::Request({"/bin/echo", "served"}), &echo,
-                              absl::Seconds(10));
+    status =
+        server_->Execute(TestServer::Request({"/bin/echo", "served"}), &echo, absl::Seconds(10));
     ASSERT_TRUE(status.ok()) << status.error_message();
     EXPECT_EQ(echo.stdout(), "served\n");
   }
   // Thawed, it dies of the SIGKILL it got, and a later sweep reaps it: no zombie is left.
   ASSERT_TRUE(write("freezer.state", "THAWED"));
-  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; },
-                               absl::Seconds(10)))
+  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
       << "pid " << orphan << " is still there (a zombie nobody reaped?)";
 }
 
