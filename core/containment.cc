@@ -16,6 +16,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -501,6 +502,15 @@ class ProcessGroupContainment final : public Containment {
     const absl::Time deadline = absl::Now() + kReapWait;
     for (int round = 0; round < kMaxRounds; ++round) {
       std::vector<pid_t> orphans = Orphans(leaders);
+      if (round == 0) {  // Forget the dying that are no longer ours (reaped with a group).
+        for (auto it = dying_.begin(); it != dying_.end();) {
+          if (absl::c_linear_search(orphans, *it)) {
+            ++it;
+          } else {
+            dying_.erase(it++);
+          }
+        }
+      }
       if (orphans.empty()) return true;
       for (pid_t pid : orphans) kill(pid, SIGKILL);
       bool all_reaped = true;
