@@ -25,6 +25,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/clock.h"
 #include "core/errno_status.h"
 
 namespace execd::core {
@@ -284,9 +285,10 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
 
   // Waits up to `timeout` for the cgroup to be empty, woken by changes of cgroup.events.
   void WaitEmpty(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
+    const Clock& clock = MonotonicClock::Get();  // A wall-clock step must not stretch it.
+    const absl::Time deadline = clock.Now() + timeout;
     while (!Empty()) {
-      const absl::Duration left = deadline - absl::Now();
+      const absl::Duration left = deadline - clock.Now();
       if (left <= absl::ZeroDuration()) return;
       if (!events_.valid()) return;  // Nothing to wait on (v1 tracking only).
       // The read in Empty() armed it: a change since then wakes the poll at once.
@@ -495,11 +497,12 @@ class ProcessGroupContainment final : public Containment {
 
   bool SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
     // An orphan's own children come to execd only as it dies: sweep again until a round
-    // finds none. Killed processes fork no more, so that takes as many rounds as the
-    // escaped tree is deep; the bound keeps a running command that orphans processes as
-    // fast as they are swept from holding the caller here (the next sweep goes on).
+    // finds none, or none but orphans an earlier round or sweep already waited for in
+    // vain. Killed processes fork no more, so that takes as many rounds as the escaped
+    // tree is deep; the bound keeps a running command that orphans processes as fast as
+    // they are swept from holding the caller here (the next sweep goes on).
     constexpr int kMaxRounds = 64;
-    const absl::Time deadline = absl::Now() + kReapWait;
+    const absl::Time deadline = Now() + kReapWait;
     for (int round = 0; round < kMaxRounds; ++round) {
       std::vector<pid_t> orphans = Orphans(leaders);
       if (round == 0) {  // Forget the dying that are no longer ours (reaped with a group).
@@ -511,11 +514,13 @@ class ProcessGroupContainment final : public Containment {
           }
         }
       }
-      if (orphans.empty()) return true;
-      for (pid_t pid : orphans) kill(pid, SIGKILL);
-      bool all_reaped = true;
-      for (pid_t pid : orphans) all_reaped &= Reap(pid, deadline);
-      if (!all_reaped) return false;
+      const bool any_new =
+          absl::c_any_of(orphans, [&](pid_t pid) { return !dying_.contains(pid); });
+      for (pid_t pid : orphans) {
+        if (!dying_.contains(pid)) kill(pid, SIGKILL);
+        Reap(pid, deadline);
+      }
+      if (!any_new) return dying_.empty();
     }
     return false;
   }
@@ -527,18 +532,22 @@ class ProcessGroupContainment final : public Containment {
   // event loop: it stays our unreaped child, so its pid stays ours, for a later sweep.
   static constexpr absl::Duration kReapWait = absl::Milliseconds(50);
 
+  static absl::Time Now() { return MonotonicClock::Get().Now(); }
+
   // Reaps `pid`, a SIGKILLed child, waiting for it until `deadline`, or not at all when an
   // earlier sweep already waited for it in vain. Returns whether it was reaped.
   bool Reap(pid_t pid, absl::Time deadline) {
     if (!dying_.contains(pid)) {
       UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-      const absl::Duration left = deadline - absl::Now();
+      const absl::Duration left = std::min(deadline - Now(), kReapWait);
       if (pidfd.valid() && left > absl::ZeroDuration()) {
         pollfd p{pidfd.get(), POLLIN, 0};
         while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) < 0 &&
                errno == EINTR) {
         }
       }
+      // Without a pidfd (none left, or a seccomp profile without pidfd_open) there is no
+      // wait: a child not yet gone is left to the next sweep.
     }
     pid_t r;
     do {

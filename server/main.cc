@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <string>
@@ -55,7 +56,7 @@ ABSL_FLAG(int64_t, max_file_size_bytes, kDefaults.policy.max_file_size_bytes,
           "largest limits.max_file_size_bytes a request may ask; also the default. 0: none");
 ABSL_FLAG(int, spawn_threads, 0,
           "threads that start children in parallel (each blocks until its child has "
-          "exec'd); 0 means one per CPU core, at least 2");
+          "exec'd), 1 to 256; 0 means one per CPU core, at least 2 and at most 256");
 ABSL_FLAG(std::string, containment, "auto",
           "how a command's processes are held and killed together: auto (the strongest "
           "available), cgroup, or process-group");
@@ -95,8 +96,9 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
     c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   c.spawn_threads = absl::GetFlag(FLAGS_spawn_threads);
-  if (c.spawn_threads == 0) {
-    c.spawn_threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  if (c.spawn_threads == 0) {  // Within the range the server accepts, on any machine.
+    c.spawn_threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2,
+                                 execd::server::ServerConfig::kMaxSpawnThreads);
   }
   if (int max_queue = absl::GetFlag(FLAGS_max_queue); max_queue >= 0) {
     c.max_queue = static_cast<size_t>(max_queue);

@@ -101,13 +101,10 @@ absl::Status CheckConfig(const ServerConfig& c) {
         absl::FormatDuration(p.max_timeout), "), got ", absl::FormatDuration(p.default_timeout)));
   }
   if (absl::Status s = CheckNotNegative(c); !s.ok()) return s;
-  // Each spawn thread only waits in vfork for its child's exec: past a few per core they
-  // buy nothing, and a count the system cannot start would abort start-up.
-  constexpr int kMaxSpawnThreads = 256;
-  if (c.spawn_threads < 1 || c.spawn_threads > kMaxSpawnThreads) {
+  if (c.spawn_threads < 1 || c.spawn_threads > ServerConfig::kMaxSpawnThreads) {
     return absl::InvalidArgumentError(absl::StrCat("--spawn_threads must be from 1 to ",
-                                                   kMaxSpawnThreads, " (0: one per core), got ",
-                                                   c.spawn_threads));
+                                                   ServerConfig::kMaxSpawnThreads,
+                                                   " (0: one per core), got ", c.spawn_threads));
   }
   return CheckListenPort(c.listen);
 }

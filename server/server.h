@@ -25,7 +25,10 @@ struct ServerConfig {
   absl::Duration drain_timeout = absl::Seconds(30);
   bool log_requests = true;
   core::Containment::Mode containment = core::Containment::Mode::kAuto;
-  int spawn_threads = 2;
+  // Each spawn thread only waits in vfork for its child's exec: past a few per core they
+  // buy nothing, and a count the system cannot start would abort start-up.
+  static constexpr int kMaxSpawnThreads = 256;
+  int spawn_threads = 2;  // 1 to kMaxSpawnThreads.
   core::RequestPolicy policy;
   // Worker pools (from --pools_config).
   std::vector<core::PoolSpec> pools;

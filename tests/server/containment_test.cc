@@ -200,6 +200,22 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(response.stdout()), &orphan));
   const std::string proc = absl::StrCat("/proc/", orphan);
   EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  // Another command leaves a two-level escaped tree meanwhile: a shell in a session of its
+  // own, and its child. The sweep after it still goes down every level (the child comes to
+  // execd only as the shell dies), so the child is dead when that command is answered.
+  const std::string grandchild_file = absl::StrCat(::testing::TempDir(), testing::UniqueName("gc"));
+  const std::string tree =
+      absl::StrCat("setsid /bin/sh -c 'sleep 100 & echo $! > ", grandchild_file, ".tmp; mv ",
+                   grandchild_file, ".tmp ", grandchild_file, "; wait' & until [ -s ",
+                   grandchild_file, " ]; do :; done; cat ", grandchild_file);
+  v1::ExecuteResponse escaped;
+  status = server_->Execute(Marked({"/bin/sh", "-c", tree}), &escaped, absl::Seconds(10));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  unlink(grandchild_file.c_str());
+  pid_t grandchild = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(escaped.stdout()), &grandchild))
+      << escaped.stdout() << escaped.stderr();
+  EXPECT_FALSE(testing::ProcessAlive(grandchild));
   // The server goes on serving meanwhile.
   for (int i = 0; i < 3; ++i) {
     v1::ExecuteResponse echo;
