@@ -17,17 +17,37 @@ absl::string_view PoolKindName(PoolSpec::Kind kind) {
 Pool::Pool(std::shared_ptr<const PoolSpec> spec, Deps deps)
     : spec_(std::move(spec)), deps_(std::move(deps)) {}
 
+namespace {
+
+// A pool's process leaves the orphan sweep's care only once it is killed and reaped (by
+// its destructor): untracked any earlier, a sweep in between could reap it, and its own
+// kill would then aim at a pid free for reuse.
+template <typename Process>
+void DestroyThenUntrack(std::unique_ptr<Process> process,
+                        const std::function<void(pid_t)>& untrack) {
+  const pid_t pid = process->pid();
+  process.reset();
+  untrack(pid);
+}
+
+}  // namespace
+
 Pool::~Pool() {
   destroying_ = true;
   *alive_ = false;
   if (shrink_timer_ != 0) deps_.loop->CancelTimer(shrink_timer_);
+  std::vector<pid_t> pids;
   for (Idle& idle : idle_) {
-    if (idle.worker != nullptr) deps_.untrack(idle.worker->pid());
-    if (idle.process != nullptr) deps_.untrack(idle.process->pid());
+    if (idle.worker != nullptr) pids.push_back(idle.worker->pid());
+    if (idle.process != nullptr) pids.push_back(idle.process->pid());
   }
-  for (Busy& busy : busy_) deps_.untrack(busy.worker->pid());
-  for (Starting& s : starting_) deps_.untrack(s.worker->pid());
-  // Members' destructors kill and reap every process.
+  for (Busy& busy : busy_) pids.push_back(busy.worker->pid());
+  for (Starting& s : starting_) pids.push_back(s.worker->pid());
+  // Killed and reaped first, then untracked (see DestroyThenUntrack).
+  idle_.clear();
+  busy_.clear();
+  starting_.clear();
+  for (pid_t pid : pids) deps_.untrack(pid);
 }
 
 void Pool::Start() {
@@ -142,9 +162,9 @@ void Pool::StartOne() {
     }
     deps.loop->Post([this, deps, alive = std::move(alive), generation, process = std::move(process),
                      worker = std::move(worker)]() mutable {
-      if (!*alive) {  // The pool is gone; the processes die with these objects.
-        if (process.ok()) deps.untrack((*process)->pid());
-        if (worker.ok()) deps.untrack((*worker)->pid());
+      if (!*alive) {  // The pool is gone: killed and reaped here, then untracked.
+        if (process.ok()) DestroyThenUntrack(*std::move(process), deps.untrack);
+        if (worker.ok()) DestroyThenUntrack(*std::move(worker), deps.untrack);
         return;
       }
       OnSpawned(generation, std::move(process), std::move(worker));
@@ -162,7 +182,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     if (status.ok()) {
       ++counters_.recycled;
       if (prewarmed) {
-        deps_.untrack((*process)->pid());
+        DestroyThenUntrack(*std::move(process), deps_.untrack);
       } else {
         Destroy(*std::move(worker));
       }
@@ -391,19 +411,21 @@ std::string Pool::Describe(const PersistentWorker* worker, const absl::Status& w
 
 void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
   if (worker == nullptr) return;
-  deps_.untrack(worker->pid());
   // Dead now, so it calls nothing more: its events may come before the posted destruction
   // (it is the next turn's), when the worker is no longer the pool's, or the pool is gone.
   worker->Kill(absl::CancelledError("retired"), /*quiet=*/true);
   // Not from inside the worker's own callback.
-  deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
+  deps_.loop->Post([w = std::move(worker), untrack = deps_.untrack]() mutable {
+    DestroyThenUntrack(std::move(w), untrack);
+  });
 }
 
 void Pool::Destroy(Idle idle) {
   Destroy(std::move(idle.worker));
   if (idle.process != nullptr) {
-    deps_.untrack(idle.process->pid());
-    deps_.loop->Post([p = std::move(idle.process)]() mutable { p.reset(); });
+    deps_.loop->Post([p = std::move(idle.process), untrack = deps_.untrack]() mutable {
+      DestroyThenUntrack(std::move(p), untrack);
+    });
   }
 }
 
