@@ -163,6 +163,10 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   };
   deps.track = [this](pid_t pid) { TrackLeaders({pid}, true); };
   deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
+  reaper_ = std::make_unique<Reaper>(*loop_);
+  deps.reap_later = [this](UniqueFd pidfd) {
+    if (reaper_ != nullptr) reaper_->Adopt(std::move(pidfd));
+  };
   absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {
     auto spec = std::make_shared<const PoolSpec>(options_.pools[i]);
@@ -258,6 +262,7 @@ Engine::~Engine() {
     orphan_sweeps_stopped_ = true;
     if (orphan_timer_ != 0) loop_->CancelTimer(orphan_timer_);
     orphan_timer_ = 0;
+    reaper_.reset();  // On the loop, which it unwatches from.
     flushed.Notify();
   });
   flushed.WaitForNotification();

@@ -26,6 +26,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/reaper.h"
 #include "core/pool.h"
 #include "core/scheduler.h"
 #include "core/spawn.h"
@@ -204,6 +205,9 @@ class Engine {
 
   class SpawnThreads;
   std::unique_ptr<SpawnThreads> spawn_threads_;
+
+  // Loop thread only: reaps killed pool workers that do not die at once.
+  std::unique_ptr<Reaper> reaper_;
 
   // Loop thread only (created on construction, started and destroyed on the loop).
   std::vector<std::unique_ptr<Pool>> pools_;

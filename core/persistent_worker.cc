@@ -50,13 +50,32 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
 
 PersistentWorker::~PersistentWorker() {
   CancelTimer();
-  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_, &pidfd_}) Close(*fd);
+  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_}) Close(*fd);
   if (pid_ > 0 && !reaped_) {
     kill(-pid_, SIGKILL);
     if (group_ != nullptr) group_->KillAll();
+    TryReap();
+  }
+  if (pid_ > 0 && !reaped_ && options_.reap_later && pidfd_.valid() && loop_.IsLoopThread()) {
+    // Killed, and not gone yet: it may be stuck in the kernel (uninterruptible sleep), and a
+    // waitpid here would hold the whole loop until it comes out.
+    if (watched_) loop_.Unwatch(pidfd_.get());
+    options_.reap_later(std::move(pidfd_));
+    return;
+  }
+  Close(pidfd_);
+  if (pid_ > 0 && !reaped_) {
     while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
     }
   }
+}
+
+void PersistentWorker::TryReap() {
+  pid_t r;
+  do {
+    r = waitpid(pid_, nullptr, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r != 0) reaped_ = true;  // Reaped, or (ECHILD) not ours to reap.
 }
 
 void PersistentWorker::Close(UniqueFd& fd) {
@@ -276,11 +295,9 @@ void PersistentWorker::Kill(absl::Status why, bool quiet) {
   if (dead_) return;
   kill(-pid_, SIGKILL);
   if (group_ != nullptr) group_->KillAll();
-  if (!reaped_) {
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    reaped_ = true;
-  }
+  // No waiting here, on the loop: one that has not died yet is reaped when it is destroyed
+  // (by then usually gone; if not, by Options::reap_later).
+  if (!reaped_) TryReap();
   if (quiet) {
     dead_ = true;
     CancelTimer();
@@ -297,7 +314,14 @@ void PersistentWorker::Fail(absl::Status why) {
   // (after that the id may be reused); the containment group always.
   if (!reaped_) kill(-pid_, SIGKILL);
   if (group_ != nullptr) group_->KillAll();
-  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_, &pidfd_}) Close(*fd);
+  for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_}) Close(*fd);
+  // The pidfd stays while the worker is unreaped, for the destructor to reap it by; its
+  // events are not wanted any more.
+  if (reaped_) {
+    Close(pidfd_);
+  } else if (watched_ && pidfd_.valid()) {
+    loop_.Unwatch(pidfd_.get());  // Idempotent: the destructor may unwatch it again.
+  }
   listener_->OnWorkerFailed(this, std::move(why));
 }
 

@@ -10,6 +10,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,10 @@ class PersistentWorker final : public EventLoop::FdHandler {
     // Largest response frame accepted; bigger is a protocol error.
     int64_t max_frame_bytes = 64 << 20;
     int64_t address_space_bytes = 0;  // RLIMIT_AS where no cgroup limits memory.
+    // Loop thread: takes the pidfd of the killed worker when it has not died by the time it
+    // is destroyed (stuck in the kernel) and reaps it later. Without it, the destructor
+    // waits in waitpid.
+    std::function<void(UniqueFd pidfd)> reap_later;
   };
 
   // Spawns the worker process on the calling thread (which must outlive it: the
@@ -89,6 +94,8 @@ class PersistentWorker final : public EventLoop::FdHandler {
   void Fail(absl::Status why);
   void Close(UniqueFd& fd);
   void CancelTimer();
+  // Reaps the worker if it has exited, without waiting; sets reaped_ then.
+  void TryReap();
   // The worker closed `pipe`: it is killed unless it exits within the kill grace.
   void ExpectExit(absl::string_view pipe);
 

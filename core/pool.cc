@@ -132,6 +132,7 @@ void Pool::StartOne() {
   worker_options.max_frame_bytes =
       std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20), std::numeric_limits<int>::max());
   worker_options.address_space_bytes = address_space;
+  worker_options.reap_later = deps_.reap_later;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
   child_options.address_space_bytes = address_space;

@@ -108,6 +108,8 @@ class Pool final : public PersistentWorker::Listener {
     // (process-group containment) leaves it alone.
     std::function<void(pid_t)> track;
     std::function<void(pid_t)> untrack;
+    // Loop thread: reaps a killed worker, given its pidfd, once it dies (see Reaper).
+    std::function<void(UniqueFd pidfd)> reap_later;
   };
 
   Pool(std::shared_ptr<const PoolSpec> spec, Deps deps);

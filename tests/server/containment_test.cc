@@ -10,13 +10,13 @@
 #include <cstring>
 #include <string>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/freezer.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
 
@@ -170,21 +170,10 @@ TEST_P(ContainmentTest, CommandsWithoutLimitsReuseAnEmptiedCgroupAndLeaveNoSurvi
 // the cgroup to empty), other calls are served, and the process is reaped once it can
 // die (by execd's orphan sweep without cgroups).
 TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
-  const std::string freezer = absl::StrCat("/sys/fs/cgroup/freezer/", testing::UniqueName("frz"));
-  if (mkdir(freezer.c_str(), 0755) != 0) {
-    GTEST_SKIP() << "SKIPPED: no writable cgroup v1 freezer to hold a process in: mkdir " << freezer
-                 << ": " << strerror(errno);
-  }
-  auto write = [&](const std::string& file, const std::string& text) {
-    FILE* f = fopen((freezer + "/" + file).c_str(), "w");
-    if (f == nullptr) return false;
-    bool ok = fputs(text.c_str(), f) >= 0;
-    return fclose(f) == 0 && ok;
-  };
-  absl::Cleanup thaw = [&] {
-    write("freezer.state", "THAWED");
-    ASSERT_TRUE(testing::WaitFor([&] { return rmdir(freezer.c_str()) == 0; }, absl::Seconds(5)));
-  };
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer_cgroup = testing::Freezer::Create(&why);
+  if (freezer_cgroup == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  const std::string& freezer = freezer_cgroup->dir();
   // The command leaves a child in a session of its own, freezes it, and exits: the sweep
   // that follows sends SIGKILL to a process that cannot act on it until it is thawed.
   const std::string script = absl::StrCat(
@@ -228,7 +217,7 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   // subreaper), and a later sweep must reap it: no zombie is left. With cgroups its parent
   // is not execd (init, or this test process once an earlier test's server made it a
   // subreaper), so dead is all that can be asked.
-  ASSERT_TRUE(write("freezer.state", "THAWED"));
+  ASSERT_TRUE(freezer_cgroup->Thaw());
   auto gone = [&] {
     return cgroups() ? !testing::ProcessAlive(orphan) : access(proc.c_str(), F_OK) != 0;
   };

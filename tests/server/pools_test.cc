@@ -29,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "server/pools_config.h"
 #include "tests/support/deadline.h"
+#include "tests/support/freezer.h"
 #include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/test_server.h"
@@ -310,6 +311,35 @@ TEST_F(PoolsTest, AHungWorkerTimesOutTheRequestAndIsReplaced) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_FALSE(ProcessAlive(first));
   EXPECT_NE(WorkerPid("w"), first);
+}
+
+// A worker that hangs in the kernel (uninterruptible sleep on a hung filesystem; here,
+// frozen by a cgroup v1 freezer) cannot die of SIGKILL until it comes out. Its request
+// still times out on time, the pool serves on with a new worker meanwhile, and the old
+// one is reaped once it can die: execd never waits for it in waitpid.
+TEST_F(PoolsTest, AWorkerStuckInTheKernelTimesOutWithoutStallingTheServer) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1 timeout { nanos: 300000000 }"));
+  const pid_t stuck = WorkerPid("w");
+  ASSERT_TRUE(freezer->Freeze(stuck));
+  v1::ExecuteResponse response;
+  const absl::Time start = absl::Now();
+  grpc::Status status = server_->Execute(Pooled("w", {"echo"}), &response, absl::Seconds(10));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.termination(), v1::TIMED_OUT);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // Served meanwhile, by a new worker, while the old one is still there.
+  const pid_t next = WorkerPid("w");
+  EXPECT_NE(next, stuck);
+  EXPECT_EQ(Run(Pooled("w", {"print"})), "hello from print\n");
+  const std::string proc = absl::StrCat("/proc/", stuck);
+  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  // Thawed, it dies of its SIGKILL and is reaped: no zombie is left.
+  ASSERT_TRUE(freezer->Thaw());
+  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
+      << "pid " << stuck << " is still there (a zombie nobody reaped?)";
 }
 
 TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {

@@ -1,0 +1,43 @@
+#include "core/reaper.h"
+
+#include <sys/epoll.h>
+#include <sys/wait.h>
+
+#include <cerrno>
+
+namespace execd::core {
+
+Reaper::~Reaper() {
+  for (auto& [fd, pidfd] : pidfds_) loop_.Unwatch(fd);
+}
+
+bool Reaper::TryReap(int pidfd) {
+  siginfo_t info{};
+  int r;
+  do {
+    r = waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  // r < 0: ECHILD, reaped by someone else (an orphan sweep): nothing left to wait for.
+  return r < 0 || info.si_pid != 0;
+}
+
+void Reaper::Adopt(UniqueFd pidfd) {
+  if (!pidfd.valid() || TryReap(pidfd.get())) return;
+  const int fd = pidfd.get();
+  if (!loop_.Watch(fd, EPOLLIN, this).ok()) {
+    // Nothing to wait on without blocking: block, as before there was a reaper.
+    siginfo_t info{};
+    while (waitid(P_PIDFD, static_cast<id_t>(fd), &info, WEXITED) < 0 && errno == EINTR) {
+    }
+    return;
+  }
+  pidfds_.emplace(fd, std::move(pidfd));
+}
+
+void Reaper::OnFdReady(int fd, uint32_t /*events*/) {
+  if (!TryReap(fd)) return;  // Readable before it is waitable: the next event.
+  loop_.Unwatch(fd);
+  pidfds_.erase(fd);
+}
+
+}  // namespace execd::core

@@ -1,0 +1,41 @@
+// Reaper: waits, on the event loop, for children that were SIGKILLed but have not died yet
+// (stuck in the kernel, as in uninterruptible sleep on a hung filesystem), so that whoever
+// killed them need not block in waitpid. Each is reaped through its pidfd
+// (waitid(P_PIDFD)), so a pid reaped meanwhile by someone else, and reused, is never
+// waited for by mistake.
+//
+// Thread-safety: loop thread only, destruction included.
+#pragma once
+
+#include "absl/container/flat_hash_map.h"
+#include "core/event_loop.h"
+#include "core/unique_fd.h"
+
+namespace execd::core {
+
+class Reaper final : public EventLoop::FdHandler {
+ public:
+  explicit Reaper(EventLoop& loop) : loop_(loop) {}
+  // Stops watching. Children still unreaped stay zombies until execd exits.
+  ~Reaper() override;
+  Reaper(const Reaper&) = delete;
+  Reaper& operator=(const Reaper&) = delete;
+
+  // Takes `pidfd`, of a child of this process that has been sent SIGKILL, and reaps the
+  // child once it has exited (at once if it has).
+  void Adopt(UniqueFd pidfd);
+  // Children adopted and not yet reaped.
+  size_t pending() const { return pidfds_.size(); }
+
+  void OnFdReady(int fd, uint32_t events) override;
+
+ private:
+  // Reaps the child of `pidfd` if it has exited; true once it is reaped (or is not ours to
+  // reap any more).
+  static bool TryReap(int pidfd);
+
+  EventLoop& loop_;
+  absl::flat_hash_map<int, UniqueFd> pidfds_;
+};
+
+}  // namespace execd::core
