@@ -26,8 +26,8 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
-#include "core/reaper.h"
 #include "core/pool.h"
+#include "core/reaper.h"
 #include "core/scheduler.h"
 #include "core/spawn.h"
 
