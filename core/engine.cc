@@ -164,8 +164,12 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   deps.track = [this](pid_t pid) { TrackLeaders({pid}, true); };
   deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
   reaper_ = std::make_unique<Reaper>(*loop_);
-  deps.reap_later = [this](UniqueFd pidfd) {
-    if (reaper_ != nullptr) reaper_->Adopt(std::move(pidfd));
+  deps.reap_later = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+    if (reaper_ != nullptr) {
+      reaper_->Adopt(std::move(pidfd), std::move(reaped));
+    } else {
+      std::move(reaped)();  // The engine is going away: no more sweeps to keep off it.
+    }
   };
   absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {

@@ -60,13 +60,16 @@ PersistentWorker::~PersistentWorker() {
     // Killed, and not gone yet: it may be stuck in the kernel (uninterruptible sleep), and a
     // waitpid here would hold the whole loop until it comes out.
     if (watched_) loop_.Unwatch(pidfd_.get());
-    options_.reap_later(std::move(pidfd_));
+    options_.reap_later(std::move(pidfd_), [on_reaped = options_.on_reaped, pid = pid_]() {
+      if (on_reaped) on_reaped(pid);
+    });
     return;
   }
   Close(pidfd_);
   if (pid_ > 0 && !reaped_) {
     while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
     }
+    MarkReaped();
   }
 }
 
@@ -75,7 +78,12 @@ void PersistentWorker::TryReap() {
   do {
     r = waitpid(pid_, nullptr, WNOHANG);
   } while (r < 0 && errno == EINTR);
-  if (r != 0) reaped_ = true;  // Reaped, or (ECHILD) not ours to reap.
+  if (r != 0) MarkReaped();  // Reaped, or (ECHILD) not ours to reap.
+}
+
+void PersistentWorker::MarkReaped() {
+  reaped_ = true;
+  if (options_.on_reaped) options_.on_reaped(pid_);
 }
 
 void PersistentWorker::Close(UniqueFd& fd) {
@@ -283,7 +291,7 @@ void PersistentWorker::OnExited() {
     r = waitpid(pid_, &status, WNOHANG);
   } while (r < 0 && errno == EINTR);
   if (r == 0) return;
-  reaped_ = true;
+  MarkReaped();
   ExitStatus s = ExitStatus::FromWaitStatus(r < 0 ? SIGKILL : status);
   // Read what it said last, for the message.
   if (stderr_.valid()) ReadStderr();

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -49,10 +50,13 @@ class PersistentWorker final : public EventLoop::FdHandler {
     // Largest response frame accepted; bigger is a protocol error.
     int64_t max_frame_bytes = 64 << 20;
     int64_t address_space_bytes = 0;  // RLIMIT_AS where no cgroup limits memory.
+    // Called once the worker's pid has been reaped (it is no longer ours), on whichever
+    // thread reaped it: the pool's tracking of the pid ends there.
+    std::function<void(pid_t)> on_reaped;
     // Loop thread: takes the pidfd of the killed worker when it has not died by the time it
-    // is destroyed (stuck in the kernel) and reaps it later. Without it, the destructor
-    // waits in waitpid.
-    std::function<void(UniqueFd pidfd)> reap_later;
+    // is destroyed (stuck in the kernel), reaps it later, then runs `reaped`. Without it,
+    // the destructor waits in waitpid.
+    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
   };
 
   // Spawns the worker process on the calling thread (which must outlive it: the
@@ -94,8 +98,10 @@ class PersistentWorker final : public EventLoop::FdHandler {
   void Fail(absl::Status why);
   void Close(UniqueFd& fd);
   void CancelTimer();
-  // Reaps the worker if it has exited, without waiting; sets reaped_ then.
+  // Reaps the worker if it has exited, without waiting; MarkReaped then.
   void TryReap();
+  // reaped_, and Options::on_reaped.
+  void MarkReaped();
   // The worker closed `pipe`: it is killed unless it exits within the kill grace.
   void ExpectExit(absl::string_view pipe);
 

@@ -21,9 +21,9 @@ namespace {
 
 // A pool's process leaves the orphan sweep's care only once it is killed and reaped (by
 // its destructor): untracked any earlier, a sweep in between could reap it, and its own
-// kill would then aim at a pid free for reuse.
-template <typename Process>
-void DestroyThenUntrack(std::unique_ptr<Process> process,
+// kill would then aim at a pid free for reuse. (A persistent worker untracks itself when
+// it is reaped: Options::on_reaped.)
+void DestroyThenUntrack(std::unique_ptr<ChildProcess> process,
                         const std::function<void(pid_t)>& untrack) {
   const pid_t pid = process->pid();
   process.reset();
@@ -36,13 +36,10 @@ Pool::~Pool() {
   destroying_ = true;
   *alive_ = false;
   if (shrink_timer_ != 0) deps_.loop->CancelTimer(shrink_timer_);
-  std::vector<pid_t> pids;
+  std::vector<pid_t> pids;  // Pre-warmed processes'; workers untrack themselves.
   for (Idle& idle : idle_) {
-    if (idle.worker != nullptr) pids.push_back(idle.worker->pid());
     if (idle.process != nullptr) pids.push_back(idle.process->pid());
   }
-  for (Busy& busy : busy_) pids.push_back(busy.worker->pid());
-  for (Starting& s : starting_) pids.push_back(s.worker->pid());
   // Killed and reaped first, then untracked (see DestroyThenUntrack).
   idle_.clear();
   busy_.clear();
@@ -132,6 +129,7 @@ void Pool::StartOne() {
   worker_options.max_frame_bytes =
       std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20), std::numeric_limits<int>::max());
   worker_options.address_space_bytes = address_space;
+  worker_options.on_reaped = deps_.untrack;
   worker_options.reap_later = deps_.reap_later;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
@@ -165,7 +163,6 @@ void Pool::StartOne() {
                      worker = std::move(worker)]() mutable {
       if (!*alive) {  // The pool is gone: killed and reaped here, then untracked.
         if (process.ok()) DestroyThenUntrack(*std::move(process), deps.untrack);
-        if (worker.ok()) DestroyThenUntrack(*std::move(worker), deps.untrack);
         return;
       }
       OnSpawned(generation, std::move(process), std::move(worker));
@@ -416,9 +413,7 @@ void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
   // (it is the next turn's), when the worker is no longer the pool's, or the pool is gone.
   worker->Kill(absl::CancelledError("retired"), /*quiet=*/true);
   // Not from inside the worker's own callback.
-  deps_.loop->Post([w = std::move(worker), untrack = deps_.untrack]() mutable {
-    DestroyThenUntrack(std::move(w), untrack);
-  });
+  deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
 }
 
 void Pool::Destroy(Idle idle) {

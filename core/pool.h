@@ -108,8 +108,9 @@ class Pool final : public PersistentWorker::Listener {
     // (process-group containment) leaves it alone.
     std::function<void(pid_t)> track;
     std::function<void(pid_t)> untrack;
-    // Loop thread: reaps a killed worker, given its pidfd, once it dies (see Reaper).
-    std::function<void(UniqueFd pidfd)> reap_later;
+    // Loop thread: reaps a killed worker, given its pidfd, once it dies, then runs
+    // `reaped` (see Reaper).
+    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
   };
 
   Pool(std::shared_ptr<const PoolSpec> spec, Deps deps);

@@ -8,7 +8,7 @@
 namespace execd::core {
 
 Reaper::~Reaper() {
-  for (auto& [fd, pidfd] : pidfds_) loop_.Unwatch(fd);
+  for (auto& [fd, child] : children_) loop_.Unwatch(fd);
 }
 
 bool Reaper::TryReap(int pidfd) {
@@ -21,23 +21,28 @@ bool Reaper::TryReap(int pidfd) {
   return r < 0 || info.si_pid != 0;
 }
 
-void Reaper::Adopt(UniqueFd pidfd) {
-  if (!pidfd.valid() || TryReap(pidfd.get())) return;
+void Reaper::Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+  if (!pidfd.valid() || TryReap(pidfd.get())) {
+    std::move(reaped)();
+    return;
+  }
   const int fd = pidfd.get();
   if (!loop_.Watch(fd, EPOLLIN, this).ok()) {
     // Nothing to wait on without blocking: block, as before there was a reaper.
     siginfo_t info{};
     while (waitid(P_PIDFD, static_cast<id_t>(fd), &info, WEXITED) < 0 && errno == EINTR) {
     }
+    std::move(reaped)();
     return;
   }
-  pidfds_.emplace(fd, std::move(pidfd));
+  children_.emplace(fd, Child{std::move(pidfd), std::move(reaped)});
 }
 
 void Reaper::OnFdReady(int fd, uint32_t /*events*/) {
   if (!TryReap(fd)) return;  // Readable before it is waitable: the next event.
   loop_.Unwatch(fd);
-  pidfds_.erase(fd);
+  auto node = children_.extract(fd);
+  if (!node.empty()) std::move(node.mapped().reaped)();
 }
 
 }  // namespace execd::core

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "core/event_loop.h"
 #include "core/unique_fd.h"
 
@@ -21,11 +22,12 @@ class Reaper final : public EventLoop::FdHandler {
   Reaper(const Reaper&) = delete;
   Reaper& operator=(const Reaper&) = delete;
 
-  // Takes `pidfd`, of a child of this process that has been sent SIGKILL, and reaps the
-  // child once it has exited (at once if it has).
-  void Adopt(UniqueFd pidfd);
+  // Takes `pidfd`, of a child of this process that has been sent SIGKILL, reaps the child
+  // once it has exited (at once if it has), then runs `reaped`. Not run if the Reaper is
+  // destroyed first.
+  void Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
   // Children adopted and not yet reaped.
-  size_t pending() const { return pidfds_.size(); }
+  size_t pending() const { return children_.size(); }
 
   void OnFdReady(int fd, uint32_t events) override;
 
@@ -35,7 +37,11 @@ class Reaper final : public EventLoop::FdHandler {
   static bool TryReap(int pidfd);
 
   EventLoop& loop_;
-  absl::flat_hash_map<int, UniqueFd> pidfds_;
+  struct Child {
+    UniqueFd pidfd;
+    absl::AnyInvocable<void() &&> reaped;
+  };
+  absl::flat_hash_map<int, Child> children_;
 };
 
 }  // namespace execd::core

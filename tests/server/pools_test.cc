@@ -71,12 +71,14 @@ class PoolsTest : public ::testing::Test {
   }
 
   // Starts a server with the pools of `config` (text format).
-  void StartWith(const std::string& config, int max_concurrency = 8) {
+  void StartWith(const std::string& config, int max_concurrency = 8,
+                 core::Containment::Mode containment = core::Containment::Mode::kAuto) {
     auto server = TestServer::Start([&](server::ServerConfig& c) {
       auto pools = server::ParsePoolsConfig(config, "test.textproto", c.policy);
       ASSERT_TRUE(pools.ok()) << pools.status();
       c.pools = *std::move(pools);
       c.max_concurrency = max_concurrency;
+      c.containment = containment;
     });
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -340,6 +342,34 @@ TEST_F(PoolsTest, AWorkerStuckInTheKernelTimesOutWithoutStallingTheServer) {
   ASSERT_TRUE(freezer->Thaw());
   EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
       << "pid " << stuck << " is still there (a zombie nobody reaped?)";
+}
+
+// Without cgroups execd sweeps the children it adopted when a command ends, killing all
+// but those it knows: pool workers, idle or replaced, are never taken for orphans.
+TEST_F(PoolsTest, OrphanSweepsLeaveWorkersAloneWithoutCgroups) {
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1 timeout { nanos: 300000000 }") +
+                "pool { name: \"p\" kind: PREWARMED argv: \"/bin/cat\" min_idle: 1 max_size: 2 }",
+            8, core::Containment::Mode::kProcessGroup);
+  const pid_t worker = WorkerPid("w");
+  // A command that leaves an escaped child: the sweep after it kills that child.
+  for (int i = 0; i < 3; ++i) {
+    v1::ExecuteResponse r;
+    ASSERT_TRUE(
+        server_->Execute(TestServer::Request({"/bin/sh", "-c", "setsid sleep 100 &"}), &r).ok());
+    EXPECT_EQ(Run(Pooled("p", {}, "cat")), "cat");  // Pre-warmed processes too.
+  }
+  EXPECT_EQ(WorkerPid("w"), worker);  // The same worker, alive through every sweep.
+  // A worker killed and replaced: the sweeps go on sparing the new one.
+  v1::ExecuteResponse hung;
+  ASSERT_TRUE(server_->Execute(Pooled("w", {"hang"}), &hung).ok());
+  EXPECT_EQ(hung.termination(), v1::TIMED_OUT);
+  const pid_t replacement = WorkerPid("w");
+  EXPECT_NE(replacement, worker);
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(
+      server_->Execute(TestServer::Request({"/bin/sh", "-c", "setsid sleep 100 &"}), &r).ok());
+  EXPECT_EQ(WorkerPid("w"), replacement);
+  EXPECT_EQ(Stats("w").crashed, 1);  // The hung one only.
 }
 
 TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {
