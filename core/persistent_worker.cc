@@ -1,6 +1,7 @@
 #include "core/persistent_worker.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/wait.h>
@@ -303,8 +304,16 @@ void PersistentWorker::Kill(absl::Status why, bool quiet) {
   if (dead_) return;
   kill(-pid_, SIGKILL);
   if (group_ != nullptr) group_->KillAll();
-  // No waiting here, on the loop: one that has not died yet is reaped when it is destroyed
-  // (by then usually gone; if not, by Options::reap_later).
+  // Gone before its request is answered, as a command's processes are: a killed process
+  // dies within a millisecond or so, a large one in tens. But never an unbounded wait on
+  // the loop: one stuck in the kernel (uninterruptible sleep) does not die until it comes
+  // out, and is reaped when it does (Options::reap_later, from the destructor).
+  if (!reaped_ && pidfd_.valid()) {
+    pollfd p{pidfd_.get(), POLLIN, 0};
+    while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillWait))) < 0 &&
+           errno == EINTR) {
+    }
+  }
   if (!reaped_) TryReap();
   if (quiet) {
     dead_ = true;

@@ -85,6 +85,9 @@ class PersistentWorker final : public EventLoop::FdHandler {
 
   void OnFdReady(int fd, uint32_t events) override;
 
+  // How long Kill waits for the killed worker to die before it answers anyway.
+  static constexpr absl::Duration kKillWait = absl::Milliseconds(100);
+
  private:
   PersistentWorker(EventLoop& loop, const Options& options, Listener* listener)
       : loop_(loop), options_(options), listener_(listener) {}
