@@ -176,6 +176,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
 
   child->timeout_ = options.timeout;
   child->deadline_ = options.deadline;
+  child->reap_later_ = options.reap_later;
   child->keep_stdin_open_ = command.keep_stdin_open && child->stdin_.valid();
   return child;
 }
@@ -243,14 +244,41 @@ ChildProcess::~ChildProcess() {
     if (timer != 0) loop_.CancelTimer(timer);
   }
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_}) CloseStream(*fd);
-  for (Program& p : programs_) CloseStream(p.pidfd);
+  // Runs on_reaped_ when the last program handed to reap_later_ is reaped, or at the end
+  // here (the 1 is this destructor's share).
+  auto pending = std::make_shared<int>(1);
+  auto done = std::make_shared<absl::AnyInvocable<void() &&>>(std::move(on_reaped_));
+  auto release = [pending, done]() {
+    if (--*pending == 0 && *done) std::move (*done)();
+  };
   if (!programs_.empty() && !exited_) {
     KillAll();
-    for (const Program& p : programs_) {
+    for (Program& p : programs_) {
+      pid_t r;
+      do {
+        r = waitpid(p.pid, nullptr, WNOHANG);
+      } while (r < 0 && errno == EINTR);
+      if (r != 0) continue;  // Reaped (or, ECHILD, not ours).
+      if (reap_later_ && p.pidfd.valid() && loop_.IsLoopThread()) {
+        // Not gone at once: maybe stuck in the kernel, and a waitpid here would hold the
+        // whole loop until it comes out.
+        if (watched_) loop_.Unwatch(p.pidfd.get());
+        ++*pending;
+        reap_later_(std::move(p.pidfd), release);
+        continue;
+      }
       while (waitpid(p.pid, nullptr, 0) < 0 && errno == EINTR) {
       }
     }
   }
+  for (Program& p : programs_) CloseStream(p.pidfd);
+  release();
+}
+
+void ChildProcess::Destroy(std::unique_ptr<ChildProcess> child,
+                           absl::AnyInvocable<void() &&> reaped) {
+  child->on_reaped_ = std::move(reaped);
+  child.reset();
 }
 
 void ChildProcess::KillGroup(int signal) {

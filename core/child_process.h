@@ -9,10 +9,12 @@
 #include <sys/types.h>
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -63,6 +65,10 @@ class ChildProcess final : public EventLoop::FdHandler {
     // through a pipe (0: always a pipe).
     int64_t memfd_stdin_bytes = 1 << 20;
     absl::Duration stream_flush_interval = absl::Milliseconds(10);
+    // Loop thread: takes the pidfd of a program that was still running when the object was
+    // destroyed and did not die of its SIGKILL at once (stuck in the kernel), reaps it
+    // later, then runs `reaped`. Without it, the destructor waits in waitpid.
+    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
   };
 
   // Spawns `command` (its stdin_data is moved out) inside `group`, on the calling thread,
@@ -84,6 +90,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   bool Alive() const;
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
+  // Destroys `child` and runs `reaped` once every one of its programs has been reaped: at
+  // once, or later for one handed to Options::reap_later.
+  static void Destroy(std::unique_ptr<ChildProcess> child, absl::AnyInvocable<void() &&> reaped);
 
   // Stops the child for `reason`. A timeout sends SIGTERM to the group and SIGKILL after
   // the grace; a cancel (the caller is gone), an expired caller deadline or an output cap
@@ -156,6 +165,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   };
   std::vector<Program> programs_;
   size_t running_ = 0;
+  std::function<void(UniqueFd, absl::AnyInvocable<void() &&>)> reap_later_;
+  absl::AnyInvocable<void() &&> on_reaped_;  // From Destroy().
+
   UniqueFd stdin_;
   std::array<UniqueFd, 2> output_;  // stdout, stderr read ends.
   std::array<int64_t, 2> captured_{0, 0};

@@ -20,14 +20,14 @@ Pool::Pool(std::shared_ptr<const PoolSpec> spec, Deps deps)
 namespace {
 
 // A pool's process leaves the orphan sweep's care only once it is killed and reaped (by
-// its destructor): untracked any earlier, a sweep in between could reap it, and its own
-// kill would then aim at a pid free for reuse. (A persistent worker untracks itself when
-// it is reaped: Options::on_reaped.)
+// its destructor, or later by the engine's Reaper when it does not die at once):
+// untracked any earlier, a sweep in between could reap it, and its own kill would then
+// aim at a pid free for reuse. (A persistent worker untracks itself when it is reaped:
+// Options::on_reaped.)
 void DestroyThenUntrack(std::unique_ptr<ChildProcess> process,
                         const std::function<void(pid_t)>& untrack) {
   const pid_t pid = process->pid();
-  process.reset();
-  untrack(pid);
+  ChildProcess::Destroy(std::move(process), [untrack, pid]() { untrack(pid); });
 }
 
 }  // namespace
@@ -36,15 +36,13 @@ Pool::~Pool() {
   destroying_ = true;
   *alive_ = false;
   if (shrink_timer_ != 0) deps_.loop->CancelTimer(shrink_timer_);
-  std::vector<pid_t> pids;  // Pre-warmed processes'; workers untrack themselves.
+  // Killed, and untracked once reaped (see DestroyThenUntrack); workers untrack themselves.
   for (Idle& idle : idle_) {
-    if (idle.process != nullptr) pids.push_back(idle.process->pid());
+    if (idle.process != nullptr) DestroyThenUntrack(std::move(idle.process), deps_.untrack);
   }
-  // Killed and reaped first, then untracked (see DestroyThenUntrack).
   idle_.clear();
   busy_.clear();
   starting_.clear();
-  for (pid_t pid : pids) deps_.untrack(pid);
 }
 
 void Pool::Start() {
@@ -133,6 +131,7 @@ void Pool::StartOne() {
   worker_options.reap_later = deps_.reap_later;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
+  child_options.reap_later = deps_.reap_later;
   child_options.address_space_bytes = address_space;
   child_options.kill_grace = deps_.kill_grace;
   // The spawn may finish after the pool is gone (engine shutdown): it works from a copy

@@ -372,6 +372,41 @@ TEST_F(PoolsTest, OrphanSweepsLeaveWorkersAloneWithoutCgroups) {
   EXPECT_EQ(Stats("w").crashed, 1);  // The hung one only.
 }
 
+// The same for a pre-warmed process that hangs in the kernel while it waits (its warm-up
+// reading a hung filesystem, say): retiring it (here, by a reload) must not wait for it.
+TEST_F(PoolsTest, RetiringAPrewarmedProcessStuckInTheKernelStallsNothing) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  auto pool = [](int max_size) {
+    return absl::StrCat("pool { name: \"p\" kind: PREWARMED argv: \"/bin/cat\" min_idle: 1 ",
+                        "max_size: ", max_size, " }");
+  };
+  StartWith(pool(1));
+  ASSERT_TRUE(WaitForStats("p", [](const core::PoolStats& s) { return s.idle == 1; }));
+  std::vector<pid_t> idle;  // The pool's one process: this (in-process) server's cat.
+  for (pid_t child : testing::ChildrenOf(getpid())) {
+    std::string comm;
+    std::getline(std::ifstream(absl::StrCat("/proc/", child, "/comm")), comm);
+    if (comm == "cat") idle.push_back(child);
+  }
+  ASSERT_EQ(idle.size(), 1u);
+  const pid_t stuck = idle[0];
+  ASSERT_TRUE(freezer->Freeze(stuck));
+  auto changed =
+      server::ParsePoolsConfig(pool(2), "t", core::RequestPolicy::FromProcessEnvironment());
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  ASSERT_TRUE(server_->server().engine().ReloadPools(*std::move(changed)).ok());
+  // Served meanwhile by a new process, and cold commands run.
+  EXPECT_EQ(Run(Pooled("p", {}, "served")), "served");
+  EXPECT_EQ(Run(TestServer::Request({"/bin/echo", "cold"})), "cold\n");
+  const std::string proc = absl::StrCat("/proc/", stuck);
+  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  ASSERT_TRUE(freezer->Thaw());
+  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
+      << "pid " << stuck << " is still there (a zombie nobody reaped?)";
+}
+
 TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {
   StartWith(PersistentPool("w", "min_idle: 1 max_size: 1"));
   for (const char* how : {"garbage", "printstdout"}) {
