@@ -187,8 +187,7 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   ASSERT_EQ(response.termination(), v1::EXITED) << response.stderr();
   pid_t orphan = 0;
   ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(response.stdout()), &orphan));
-  const std::string proc = absl::StrCat("/proc/", orphan);
-  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  EXPECT_FALSE(testing::Freezer::Reaped(orphan)) << "frozen, it cannot have died yet";
   // Another command leaves a two-level escaped tree meanwhile: a shell in a session of its
   // own, and its child. The sweep after it still goes down every level (the child comes to
   // execd only as the shell dies), so the child is dead when that command is answered.
@@ -219,7 +218,7 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   // subreaper), so dead is all that can be asked.
   ASSERT_TRUE(freezer_cgroup->Thaw());
   auto gone = [&] {
-    return cgroups() ? !testing::ProcessAlive(orphan) : access(proc.c_str(), F_OK) != 0;
+    return cgroups() ? !testing::ProcessAlive(orphan) : testing::Freezer::Reaped(orphan);
   };
   EXPECT_TRUE(testing::WaitFor(gone, absl::Seconds(10)))
       << "pid " << orphan << " is still there (a zombie nobody reaped?)";

@@ -336,12 +336,9 @@ TEST_F(PoolsTest, AWorkerStuckInTheKernelTimesOutWithoutStallingTheServer) {
   const pid_t next = WorkerPid("w");
   EXPECT_NE(next, stuck);
   EXPECT_EQ(Run(Pooled("w", {"print"})), "hello from print\n");
-  const std::string proc = absl::StrCat("/proc/", stuck);
-  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
+  EXPECT_FALSE(testing::Freezer::Reaped(stuck)) << "frozen, it cannot have died yet";
   // Thawed, it dies of its SIGKILL and is reaped: no zombie is left.
-  ASSERT_TRUE(freezer->Thaw());
-  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
-      << "pid " << stuck << " is still there (a zombie nobody reaped?)";
+  EXPECT_TRUE(freezer->ThawAndAwaitReaped(stuck)) << stuck << " left unreaped";
 }
 
 // Without cgroups execd sweeps the children it adopted when a command ends, killing all
@@ -400,11 +397,8 @@ TEST_F(PoolsTest, RetiringAPrewarmedProcessStuckInTheKernelStallsNothing) {
   // Served meanwhile by a new process, and cold commands run.
   EXPECT_EQ(Run(Pooled("p", {}, "served")), "served");
   EXPECT_EQ(Run(TestServer::Request({"/bin/echo", "cold"})), "cold\n");
-  const std::string proc = absl::StrCat("/proc/", stuck);
-  EXPECT_EQ(access(proc.c_str(), F_OK), 0) << "frozen, it cannot have died yet";
-  ASSERT_TRUE(freezer->Thaw());
-  EXPECT_TRUE(testing::WaitFor([&] { return access(proc.c_str(), F_OK) != 0; }, absl::Seconds(10)))
-      << "pid " << stuck << " is still there (a zombie nobody reaped?)";
+  EXPECT_FALSE(testing::Freezer::Reaped(stuck)) << "frozen, it cannot have died yet";
+  EXPECT_TRUE(freezer->ThawAndAwaitReaped(stuck)) << stuck << " left unreaped";
 }
 
 TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {

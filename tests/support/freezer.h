@@ -45,6 +45,13 @@ class Freezer {
            WaitFor([&] { return State() == "FROZEN"; }, absl::Seconds(5));
   }
   bool Thaw() { return Write("freezer.state", "THAWED"); }
+  // Whether `pid` is gone from /proc: dead and reaped, not even a zombie left.
+  static bool Reaped(pid_t pid) { return access(absl::StrCat("/proc/", pid).c_str(), F_OK) != 0; }
+  // Thaws, then waits (bounded) until `pid`, frozen after it was sent SIGKILL, has died of
+  // it and been reaped.
+  bool ThawAndAwaitReaped(pid_t pid) {
+    return Thaw() && WaitFor([&] { return Reaped(pid); }, absl::Seconds(10));
+  }
 
  private:
   explicit Freezer(std::string dir) : dir_(std::move(dir)) {}
