@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <memory>
@@ -201,10 +202,26 @@ class CgroupRecycler {
     return true;
   }
 
+  // A cgroup that could not be removed because a process in it had not died of its
+  // SIGKILL yet (stuck in the kernel): removed by a later RetryRemovals, once it is empty.
+  void RemoveLater(std::string dir) {
+    absl::MutexLock lock(&mu_);
+    doomed_.push_back(std::move(dir));
+  }
+  void RetryRemovals() {
+    absl::MutexLock lock(&mu_);
+    doomed_.erase(std::remove_if(doomed_.begin(), doomed_.end(),
+                                 [](const std::string& dir) {
+                                   return rmdir(dir.c_str()) == 0 || errno != EBUSY;
+                                 }),
+                  doomed_.end());
+  }
+
  private:
   static constexpr size_t kMax = 64;
   absl::Mutex mu_;
   std::vector<Entry> free_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> doomed_ ABSL_GUARDED_BY(mu_);
 };
 
 class CgroupContainment final : public Containment {
@@ -279,7 +296,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     events_.reset();
     peak_.reset();
     for (const std::string& dir : {v2_, memory_, pids_}) {
-      if (!dir.empty()) rmdir(dir.c_str());
+      if (!dir.empty() && rmdir(dir.c_str()) != 0 && errno == EBUSY) recycler_->RemoveLater(dir);
     }
   }
 
@@ -466,6 +483,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
 
 absl::StatusOr<std::unique_ptr<Containment::Group>> CgroupContainment::NewGroup(
     int64_t memory_bytes, int64_t max_processes) {
+  recycler_->RetryRemovals();
   if (memory_bytes == 0 && max_processes == 0) {
     while (std::optional<CgroupRecycler::Entry> entry = recycler_->Take()) {
       auto group = std::make_unique<CgroupGroup>(recycler_);

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -121,6 +122,17 @@ TEST_P(ContainmentTest, GrandchildStormsInEveryProgramOfAPipelineEndAtTheTimeout
 }
 
 // The cgroup v2 path a command ran in, from its own /proc/self/cgroup.
+// Where the cgroup v2 hierarchy is mounted ("" if nowhere), from /proc/self/mounts.
+std::string CgroupV2Mount() {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line;
+  while (std::getline(mounts, line)) {
+    std::vector<std::string> fields = absl::StrSplit(line, ' ');
+    if (fields.size() > 2 && fields[2] == "cgroup2") return fields[1];
+  }
+  return "";
+}
+
 std::string V2CgroupOf(const std::string& proc_self_cgroup) {
   for (absl::string_view line : absl::StrSplit(proc_self_cgroup, '\n')) {
     if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
@@ -179,14 +191,20 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   const std::string script = absl::StrCat(
       "setsid sleep 100 & p=$!; until [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = $p ]; do :; done; ",
       "echo $p > ", freezer, "/cgroup.procs; echo FROZEN > ", freezer, "/freezer.state; ",
-      "until grep -qx FROZEN ", freezer, "/freezer.state; do :; done; echo $p");
+      "until grep -qx FROZEN ", freezer, "/freezer.state; do :; done; echo $p; ",
+      "cat /proc/self/cgroup");
   v1::ExecuteResponse response;
   grpc::Status status =
       server_->Execute(Marked({"/bin/sh", "-c", script}), &response, absl::Seconds(10));
   ASSERT_TRUE(status.ok()) << status.error_message();
   ASSERT_EQ(response.termination(), v1::EXITED) << response.stderr();
   pid_t orphan = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(response.stdout()), &orphan));
+  const std::string first_line = response.stdout().substr(0, response.stdout().find('\n'));
+  ASSERT_TRUE(absl::SimpleAtoi(first_line, &orphan)) << response.stdout();
+  // With cgroups, the command's own (v2) cgroup, which the frozen process keeps from being
+  // removed for now.
+  const std::string cgroup_dir =
+      cgroups() ? absl::StrCat(CgroupV2Mount(), V2CgroupOf(response.stdout())) : "";
   EXPECT_FALSE(testing::Freezer::Reaped(orphan)) << "frozen, it cannot have died yet";
   // Another command leaves a two-level escaped tree meanwhile: a shell in a session of its
   // own, and its child. The sweep after it still goes down every level (the child comes to
@@ -222,6 +240,13 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   };
   EXPECT_TRUE(testing::WaitFor(gone, absl::Seconds(10)))
       << "pid " << orphan << " is still there (a zombie nobody reaped?)";
+  if (cgroups()) {
+    // Its cgroup is not left behind: the next command's start removes it, empty now.
+    ASSERT_FALSE(CgroupV2Mount().empty());
+    EXPECT_EQ(access(cgroup_dir.c_str(), F_OK), 0) << cgroup_dir << " removed too early?";
+    Run(Marked({"/bin/true"}));
+    EXPECT_NE(access(cgroup_dir.c_str(), F_OK), 0) << cgroup_dir << " was left behind";
+  }
 }
 
 TEST_P(ContainmentTest, StoppedLeaderIsKilledAtItsTimeout) {
