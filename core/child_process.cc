@@ -246,10 +246,15 @@ ChildProcess::~ChildProcess() {
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_}) CloseStream(*fd);
   // Runs on_reaped_ when the last program handed to reap_later_ is reaped, or at the end
   // here (the 1 is this destructor's share).
+  // The containment group goes with the last of them: destroyed (its cgroup removed) once
+  // every program is reaped, not before, when its removal would wait for them.
   auto pending = std::make_shared<int>(1);
   auto done = std::make_shared<absl::AnyInvocable<void() &&>>(std::move(on_reaped_));
-  auto release = [pending, done]() {
-    if (--*pending == 0 && *done) std::move (*done)();
+  auto group = std::make_shared<std::unique_ptr<Containment::Group>>();
+  auto release = [pending, done, group]() {
+    if (--*pending != 0) return;
+    group->reset();
+    if (*done) std::move (*done)();
   };
   if (!programs_.empty() && !exited_) {
     KillAll();
@@ -263,6 +268,7 @@ ChildProcess::~ChildProcess() {
         // Not gone at once: maybe stuck in the kernel, and a waitpid here would hold the
         // whole loop until it comes out.
         if (watched_) loop_.Unwatch(p.pidfd.get());
+        if (*group == nullptr) *group = std::move(group_);
         ++*pending;
         reap_later_(std::move(p.pidfd), release);
         continue;

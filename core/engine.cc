@@ -266,7 +266,10 @@ Engine::~Engine() {
     orphan_sweeps_stopped_ = true;
     if (orphan_timer_ != 0) loop_->CancelTimer(orphan_timer_);
     orphan_timer_ = 0;
-    reaper_.reset();  // On the loop, which it unwatches from.
+    // Killed pool processes still dying get a moment to be reaped; only those stuck in the
+    // kernel are left (to init, when execd exits). On the loop, which it unwatches from.
+    reaper_->Drain(absl::Milliseconds(500));
+    reaper_.reset();
     flushed.Notify();
   });
   flushed.WaitForNotification();
@@ -507,8 +510,9 @@ void Engine::FailUnwatched(Execution& e, absl::Status why) {
   // Killed and reaped while its pids are still leaders: were they untracked first, the
   // sweep would reap them, and the child's own kill then aim at pids free for reuse.
   const std::vector<pid_t> pids = e.child_->pids();
-  e.child_.reset();
-  TrackLeaders(pids, false);
+  // A pre-warmed child not dead at once is reaped later (ChildProcess::Options::reap_later):
+  // it stays a leader until then.
+  ChildProcess::Destroy(std::move(e.child_), [this, pids]() { TrackLeaders(pids, false); });
   SweepOrphans();  // What it started outside its groups.
   Finish(e, std::move(why));
 }

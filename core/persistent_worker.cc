@@ -60,8 +60,12 @@ PersistentWorker::~PersistentWorker() {
   if (pid_ > 0 && !reaped_ && options_.reap_later && pidfd_.valid() && loop_.IsLoopThread()) {
     // Killed, and not gone yet: it may be stuck in the kernel (uninterruptible sleep), and a
     // waitpid here would hold the whole loop until it comes out.
+    // Its containment group goes with it: destroyed (its cgroup removed) once it is reaped,
+    // not here, where its removal would wait for a process that is not gone.
     if (watched_) loop_.Unwatch(pidfd_.get());
-    options_.reap_later(std::move(pidfd_), [on_reaped = options_.on_reaped, pid = pid_]() {
+    options_.reap_later(std::move(pidfd_), [on_reaped = options_.on_reaped, pid = pid_,
+                                            group = std::move(group_)]() mutable {
+      group.reset();
       if (on_reaped) on_reaped(pid);
     });
     return;
@@ -307,8 +311,9 @@ void PersistentWorker::Kill(absl::Status why, bool quiet) {
   // Gone before its request is answered, as a command's processes are: a killed process
   // dies within a millisecond or so, a large one in tens. But never an unbounded wait on
   // the loop: one stuck in the kernel (uninterruptible sleep) does not die until it comes
-  // out, and is reaped when it does (Options::reap_later, from the destructor).
-  if (!reaped_ && pidfd_.valid()) {
+  // out, and is reaped when it does (Options::reap_later, from the destructor). A quiet
+  // kill (a retirement: no request waits on it) does not wait at all.
+  if (!quiet && !reaped_ && pidfd_.valid()) {
     pollfd p{pidfd_.get(), POLLIN, 0};
     while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillWait))) < 0 &&
            errno == EINTR) {

@@ -1,9 +1,13 @@
 #include "core/reaper.h"
 
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/wait.h>
 
 #include <cerrno>
+#include <vector>
+
+#include "core/clock.h"
 
 namespace execd::core {
 
@@ -36,6 +40,23 @@ void Reaper::Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
     return;
   }
   children_.emplace(fd, Child{std::move(pidfd), std::move(reaped)});
+}
+
+void Reaper::Drain(absl::Duration timeout) {
+  const Clock& clock = MonotonicClock::Get();
+  const absl::Time deadline = clock.Now() + timeout;
+  while (!children_.empty()) {
+    std::vector<pollfd> fds;
+    for (const auto& [fd, child] : children_) fds.push_back(pollfd{fd, POLLIN, 0});
+    const absl::Duration left = deadline - clock.Now();
+    if (left <= absl::ZeroDuration()) return;
+    const int ready =
+        poll(fds.data(), fds.size(), static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
+    if (ready < 0 && errno != EINTR) return;
+    for (const pollfd& p : fds) {
+      if (p.revents != 0) OnFdReady(p.fd, static_cast<uint32_t>(p.revents));
+    }
+  }
 }
 
 void Reaper::OnFdReady(int fd, uint32_t /*events*/) {

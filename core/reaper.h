@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
 #include "core/event_loop.h"
 #include "core/unique_fd.h"
 
@@ -28,6 +29,10 @@ class Reaper final : public EventLoop::FdHandler {
   void Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
   // Children adopted and not yet reaped.
   size_t pending() const { return children_.size(); }
+  // Waits up to `timeout` for the pending children to die, reaping each (and running its
+  // callback) as it does: before the Reaper goes, those merely slow to die are not left
+  // as zombies.
+  void Drain(absl::Duration timeout);
 
   void OnFdReady(int fd, uint32_t events) override;
 

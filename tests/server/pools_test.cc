@@ -385,7 +385,7 @@ TEST_F(PoolsTest, RetiringAPrewarmedProcessStuckInTheKernelStallsNothing) {
   for (pid_t child : testing::ChildrenOf(getpid())) {
     std::string comm;
     std::getline(std::ifstream(absl::StrCat("/proc/", child, "/comm")), comm);
-    if (comm == "cat") idle.push_back(child);
+    if (comm == "cat" && ProcessAlive(child)) idle.push_back(child);  // Not an old zombie.
   }
   ASSERT_EQ(idle.size(), 1u);
   const pid_t stuck = idle[0];
