@@ -165,11 +165,7 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
   reaper_ = std::make_unique<Reaper>(*loop_);
   deps.reap_later = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
-    if (reaper_ != nullptr) {
-      reaper_->Adopt(std::move(pidfd), std::move(reaped));
-    } else {
-      std::move(reaped)();  // The engine is going away: no more sweeps to keep off it.
-    }
+    ReapLater(std::move(pidfd), std::move(reaped));
   };
   absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {
@@ -411,6 +407,9 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
   child_options.stream_flush_interval = e.command_.stream_flush_interval;
   child_options.stdin_pipe = e.command_.keep_stdin_open;
+  child_options.reap_later = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+    ReapLater(std::move(pidfd), std::move(reaped));
+  };
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
@@ -504,6 +503,14 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
   }
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
   if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
+}
+
+void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+  if (reaper_ != nullptr) {
+    reaper_->Adopt(std::move(pidfd), std::move(reaped));
+  } else {
+    std::move(reaped)();  // The engine is going away: no more sweeps to keep off it.
+  }
 }
 
 void Engine::FailUnwatched(Execution& e, absl::Status why) {
