@@ -535,6 +535,11 @@ void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {
   }
 }
 
+bool Engine::Tracks(pid_t pid) const {
+  absl::MutexLock lock(&leaders_mu_);
+  return leaders_.contains(pid);
+}
+
 bool Engine::SweepOrphans() {
   if (!containment_->sweeps_orphans()) return true;
   bool done;

@@ -138,6 +138,9 @@ class Engine {
   std::vector<PoolStatus> PoolStatuses() const;
   const Clock& clock() const { return *options_.clock; }
   const Containment& containment() const { return *containment_; }
+  // Whether the orphan sweep counts `pid` as one of execd's own (a running command's
+  // program or a pool's process, not yet reaped) and so leaves it alone.
+  bool Tracks(pid_t pid) const;
 
  private:
   using Id = Scheduler::Id;
@@ -202,7 +205,7 @@ class Engine {
   // threads hold spawn_gate_ shared from before a child exists until its pid is in leaders_; the
   // sweep holds it exclusively, so it never mistakes a child being spawned for an orphan.
   absl::Mutex spawn_gate_;
-  absl::Mutex leaders_mu_;
+  mutable absl::Mutex leaders_mu_;
   absl::flat_hash_set<pid_t> leaders_ ABSL_GUARDED_BY(leaders_mu_);
 
   class SpawnThreads;

@@ -337,8 +337,13 @@ TEST_F(PoolsTest, AWorkerStuckInTheKernelTimesOutWithoutStallingTheServer) {
   EXPECT_NE(next, stuck);
   EXPECT_EQ(Run(Pooled("w", {"print"})), "hello from print\n");
   EXPECT_FALSE(testing::Freezer::Reaped(stuck)) << "frozen, it cannot have died yet";
-  // Thawed, it dies of its SIGKILL and is reaped: no zombie is left.
+  // Unreaped, it is still execd's own: no orphan sweep may take it meanwhile.
+  core::Engine& engine = server_->server().engine();
+  EXPECT_TRUE(engine.Tracks(stuck));
+  // Thawed, it dies of its SIGKILL and is reaped (no zombie is left), and only then is its
+  // pid let go.
   EXPECT_TRUE(freezer->ThawAndAwaitReaped(stuck)) << stuck << " left unreaped";
+  EXPECT_TRUE(testing::WaitFor([&] { return !engine.Tracks(stuck); }, absl::Seconds(5)));
 }
 
 // Without cgroups execd sweeps the children it adopted when a command ends, killing all
@@ -398,7 +403,10 @@ TEST_F(PoolsTest, RetiringAPrewarmedProcessStuckInTheKernelStallsNothing) {
   EXPECT_EQ(Run(Pooled("p", {}, "served")), "served");
   EXPECT_EQ(Run(TestServer::Request({"/bin/echo", "cold"})), "cold\n");
   EXPECT_FALSE(testing::Freezer::Reaped(stuck)) << "frozen, it cannot have died yet";
+  core::Engine& engine = server_->server().engine();
+  EXPECT_TRUE(engine.Tracks(stuck));  // Execd's own until reaped, as above.
   EXPECT_TRUE(freezer->ThawAndAwaitReaped(stuck)) << stuck << " left unreaped";
+  EXPECT_TRUE(testing::WaitFor([&] { return !engine.Tracks(stuck); }, absl::Seconds(5)));
 }
 
 TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {
