@@ -244,10 +244,9 @@ ChildProcess::~ChildProcess() {
     if (timer != 0) loop_.CancelTimer(timer);
   }
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_}) CloseStream(*fd);
-  // Runs on_reaped_ when the last program handed to reap_later_ is reaped, or at the end
-  // here (the 1 is this destructor's share).
-  // The containment group goes with the last of them: destroyed (its cgroup removed) once
-  // every program is reaped, not before, when its removal would wait for them.
+  // Once every program is reaped, here or later by reap_later_ (the 1 is this destructor's
+  // share): the containment group goes (its cgroup removed: not before, when the removal
+  // would wait for them), then on_reaped_ runs.
   auto pending = std::make_shared<int>(1);
   auto done = std::make_shared<absl::AnyInvocable<void() &&>>(std::move(on_reaped_));
   auto group = std::make_shared<std::unique_ptr<Containment::Group>>();
