@@ -389,8 +389,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;    // Accepted, not yet written to the child.
   bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;   // The last stdin byte was a newline.
   bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
-  absl::Status error_ ABSL_GUARDED_BY(mu_);        // A protocol error ends the call with it.
-  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;  // The command is over.
+  absl::Status error_ ABSL_GUARDED_BY(mu_);          // A protocol error ends the call with it.
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;    // The command is over.
   EventWriter<v1::AttachEvent> writer_{
       {.start_write = [this](const v1::AttachEvent* event) { StartWrite(event); },
        .finish = [this](const grpc::Status& status) { Finish(status); },

@@ -283,7 +283,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
   std::unique_ptr<core::Command> waiting_command_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
-  bool released_ ABSL_GUARDED_BY(mu_) = false;  // ReleaseExecution was called.
+  bool released_ ABSL_GUARDED_BY(mu_) = false;       // ReleaseExecution was called.
   bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
   Refs refs_;
 };
