@@ -258,11 +258,7 @@ ChildProcess::~ChildProcess() {
   if (!programs_.empty() && !exited_) {
     KillAll();
     for (Program& p : programs_) {
-      pid_t r;
-      do {
-        r = waitpid(p.pid, nullptr, WNOHANG);
-      } while (r < 0 && errno == EINTR);
-      if (r != 0) continue;  // Reaped (or, ECHILD, not ours).
+      if (ReapIfExited(p.pid) != 0) continue;  // Reaped (or, ECHILD, not ours).
       if (reap_later_ && p.pidfd.valid() && loop_.IsLoopThread()) {
         // Not gone at once: maybe stuck in the kernel, and a waitpid here would hold the
         // whole loop until it comes out.

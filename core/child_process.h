@@ -21,6 +21,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/reaper.h"
 #include "core/spawn.h"
 #include "core/unique_fd.h"
 
@@ -68,7 +69,7 @@ class ChildProcess final : public EventLoop::FdHandler {
     // Loop thread: takes the pidfd of a program that was still running when the object was
     // destroyed and did not die of its SIGKILL at once (stuck in the kernel), reaps it
     // later, then runs `reaped`. Without it, the destructor waits in waitpid.
-    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
+    ReapLaterFn reap_later;
   };
 
   // Spawns `command` (its stdin_data is moved out) inside `group`, on the calling thread,
@@ -165,7 +166,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   };
   std::vector<Program> programs_;
   size_t running_ = 0;
-  std::function<void(UniqueFd, absl::AnyInvocable<void() &&>)> reap_later_;
+  ReapLaterFn reap_later_;
   absl::AnyInvocable<void() &&> on_reaped_;  // From Destroy().
 
   UniqueFd stdin_;

@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "core/clock.h"
 #include "core/errno_status.h"
+#include "core/reaper.h"
 
 namespace execd::core {
 namespace {
@@ -558,20 +559,11 @@ class ProcessGroupContainment final : public Containment {
     if (!dying_.contains(pid)) {
       UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
       const absl::Duration left = std::min(deadline - Now(), kReapWait);
-      if (pidfd.valid() && left > absl::ZeroDuration()) {
-        pollfd p{pidfd.get(), POLLIN, 0};
-        while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) < 0 &&
-               errno == EINTR) {
-        }
-      }
+      if (pidfd.valid() && left > absl::ZeroDuration()) AwaitExit(pidfd.get(), left);
       // Without a pidfd (none left, or a seccomp profile without pidfd_open) there is no
       // wait: a child not yet gone is left to the next sweep.
     }
-    pid_t r;
-    do {
-      r = waitpid(pid, nullptr, WNOHANG);
-    } while (r < 0 && errno == EINTR);
-    if (r == 0) {
+    if (ReapIfExited(pid) == 0) {
       dying_.insert(pid);
       return false;
     }

@@ -164,9 +164,10 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   deps.track = [this](pid_t pid) { TrackLeaders({pid}, true); };
   deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
   reaper_ = std::make_unique<Reaper>(*loop_);
-  deps.reap_later = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+  reap_later_ = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
     ReapLater(std::move(pidfd), std::move(reaped));
   };
+  deps.reap_later = reap_later_;
   absl::MutexLock lock(&pool_specs_mu_);
   for (size_t i = 0; i < options_.pools.size(); ++i) {
     auto spec = std::make_shared<const PoolSpec>(options_.pools[i]);
@@ -407,9 +408,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
   child_options.stream_flush_interval = e.command_.stream_flush_interval;
   child_options.stdin_pipe = e.command_.keep_stdin_open;
-  child_options.reap_later = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
-    ReapLater(std::move(pidfd), std::move(reaped));
-  };
+  child_options.reap_later = reap_later_;
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
@@ -514,11 +513,10 @@ void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
 }
 
 void Engine::FailUnwatched(Execution& e, absl::Status why) {
-  // Killed and reaped while its pids are still leaders: were they untracked first, the
-  // sweep would reap them, and the child's own kill then aim at pids free for reuse.
+  // Its pids stay leaders until they are reaped (here, or later by reap_later_ when not
+  // dead at once): untracked first, the sweep would reap them, and the child's own kill
+  // then aim at pids free for reuse.
   const std::vector<pid_t> pids = e.child_->pids();
-  // A pre-warmed child not dead at once is reaped later (ChildProcess::Options::reap_later):
-  // it stays a leader until then.
   ChildProcess::Destroy(std::move(e.child_), [this, pids]() { TrackLeaders(pids, false); });
   SweepOrphans();  // What it started outside its groups.
   Finish(e, std::move(why));

@@ -211,8 +211,11 @@ class Engine {
   class SpawnThreads;
   std::unique_ptr<SpawnThreads> spawn_threads_;
 
-  // Loop thread only: reaps killed pool workers that do not die at once.
+  // Loop thread only: reaps killed children (pool processes, a command's that could not be
+  // watched) that do not die at once; reap_later_ hands them to it, for ChildProcess and
+  // the pools.
   std::unique_ptr<Reaper> reaper_;
+  ReapLaterFn reap_later_;
 
   // Loop thread only (created on construction, started and destroyed on the loop).
   std::vector<std::unique_ptr<Pool>> pools_;

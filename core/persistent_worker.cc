@@ -1,7 +1,6 @@
 #include "core/persistent_worker.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/wait.h>
@@ -12,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
+#include "core/reaper.h"
 #include "core/status_macros.h"
 #include "core/worker_frame.h"
 
@@ -79,11 +79,7 @@ PersistentWorker::~PersistentWorker() {
 }
 
 void PersistentWorker::TryReap() {
-  pid_t r;
-  do {
-    r = waitpid(pid_, nullptr, WNOHANG);
-  } while (r < 0 && errno == EINTR);
-  if (r != 0) MarkReaped();  // Reaped, or (ECHILD) not ours to reap.
+  if (ReapIfExited(pid_) != 0) MarkReaped();  // Reaped, or (ECHILD) not ours to reap.
 }
 
 void PersistentWorker::MarkReaped() {
@@ -291,10 +287,7 @@ void PersistentWorker::ParseFrames() {
 
 void PersistentWorker::OnExited() {
   int status = 0;
-  pid_t r;
-  do {
-    r = waitpid(pid_, &status, WNOHANG);
-  } while (r < 0 && errno == EINTR);
+  const pid_t r = ReapIfExited(pid_, &status);
   if (r == 0) return;
   MarkReaped();
   ExitStatus s = ExitStatus::FromWaitStatus(r < 0 ? SIGKILL : status);
@@ -313,12 +306,7 @@ void PersistentWorker::Kill(absl::Status why, bool quiet) {
   // the loop: one stuck in the kernel (uninterruptible sleep) does not die until it comes
   // out, and is reaped when it does (Options::reap_later, from the destructor). A quiet
   // kill (a retirement: no request waits on it) does not wait at all.
-  if (!quiet && !reaped_ && pidfd_.valid()) {
-    pollfd p{pidfd_.get(), POLLIN, 0};
-    while (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillWait))) < 0 &&
-           errno == EINTR) {
-    }
-  }
+  if (!quiet && !reaped_ && pidfd_.valid()) AwaitExit(pidfd_.get(), kKillWait);
   if (!reaped_) TryReap();
   if (quiet) {
     dead_ = true;

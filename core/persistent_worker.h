@@ -23,6 +23,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/reaper.h"
 #include "core/spawn.h"
 #include "core/unique_fd.h"
 #include "execd/worker/v1/worker.pb.h"
@@ -56,7 +57,7 @@ class PersistentWorker final : public EventLoop::FdHandler {
     // Loop thread: takes the pidfd of the killed worker when it has not died by the time it
     // is destroyed (stuck in the kernel), reaps it later, then runs `reaped`. Without it,
     // the destructor waits in waitpid.
-    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
+    ReapLaterFn reap_later;
   };
 
   // Spawns the worker process on the calling thread (which must outlive it: the

@@ -110,7 +110,7 @@ class Pool final : public PersistentWorker::Listener {
     std::function<void(pid_t)> untrack;
     // Loop thread: reaps a killed worker, given its pidfd, once it dies, then runs
     // `reaped` (see Reaper).
-    std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)> reap_later;
+    ReapLaterFn reap_later;
   };
 
   Pool(std::shared_ptr<const PoolSpec> spec, Deps deps);

@@ -11,6 +11,25 @@
 
 namespace execd::core {
 
+pid_t ReapIfExited(pid_t pid, int* status) {
+  pid_t r;
+  do {
+    r = waitpid(pid, status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+bool AwaitExit(int pidfd, absl::Duration timeout) {
+  pollfd p{pidfd, POLLIN, 0};
+  const int ms =
+      static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(timeout, absl::Milliseconds(1))));
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
 Reaper::~Reaper() {
   for (auto& [fd, child] : children_) loop_.Unwatch(fd);
 }

@@ -7,6 +7,10 @@
 // Thread-safety: loop thread only, destruction included.
 #pragma once
 
+#include <sys/types.h>
+
+#include <functional>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
@@ -14,6 +18,17 @@
 #include "core/unique_fd.h"
 
 namespace execd::core {
+
+// How an owner that kills a child hands it on when it has not died at once: the child's
+// pidfd, and what to run once it is reaped (Engine::ReapLater, backed by a Reaper).
+using ReapLaterFn = std::function<void(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped)>;
+
+// waitpid(pid, status, WNOHANG), retried on EINTR: the pid if it was reaped, 0 if it has not
+// exited yet, -1 (ECHILD) if it is not ours to reap.
+pid_t ReapIfExited(pid_t pid, int* status = nullptr);
+// Waits up to `timeout` (rounded up to a millisecond) for the process of `pidfd` to exit;
+// whether it has.
+bool AwaitExit(int pidfd, absl::Duration timeout);
 
 class Reaper final : public EventLoop::FdHandler {
  public:
@@ -27,8 +42,6 @@ class Reaper final : public EventLoop::FdHandler {
   // once it has exited (at once if it has), then runs `reaped`. Not run if the Reaper is
   // destroyed first.
   void Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
-  // Children adopted and not yet reaped.
-  size_t pending() const { return children_.size(); }
   // Waits up to `timeout` for the pending children to die, reaping each (and running its
   // callback) as it does: before the Reaper goes, those merely slow to die are not left
   // as zombies.
