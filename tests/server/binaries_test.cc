@@ -29,6 +29,24 @@ using testing::ProcessResult;
 using testing::RunProcess;
 using testing::ServerProcess;
 
+// Waits (bounded) for a live child of `server` running the program named `comm`, and
+// returns its pid (0 if none came). A command's process, not any child: execd also starts
+// a short-lived probe of its own.
+pid_t WaitForCommandProcess(pid_t server, const std::string& comm) {
+  pid_t found = 0;
+  testing::WaitFor(
+      [&] {
+        for (pid_t child : testing::ChildrenOf(server)) {
+          std::string name;
+          std::getline(std::ifstream(absl::StrCat("/proc/", child, "/comm")), name);
+          if (name == comm && testing::ProcessAlive(child)) found = child;
+        }
+        return found != 0;
+      },
+      absl::Seconds(10));
+  return found;
+}
+
 class BinariesTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(server_.ok()) << server_.log(); }
@@ -293,8 +311,7 @@ TEST(ServerShutdown, SigtermLetsRunningCommandsFinishThenExitsZero) {
                     absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done; echo finished")});
   });
   // Wait until the command runs (its sh is a child of execd), then ask execd to stop.
-  ASSERT_TRUE(testing::WaitFor([&] { return !testing::ChildrenOf(server.pid()).empty(); },
-                               absl::Seconds(10)));
+  ASSERT_NE(WaitForCommandProcess(server.pid(), "sh"), 0);
   kill(server.pid(), SIGTERM);
   ASSERT_TRUE(server.WaitForLog("event=draining", absl::Seconds(5)));
   FILE* f = fopen(gate.c_str(), "w");
@@ -345,22 +362,16 @@ TEST(ServerShutdown, SecondSigtermCutsTheDrainShort) {
     result =
         RunProcess({EXECCTL_BIN, "--target=" + server.target(), "run", "--", "/bin/sleep", "1000"});
   });
-  std::vector<pid_t> children;
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        children = testing::ChildrenOf(server.pid());
-        return !children.empty();
-      },
-      absl::Seconds(10)));
+  const pid_t sleep = WaitForCommandProcess(server.pid(), "sleep");
+  ASSERT_NE(sleep, 0);
   kill(server.pid(), SIGTERM);
   ASSERT_TRUE(server.WaitForLog("event=draining", absl::Seconds(5)));
-  EXPECT_TRUE(testing::ProcessAlive(children[0]));  // The first signal drains: it runs on.
+  EXPECT_TRUE(testing::ProcessAlive(sleep));  // The first signal drains: it runs on.
   EXPECT_EQ(server.Stop(SIGTERM, absl::Seconds(20)), 0) << server.log();
   client.join();
   EXPECT_THAT(server.log(), HasSubstr("event=drain_cut_short"));
   EXPECT_NE(result.exit_code, 0) << result.out;
-  EXPECT_TRUE(
-      testing::WaitFor([&] { return !testing::ProcessAlive(children[0]); }, absl::Seconds(2)));
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(sleep); }, absl::Seconds(2)));
 }
 
 TEST_F(BinariesTest, AttachForwardsStdinPrintsOutputAndExitsWithTheCommandsCode) {
