@@ -10,14 +10,14 @@ namespace execd::core {
 namespace {
 
 // What an entry costs besides its key and output: the entry with its shared_ptr control
-// block, its LRU node (key, hash, charge, entry, links) and its index slot (key, iterator),
-// and room for the allocator's rounding and the index's spare slots. Each of the node and
-// the slot holds a copy of the key: Charge counts its bytes twice.
+// block, its LRU node (key, hash, charge, entry, links) and its index slot (a view of the
+// node's key, iterator), and room for the allocator's rounding and the index's spare
+// slots. The key's bytes are held once, in the node.
 constexpr int64_t kEntryOverhead =
     sizeof(CachedResult) + 2 * sizeof(void*) +
     (sizeof(std::string) + 2 * sizeof(int64_t) + sizeof(std::shared_ptr<const CachedResult>) +
      2 * sizeof(void*)) +
-    (sizeof(std::string) + sizeof(void*)) + 64;
+    (sizeof(absl::string_view) + sizeof(void*)) + 64;
 
 // Count-min sketch with 4 rows of saturating counters (0..15), halved every `sample`
 // increments.
@@ -121,7 +121,7 @@ class ResultCache::Shard {
       Erase(victim);
     }
     lru_.push_front(Node{key, hash, charge, std::move(entry)});
-    index_[key] = lru_.begin();
+    index_[lru_.front().key] = lru_.begin();  // A view of the node's key: nodes stay put.
     bytes_ += charge;
     return true;
   }
@@ -146,7 +146,7 @@ class ResultCache::Shard {
   };
   void Erase(std::list<Node>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     bytes_ -= it->charge;
-    index_.erase(it->key);
+    index_.erase(absl::string_view(it->key));
     lru_.erase(it);
   }
 
@@ -155,7 +155,8 @@ class ResultCache::Shard {
   mutable absl::Mutex mu_;
   FrequencySketch sketch_ ABSL_GUARDED_BY(mu_);
   std::list<Node> lru_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, std::list<Node>::iterator> index_ ABSL_GUARDED_BY(mu_);
+  // Keyed by views of the nodes' keys, erased with their nodes.
+  absl::flat_hash_map<absl::string_view, std::list<Node>::iterator> index_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
@@ -216,7 +217,7 @@ Result CachedResult::Restore() const {
 int64_t ResultCache::Charge(const std::string& key, const CachedResult& entry) {
   const Result& r = entry.result;
   return kEntryOverhead +
-         static_cast<int64_t>(2 * key.size() + r.stdout_data.capacity() + r.stderr_data.capacity() +
+         static_cast<int64_t>(key.size() + r.stdout_data.capacity() + r.stderr_data.capacity() +
                               r.stages.capacity() * sizeof(StageExit));
 }
 

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -15,14 +16,22 @@ namespace execd::core {
 namespace {
 
 // Every field is length-prefixed (or fixed-size), so no two different commands encode to
-// the same bytes.
+// the same bytes. A typical command encodes to a few hundred bytes, which are its key as
+// they are: hashing them would cost more than comparing them on a hit. A longer encoding
+// (a large stdin, a long argv) is replaced by its SHA-256 digest, fed as it is encoded, so
+// a large stdin is hashed in place and never copied. An encoding is longer than a digest
+// (the version tag and the fixed-size fields alone are), so the two kinds of key never
+// meet.
 class Encoder {
  public:
-  Encoder() { out_.reserve(512); }  // A typical key in one allocation.
-  void Int(int64_t v) { out_.append(reinterpret_cast<const char*>(&v), sizeof(v)); }
+  // The longest encoding kept as the key; anything longer is hashed.
+  static constexpr size_t kMaxPlainKey = 512;
+
+  Encoder() { buffer_.resize(kMaxPlainKey); }  // A typical key in one allocation.
+  void Int(int64_t v) { Put(&v, sizeof(v)); }
   void Bytes(absl::string_view s) {
     Int(static_cast<int64_t>(s.size()));
-    out_.append(s.data(), s.size());
+    Put(s.data(), s.size());
   }
   void Duration(absl::Duration d) { Int(absl::ToInt64Nanoseconds(d)); }
   // A program: its path, the identity of the file (from validation: one stat per request),
@@ -47,10 +56,68 @@ class Encoder {
     for (const std::string& a : argv) Bytes(a);
     return absl::OkStatus();
   }
-  const std::string& bytes() const { return out_; }
+
+  // The key: the encoding itself, or its digest.
+  absl::StatusOr<std::string> Finish() && {
+    if (digest_ == nullptr && used_ <= kMaxPlainKey) {
+      buffer_.resize(used_);
+      return std::move(buffer_);
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (!Flush() || EVP_DigestFinal_ex(digest_, digest, &size) != 1) {
+      return absl::InternalError("SHA-256 failed");
+    }
+    return std::string(reinterpret_cast<const char*>(digest), size);
+  }
 
  private:
-  std::string out_;
+  void Put(const void* data, size_t n) {
+    if (buffer_.size() - used_ >= n) [[likely]] {
+      std::memcpy(buffer_.data() + used_, data, n);
+      used_ += n;
+      return;
+    }
+    PutToDigest(data, n);
+  }
+  // Past the plain key's length: from here on the bytes go to the digest, in buffer-sized
+  // pieces, and a piece larger than the buffer straight from where it is.
+  [[gnu::noinline]] void PutToDigest(const void* data, size_t n) {
+    if (!Flush()) return;
+    if (n >= buffer_.size()) {
+      ok_ = ok_ && EVP_DigestUpdate(digest_, data, n) == 1;
+      return;
+    }
+    std::memcpy(buffer_.data(), data, n);
+    used_ = n;
+  }
+  // Starts the digest if it has not started and feeds it the buffered bytes.
+  bool Flush() {
+    if (digest_ == nullptr) digest_ = StartDigest();
+    ok_ = ok_ && digest_ != nullptr && EVP_DigestUpdate(digest_, buffer_.data(), used_) == 1;
+    used_ = 0;
+    return ok_;
+  }
+  // Fetched once: OpenSSL 3 looks the implementation up on every implicit use. The context
+  // is one per thread, re-initialised for each key: EVP_Digest would allocate and free a
+  // context and the digest's state on every call.
+  static EVP_MD_CTX* StartDigest() {
+    static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    struct ContextFree {
+      void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
+    };
+    thread_local const std::unique_ptr<EVP_MD_CTX, ContextFree> context(EVP_MD_CTX_new());
+    if (sha256 == nullptr || context == nullptr ||
+        EVP_DigestInit_ex2(context.get(), sha256, nullptr) != 1) {
+      return nullptr;
+    }
+    return context.get();
+  }
+
+  std::string buffer_;  // Its first used_ bytes are encoded and not yet hashed.
+  size_t used_ = 0;
+  EVP_MD_CTX* digest_ = nullptr;  // Once the encoding outgrew kMaxPlainKey.
+  bool ok_ = true;
 };
 
 }  // namespace
@@ -81,24 +148,7 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
   e.Int(l.max_file_size_bytes);
   e.Int(static_cast<int64_t>(l.cpu_affinity.size()));
   for (int cpu : l.cpu_affinity) e.Int(cpu);
-
-  // Fetched once: OpenSSL 3 looks the implementation up on every implicit use. The context
-  // is one per thread, re-initialised for each key: EVP_Digest would allocate and free a
-  // context and the digest's state on every call, which cost more than hashing a key.
-  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  struct ContextFree {
-    void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
-  };
-  thread_local const std::unique_ptr<EVP_MD_CTX, ContextFree> context(EVP_MD_CTX_new());
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  if (sha256 == nullptr || context == nullptr ||
-      EVP_DigestInit_ex2(context.get(), sha256, nullptr) != 1 ||
-      EVP_DigestUpdate(context.get(), e.bytes().data(), e.bytes().size()) != 1 ||
-      EVP_DigestFinal_ex(context.get(), digest, &size) != 1) {
-    return absl::InternalError("SHA-256 failed");
-  }
-  return std::string(reinterpret_cast<const char*>(digest), size);
+  return std::move(e).Finish();
 }
 
 }  // namespace execd::core

@@ -12,5 +12,6 @@ add_test(NAME executor_tsan
 set_tests_properties(executor_tsan PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
 execd_test(compress_test SOURCES core/compress_test.cc LIBS core test_support)
 execd_test(cache_test SOURCES core/cache_test.cc LIBS core)
+execd_test(cache_key_test SOURCES core/cache_key_test.cc LIBS core)
 execd_test(spawn_test SOURCES core/spawn_test.cc LIBS core)
 execd_test(worker_frame_test SOURCES core/worker_frame_test.cc LIBS core)
