@@ -71,7 +71,7 @@ class ResultCache::Shard {
                                              int64_t max_output_bytes) {
     absl::MutexLock lock(&mu_);
     sketch_.Increment(hash);
-    auto it = index_.find(key);
+    auto it = index_.find(IndexKey{hash, key});
     if (it == index_.end()) {
       ++stats_.misses;
       return nullptr;
@@ -94,7 +94,7 @@ class ResultCache::Shard {
   bool Insert(const std::string& key, uint64_t hash, std::shared_ptr<const CachedResult> entry) {
     const int64_t charge = Charge(key, *entry);
     absl::MutexLock lock(&mu_);
-    if (auto it = index_.find(key); it != index_.end()) Erase(it->second);
+    if (auto it = index_.find(IndexKey{hash, key}); it != index_.end()) Erase(it->second);
     if (charge > max_bytes_) {
       ++stats_.rejections;
       return false;
@@ -121,7 +121,7 @@ class ResultCache::Shard {
       Erase(victim);
     }
     lru_.push_front(Node{key, hash, charge, std::move(entry)});
-    index_[lru_.front().key] = lru_.begin();  // A view of the node's key: nodes stay put.
+    index_[IndexKey{hash, lru_.front().key}] = lru_.begin();  // Nodes stay put.
     bytes_ += charge;
     return true;
   }
@@ -146,7 +146,7 @@ class ResultCache::Shard {
   };
   void Erase(std::list<Node>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     bytes_ -= it->charge;
-    index_.erase(absl::string_view(it->key));
+    index_.erase(IndexKey{it->hash, it->key});
     lru_.erase(it);
   }
 
@@ -155,8 +155,18 @@ class ResultCache::Shard {
   mutable absl::Mutex mu_;
   FrequencySketch sketch_ ABSL_GUARDED_BY(mu_);
   std::list<Node> lru_ ABSL_GUARDED_BY(mu_);
-  // Keyed by views of the nodes' keys, erased with their nodes.
-  absl::flat_hash_map<absl::string_view, std::list<Node>::iterator> index_ ABSL_GUARDED_BY(mu_);
+  // A view of a node's key with the key's hash, computed once per call (ShardOf): a key
+  // is a few hundred bytes, which the index would otherwise hash again.
+  struct IndexKey {
+    uint64_t hash;
+    absl::string_view bytes;
+    bool operator==(const IndexKey& other) const { return bytes == other.bytes; }
+  };
+  struct IndexHash {
+    size_t operator()(const IndexKey& k) const { return k.hash; }
+  };
+  // Erased with their nodes.
+  absl::flat_hash_map<IndexKey, std::list<Node>::iterator, IndexHash> index_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };

@@ -50,15 +50,7 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
     command_request.streamed = stream_output;
     accept_lz4_ = request.accept_compression() == v1::LZ4;
     if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
-    absl::StatusOr<core::Command> command;
-    if (request.pool().empty()) {
-      command = core::ValidateRequest(std::move(command_request), service_.policy());
-    } else {
-      std::shared_ptr<const core::PoolSpec> pool = service_.engine().FindPool(request.pool());
-      if (pool == nullptr) return service_.UnknownPool(request.pool());
-      argv0_ = absl::StrCat("pool:", pool->name);
-      command = core::ValidatePooledRequest(std::move(command_request), *pool, service_.policy());
-    }
+    absl::StatusOr<core::Command> command = Validate(request.pool(), std::move(command_request));
     if (!command.ok()) return command.status();
     command->stream_output = stream_output;
     if (request.cache_policy() != v1::CACHE_OFF) {
@@ -77,6 +69,19 @@ class CallBase : public core::Engine::Observer, public ExecutorService::FlightWa
       }
     }
     return SubmitToEngine(*std::move(command));
+  }
+
+  // The command a request asks for, cold or from `pool` (returned, not assigned: a Command
+  // is large, and a cache hit moves it no further).
+  absl::StatusOr<core::Command> Validate(const std::string& pool_name,
+                                         core::CommandRequest command_request) {
+    if (pool_name.empty()) {
+      return core::ValidateRequest(std::move(command_request), service_.policy());
+    }
+    std::shared_ptr<const core::PoolSpec> pool = service_.engine().FindPool(pool_name);
+    if (pool == nullptr) return service_.UnknownPool(pool_name);
+    argv0_ = absl::StrCat("pool:", pool->name);
+    return core::ValidatePooledRequest(std::move(command_request), *pool, service_.policy());
   }
 
   absl::Status SubmitToEngine(core::Command command) {
