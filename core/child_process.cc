@@ -536,7 +536,12 @@ void ChildProcess::OnExited(size_t last) {
 
 void ChildProcess::FinishWhenEmpty(absl::Duration backoff) {
   empty_timer_ = 0;
-  if (group_->Empty() || loop_.clock().Now() >= empty_deadline_) {
+  if (group_->Empty()) {
+    Finish();
+    return;
+  }
+  if (loop_.clock().Now() >= empty_deadline_) {
+    group_->GiveUp();
     Finish();
     return;
   }

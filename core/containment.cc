@@ -292,8 +292,10 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     owned_fds_.clear();
     KillAll();
     // A cgroup with processes in it cannot be removed, and killed ones take a moment to
-    // go (a command whose spawn failed halfway is destroyed right after the kill).
-    WaitEmpty(absl::Milliseconds(200));
+    // go (a command whose spawn failed halfway is destroyed right after the kill). Not
+    // after GiveUp: the command waited its while already, and this runs on the engine's
+    // loop, where every other command would wait too.
+    if (!gave_up_) WaitEmpty(absl::Milliseconds(200));
     events_.reset();
     peak_.reset();
     for (const std::string& dir : {v2_, memory_, pids_}) {
@@ -425,6 +427,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     }
   }
 
+  void GiveUp() override { gave_up_ = true; }
   bool Empty() override {
     if (events_.valid()) return KeyedValueIn(ReadSmallAt0(events_.get()), "populated") == 0;
     if (!pids_.empty()) return ProcsOf(pids_).empty();
@@ -479,6 +482,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   const std::shared_ptr<CgroupRecycler> recycler_;
   bool reusable_ = false;       // No limits, v2 only: may be kept for the next command.
   bool killed_ = false;         // cgroup.kill was written.
+  bool gave_up_ = false;        // GiveUp: dropped without waiting for it to empty.
   bool checked_clean_ = false;  // Hits() found no limit event (else read at the end).
 };
 

@@ -63,6 +63,10 @@ class Containment {
     virtual void KillAll() = 0;
     // True when no process of the command is alive.
     virtual bool Empty() = 0;
+    // The command was answered without waiting any longer for its processes to die: some
+    // cannot yet (stuck in the kernel; they were sent SIGKILL). Dropping the group then
+    // does not wait for them either; what is left of it goes once they are gone.
+    virtual void GiveUp() {}
     virtual LimitHits Hits() = 0;
     // Peak memory of the whole command in bytes, or 0 when unknown.
     virtual int64_t PeakMemoryBytes() = 0;

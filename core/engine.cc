@@ -155,6 +155,7 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   deps.os = options_.os;
   deps.containment = containment_.get();
   deps.kill_grace = options_.kill_grace;
+  deps.empty_wait = options_.empty_wait;
   deps.run_blocking = [this](absl::AnyInvocable<void() &&> task) {
     spawn_threads_->Submit([this, task = std::move(task)]() mutable {
       absl::ReaderMutexLock gate(&spawn_gate_);  // Not swept for an orphan mid-spawn.
@@ -404,6 +405,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   child_options.timeout = std::min(e.command_.limits.timeout, left);
   child_options.deadline = e.command_.deadline;
   child_options.kill_grace = options_.kill_grace;
+  child_options.empty_wait = options_.empty_wait;
   child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
   child_options.stream_flush_interval = e.command_.stream_flush_interval;

@@ -43,6 +43,9 @@ class Engine {
     int max_concurrency = 8;
     size_t max_queue = 1024;
     absl::Duration kill_grace = absl::Milliseconds(500);
+    // After a command's leader exited and its processes were killed: how long to wait for
+    // them all to be gone before answering anyway (one stuck in the kernel cannot die yet).
+    absl::Duration empty_wait = absl::Seconds(5);
     Containment::Mode containment = Containment::Mode::kAuto;
     // Threads that spawn children. A spawn blocks its thread until the child has exec'd
     // (CLONE_VFORK), so spawns run here, in parallel, and not on the event loop.

@@ -134,6 +134,7 @@ void Pool::StartOne() {
   child_options.reap_later = deps_.reap_later;
   child_options.address_space_bytes = address_space;
   child_options.kill_grace = deps_.kill_grace;
+  child_options.empty_wait = deps_.empty_wait;
   // The spawn may finish after the pool is gone (engine shutdown): it works from a copy
   // of the dependencies (owned by the engine, which outlives its spawn threads), and
   // touches the pool only on the loop, after checking it is still alive.

@@ -104,6 +104,7 @@ class Pool final : public PersistentWorker::Listener {
     // processes it starts.
     std::function<void(absl::AnyInvocable<void() &&>)> run_blocking;
     absl::Duration kill_grace = absl::Milliseconds(500);
+    absl::Duration empty_wait = absl::Seconds(5);  // As Engine::Options'.
     // Every worker's pid, from its spawn until it is gone, so the engine's orphan sweep
     // (process-group containment) leaves it alone.
     std::function<void(pid_t)> track;

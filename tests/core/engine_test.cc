@@ -15,7 +15,9 @@
 #include <functional>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -23,6 +25,7 @@
 #include "core/validate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/freezer.h"
 #include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
 
@@ -453,6 +456,45 @@ TEST_F(EngineTest, CgroupOfAPipelineWhoseLaterProgramFailedToSpawnIsRemoved) {
     // Not kept for reuse (it has a limit), so none may be left.
     EXPECT_THAT(CommandCgroups(*engine_), ::testing::IsEmpty()) << "attempt " << attempt;
   }
+  engine_.reset();
+}
+
+// With cgroups, a command that leaves a process behind which cannot die yet (stuck in
+// the kernel; here frozen by a cgroup v1 freezer) is answered once empty_wait has passed,
+// and no later: dropping its cgroup, on the loop, does not wait for the process again.
+TEST_F(EngineTest, ACommandWhoseProcessCannotDieIsAnsweredAfterEmptyWaitAndNoLater) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  Engine::Options options;
+  options.containment = Containment::Mode::kCgroup;
+  options.empty_wait = absl::Milliseconds(50);
+  if (absl::Status started = Restart(options); !started.ok()) {
+    GTEST_SKIP() << "SKIPPED: no cgroups here: " << started;
+  }
+  CommandRequest r;
+  const std::string& f = freezer->dir();
+  r.argv = {"/bin/sh", "-c",
+            absl::StrCat("sleep 100 & p=$!; echo $p > ", f, "/cgroup.procs; echo FROZEN > ", f,
+                         "/freezer.state; until grep -qx FROZEN ", f,
+                         "/freezer.state; do :; done; echo $p")};
+  const absl::Time start = absl::Now();
+  auto result = Run(r);
+  const absl::Duration elapsed = absl::Now() - start;
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->termination, Termination::kExited) << result->stderr_data;
+  pid_t frozen = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(result->stdout_data), &frozen))
+      << result->stdout_data;
+  EXPECT_TRUE(testing::ProcessAlive(frozen)) << "frozen, it cannot have died";
+  // After the shell's exit: empty_wait (50 ms), not also the 200 ms a cgroup's removal
+  // waits for it to empty.
+  const absl::Duration after_exit = elapsed - result->queued - result->spawn - result->run;
+  EXPECT_LT(after_exit, absl::Milliseconds(200));
+  EXPECT_GE(after_exit, absl::Milliseconds(50));
+  // Thawed, it dies of its SIGKILL.
+  ASSERT_TRUE(freezer->Thaw());
+  EXPECT_TRUE(testing::WaitFor([&] { return !testing::ProcessAlive(frozen); }, absl::Seconds(10)));
   engine_.reset();
 }
 

@@ -4,10 +4,12 @@
 #include "core/spawn.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -15,7 +17,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "core/containment.h"
+#include "tests/support/freezer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -60,22 +64,7 @@ class SpawnIntoCgroupTest : public ::testing::Test {
   std::string CgroupOfChild(int dir_fd, bool* born_in_cgroup) {
     int out[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-    const std::string cat = "/bin/cat";
-    const std::vector<std::string> argv = {cat, "/proc/self/cgroup"};
-    const std::vector<std::string> env;
-    const std::string cwd;
-    SpawnSpec spec;
-    spec.executable = &cat;
-    spec.argv = &argv;
-    spec.env = &env;
-    spec.cwd = &cwd;
-    spec.stdin_fd = STDIN_FILENO;
-    spec.stdout_fd = out[1];
-    spec.stderr_fd = STDERR_FILENO;
-    spec.join_fds = &group_->join_fds();
-    spec.cgroup_dir_fd = dir_fd;
-    spec.cgroup_procs_fd = group_->birthplace().procs_fd;
-    auto spawned = SystemProcessOs().Spawn(spec);
+    auto spawned = SpawnInGroup({"/bin/cat", "/proc/self/cgroup"}, out[1], dir_fd);
     close(out[1]);
     std::string text;
     char buf[4096];
@@ -91,6 +80,25 @@ class SpawnIntoCgroupTest : public ::testing::Test {
       if (absl::StartsWith(line, "0::")) return std::string(line);
     }
     return "";
+  }
+
+  // Spawns `argv` into group_, created in the cgroup `dir_fd` where it can be.
+  absl::StatusOr<SpawnedProcess> SpawnInGroup(const std::vector<std::string>& argv, int stdout_fd,
+                                            int dir_fd) {
+    const std::vector<std::string> env;
+    const std::string cwd;
+    SpawnSpec spec;
+    spec.executable = &argv[0];
+    spec.argv = &argv;
+    spec.env = &env;
+    spec.cwd = &cwd;
+    spec.stdin_fd = STDIN_FILENO;
+    spec.stdout_fd = stdout_fd;
+    spec.stderr_fd = STDERR_FILENO;
+    spec.join_fds = &group_->join_fds();
+    spec.cgroup_dir_fd = dir_fd;
+    spec.cgroup_procs_fd = group_->birthplace().procs_fd;
+    return SystemProcessOs().Spawn(spec);
   }
 
   std::unique_ptr<Containment> containment_;
@@ -124,6 +132,45 @@ TEST_F(SpawnIntoCgroupTest, ChildJoinsItsCgroupWhenItCannotBeCreatedThere) {
     EXPECT_TRUE(born);
     EXPECT_THAT(line, ::testing::MatchesRegex("0::(/.*)?/execd-[0-9]+/cmd-[0-9]+")) << line;
   }
+}
+
+// A command whose process cannot die yet (stuck in the kernel; here frozen by a cgroup v1
+// freezer) is answered once execd stops waiting for it. Its group is then dropped on the
+// engine's loop: that must not wait for the process again (every other command would),
+// and its cgroup, which cannot be removed while the process is in it, goes later, once the
+// process has died.
+TEST_F(SpawnIntoCgroupTest, AGroupGivenUpOnIsDroppedAtOnceAndItsCgroupRemovedLater) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  char link[64];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", group_->birthplace().dir_fd);
+  char dir[4096];
+  const ssize_t n = readlink(link, dir, sizeof(dir) - 1);
+  ASSERT_GT(n, 0);
+  const std::string cgroup_dir(dir, static_cast<size_t>(n));
+  auto spawned = SpawnInGroup({"/bin/sleep", "100"}, STDOUT_FILENO, group_->birthplace().dir_fd);
+  ASSERT_TRUE(spawned.ok()) << spawned.status();
+  const pid_t pid = spawned->pid;
+  ASSERT_TRUE(freezer->Freeze(pid));
+  group_->KillAll();
+  EXPECT_FALSE(group_->Empty()) << "frozen, it cannot have died";
+
+  group_->GiveUp();
+  const absl::Time start = absl::Now();
+  group_.reset();
+  // Without GiveUp this waits 200 ms for the cgroup to empty.
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
+  EXPECT_EQ(access(cgroup_dir.c_str(), F_OK), 0) << "removed with a process in it?";
+
+  ASSERT_TRUE(freezer->Thaw());
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  // The next group's creation removes what is left.
+  auto next = containment_->NewGroup(0, 0);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_NE(access(cgroup_dir.c_str(), F_OK), 0) << cgroup_dir << " was left behind";
 }
 
 }  // namespace
