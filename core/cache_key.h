@@ -1,9 +1,8 @@
-// The result cache's key: a canonical encoding of everything that can change
+// The result cache's key: SHA-256 over a canonical encoding of everything that can change
 // a command's result: the program's identity (its resolved path, and the device, inode,
 // size and modification time of the file), argv, the child's full environment, cwd, stdin,
 // every limit, the pool and its configuration, and a server-wide salt. Two commands that
-// differ in any of these never share a key. The key is the encoding itself when it is
-// short (up to 512 bytes: most commands), else its SHA-256 digest. Thread-safe.
+// differ in any of these never share a key. Thread-safe.
 #pragma once
 
 #include <string>
@@ -14,7 +13,7 @@
 
 namespace execd::core {
 
-// Opaque bytes. FAILED_PRECONDITION when the executable cannot be identified (gone).
+// 32 bytes. FAILED_PRECONDITION when the executable cannot be identified (gone).
 absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view salt);
 
 }  // namespace execd::core

@@ -1,6 +1,7 @@
 #include "core/cache_key.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
@@ -25,14 +26,15 @@ std::string Key(const Command& c, absl::string_view salt = "salt") {
   return key.ok() ? *key : "";
 }
 
-// A key is the encoding itself up to this length, else a 32-byte SHA-256 digest.
-constexpr size_t kMaxPlainKey = 512;
+// The encoding is fed to SHA-256 through a buffer of this size; a field that does not fit
+// goes to the digest straight from where it is.
+constexpr size_t kBuffer = 512;
 constexpr size_t kDigest = 32;
 
-// Each field that can change a result, changed in a command whose key is kept as it is
-// and in one whose key is a digest (a stdin that makes the encoding long): no two share a
-// key, and equal commands do.
-TEST(CacheKey, DiffersInEveryFieldForShortAndDigestedKeys) {
+// Each field that can change a result, changed in a command whose encoding fits the
+// encoder's buffer and in one whose stdin does not: no two share a key, and equal
+// commands do.
+TEST(CacheKey, DiffersInEveryFieldForShortAndLongEncodings) {
   const std::vector<std::pair<std::string, std::function<void(Command&)>>> changes = {
       {"argv", [](Command& c) { c.argv.push_back("extra"); }},
       {"argv split", [](Command& c) { c.argv = {"/bin/echo", "hel", "lo"}; }},
@@ -62,7 +64,7 @@ TEST(CacheKey, DiffersInEveryFieldForShortAndDigestedKeys) {
     Command base = Base();
     base.stdin_data.assign(stdin_bytes, 's');
     const std::string key = Key(base);
-    EXPECT_EQ(key.size() == kDigest, stdin_bytes > kMaxPlainKey) << key.size();
+    EXPECT_EQ(key.size(), kDigest);
     EXPECT_EQ(Key(base), key);
     EXPECT_NE(Key(base, "another salt"), key);
     for (const auto& [field, change] : changes) {
@@ -73,21 +75,47 @@ TEST(CacheKey, DiffersInEveryFieldForShortAndDigestedKeys) {
   }
 }
 
-// Around the length where keys change kind: every length gives a different key, and a
-// plain key (never 32 bytes long) cannot equal a digest.
-TEST(CacheKey, KeysEitherSideOfThePlainLengthNeverCollide) {
+// Around the buffer's size, where fields start to go to the digest in pieces and then
+// straight: every length of stdin gives its own key, and so does every content (its last
+// byte changed, and the field after it, the timeout).
+TEST(CacheKey, EveryLengthAroundTheBufferSizeHasItsOwnKey) {
   std::vector<std::string> keys;
-  for (size_t n = 0; n < 2 * kMaxPlainKey; ++n) {
+  for (size_t n = 0; n < 2 * kBuffer; ++n) {
     Command c = Base();
     c.stdin_data.assign(n, 's');
     keys.push_back(Key(c));
-    EXPECT_TRUE(keys.back().size() == kDigest || keys.back().size() > kDigest) << n;
-    EXPECT_LE(keys.back().size(), kMaxPlainKey) << n;
+    EXPECT_EQ(keys.back().size(), kDigest) << n;
+    Command timeout = c;
+    timeout.limits.timeout += absl::Nanoseconds(1);
+    EXPECT_NE(Key(timeout), keys.back()) << n;
+    if (n == 0) continue;
+    Command last = c;
+    last.stdin_data.back() = 't';
+    EXPECT_NE(Key(last), keys.back()) << n;
   }
-  EXPECT_GT(keys.front().size(), kDigest);  // The shortest command is kept as it is.
-  EXPECT_EQ(keys.back().size(), kDigest);   // A long one is digested.
   std::sort(keys.begin(), keys.end());
   EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+// Numbers are encoded as varints: values either side of each length (one byte, two, ...,
+// ten), negative ones, and the extremes all give their own keys, in every numeric field
+// position (here the first limit, and the last, just before the affinity list).
+TEST(CacheKey, NumbersOfEveryEncodedLengthHaveTheirOwnKeys) {
+  std::vector<int64_t> values = {0, -1, 1, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_MAX - 1};
+  for (int bits = 6; bits < 63; bits += 7) {
+    const int64_t edge = int64_t{1} << bits;
+    for (int64_t v : {edge - 1, edge, -edge, -edge - 1}) values.push_back(v);
+  }
+  for (int64_t Limits::*field : {&Limits::memory_bytes, &Limits::max_file_size_bytes}) {
+    std::vector<std::string> keys;
+    for (int64_t v : values) {
+      Command c = Base();
+      c.limits.*field = v;
+      keys.push_back(Key(c));
+    }
+    std::sort(keys.begin(), keys.end());
+    EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
+  }
 }
 
 TEST(CacheKey, AnExecutableThatIsGoneIsAnError) {

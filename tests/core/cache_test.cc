@@ -148,7 +148,7 @@ namespace {
 // output buffers as allocated, itself, and its key (held in the LRU node, viewed by the
 // index).
 TEST(CachedResult, IsChargedForAllTheMemoryItHolds) {
-  const std::string key(300, 'k');  // A typical key: an encoding short enough to be kept.
+  const std::string key(32, 'k');  // A SHA-256 digest.
   Result compressible;
   for (int i = 0; compressible.stdout_data.size() < 100000; ++i)
     absl::StrAppend(&compressible.stdout_data, "line ", i, "\n");
