@@ -37,7 +37,10 @@ constexpr size_t kDigest = 32;
 TEST(CacheKey, DiffersInEveryFieldForShortAndLongEncodings) {
   const std::vector<std::pair<std::string, std::function<void(Command&)>>> changes = {
       {"argv", [](Command& c) { c.argv.push_back("extra"); }},
-      {"argv split", [](Command& c) { c.argv = {"/bin/echo", "hel", "lo"}; }},
+      {"argv split",
+       [](Command& c) {
+         c.argv = {"/bin/echo", "hel", "lo"};
+       }},
       {"executable", [](Command& c) { c.executable = "/bin/true"; }},
       {"executable identity", [](Command& c) { c.executable_id.mtime_ns += 1; }},
       {"env", [](Command& c) { c.env = {"X=1"}; }},

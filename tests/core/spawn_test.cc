@@ -19,9 +19,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "core/containment.h"
-#include "tests/support/freezer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/freezer.h"
 
 namespace execd::core {
 namespace {
@@ -84,7 +84,7 @@ class SpawnIntoCgroupTest : public ::testing::Test {
 
   // Spawns `argv` into group_, created in the cgroup `dir_fd` where it can be.
   absl::StatusOr<SpawnedProcess> SpawnInGroup(const std::vector<std::string>& argv, int stdout_fd,
-                                            int dir_fd) {
+                                              int dir_fd) {
     const std::vector<std::string> env;
     const std::string cwd;
     SpawnSpec spec;
