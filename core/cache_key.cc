@@ -34,11 +34,18 @@ class Encoder {
   // Zigzag (a small negative number is short too), then 7 bits a byte, low bits first.
   void Int(int64_t v) {
     uint64_t u = (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
-    char bytes[10];
-    size_t n = 0;
-    for (; u >= 0x80; u >>= 7) bytes[n++] = static_cast<char>(u | 0x80);
-    bytes[n++] = static_cast<char>(u);
-    Put(bytes, n);
+    char bytes[kMaxVarint];
+    // Straight into the buffer when the longest varint fits (nearly always).
+    const bool direct = buffer_.size() - used_ >= kMaxVarint;
+    char* const start = direct ? buffer_.data() + used_ : bytes;
+    char* p = start;
+    for (; u >= 0x80; u >>= 7) *p++ = static_cast<char>(u | 0x80);
+    *p++ = static_cast<char>(u);
+    if (direct) {
+      used_ += static_cast<size_t>(p - start);
+    } else {
+      Put(bytes, static_cast<size_t>(p - start));
+    }
   }
   void Bytes(absl::string_view s) {
     Int(static_cast<int64_t>(s.size()));
@@ -101,6 +108,7 @@ class Encoder {
     used_ = 0;
   }
 
+  static constexpr size_t kMaxVarint = 10;  // 64 bits, 7 a byte.
   std::array<char, 512> buffer_;  // Its first used_ bytes are encoded and not yet hashed.
   size_t used_ = 0;
   SHA256_CTX digest_ = [] {

@@ -101,23 +101,29 @@ TEST(CacheKey, EveryLengthAroundTheBufferSizeHasItsOwnKey) {
 }
 
 // Numbers are encoded as varints: values either side of each length (one byte, two, ...,
-// ten), negative ones, and the extremes all give their own keys, in every numeric field
-// position (here the first limit, and the last, just before the affinity list).
+// ten), negative ones, and the extremes all give their own keys, in two numeric fields
+// (the first limit, and the last before the affinity list), with a stdin that puts them
+// anywhere from well inside the encoder's buffer to across its end.
 TEST(CacheKey, NumbersOfEveryEncodedLengthHaveTheirOwnKeys) {
   std::vector<int64_t> values = {0, -1, 1, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_MAX - 1};
   for (int bits = 6; bits < 63; bits += 7) {
     const int64_t edge = int64_t{1} << bits;
     for (int64_t v : {edge - 1, edge, -edge, -edge - 1}) values.push_back(v);
   }
-  for (int64_t Limits::*field : {&Limits::memory_bytes, &Limits::max_file_size_bytes}) {
-    std::vector<std::string> keys;
-    for (int64_t v : values) {
-      Command c = Base();
-      c.limits.*field = v;
-      keys.push_back(Key(c));
+  for (size_t stdin_bytes : {size_t{0}, size_t{380}, size_t{400}, size_t{420}, size_t{490},
+                             size_t{500}, size_t{503}, size_t{506}, size_t{509}, size_t{511}}) {
+    for (int64_t Limits::*field : {&Limits::memory_bytes, &Limits::max_file_size_bytes}) {
+      std::vector<std::string> keys;
+      for (int64_t v : values) {
+        Command c = Base();
+        c.stdin_data.assign(stdin_bytes, 's');
+        c.limits.*field = v;
+        keys.push_back(Key(c));
+      }
+      std::sort(keys.begin(), keys.end());
+      EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end())
+          << "stdin of " << stdin_bytes << " bytes";
     }
-    std::sort(keys.begin(), keys.end());
-    EXPECT_EQ(std::unique(keys.begin(), keys.end()), keys.end());
   }
 }
 
