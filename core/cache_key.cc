@@ -109,7 +109,8 @@ class Encoder {
   }
 
   static constexpr size_t kMaxVarint = 10;  // 64 bits, 7 a byte.
-  std::array<char, 512> buffer_;            // Its first used_ bytes are encoded and not yet hashed.
+
+  std::array<char, 512> buffer_;  // Its first used_ bytes are encoded and not yet hashed.
   size_t used_ = 0;
   SHA256_CTX digest_ = [] {
     SHA256_CTX c;
