@@ -9,15 +9,26 @@
 namespace execd::core {
 namespace {
 
+// The index's key: a view of the key held by an LRU node, with the key's hash, which
+// ShardOf computed once for the call and the index uses rather than hash the key again.
+struct IndexKey {
+  uint64_t hash;
+  absl::string_view bytes;
+  bool operator==(const IndexKey& other) const { return bytes == other.bytes; }
+};
+struct IndexHash {
+  size_t operator()(const IndexKey& k) const { return k.hash; }
+};
+
 // What an entry costs besides its key and output: the entry with its shared_ptr control
-// block, its LRU node (key, hash, charge, entry, links) and its index slot (a view of the
-// node's key, iterator), and room for the allocator's rounding and the index's spare
-// slots. The key's bytes are held once, in the node.
+// block, its LRU node (key, hash, charge, entry, links) and its index slot (IndexKey,
+// iterator), and room for the allocator's rounding and the index's spare slots. The key's
+// bytes are held once, in the node.
 constexpr int64_t kEntryOverhead =
     sizeof(CachedResult) + 2 * sizeof(void*) +
     (sizeof(std::string) + 2 * sizeof(int64_t) + sizeof(std::shared_ptr<const CachedResult>) +
      2 * sizeof(void*)) +
-    (sizeof(absl::string_view) + sizeof(void*)) + 64;
+    (sizeof(IndexKey) + sizeof(void*)) + 64;
 
 // Count-min sketch with 4 rows of saturating counters (0..15), halved every `sample`
 // increments.
@@ -155,16 +166,6 @@ class ResultCache::Shard {
   mutable absl::Mutex mu_;
   FrequencySketch sketch_ ABSL_GUARDED_BY(mu_);
   std::list<Node> lru_ ABSL_GUARDED_BY(mu_);
-  // A view of a node's key with the key's hash, computed once per call (ShardOf): a key
-  // is a few hundred bytes, which the index would otherwise hash again.
-  struct IndexKey {
-    uint64_t hash;
-    absl::string_view bytes;
-    bool operator==(const IndexKey& other) const { return bytes == other.bytes; }
-  };
-  struct IndexHash {
-    size_t operator()(const IndexKey& k) const { return k.hash; }
-  };
   // Erased with their nodes.
   absl::flat_hash_map<IndexKey, std::list<Node>::iterator, IndexHash> index_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -49,7 +49,7 @@ class Encoder {
   }
   void Bytes(absl::string_view s) {
     Int(static_cast<int64_t>(s.size()));
-    Put(s.data(), s.size());
+    if (!s.empty()) Put(s.data(), s.size());  // An empty view's data() may be null.
   }
   void Duration(absl::Duration d) { Int(absl::ToInt64Nanoseconds(d)); }
   // A program: its path, the identity of the file (from validation: one stat per request),

@@ -188,6 +188,7 @@ void ChildProcess::Assign(Observer* observer, std::string stdin_data, const Limi
   max_output_bytes_ = limits.max_output_bytes;
   stream_output_ = stream_output;
   kill_grace_ = options.kill_grace;
+  empty_wait_ = options.empty_wait;
   timeout_ = options.timeout;
   deadline_ = options.deadline;
   stream_chunk_bytes_ = std::max<int64_t>(1, options.stream_chunk_bytes);
@@ -577,7 +578,8 @@ Termination ChildProcess::DecideTermination(const LimitHits& hits) const {
 
 void ChildProcess::Finish() {
   // Every process of the command is gone, so no one writes the pipes any more: draining
-  // reads to the end.
+  // reads to the end. (After GiveUp a killed process may still hold a pipe; it cannot run
+  // to write, and the reads never block: they stop at what is there.)
   for (int i = 0; i < 2; ++i) {
     ReadOutput(i, /*drain=*/true);
     CloseStream(output_[i]);

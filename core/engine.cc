@@ -597,7 +597,8 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     return;
   }
   // The child is destroyed outside its own callback, and before the caller hears the
-  // result: by then its descriptors are closed and its cgroup is gone.
+  // result: by then its descriptors are closed and its cgroup is gone (or, for a command
+  // whose processes could not all die, left to be removed once they have).
   loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
     keep->child_.reset();
     keep->observer_->OnFinished(std::move(result));

@@ -40,6 +40,30 @@ TEST(ResultCache, StoresAndFindsByKey) {
   EXPECT_EQ(cache.stats().misses, 2);
 }
 
+// Storing a key again replaces its entry: one entry, charged once, found with the new
+// result. The cache keeps its own copy of each key: the caller's strings (temporaries
+// here, gone before the lookups) are not what it compares against.
+TEST(ResultCache, StoringAKeyAgainReplacesItsEntry) {
+  for (auto policy : {ResultCache::Policy::kLru, ResultCache::Policy::kTinyLfu}) {
+    ResultCache cache(OneShard(1 << 20, policy));
+    auto key = [](int i) { return absl::StrCat("key-", i, std::string(40, 'x')); };
+    ASSERT_TRUE(cache.Insert(key(1), Entry(10)));
+    ASSERT_TRUE(cache.Insert(key(2), Entry(20)));
+    const int64_t bytes = cache.stats().bytes;
+    ASSERT_TRUE(cache.Insert(key(1), Entry(30)));
+    EXPECT_EQ(cache.stats().entries, 2);
+    EXPECT_EQ(cache.stats().bytes, bytes - ResultCache::Charge(key(1), *Entry(10)) +
+                                       ResultCache::Charge(key(1), *Entry(30)));
+    auto one = cache.Lookup(key(1), kNow);
+    ASSERT_NE(one, nullptr);
+    EXPECT_EQ(one->result.stdout_data.size(), 30u);
+    auto two = cache.Lookup(key(2), kNow);
+    ASSERT_NE(two, nullptr);
+    EXPECT_EQ(two->result.stdout_data.size(), 20u);
+    EXPECT_EQ(cache.Lookup(key(3), kNow), nullptr);
+  }
+}
+
 TEST(ResultCache, AnEntryTooLargeForTheCallersOutputCapIsAMiss) {
   ResultCache cache(OneShard(1 << 20, ResultCache::Policy::kLru));
   Result result;

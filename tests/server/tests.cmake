@@ -10,6 +10,9 @@ target_compile_options(execd-test-child PRIVATE ${EXECD_WARNINGS})
 execd_test(convert_test
   SOURCES server/convert_test.cc
   LIBS server)
+execd_test(arena_allocator_test
+  SOURCES server/arena_allocator_test.cc
+  LIBS server)
 
 execd_test(executor_service_test
   SOURCES server/executor_service_test.cc
