@@ -94,6 +94,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     std::unique_ptr<Containment::Group> group, Observer* observer) {
   std::unique_ptr<ChildProcess> child(new ChildProcess(loop, command, options, observer));
   child->group_ = std::move(group);
+  child->reap_later_ = options.reap_later;  // Before any spawn: a failed start uses it.
   UniqueFd stdin_read;  // The child's end of its stdin (on a terminal: of 0, 1 and 2).
   int child_stdin;
   const bool terminal = command.terminal.has_value();
@@ -176,7 +177,6 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
 
   child->timeout_ = options.timeout;
   child->deadline_ = options.deadline;
-  child->reap_later_ = options.reap_later;
   child->keep_stdin_open_ = command.keep_stdin_open && child->stdin_.valid();
   return child;
 }
@@ -260,9 +260,16 @@ ChildProcess::~ChildProcess() {
     KillAll();
     for (Program& p : programs_) {
       if (ReapIfExited(p.pid) != 0) continue;  // Reaped (or, ECHILD, not ours).
-      if (reap_later_ && p.pidfd.valid() && loop_.IsLoopThread()) {
-        // Not gone at once: maybe stuck in the kernel, and a waitpid here would hold the
-        // whole loop until it comes out.
+      // Off the loop (a spawn thread, for a pipeline that failed to start), a killed
+      // program is waited for a moment: it dies within it, and the command's cgroup is
+      // then gone before the failure is reported.
+      if (!loop_.IsLoopThread() && p.pidfd.valid() &&
+          AwaitExit(p.pidfd.get(), absl::Milliseconds(100)) && ReapIfExited(p.pid) != 0) {
+        continue;
+      }
+      if (reap_later_ && p.pidfd.valid()) {
+        // Not gone: maybe stuck in the kernel, and a waitpid here would hold the whole
+        // loop, or the spawn thread, until it comes out.
         if (watched_) loop_.Unwatch(p.pidfd.get());
         if (*group == nullptr) *group = std::move(group_);
         ++*pending;

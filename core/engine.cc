@@ -507,6 +507,12 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
 }
 
 void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+  if (!loop_->IsLoopThread()) {  // A spawn thread's, for a pipeline that failed to start.
+    loop_->Post([this, pidfd = std::move(pidfd), reaped = std::move(reaped)]() mutable {
+      ReapLater(std::move(pidfd), std::move(reaped));
+    });
+    return;
+  }
   if (reaper_ != nullptr) {
     reaper_->Adopt(std::move(pidfd), std::move(reaped));
   } else {

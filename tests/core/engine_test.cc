@@ -418,6 +418,59 @@ std::vector<std::string> CommandCgroups(const Engine& engine) {
   return found;
 }
 
+// A pipeline whose second program fails to spawn, while its first cannot die yet (stuck in
+// the kernel; here frozen by a cgroup v1 freezer): the failure is reported at once, not
+// after a spawn thread waited for the first program to die, and the program is reaped
+// once it can die.
+TEST_F(EngineTest, APipelineThatFailedToStartIsAnsweredWhileItsFirstProgramCannotDieYet) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  for (Containment::Mode mode : {Containment::Mode::kProcessGroup, Containment::Mode::kAuto}) {
+    const std::string marker = ::execd::testing::UniqueName("stuck");
+    std::atomic<pid_t> frozen{0};
+    HookedSpawnOs os;
+    os.at = 1;
+    os.fail = true;
+    os.hook = [&] {  // Between the two spawns: the first program is running `sleep`.
+      std::vector<pid_t> pids;
+      ASSERT_TRUE(testing::WaitFor(
+          [&] {
+            pids = testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker);
+            return pids.size() == 1;
+          },
+          absl::Seconds(10)));
+      ASSERT_TRUE(freezer->Freeze(pids[0]));
+      frozen = pids[0];
+    };
+    Engine::Options options;
+    options.os = &os;
+    options.containment = mode;
+    ASSERT_EQ(Restart(options), absl::OkStatus());
+    CommandRequest r;
+    r.argv = {"/bin/sleep", "1000"};
+    r.pipe_to = {{"/bin/cat"}};
+    r.env = {{"EXECD_TEST_MARKER", marker}};
+    auto command = ValidateRequest(std::move(r), policy_);
+    ASSERT_TRUE(command.ok()) << command.status();
+    Collector collector;
+    ASSERT_TRUE(engine_->Submit(*std::move(command), &collector).ok());
+    absl::StatusOr<Result> result = collector.Get(absl::Seconds(5));
+    const bool answered = result.status().code() != absl::StatusCode::kDeadlineExceeded;
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted)
+        << result.status() << ", containment " << static_cast<int>(mode);
+    ASSERT_NE(frozen.load(), 0);
+    EXPECT_FALSE(testing::Freezer::Reaped(frozen)) << "frozen, it cannot have died yet";
+    // Thawed, it dies of its SIGKILL, and execd, its parent, reaps it: no zombie is left.
+    ASSERT_TRUE(freezer->Thaw());
+    if (!answered) (void)collector.Get();  // The blocked start ends before the engine goes.
+    EXPECT_TRUE(testing::WaitFor([&] { return testing::Freezer::Reaped(frozen); },
+                                 absl::Seconds(10)))
+        << "pid " << frozen << " was not reaped";
+    engine_.reset();
+  }
+}
+
 // As above with cgroups: the cgroup of the failed command is removed, not left behind
 // because its killed processes had not quite gone yet.
 TEST_F(EngineTest, CgroupOfAPipelineWhoseLaterProgramFailedToSpawnIsRemoved) {
