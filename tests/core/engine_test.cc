@@ -464,8 +464,8 @@ TEST_F(EngineTest, APipelineThatFailedToStartIsAnsweredWhileItsFirstProgramCanno
     // Thawed, it dies of its SIGKILL, and execd, its parent, reaps it: no zombie is left.
     ASSERT_TRUE(freezer->Thaw());
     if (!answered) (void)collector.Get();  // The blocked start ends before the engine goes.
-    EXPECT_TRUE(testing::WaitFor([&] { return testing::Freezer::Reaped(frozen); },
-                                 absl::Seconds(10)))
+    EXPECT_TRUE(
+        testing::WaitFor([&] { return testing::Freezer::Reaped(frozen); }, absl::Seconds(10)))
         << "pid " << frozen << " was not reaped";
     engine_.reset();
   }
