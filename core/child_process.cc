@@ -271,7 +271,11 @@ ChildProcess::~ChildProcess() {
         // Not gone: maybe stuck in the kernel, and a waitpid here would hold the whole
         // loop, or the spawn thread, until it comes out.
         if (watched_) loop_.Unwatch(p.pidfd.get());
-        if (*group == nullptr) *group = std::move(group_);
+        if (*group == nullptr && group_ != nullptr) {
+          *group = std::move(group_);
+          // Dropped on the loop once this is reaped: it must not wait there for the rest.
+          (*group)->GiveUp();
+        }
         ++*pending;
         reap_later_(std::move(p.pidfd), release);
         continue;
