@@ -297,8 +297,10 @@ void ChildProcess::Destroy(std::unique_ptr<ChildProcess> child,
 void ChildProcess::KillGroup(int signal) {
   // Each program called setsid(), so its pid is its process group id, and none is reaped
   // before all have exited (then nothing signals them any more). ESRCH (group already
-  // gone) is the expected race and needs no handling.
-  for (const Program& p : programs_) kill(-p.pid, signal);
+  // gone) is the expected race and needs no handling. A pipeline's last program first:
+  // signalled in order, a program could see its input end (the one before it gone) and
+  // exit by itself before its own signal came, as if it had finished its work.
+  for (auto p = programs_.rbegin(); p != programs_.rend(); ++p) kill(-p->pid, signal);
 }
 
 void ChildProcess::KillAll() {
