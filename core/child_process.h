@@ -66,9 +66,10 @@ class ChildProcess final : public EventLoop::FdHandler {
     // through a pipe (0: always a pipe).
     int64_t memfd_stdin_bytes = 1 << 20;
     absl::Duration stream_flush_interval = absl::Milliseconds(10);
-    // Loop thread: takes the pidfd of a program that was still running when the object was
-    // destroyed and did not die of its SIGKILL at once (stuck in the kernel), reaps it
-    // later, then runs `reaped`. Without it, the destructor waits in waitpid.
+    // Takes the pidfd of a program that was still running when the object was destroyed
+    // and did not die of its SIGKILL at once (stuck in the kernel), reaps it later, then
+    // runs `reaped`; called on the loop, or on a spawn thread for a start that failed.
+    // Without it, the destructor waits in waitpid.
     ReapLaterFn reap_later;
   };
 

@@ -558,8 +558,8 @@ class ProcessGroupContainment final : public Containment {
   static absl::Time Now() { return MonotonicClock::Get().Now(); }
 
   // Reaps `pid`, a SIGKILLed child, waiting for it until `deadline`, or not at all when an
-  // earlier sweep already waited for it in vain. Returns whether it was reaped.
-  bool Reap(pid_t pid, absl::Time deadline) {
+  // earlier sweep already waited for it in vain; one not gone is remembered in dying_.
+  void Reap(pid_t pid, absl::Time deadline) {
     if (!dying_.contains(pid)) {
       UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
       const absl::Duration left = std::min(deadline - Now(), kReapWait);
@@ -569,10 +569,9 @@ class ProcessGroupContainment final : public Containment {
     }
     if (ReapIfExited(pid) == 0) {
       dying_.insert(pid);
-      return false;
+    } else {
+      dying_.erase(pid);  // Reaped (or, were it ECHILD, not ours to wait for any more).
     }
-    dying_.erase(pid);  // Reaped (or, were it ECHILD, not ours to wait for any more).
-    return true;
   }
 
   // Orphans killed that outlived a sweep's wait. Sweeps never run at once (the caller's

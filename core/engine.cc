@@ -507,17 +507,14 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
 }
 
 void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
-  if (!loop_->IsLoopThread()) {  // A spawn thread's, for a pipeline that failed to start.
-    loop_->Post([this, pidfd = std::move(pidfd), reaped = std::move(reaped)]() mutable {
-      ReapLater(std::move(pidfd), std::move(reaped));
-    });
-    return;
-  }
-  if (reaper_ != nullptr) {
-    reaper_->Adopt(std::move(pidfd), std::move(reaped));
-  } else {
-    std::move(reaped)();  // The engine is going away: no more sweeps to keep off it.
-  }
+  // Off the loop: a spawn thread's, for a pipeline that failed to start.
+  loop_->RunOnLoop([this, pidfd = std::move(pidfd), reaped = std::move(reaped)]() mutable {
+    if (reaper_ != nullptr) {
+      reaper_->Adopt(std::move(pidfd), std::move(reaped));
+    } else {
+      std::move(reaped)();  // The engine is going away: no more sweeps to keep off it.
+    }
+  });
 }
 
 void Engine::FailUnwatched(Execution& e, absl::Status why) {
@@ -558,13 +555,7 @@ bool Engine::SweepOrphans() {
     }
     done = containment_->SweepOrphans(leaders);
   }
-  if (!done) {
-    if (loop_->IsLoopThread()) {
-      ArmOrphanSweep();
-    } else {
-      loop_->Post([this]() mutable { ArmOrphanSweep(); });
-    }
-  }
+  if (!done) loop_->RunOnLoop([this]() mutable { ArmOrphanSweep(); });
   return done;
 }
 

@@ -161,7 +161,8 @@ class Engine {
   void OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child);
   // On the loop: a started child that could not be watched is killed, reaped and reported.
   void FailUnwatched(Execution& e, absl::Status why);
-  // Loop thread: a killed child not dead at once is reaped by reaper_, then `reaped` runs.
+  // Any thread (the work is the loop's): a killed child not dead at once is reaped by
+  // reaper_, then `reaped` runs.
   void ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
   // Adds (running) or removes the processes execd spawned, for the orphan sweep.
   void TrackLeaders(const std::vector<pid_t>& pids, bool running);

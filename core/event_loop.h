@@ -1,8 +1,8 @@
 // EventLoop: one thread that owns a set of descriptors (epoll, level-triggered) and timers,
 // and runs posted tasks. A child costs descriptors here, not a thread.
 //
-// Thread-safety: Post() and IsLoopThread() may be called from any thread; everything else
-// only from the loop thread (inside a posted task, a timer or a handler).
+// Thread-safety: Post(), RunOnLoop() and IsLoopThread() may be called from any thread;
+// everything else only from the loop thread (inside a posted task, a timer or a handler).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +42,14 @@ class EventLoop {
   ~EventLoop();
 
   void Post(Task task);
+  // Runs `task` at once on the loop thread, else posts it.
+  void RunOnLoop(Task task) {
+    if (IsLoopThread()) {
+      std::move(task)();
+    } else {
+      Post(std::move(task));
+    }
+  }
   bool IsLoopThread() const { return std::this_thread::get_id() == thread_.get_id(); }
   const Clock& clock() const { return clock_; }
 

@@ -109,8 +109,8 @@ class Pool final : public PersistentWorker::Listener {
     // (process-group containment) leaves it alone.
     std::function<void(pid_t)> track;
     std::function<void(pid_t)> untrack;
-    // Loop thread: reaps a killed worker, given its pidfd, once it dies, then runs
-    // `reaped` (see Reaper).
+    // Reaps a killed process, given its pidfd, once it dies, then runs `reaped` (see
+    // Reaper; Engine::ReapLater).
     ReapLaterFn reap_later;
   };
 

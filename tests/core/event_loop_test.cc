@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -32,6 +33,28 @@ TEST(EventLoop, PostedTasksRunOnTheLoopThreadInOrder) {
   EXPECT_FALSE((*loop)->IsLoopThread());
   ASSERT_EQ(order.size(), 100u);
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+// RunOnLoop runs a task at once when called on the loop thread (before it returns, ahead
+// of tasks posted earlier), and from another thread posts it to run on the loop.
+TEST(EventLoop, RunOnLoopRunsAtOnceOnTheLoopAndPostsFromElsewhere) {
+  auto loop = EventLoop::Start();
+  ASSERT_TRUE(loop.ok());
+  absl::Notification done;
+  std::vector<std::string> order;  // Touched only on the loop thread.
+  bool from_other_thread_on_loop = false;
+  (*loop)->RunOnLoop([&]() mutable {
+    from_other_thread_on_loop = (*loop)->IsLoopThread();
+    (*loop)->Post([&]() mutable {
+      order.push_back("posted");
+      done.Notify();
+    });
+    (*loop)->RunOnLoop([&]() mutable { order.push_back("inline"); });
+    order.push_back("after");
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(from_other_thread_on_loop);
+  EXPECT_THAT(order, ::testing::ElementsAre("inline", "after", "posted"));
 }
 
 // A task posted from the loop thread sends no wake-up; the loop must still run it before it
