@@ -453,8 +453,9 @@ TEST_F(BinariesTest, AttachDrivesARemoteReplFromATerminal) {
   // The echo of what is typed never contains the answers waited for.
   ASSERT_TRUE(type("x = 6 * 7\nprint('x is', x)\n"));
   EXPECT_TRUE(ReadUntil(t.master, &seen, "x is 42", absl::Seconds(30))) << seen;
-  ASSERT_TRUE(type("import time; print('sleep' + 'ing'); time.sleep(1000)\n"));
-  EXPECT_TRUE(ReadUntil(t.master, &seen, "sleeping", absl::Seconds(30))) << seen;
+  // Then it waits for a signal, for the Ctrl-C to interrupt.
+  ASSERT_TRUE(type("import signal; print('wait' + 'ing'); signal.pause()\n"));
+  EXPECT_TRUE(ReadUntil(t.master, &seen, "waiting", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("\x03"));  // Ctrl-C: the terminal sends execctl SIGINT.
   EXPECT_TRUE(ReadUntil(t.master, &seen, "KeyboardInterrupt", absl::Seconds(30))) << seen;
   ASSERT_TRUE(type("print('still', 'here')\n"));
