@@ -462,11 +462,8 @@ TEST_F(EngineTest, APipelineThatFailedToStartIsAnsweredWhileItsFirstProgramCanno
     ASSERT_NE(frozen.load(), 0);
     EXPECT_FALSE(testing::Freezer::Reaped(frozen)) << "frozen, it cannot have died yet";
     // Thawed, it dies of its SIGKILL, and execd, its parent, reaps it: no zombie is left.
-    ASSERT_TRUE(freezer->Thaw());
+    EXPECT_TRUE(freezer->ThawAndAwaitReaped(frozen)) << "pid " << frozen << " was not reaped";
     if (!answered) (void)collector.Get();  // The blocked start ends before the engine goes.
-    EXPECT_TRUE(
-        testing::WaitFor([&] { return testing::Freezer::Reaped(frozen); }, absl::Seconds(10)))
-        << "pid " << frozen << " was not reaped";
     engine_.reset();
   }
 }
