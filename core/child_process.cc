@@ -15,7 +15,9 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/errno_status.h"
 #include "core/status_macros.h"
 
@@ -69,6 +71,28 @@ absl::StatusOr<std::pair<UniqueFd, UniqueFd>> OpenTerminal(const TerminalSize& s
   if (!slave.valid()) return ErrnoToStatus(errno, absl::StrCat("open ", name));
   if (!SetTerminalSize(master.get(), size)) return ErrnoToStatus(errno, "TIOCSWINSZ");
   return std::make_pair(std::move(master), std::move(slave));
+}
+
+// The longest exit report line read (Options::exit_report); a longer one is not a report.
+constexpr size_t kMaxReportLine = 128;
+
+// "exit CODE USER_US SYSTEM_US MAX_RSS_KIB": the program's exit code and resource use.
+bool ParseExitReport(absl::string_view line, ExitStatus* status, ResourceUsage* usage) {
+  std::vector<absl::string_view> words = absl::StrSplit(line, ' ');
+  int code;
+  int64_t user_us, system_us, max_rss_kib;
+  if (words.size() != 5 || words[0] != "exit" || !absl::SimpleAtoi(words[1], &code) || code < 0 ||
+      code > 255 || !absl::SimpleAtoi(words[2], &user_us) || user_us < 0 ||
+      !absl::SimpleAtoi(words[3], &system_us) || system_us < 0 ||
+      !absl::SimpleAtoi(words[4], &max_rss_kib) || max_rss_kib < 0 ||
+      max_rss_kib > (int64_t{1} << 40)) {
+    return false;
+  }
+  *status = ExitStatus{.exited = true, .code = code, .signal = 0};
+  usage->user_cpu = absl::Microseconds(user_us);
+  usage->system_cpu = absl::Microseconds(system_us);
+  usage->max_rss_bytes = max_rss_kib * 1024;
+  return true;
 }
 
 absl::Duration FromTimeval(const timeval& tv) {
@@ -139,10 +163,17 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     child->output_[1] = std::move(stderr_pipe.first);
     for (const UniqueFd& fd : child->output_) RETURN_IF_ERROR(SetNonBlocking(fd.get()));
   }
+  std::pair<UniqueFd, UniqueFd> report_pipe;
+  if (options.exit_report && !terminal && command.pipe_to.empty()) {
+    ASSIGN_OR_RETURN(report_pipe, os.Pipe());
+    RETURN_IF_ERROR(SetNonBlocking(report_pipe.first.get()));
+    child->exit_report_ = std::move(report_pipe.first);
+  }
 
   SpawnSpec spec = SpecFor(command, options.address_space_bytes);
   spec.stderr_fd = terminal ? child_stdin : stderr_pipe.second.get();
   spec.controlling_terminal = terminal;
+  spec.fd3 = report_pipe.second.get();  // -1 without a report pipe.
   child->group_->PlaceChild(spec);
   const size_t count = 1 + command.pipe_to.size();
   child->programs_.reserve(count);
@@ -174,6 +205,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
   stdin_read.reset();
   stdout_pipe.second.reset();
   stderr_pipe.second.reset();
+  report_pipe.second.reset();
 
   child->timeout_ = options.timeout;
   child->deadline_ = options.deadline;
@@ -229,6 +261,7 @@ absl::Status ChildProcess::Watch() {
     if (fd.valid()) RETURN_IF_ERROR(loop_.Watch(fd.get(), EPOLLIN, this));
   }
   if (stdin_.valid()) RETURN_IF_ERROR(loop_.Watch(stdin_.get(), EPOLLOUT, this));
+  if (exit_report_.valid()) RETURN_IF_ERROR(loop_.Watch(exit_report_.get(), EPOLLIN, this));
   // The caller's deadline may come first (a short one, or one that passed during a slow
   // spawn).
   const bool at_deadline = deadline_ <= exec_done_ + timeout_;
@@ -244,7 +277,7 @@ ChildProcess::~ChildProcess() {
   for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_, flush_timer_}) {
     if (timer != 0) loop_.CancelTimer(timer);
   }
-  for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_}) CloseStream(*fd);
+  for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &exit_report_}) CloseStream(*fd);
   // Once every program is reaped, here or later by reap_later_ (the 1 is this destructor's
   // share): the containment group goes (its cgroup removed: not before, when the removal
   // would wait for them), then on_reaped_ runs.
@@ -309,7 +342,7 @@ void ChildProcess::KillAll() {
 }
 
 void ChildProcess::Terminate(Termination reason, bool immediately) {
-  if (exited_ || terminating_) return;
+  if (exited_ || terminating_ || answered_from_report_) return;
   terminating_ = true;
   result_.termination = reason;
   if (immediately || reason != Termination::kTimedOut) {
@@ -333,8 +366,12 @@ void ChildProcess::OnFdReady(int fd, uint32_t events) {
   }
   if (fd == output_[0].get()) {
     ReadOutput(0, /*drain=*/false);
+    FinishIfReported();
   } else if (fd == output_[1].get()) {
     ReadOutput(1, /*drain=*/false);
+    FinishIfReported();
+  } else if (fd == exit_report_.get()) {
+    ReadExitReport();
   } else if (fd == stdin_.get()) {
     if (keep_stdin_open_) {
       WriteSessionStdin(/*reader_gone=*/(events & (EPOLLERR | EPOLLHUP)) != 0);
@@ -348,6 +385,56 @@ void ChildProcess::CloseStream(UniqueFd& fd) {
   if (!fd.valid()) return;
   if (watched_) loop_.Unwatch(fd.get());  // Never touch the loop from a spawning thread.
   fd.reset();
+}
+
+void ChildProcess::ReadExitReport() {
+  char buf[kMaxReportLine];
+  ssize_t n;
+  do {
+    n = read(exit_report_.get(), buf, sizeof(buf));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return;
+  if (n > 0) report_line_.append(buf, static_cast<size_t>(n));
+  const size_t end = report_line_.find('\n');
+  if (n > 0 && end == std::string::npos && report_line_.size() < kMaxReportLine) return;
+  // A line, the end of the descriptor, an error or too long a line: it has said all it
+  // will. A report counts only while the program runs its course (not once execd stops it).
+  if (end != std::string::npos && !exited_ && !terminating_) {
+    reported_ = ParseExitReport(absl::string_view(report_line_).substr(0, end), &report_.status,
+                                &report_.usage);
+  }
+  CloseStream(exit_report_);
+  std::string().swap(report_line_);
+  FinishIfReported();
+}
+
+void ChildProcess::FinishIfReported() {
+  // Both outputs must have ended: a process that still holds one (a child the program
+  // left behind) may still write, so the exit is waited for as without a report.
+  if (!reported_ || exited_ || terminating_ || answered_from_report_ || output_[0].valid() ||
+      output_[1].valid()) {
+    return;
+  }
+  answered_from_report_ = true;
+  // Everything the command started is killed before its answer leaves (the program itself
+  // is exiting anyway); the reaping is left to the destructor, or reap_later, off the
+  // answer's path.
+  KillAll();
+  for (Program& p : programs_) {
+    if (watched_) loop_.Unwatch(p.pidfd.get());
+  }
+  CloseStream(stdin_);
+  for (EventLoop::TimerId* timer : {&timeout_timer_, &kill_timer_}) {
+    if (*timer != 0) loop_.CancelTimer(*timer);
+    *timer = 0;
+  }
+  Program& program = programs_.front();
+  program.status = report_.status;
+  program.cpu = report_.usage.user_cpu + report_.usage.system_cpu;
+  result_.status = report_.status;
+  result_.usage = report_.usage;
+  result_.run = loop_.clock().Now() - exec_done_;
+  Finish();
 }
 
 void ChildProcess::Deliver(int index, const char* data, size_t size) {
@@ -590,9 +677,10 @@ Termination ChildProcess::DecideTermination(const LimitHits& hits) const {
 }
 
 void ChildProcess::Finish() {
-  // Every process of the command is gone, so no one writes the pipes any more: draining
-  // reads to the end. (After GiveUp a killed process may still hold a pipe; it cannot run
-  // to write, and the reads never block: they stop at what is there.)
+  // Every process of the command is gone (or, after an exit report, both pipes ended), so
+  // no one writes the pipes any more: draining reads to the end. (After GiveUp a killed
+  // process may still hold a pipe; it cannot run to write, and the reads never block: they
+  // stop at what is there.)
   for (int i = 0; i < 2; ++i) {
     ReadOutput(i, /*drain=*/true);
     CloseStream(output_[i]);

@@ -131,6 +131,7 @@ void Pool::StartOne() {
   worker_options.reap_later = deps_.reap_later;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
+  child_options.exit_report = spec_->exit_report;
   child_options.reap_later = deps_.reap_later;
   child_options.address_space_bytes = address_space;
   child_options.kill_grace = deps_.kill_grace;

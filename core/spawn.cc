@@ -171,7 +171,7 @@ struct ChildArgs {
   char* const* argv;
   char* const* envp;
   const char* cwd;  // Null: inherit.
-  int fds[3];
+  int fds[4];       // The child's 0, 1, 2 and, unless -1, 3.
   bool controlling_terminal;
   const int* join_fds;
   size_t join_count;
@@ -229,14 +229,18 @@ int ChildMain(void* raw) {
   if (args->affinity != nullptr && sched_setaffinity(0, sizeof(cpu_set_t), args->affinity) != 0) {
     ChildFail(args, ChildStep::kAffinity);
   }
-  for (int i = 0; i < 3; ++i) {
-    if (dup2(args->fds[i], i) < 0) ChildFail(args, ChildStep::kDup);
+  const int keep = args->fds[3] >= 0 ? 4 : 3;
+  for (int i = 0; i < keep; ++i) {
+    // dup2 onto itself would keep the descriptor's close-on-exec flag.
+    if (args->fds[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(args->fds[i], i) < 0) {
+      ChildFail(args, ChildStep::kDup);
+    }
   }
   if (args->controlling_terminal && ioctl(STDIN_FILENO, TIOCSCTTY, 0) != 0) {
     ChildFail(args, ChildStep::kTerminal);
   }
   if (args->cwd != nullptr && chdir(args->cwd) != 0) ChildFail(args, ChildStep::kChdir);
-  if (close_range(3, ~0U, 0) != 0) ChildFail(args, ChildStep::kCloseRange);
+  if (close_range(keep, ~0U, 0) != 0) ChildFail(args, ChildStep::kCloseRange);
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -321,6 +325,7 @@ class SystemOs final : public ProcessOs {
     args.fds[0] = spec.stdin_fd;
     args.fds[1] = spec.stdout_fd;
     args.fds[2] = spec.stderr_fd;
+    args.fds[3] = spec.fd3;
     args.controlling_terminal = spec.controlling_terminal;
     args.parent_pid = getpid();
     args.failed_step = ChildStep::kNone;

@@ -24,6 +24,9 @@ struct SpawnSpec {
   int stdin_fd = -1;
   int stdout_fd = -1;
   int stderr_fd = -1;
+  // When set, becomes the child's descriptor 3 (a PREWARMED pool's exit report: see
+  // ChildProcess::Options::exit_report).
+  int fd3 = -1;
   // Descriptors the child writes "0" to before exec: cgroup.procs files to join.
   const std::vector<int>* join_fds = nullptr;
   // A cgroup v2 directory to create the child in (clone3, CLONE_INTO_CGROUP), and the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pool benchmarks for BENCHMARKS.md, each a ratio against a baseline measured in this run:
 #   1. a trivial Python program: cold spawn through execd vs a PREWARMED pool (p50 latency),
+#      with and without exit_report (answered on prewarm.py's exit report, not its reaping),
 #      open loop at a fixed rate (latency from each request's scheduled time) and closed loop
 #      and the floor under both: the same program spawned locally (no execd), and a
 #      PREWARMED pool of /bin/cat (no interpreter to wake, almost nothing to tear down)
@@ -17,6 +18,8 @@ trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$config"' E
 cat >"$config" <<CONFIG
 pool { name: "python" kind: PREWARMED argv: "/usr/bin/python3"
        argv: "$PWD/examples/workers/python/prewarm.py" min_idle: 8 max_size: 16 }
+pool { name: "python-report" kind: PREWARMED argv: "/usr/bin/python3" exit_report: true
+       argv: "$PWD/examples/workers/python/prewarm.py" min_idle: 8 max_size: 16 }
 pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 8 max_size: 16 }
 pool { name: "cxx" kind: PERSISTENT argv: "$PWD/$build/execd-test-worker"
        min_idle: 8 max_size: 8 }
@@ -28,10 +31,12 @@ server=$!
 for _ in $(seq 100); do "$build/execctl" --target="$target" health >/dev/null 2>&1 && break; sleep 0.1; done
 lt() { "$build/execd-loadtest" --target="$target" --duration="$duration" "$@"; }
 program='print(1)'
-echo "== Python print(1): cold spawn vs PREWARMED pool vs Ping, open loop (concurrency 2)"
+echo "== Python print(1): cold spawn vs PREWARMED pool (without, with exit_report) vs Ping,"
+echo "   open loop (concurrency 2)"
 for rate in 10 20 40; do
   lt --concurrency=2 --rate=$rate -- /usr/bin/python3 -c "$program"
   lt --concurrency=2 --rate=$rate --pool=python --stdin_text="$program"
+  lt --concurrency=2 --rate=$rate --pool=python-report --stdin_text="$program"
   lt --concurrency=2 --rate=$rate --ping
 done
 echo "== the floor, open loop (concurrency 2): local spawns, no execd; a pre-warmed /bin/cat"
@@ -43,6 +48,7 @@ done
 echo "== the same, closed loop (concurrency 1): the pool must spawn one process per request"
 lt --concurrency=1 -- /usr/bin/python3 -c "$program"
 lt --concurrency=1 --pool=python --stdin_text="$program"
+lt --concurrency=1 --pool=python-report --stdin_text="$program"
 echo "== persistent workers vs Ping (concurrency 8)"
 lt --concurrency=8 --ping
 lt --concurrency=8 --pool=cxx -- echo

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "execd/v1/pools.pb.h"
@@ -15,6 +16,9 @@
 
 namespace execd::server {
 namespace {
+
+// Where a PREWARMED process with exit_report finds its report descriptor.
+constexpr char kExitFdVariable[] = "EXECD_EXIT_FD";
 
 using google::protobuf::TextFormat;
 
@@ -95,6 +99,10 @@ absl::StatusOr<std::vector<core::PoolSpec>> ParsePoolsConfig(const std::string& 
     if (spec.kind == core::PoolSpec::Kind::kPrewarmed && p.max_requests() > 1) {
       return error("max_requests applies to PERSISTENT pools; PREWARMED processes serve one");
     }
+    if (p.exit_report() && spec.kind != core::PoolSpec::Kind::kPrewarmed) {
+      return error("exit_report applies to PREWARMED pools; a PERSISTENT worker answers in frames");
+    }
+    spec.exit_report = p.exit_report();
     auto positive = [&](const google::protobuf::Duration& d, absl::Duration fallback,
                         absl::string_view field) -> absl::StatusOr<absl::Duration> {
       absl::Duration v = DurationFromProto(d);
@@ -129,6 +137,13 @@ absl::StatusOr<std::vector<core::PoolSpec>> ParsePoolsConfig(const std::string& 
     *as_request.mutable_argv() = p.argv();
     *as_request.mutable_env() = p.env();
     *as_request.mutable_inherit_env() = p.inherit_env();
+    if (spec.exit_report) {
+      if (p.env().contains(kExitFdVariable) ||
+          absl::c_linear_search(p.inherit_env(), kExitFdVariable)) {
+        return error(absl::StrCat(kExitFdVariable, " is set by execd for exit_report; remove it"));
+      }
+      (*as_request.mutable_env())[kExitFdVariable] = "3";
+    }
     as_request.set_cwd(p.cwd());
     *as_request.mutable_limits() = p.limits();
     as_request.mutable_limits()->clear_timeout();

@@ -173,5 +173,64 @@ TEST_F(SpawnIntoCgroupTest, AGroupGivenUpOnIsDroppedAtOnceAndItsCgroupRemovedLat
   EXPECT_NE(access(cgroup_dir.c_str(), F_OK), 0) << cgroup_dir << " was left behind";
 }
 
+// SpawnSpec::fd3 becomes the child's descriptor 3 (a PREWARMED pool's exit report), from
+// any number, 3 included (where dup2 would leave it close-on-exec); without it the child
+// has only 0, 1 and 2.
+TEST(SpawnTest, TheChildHasDescriptorThreeOnlyWhenGivenOne) {
+  // The child writes to its 3, then lists which of its descriptors 3 to 20 are open.
+  const std::vector<std::string> argv = {"/bin/sh", "-c",
+                                         "echo to-3 >&3; echo open:; for i in $(seq 3 20); do "
+                                         "[ -e /proc/$$/fd/$i ] && echo $i; done"};
+  const std::vector<std::string> env;
+  const std::string cwd;
+  auto run = [&](int fd3) {
+    int out[2];
+    EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
+    SpawnSpec spec;
+    spec.executable = &argv[0];
+    spec.argv = &argv;
+    spec.env = &env;
+    spec.cwd = &cwd;
+    spec.stdin_fd = STDIN_FILENO;
+    spec.stdout_fd = out[1];
+    spec.stderr_fd = out[1];
+    spec.fd3 = fd3;
+    auto spawned = SystemProcessOs().Spawn(spec);
+    close(out[1]);
+    EXPECT_TRUE(spawned.ok()) << spawned.status();
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(out[0], buf, sizeof(buf))) > 0;) text.append(buf, n);
+    close(out[0]);
+    if (spawned.ok()) waitpid(spawned->pid, nullptr, 0);
+    return text;
+  };
+  EXPECT_THAT(run(-1), ::testing::EndsWith("open:\n"));  // After sh's complaint about 3.
+  for (bool at_three : {false, true}) {
+    int report[2];
+    ASSERT_EQ(pipe2(report, O_CLOEXEC | O_NONBLOCK), 0);
+    // Whatever this process has on 3 steps aside for the spawn (single-threaded here).
+    const int saved_flags = at_three ? fcntl(3, F_GETFD) : -1;
+    const int saved = saved_flags >= 0 ? fcntl(3, F_DUPFD_CLOEXEC, 10) : -1;
+    if (at_three) {
+      ASSERT_EQ(dup3(report[1], 3, O_CLOEXEC), 3);
+      close(report[1]);
+      report[1] = 3;
+    }
+    const int write_end = report[1];
+    std::string listed = run(write_end);
+    close(write_end);
+    if (saved >= 0) {
+      ASSERT_EQ(dup3(saved, 3, saved_flags & FD_CLOEXEC ? O_CLOEXEC : 0), 3);
+      close(saved);
+    }
+    char buf[64];
+    ssize_t n = read(report[0], buf, sizeof(buf));
+    close(report[0]);
+    EXPECT_EQ(listed, "open:\n3\n") << "fd3 was " << write_end;
+    EXPECT_EQ(std::string(buf, n > 0 ? n : 0), "to-3\n") << "fd3 was " << write_end;
+  }
+}
+
 }  // namespace
 }  // namespace execd::core

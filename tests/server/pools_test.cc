@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -27,6 +28,7 @@
 #include "core/pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/convert.h"
 #include "server/pools_config.h"
 #include "tests/support/deadline.h"
 #include "tests/support/freezer.h"
@@ -73,6 +75,8 @@ class PoolsTest : public ::testing::Test {
   // Starts a server with the pools of `config` (text format).
   void StartWith(const std::string& config, int max_concurrency = 8,
                  core::Containment::Mode containment = core::Containment::Mode::kAuto) {
+    // One server at a time: servers of one process would share their cgroup's name.
+    server_.reset();
     auto server = TestServer::Start([&](server::ServerConfig& c) {
       auto pools = server::ParsePoolsConfig(config, "test.textproto", c.policy);
       ASSERT_TRUE(pools.ok()) << pools.status();
@@ -218,6 +222,97 @@ TEST_F(PoolsTest, PrewarmedRequestTakesNoArguments) {
   grpc::Status status = server_->Execute(Pooled("cat", {"x"}), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("send the input as stdin"));
+}
+
+// With exit_report, a process that reports its exit (after its output ended) is answered
+// at once, with the code and resource use it reported, and killed and reaped afterwards:
+// this one would otherwise sleep into its timeout.
+TEST_F(PoolsTest, PrewarmedExitReportAnswersBeforeTheProcessEnds) {
+  for (auto mode : {core::Containment::Mode::kAuto, core::Containment::Mode::kProcessGroup}) {
+    SCOPED_TRACE(mode == core::Containment::Mode::kAuto ? "auto" : "process groups");
+    // It leaves a child behind (not holding its output), and sleeps after its report.
+    StartWith(R"pb(
+                pool {
+                  name: "sh"
+                  kind: PREWARMED
+                  argv: "/bin/sh"
+                  argv: "-c"
+                  argv: "read x; sleep 100 </dev/null >/dev/null 2>&1 & "
+                        "echo got $x fd=$EXECD_EXIT_FD left=$!; echo err >&2; "
+                        "exec 1>&- 2>&-; echo 'exit 7 1500 2500 3000' >&3; exec sleep 100"
+                  exit_report: true
+                  min_idle: 1
+                  max_size: 2
+                  timeout { seconds: 20 }
+                })pb",
+              8, mode);
+    v1::ExecuteResponse response;
+    ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "hi\n"), &response).ok());
+    EXPECT_EQ(response.termination(), v1::EXITED);
+    EXPECT_EQ(response.exit_code(), 7);
+    EXPECT_THAT(response.stdout(), ::testing::StartsWith("got hi fd=3 left="));
+    EXPECT_EQ(response.stderr(), "err\n");
+    EXPECT_EQ(server::DurationFromProto(response.usage().user_cpu()), absl::Microseconds(1500));
+    EXPECT_EQ(server::DurationFromProto(response.usage().system_cpu()), absl::Microseconds(2500));
+    EXPECT_EQ(response.usage().max_rss_bytes(), 3000 * 1024);
+    int left = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(
+        absl::StripAsciiWhitespace(response.stdout().substr(response.stdout().find("left=") + 5)),
+        &left))
+        << response.stdout();
+    // Neither the process (sleeping after its report) nor the child it left outlives the
+    // answer by long.
+    EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(response.pid()) && !ProcessAlive(left); },
+                        absl::Seconds(5)));
+    EXPECT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.busy == 0; }));
+  }
+}
+
+// A report is believed only when it is a well-formed line and the command's output has
+// ended; otherwise the exit is waited for and its real status reported. Without
+// exit_report the process has no descriptor 3 and no EXECD_EXIT_FD.
+TEST_F(PoolsTest, AnExitReportCountsOnlyWhenWellFormedAndTheOutputHasEnded) {
+  StartWith(R"pb(
+    pool {
+      name: "garbage"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "read x; exec 1>&- 2>&-; echo 'exit seven 0 0 0' >&3; exit 5"
+      exit_report: true
+      max_size: 1
+    }
+    pool {
+      name: "held"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      # A child keeps stdout open: the report cannot end the command.
+      argv: "read x; sleep 100 & echo 'exit 9 0 0 0' >&3; exit 3"
+      exit_report: true
+      max_size: 1
+    }
+    pool {
+      name: "plain"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "read x; echo \"[$EXECD_EXIT_FD]\"; echo 'exit 9 0 0 0' >&3 || exit 6"
+      max_size: 1
+    })pb");
+  v1::ExecuteResponse garbage;
+  ASSERT_TRUE(server_->Execute(Pooled("garbage", {}, "\n"), &garbage).ok());
+  EXPECT_EQ(garbage.termination(), v1::EXITED);
+  EXPECT_EQ(garbage.exit_code(), 5);
+  v1::ExecuteResponse held;
+  ASSERT_TRUE(server_->Execute(Pooled("held", {}, "\n"), &held).ok());
+  EXPECT_EQ(held.termination(), v1::EXITED);
+  EXPECT_EQ(held.exit_code(), 3);
+  v1::ExecuteResponse plain;
+  ASSERT_TRUE(server_->Execute(Pooled("plain", {}, "\n"), &plain).ok());
+  EXPECT_EQ(plain.exit_code(), 6);
+  EXPECT_EQ(plain.stdout(), "[]\n");
+  EXPECT_THAT(plain.stderr(), HasSubstr("3"));  // The shell's "Bad file descriptor".
 }
 
 // ---- PERSISTENT ----
@@ -890,6 +985,11 @@ TEST(PoolsConfig, ErrorsNameTheLineAndTheFix) {
        "/no/such/worker"},
       {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 max_requests: 5 }",
        "max_requests applies to PERSISTENT"},
+      {"pool { name: \"a\" kind: PERSISTENT argv: \"/bin/cat\" max_size: 1 exit_report: true }",
+       "exit_report applies to PREWARMED"},
+      {"pool { name: \"a\" kind: PREWARMED argv: \"/bin/cat\" max_size: 1 exit_report: true "
+       "env { key: \"EXECD_EXIT_FD\" value: \"4\" } }",
+       "EXECD_EXIT_FD is set by execd for exit_report"},
       {"pool { name: \"a\" kind: PERSISTENT argv: \"/bin/cat\" max_size: 1 "
        "max_requests: 3000000000 }",
        "max_requests must be at most 2147483647"},
@@ -967,40 +1067,87 @@ TEST_F(PoolsTest, ThePythonWorkerLibrarySurvivesAndReportsAHandlersMistakes) {
 // process that imported its modules (and warmed up) before the request came.
 TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
   if (!HavePython()) GTEST_SKIP() << kNoPython;
-  StartWith(absl::StrCat("pool { name: \"py\" kind: PREWARMED argv: \"/usr/bin/python3\" ",
-                         "argv: \"", SOURCE_DIR, "/examples/workers/python/prewarm.py\" ",
-                         "argv: \"json\" min_idle: 2 max_size: 2 }"));
-  // Only the program's output: the warm-up prints nothing. The named module is imported.
-  EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(6 * 7, 'json' in sys.modules)\n")),
-            "42 True\n");
-  v1::ExecuteResponse exited;
-  ASSERT_TRUE(server_->Execute(Pooled("py", {}, "import sys\nsys.exit(3)\n"), &exited).ok());
-  EXPECT_EQ(exited.exit_code(), 3);
-  v1::ExecuteResponse raised;
-  ASSERT_TRUE(server_->Execute(Pooled("py", {}, "raise ValueError('boom')\n"), &raised).ok());
-  EXPECT_EQ(raised.exit_code(), 1);
-  EXPECT_THAT(raised.stderr(), HasSubstr("ValueError: boom"));
-  // The program runs as __main__, each in a fresh process.
-  EXPECT_EQ(Run(Pooled("py", {}, "print(__name__, 'x' in globals())\nx = 1\n")),
-            "__main__ False\n");
-  EXPECT_EQ(Run(Pooled("py", {}, "print('x' in globals())\n")), "False\n");
-  // What python3 does at exit: wait for the program's threads, run its atexit functions.
-  EXPECT_EQ(Run(Pooled("py", {},
-                       "import atexit, threading\n"
-                       "atexit.register(print, 'at exit')\n"
-                       "go = threading.Event()\n"
-                       "threading.Thread(target=lambda: (go.wait(), print('thread'))).start()\n"
-                       "print('main')\n"
-                       "go.set()\n")),
-            "main\nthread\nat exit\n");
-  // Its sys.path[0] is the working directory, as for `python3 -`.
-  EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(repr(sys.path[0]))\n")), "''\n");
-  // A program that closed its stdout still exits with its own status.
-  v1::ExecuteResponse closed;
+  // The same with and without exit_report: the program cannot tell.
+  for (bool exit_report : {false, true}) {
+    SCOPED_TRACE(absl::StrCat("exit_report: ", exit_report));
+    StartWith(absl::StrCat("pool { name: \"py\" kind: PREWARMED argv: \"/usr/bin/python3\" ",
+                           "argv: \"", SOURCE_DIR, "/examples/workers/python/prewarm.py\" ",
+                           "argv: \"json\" min_idle: 2 max_size: 2 exit_report: ", exit_report,
+                           " }"));
+    // Only the program's output: the warm-up prints nothing. The named module is imported.
+    EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(6 * 7, 'json' in sys.modules)\n")),
+              "42 True\n");
+    v1::ExecuteResponse exited;
+    ASSERT_TRUE(server_->Execute(Pooled("py", {}, "import sys\nsys.exit(3)\n"), &exited).ok());
+    EXPECT_EQ(exited.exit_code(), 3);
+    v1::ExecuteResponse raised;
+    ASSERT_TRUE(server_->Execute(Pooled("py", {}, "raise ValueError('boom')\n"), &raised).ok());
+    EXPECT_EQ(raised.exit_code(), 1);
+    EXPECT_THAT(raised.stderr(), HasSubstr("ValueError: boom"));
+    // The program runs as __main__, each in a fresh process.
+    EXPECT_EQ(Run(Pooled("py", {}, "print(__name__, 'x' in globals())\nx = 1\n")),
+              "__main__ False\n");
+    EXPECT_EQ(Run(Pooled("py", {}, "print('x' in globals())\n")), "False\n");
+    // What python3 does at exit: wait for the program's threads, run its atexit functions.
+    EXPECT_EQ(Run(Pooled("py", {},
+                         "import atexit, threading\n"
+                         "atexit.register(print, 'at exit')\n"
+                         "go = threading.Event()\n"
+                         "threading.Thread(target=lambda: (go.wait(), print('thread'))).start()\n"
+                         "print('main')\n"
+                         "go.set()\n")),
+              "main\nthread\nat exit\n");
+    // Its sys.path[0] is the working directory, as for `python3 -`.
+    EXPECT_EQ(Run(Pooled("py", {}, "import sys\nprint(repr(sys.path[0]))\n")), "''\n");
+    // A program that closed its stdout still exits with its own status.
+    v1::ExecuteResponse closed;
+    ASSERT_TRUE(
+        server_->Execute(Pooled("py", {}, "import sys\nsys.stdout.close()\nsys.exit(4)\n"), &closed)
+            .ok());
+    EXPECT_EQ(closed.exit_code(), 4) << closed.stderr();
+    // No trace of the report's descriptor: the first file opened is 3, as in `python3 -`.
+    EXPECT_EQ(Run(Pooled("py", {},
+                         "import os\nprint(os.open('/dev/null', os.O_RDONLY), "
+                         "'EXECD_EXIT_FD' in os.environ)\n")),
+              "3 False\n");
+    // Its resource use is its own, reported either way.
+    v1::ExecuteResponse busy;
+    ASSERT_TRUE(
+        server_->Execute(Pooled("py", {}, "x = bytearray(64 << 20)\nsum(range(3000000))\n"), &busy)
+            .ok());
+    EXPECT_EQ(busy.exit_code(), 0) << busy.stderr();
+    EXPECT_GT(server::DurationFromProto(busy.usage().user_cpu()), absl::Milliseconds(1));
+    EXPECT_GT(busy.usage().max_rss_bytes(), 64 << 20);
+  }
+}
+
+// What prewarm.py writes on EXECD_EXIT_FD (here a file, to read it back): one report line
+// with the program's exit code and its resource use, after its output.
+TEST_F(PoolsTest, ThePythonPrewarmScriptReportsItsProgramsExit) {
+  if (!HavePython()) GTEST_SKIP() << kNoPython;
+  testing::ScopedTempDir dir("prewarm");
+  const std::string report = dir.path() + "/report";
+  StartWith(absl::StrCat(
+      "pool { name: \"py\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" argv: \"exec ",
+      "/usr/bin/python3 ", SOURCE_DIR, "/examples/workers/python/prewarm.py 3>", report,
+      "\" env { key: \"EXECD_EXIT_FD\" value: \"3\" } min_idle: 1 max_size: 1 }"));
+  v1::ExecuteResponse response;
   ASSERT_TRUE(
-      server_->Execute(Pooled("py", {}, "import sys\nsys.stdout.close()\nsys.exit(4)\n"), &closed)
+      server_
+          ->Execute(Pooled("py", {}, "print('out')\nsum(range(3000000))\nraise SystemExit(3)\n"),
+                    &response)
           .ok());
-  EXPECT_EQ(closed.exit_code(), 4) << closed.stderr();
+  EXPECT_EQ(response.exit_code(), 3);
+  EXPECT_EQ(response.stdout(), "out\n");
+  std::string line;
+  std::getline(std::ifstream(report), line);
+  std::vector<std::string> words = absl::StrSplit(line, ' ');
+  ASSERT_EQ(words.size(), 5u) << line;
+  EXPECT_EQ(words[0], "exit");
+  EXPECT_EQ(words[1], "3");
+  int64_t user_us = 0, max_rss_kib = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(words[2], &user_us) && user_us > 1000) << line;
+  EXPECT_TRUE(absl::SimpleAtoi(words[4], &max_rss_kib) && max_rss_kib > 1000) << line;
 }
 
 TEST_F(PoolsTest, AReloadRetiresOnlyThePoolsWhoseConfigurationChanged) {
