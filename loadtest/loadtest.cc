@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -27,6 +28,8 @@ class Requester {
  public:
   virtual ~Requester() = default;
   virtual std::string Send() = 0;
+  // The server's time for the request just sent, where the server reports one.
+  virtual std::optional<absl::Duration> ServerTime() const { return std::nullopt; }
 };
 
 class ExecuteRequester final : public Requester {
@@ -47,6 +50,11 @@ class ExecuteRequester final : public Requester {
                              v1::Termination_Name(response_.termination()), response_.exit_code());
     }
     return "";
+  }
+  std::optional<absl::Duration> ServerTime() const override {
+    if (!response_.timings().has_total()) return std::nullopt;
+    const google::protobuf::Duration& d = response_.timings().total();
+    return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
   }
 
  private:
@@ -196,6 +204,7 @@ Report Run(const Config& config) {
   std::atomic<int64_t> errors{0};
   absl::Mutex mu;
   std::vector<absl::Duration> latencies;
+  std::vector<absl::Duration> server_times;
   std::string first_error;
   const absl::Time start = absl::Now();
   const absl::Time end = start + config.duration;
@@ -216,6 +225,7 @@ Report Run(const Config& config) {
         return;  // RunBatch.
     }
     std::vector<absl::Duration> mine;
+    std::vector<absl::Duration> mine_server;
     // Open loop when a rate is set: each worker sends on its own schedule, and latency
     // counts from the scheduled time, so a slow reply delays the measurement of the ones
     // behind it instead of hiding them (no coordinated omission). The workers' schedules
@@ -242,10 +252,13 @@ Report Run(const Config& config) {
         errors.fetch_add(1);
         absl::MutexLock lock(&mu);
         if (first_error.empty()) first_error = error;
+      } else if (std::optional<absl::Duration> server = requester->ServerTime()) {
+        mine_server.push_back(*server);
       }
     }
     absl::MutexLock lock(&mu);
     latencies.insert(latencies.end(), mine.begin(), mine.end());
+    server_times.insert(server_times.end(), mine_server.begin(), mine_server.end());
   };
   std::vector<std::thread> threads;
   for (int i = 0; i < config.concurrency; ++i) threads.emplace_back(worker, i);
@@ -258,6 +271,9 @@ Report Run(const Config& config) {
   report.errors = errors.load();
   report.first_error = first_error;
   Summarize(std::move(latencies), &report);
+  std::sort(server_times.begin(), server_times.end());
+  report.server_p50 = Percentile(server_times, 0.50);
+  report.server_samples = static_cast<int64_t>(server_times.size());
   return report;
 }
 
@@ -268,6 +284,10 @@ std::string FormatText(const Report& r) {
       "latency: p50=%.3fms p90=%.3fms p99=%.3fms max=%.3fms\n",
       ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
       r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max));
+  if (r.server_samples > 0) {
+    absl::StrAppend(&out,
+                    absl::StrFormat("server: p50=%.3fms (timings.total)\n", Ms(r.server_p50)));
+  }
   if (!r.first_error.empty()) absl::StrAppend(&out, "first error: ", r.first_error, "\n");
   return out;
 }
@@ -281,9 +301,9 @@ std::string FormatJson(const Report& r) {
   return absl::StrFormat(
       "{\"mode\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"errors\":%d,\"elapsed_s\":%.6f,"
       "\"requests_per_second\":%.3f,\"p50_ms\":%.6f,\"p90_ms\":%.6f,\"p99_ms\":%.6f,"
-      "\"max_ms\":%.6f,\"first_error\":\"%s\"}\n",
+      "\"max_ms\":%.6f,\"server_p50_ms\":%.6f,\"first_error\":\"%s\"}\n",
       ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
-      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max), escaped);
+      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max), Ms(r.server_p50), escaped);
 }
 
 }  // namespace execd::loadtest

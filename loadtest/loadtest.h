@@ -37,6 +37,11 @@ struct Report {
   absl::Duration elapsed;
   double requests_per_second = 0;
   absl::Duration p50, p90, p99, max;
+  // Execute: the server's own time per request (timings.total: from receiving the request
+  // to the response being ready), without the RPC's transport and the client; p50 over
+  // the successful requests.
+  absl::Duration server_p50;
+  int64_t server_samples = 0;
 };
 
 Report Run(const Config& config);

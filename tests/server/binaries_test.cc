@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -205,6 +206,25 @@ TEST_F(BinariesTest, LoadtestReportsThroughputAndLatencyForExecuteAndPing) {
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     EXPECT_THAT(r.out, HasSubstr("\"requests\":200,\"errors\":0"));
     EXPECT_THAT(r.out, HasSubstr("\"p99_ms\":"));
+    // Execute: the server's own share of each request, which cannot exceed the whole.
+    auto field = [&](absl::string_view name) {
+      const std::string key = absl::StrCat("\"", name, "\":");
+      double value = -1;
+      size_t at = r.out.find(key);
+      if (at == std::string::npos ||
+          !absl::SimpleAtod(r.out.substr(at + key.size(), r.out.find(',', at) - at - key.size()),
+                            &value)) {
+        ADD_FAILURE() << "no " << name << " in " << r.out;
+      }
+      return value;
+    };
+    const double server_p50 = field("server_p50_ms");
+    if (mode[0] == "--ping") {
+      EXPECT_EQ(server_p50, 0) << r.out;
+    } else {
+      EXPECT_GT(server_p50, 0) << r.out;
+      EXPECT_LE(server_p50, field("p50_ms")) << r.out;
+    }
   }
 }
 
