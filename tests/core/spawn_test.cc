@@ -43,6 +43,21 @@ bool KernelCreatesIntoCgroups() {
 #endif
 }
 
+// A spec for `argv` with no environment, the server's cwd, stdin and stderr inherited.
+SpawnSpec SpecOf(const std::vector<std::string>& argv, int stdout_fd) {
+  static const std::vector<std::string> kNoEnv;
+  static const std::string kSameCwd;
+  SpawnSpec spec;
+  spec.executable = &argv[0];
+  spec.argv = &argv;
+  spec.env = &kNoEnv;
+  spec.cwd = &kSameCwd;
+  spec.stdin_fd = STDIN_FILENO;
+  spec.stdout_fd = stdout_fd;
+  spec.stderr_fd = STDERR_FILENO;
+  return spec;
+}
+
 class SpawnIntoCgroupTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -85,16 +100,7 @@ class SpawnIntoCgroupTest : public ::testing::Test {
   // Spawns `argv` into group_, created in the cgroup `dir_fd` where it can be.
   absl::StatusOr<SpawnedProcess> SpawnInGroup(const std::vector<std::string>& argv, int stdout_fd,
                                               int dir_fd) {
-    const std::vector<std::string> env;
-    const std::string cwd;
-    SpawnSpec spec;
-    spec.executable = &argv[0];
-    spec.argv = &argv;
-    spec.env = &env;
-    spec.cwd = &cwd;
-    spec.stdin_fd = STDIN_FILENO;
-    spec.stdout_fd = stdout_fd;
-    spec.stderr_fd = STDERR_FILENO;
+    SpawnSpec spec = SpecOf(argv, stdout_fd);
     spec.join_fds = &group_->join_fds();
     spec.cgroup_dir_fd = dir_fd;
     spec.cgroup_procs_fd = group_->birthplace().procs_fd;
@@ -181,18 +187,10 @@ TEST(SpawnTest, TheChildHasDescriptorThreeOnlyWhenGivenOne) {
   const std::vector<std::string> argv = {"/bin/sh", "-c",
                                          "echo to-3 >&3; echo open:; for i in $(seq 3 20); do "
                                          "[ -e /proc/$$/fd/$i ] && echo $i; done"};
-  const std::vector<std::string> env;
-  const std::string cwd;
   auto run = [&](int fd3) {
     int out[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-    SpawnSpec spec;
-    spec.executable = &argv[0];
-    spec.argv = &argv;
-    spec.env = &env;
-    spec.cwd = &cwd;
-    spec.stdin_fd = STDIN_FILENO;
-    spec.stdout_fd = out[1];
+    SpawnSpec spec = SpecOf(argv, out[1]);
     spec.stderr_fd = out[1];
     spec.fd3 = fd3;
     auto spawned = SystemProcessOs().Spawn(spec);
