@@ -215,6 +215,45 @@ TEST_F(PoolsTest, PrewarmedDeadlineKillsTheProcess) {
   EXPECT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.busy == 0; }));
 }
 
+// The caller gives up (a cancel) while its pre-warmed process runs: the process and what
+// it started are killed and reaped, and the pool serves the next request.
+TEST_F(PoolsTest, PrewarmedCancelKillsTheProcess) {
+  StartWith(R"pb(
+    pool {
+      name: "slow"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "read x; sleep 100 & echo $!; exec sleep 100"
+      min_idle: 1
+      max_size: 1
+    })pb");
+  ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.idle == 1; }));
+  const std::vector<pid_t> before = testing::ChildrenOf(getpid());
+  ASSERT_EQ(before.size(), 1u);  // The one pre-warmed process: it takes the request.
+  AsyncCall call;
+  call.request = Pooled("slow", {}, "go\n");
+  call.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.busy == 1; }));
+  // Its background child exists once the shell forked it: a child of the shell.
+  pid_t left = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::vector<pid_t> children = testing::ChildrenOf(before[0]);
+        if (!children.empty()) left = children[0];
+        return left != 0;
+      },
+      absl::Seconds(10)));
+  call.context.TryCancel();
+  ASSERT_TRUE(call.Wait());
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(
+      WaitFor([&] { return !ProcessAlive(before[0]) && !ProcessAlive(left); }, absl::Seconds(5)));
+  EXPECT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.busy == 0; }));
+  // The pool refills and serves again (its one slot was given back).
+  ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.idle == 1; }));
+}
+
 TEST_F(PoolsTest, PrewarmedRequestTakesNoArguments) {
   StartWith(R"pb(
     pool { name: "cat" kind: PREWARMED argv: "/bin/cat" max_size: 1 })pb");
