@@ -75,6 +75,8 @@ absl::StatusOr<std::pair<UniqueFd, UniqueFd>> OpenTerminal(const TerminalSize& s
 
 // The longest exit report line read (Options::exit_report); a longer one is not a report.
 constexpr size_t kMaxReportLine = 128;
+// A CPU time past this (about 35 years) is not a report: it would not fit a response.
+constexpr int64_t kMaxReportedMicros = int64_t{1} << 50;
 
 // "exit CODE USER_US SYSTEM_US MAX_RSS_KIB": the program's exit code and resource use.
 bool ParseExitReport(absl::string_view line, ExitStatus* status, ResourceUsage* usage) {
@@ -85,7 +87,7 @@ bool ParseExitReport(absl::string_view line, ExitStatus* status, ResourceUsage* 
       code > 255 || !absl::SimpleAtoi(words[2], &user_us) || user_us < 0 ||
       !absl::SimpleAtoi(words[3], &system_us) || system_us < 0 ||
       !absl::SimpleAtoi(words[4], &max_rss_kib) || max_rss_kib < 0 ||
-      max_rss_kib > (int64_t{1} << 40)) {
+      std::max(user_us, system_us) > kMaxReportedMicros || max_rss_kib > (int64_t{1} << 40)) {
     return false;
   }
   *status = ExitStatus{.exited = true, .code = code, .signal = 0};
@@ -685,6 +687,7 @@ void ChildProcess::Finish() {
     ReadOutput(i, /*drain=*/true);
     CloseStream(output_[i]);
   }
+  CloseStream(exit_report_);  // Unread (the exit came first): nothing after the answer.
   result_.termination = DecideTermination(group_->Hits());
   result_.usage.peak_memory_bytes = group_->PeakMemoryBytes();
   if (flush_timer_ != 0) loop_.CancelTimer(flush_timer_);

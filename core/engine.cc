@@ -518,13 +518,26 @@ void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
 }
 
 void Engine::FailUnwatched(Execution& e, absl::Status why) {
-  // Its pids stay leaders until they are reaped (here, or later by reap_later_ when not
-  // dead at once): untracked first, the sweep would reap them, and the child's own kill
-  // then aim at pids free for reuse.
-  const std::vector<pid_t> pids = e.child_->pids();
-  ChildProcess::Destroy(std::move(e.child_), [this, pids]() { TrackLeaders(pids, false); });
-  SweepOrphans();  // What it started outside its groups.
+  DestroyChild(e);
   Finish(e, std::move(why));
+}
+
+void Engine::DestroyChild(Execution& e) {
+  // Its pids stay leaders until they are reaped: at once, or later by reap_later_ (one that
+  // did not die at once, or one answered from its exit report and still being torn down).
+  // Untracked first, the sweep would reap them, and the child's own kill then aim at pids
+  // free for reuse. A pre-warmed process holds its place in its pool as long; the refill
+  // its release may start runs as a task of its own, after the caller has its answer,
+  // which it would otherwise compete with for the CPU.
+  const std::vector<pid_t> pids = e.child_->pids();
+  absl::AnyInvocable<void() &&> release_pool;
+  if (e.pool_ != nullptr) release_pool = e.pool_->Releaser();
+  ChildProcess::Destroy(std::move(e.child_),
+                        [this, pids, release_pool = std::move(release_pool)]() mutable {
+                          TrackLeaders(pids, false);
+                          if (release_pool) loop_->Post(std::move(release_pool));
+                        });
+  SweepOrphans();  // What it started outside its groups.
 }
 
 void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {
@@ -585,23 +598,17 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
       StartRunnableLocked();
     }
   }
-  if (execution.child_ != nullptr) {
-    TrackLeaders(execution.child_->pids(), false);
-    SweepOrphans();
-  }
   if (execution.child_ == nullptr) {
     execution.observer_->OnFinished(std::move(result));
     return;
   }
   // The child is destroyed outside its own callback, and before the caller hears the
   // result: by then its descriptors are closed and its cgroup is gone (or, for a command
-  // whose processes could not all die, left to be removed once they have).
+  // whose processes could not all die, or one answered from its exit report, left to be
+  // removed once they have).
   loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
-    keep->child_.reset();
+    DestroyChild(*keep);
     keep->observer_->OnFinished(std::move(result));
-    // Its pre-warmed process is gone; the refill this may start waits until the caller has
-    // its answer, which it would otherwise compete with for the CPU.
-    if (keep->pool_ != nullptr) keep->pool_->Release();
     absl::MutexLock lock(&mu_);
     --finishing_;
   });

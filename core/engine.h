@@ -161,6 +161,8 @@ class Engine {
   void OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child);
   // On the loop: a started child that could not be watched is killed, reaped and reported.
   void FailUnwatched(Execution& e, absl::Status why);
+  // Loop thread: destroys e's child (see the definition for what waits for its reaping).
+  void DestroyChild(Execution& e);
   // Any thread (the work is the loop's): a killed child not dead at once is reaped by
   // reaper_, then `reaped` runs.
   void ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);

@@ -292,6 +292,12 @@ void Pool::Release() {
   Refill();
 }
 
+absl::AnyInvocable<void() &&> Pool::Releaser() {
+  return [this, alive = alive_]() mutable {
+    if (*alive) Release();
+  };
+}
+
 void Pool::OnWorkerReady(PersistentWorker* worker) {
   for (auto it = starting_.begin(); it != starting_.end(); ++it) {
     if (it->worker.get() != worker) continue;

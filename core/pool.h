@@ -134,8 +134,11 @@ class Pool final : public PersistentWorker::Listener {
   // follows). One in a persistent worker has its cancel sent (false; OnDone follows).
   // PREWARMED requests that have their process are cancelled through it instead.
   bool Cancel(Request* request);
-  // Loop thread. A PREWARMED request's process has been destroyed.
+  // Loop thread. A PREWARMED request's process has been destroyed and reaped: its place in
+  // the pool is free (a process answered from its exit report counts until then).
   void Release();
+  // Loop thread: Release() as a task that may outlive the pool (then it does nothing).
+  absl::AnyInvocable<void() &&> Releaser();
   PoolStats stats() const;  // Loop thread.
 
   // PersistentWorker::Listener.

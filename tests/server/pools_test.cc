@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -305,6 +306,57 @@ TEST_F(PoolsTest, PrewarmedExitReportAnswersBeforeTheProcessEnds) {
                         absl::Seconds(5)));
     EXPECT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.busy == 0; }));
   }
+}
+
+// With process-group containment the engine tracks each command's leader until it is
+// reaped, so the orphan sweep leaves it alone (and no kill aims at its pid once free). A
+// leader answered from its report is still being torn down, here frozen: it stays tracked.
+TEST_F(PoolsTest, AProcessAnsweredFromItsReportStaysTrackedUntilReaped) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << why;
+  testing::ScopedTempDir dir("report");
+  const std::string fifo = dir.path() + "/go";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  // The leader becomes `sleep`; a background subshell reports once the test says so.
+  StartWith(
+      absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                   "argv: \"echo $$ >", dir.path(), "/pid; read x; ", "( exec 1>&- 2>&-; read go <",
+                   fifo, "; echo 'exit 7 0 0 0' >&3 ) & exec 1>&- 2>&-; exec sleep 100\" ",
+                   "exit_report: true min_idle: 1 max_size: 1 }"),
+      8, core::Containment::Mode::kProcessGroup);
+  pid_t leader = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string line;
+        std::getline(std::ifstream(dir.path() + "/pid"), line);
+        return absl::SimpleAtoi(line, &leader) && leader > 0;
+      },
+      absl::Seconds(10)));
+  AsyncCall call;
+  call.request = Pooled("sh", {}, "go\n");
+  call.Start(server_->stub());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string comm;
+        std::getline(std::ifstream(absl::StrCat("/proc/", leader, "/comm")), comm);
+        return comm == "sleep";
+      },
+      absl::Seconds(10)));
+  ASSERT_TRUE(freezer->Freeze(leader));
+  core::Engine& engine = server_->server().engine();
+  ASSERT_TRUE(engine.Tracks(leader));
+  std::ofstream(fifo) << "go\n";  // Opens once the subshell reads: then it reports.
+  ASSERT_TRUE(call.Wait());
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.response.exit_code(), 7);
+  EXPECT_FALSE(testing::Freezer::Reaped(leader));
+  EXPECT_TRUE(engine.Tracks(leader)) << "untracked while still unreaped";
+  // The pool counts it until then: its one place is not free for a refill yet.
+  EXPECT_EQ(Stats("sh").busy, 1);
+  ASSERT_TRUE(freezer->ThawAndAwaitReaped(leader));
+  EXPECT_TRUE(WaitFor([&] { return !engine.Tracks(leader); }, absl::Seconds(5)));
+  EXPECT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.busy == 0; }));
 }
 
 // A report is believed only when it is a well-formed line and the command's output has
@@ -1157,10 +1209,52 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
     EXPECT_EQ(busy.exit_code(), 0) << busy.stderr();
     EXPECT_GT(server::DurationFromProto(busy.usage().user_cpu()), absl::Milliseconds(1));
     EXPECT_GT(busy.usage().max_rss_bytes(), 64 << 20);
+    // A child the program forked ends through the same script: its exit is not the
+    // program's.
+    v1::ExecuteResponse forked;
+    ASSERT_TRUE(server_
+                    ->Execute(Pooled("py", {},
+                                     "import os, sys\n"
+                                     "pid = os.fork()\n"
+                                     "if pid == 0:\n"
+                                     "    sys.exit(5)\n"
+                                     "os.waitpid(pid, 0)\n"
+                                     "print('parent')\n"
+                                     "sys.exit(3)\n"),
+                              &forked)
+                    .ok());
+    EXPECT_EQ(forked.exit_code(), 3) << forked.stderr();
+    EXPECT_EQ(forked.stdout(), "parent\n");
+    // A program that closes every inherited descriptor (as daemons do), then opens files
+    // (the second takes the report's old number, 4) still exits with its own status, and
+    // the file gets only what the program wrote.
+    testing::ScopedTempDir dir("prewarm");
+    const std::string file = dir.path() + "/file";
+    v1::ExecuteResponse closer;
+    ASSERT_TRUE(server_
+                    ->Execute(Pooled("py", {},
+                                     absl::StrCat("import os\n"
+                                                  "os.closerange(3, 1024)\n"
+                                                  "null = open('/dev/null')\n"  // Takes 3.
+                                                  "f = open('",
+                                                  file,
+                                                  "', 'w')\n"
+                                                  "f.write('mine')\n"
+                                                  "f.flush()\n"
+                                                  "os.kept = f\n"  // Open to the end.
+                                                  "print('ok')\n")),
+                              &closer)
+                    .ok());
+    EXPECT_EQ(closer.exit_code(), 0) << closer.stderr();
+    EXPECT_EQ(closer.stdout(), "ok\n");
+    std::string written;
+    std::getline(std::ifstream(file), written);
+    EXPECT_EQ(written, "mine");
   }
 }
 
-// What prewarm.py writes on EXECD_EXIT_FD (here a file, to read it back): one report line
+// What prewarm.py writes on EXECD_EXIT_FD (here a file, appended to: the refill opens it
+// too): one report line
 // with the program's exit code and its resource use, after its output.
 TEST_F(PoolsTest, ThePythonPrewarmScriptReportsItsProgramsExit) {
   if (!HavePython()) GTEST_SKIP() << kNoPython;
@@ -1168,7 +1262,7 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptReportsItsProgramsExit) {
   const std::string report = dir.path() + "/report";
   StartWith(absl::StrCat(
       "pool { name: \"py\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" argv: \"exec ",
-      "/usr/bin/python3 ", SOURCE_DIR, "/examples/workers/python/prewarm.py 3>", report,
+      "/usr/bin/python3 ", SOURCE_DIR, "/examples/workers/python/prewarm.py 3>>", report,
       "\" env { key: \"EXECD_EXIT_FD\" value: \"3\" } min_idle: 1 max_size: 1 }"));
   v1::ExecuteResponse response;
   ASSERT_TRUE(

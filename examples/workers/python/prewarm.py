@@ -31,6 +31,9 @@ for module in sys.argv[1:]:
 # this process down, which takes longer than a short program runs. The program sees
 # neither: the variable is removed, and the descriptor moves off 3 (its number as in a
 # plain `python3 -`, where the program's first open gets 3) and is not inherited.
+# Only this process reports (not a child the program forked that ends through this
+# script too), and only to the descriptor it was given: the program may close it, and its
+# number may then go to a file of the program's.
 EXIT_FD = None
 if "EXECD_EXIT_FD" in os.environ:
     import resource  # pylint: disable=wrong-import-position
@@ -38,6 +41,15 @@ if "EXECD_EXIT_FD" in os.environ:
     _given = int(os.environ.pop("EXECD_EXIT_FD"))
     EXIT_FD = os.dup(_given)  # Not inheritable, as Python makes every new descriptor.
     os.close(_given)
+    _EXIT_FD_ID = (os.getpid(), os.fstat(EXIT_FD).st_dev, os.fstat(EXIT_FD).st_ino)
+
+
+def _exit_fd_is_ours():
+    try:
+        st = os.fstat(EXIT_FD)
+    except OSError:
+        return False
+    return (os.getpid(), st.st_dev, st.st_ino) == _EXIT_FD_ID
 
 # Warm up what the first program would otherwise pay for: CPython builds its compiler's
 # state on the first compile() (about 0.7 ms, against 7 us for each one after), and
@@ -98,7 +110,7 @@ for stream in (sys.stdout, sys.stderr):
         stream.flush()
     except Exception:  # pylint: disable=broad-except  # e.g. the program closed it.
         pass
-if EXIT_FD is not None:
+if EXIT_FD is not None and _exit_fd_is_ours():
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     report = "exit %d %d %d %d\n" % (
         code & 0xFF,
@@ -112,5 +124,8 @@ if EXIT_FD is not None:
             os.close(fd)
         except OSError:
             pass
-    os.write(EXIT_FD, report.encode())
+    try:
+        os.write(EXIT_FD, report.encode())
+    except OSError:  # execd is gone, or stopped listening: the exit tells the same.
+        pass
 os._exit(code & 0xFF)
