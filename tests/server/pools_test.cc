@@ -308,6 +308,53 @@ TEST_F(PoolsTest, PrewarmedExitReportAnswersBeforeTheProcessEnds) {
   }
 }
 
+// The report line's grammar: "exit CODE USER_US SYSTEM_US MAX_RSS_KIB" and a newline,
+// CODE 0-255, the rest non-negative and in range. Anything else is no report: the real
+// exit status (9 here) is the answer. The request's stdin is the line the worker reports.
+TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
+  StartWith(R"pb(
+    pool {
+      name: "sh"
+      kind: PREWARMED
+      argv: "/bin/sh"
+      argv: "-c"
+      argv: "IFS= read -r line; read -r end; exec 1>&- 2>&-; "
+            "if [ $end = newline ]; then printf '%s\\n' \"$line\" >&3; "
+            "else printf '%s' \"$line\" >&3; fi; exit 9"
+      exit_report: true
+      min_idle: 1
+      max_size: 4
+    })pb");
+  struct Case {
+    std::string line;  // Sent with its newline unless `no_newline`.
+    int want;
+    bool no_newline = false;
+  } cases[] = {
+      {"exit 4 10 20 30", 4},
+      {"exit 0 0 0 0", 0},
+      {"exit 255 0 0 0", 255},
+      {"exit 4 10 20 30", 9, /*no_newline=*/true},
+      {"exit 256 0 0 0", 9},
+      {"exit -1 0 0 0", 9},
+      {"exit 4 -1 0 0", 9},
+      {"exit 4 0 0", 9},
+      {"exit 4 0 0 0 0", 9},
+      {"exit 4 x 0 0", 9},
+      {"Exit 4 0 0 0", 9},
+      {"exit  4 0 0 0", 9},
+      {"exit 4 1125899906842625 0 0", 9},  // 2^50 + 1 us: not a CPU time.
+      {"exit 4 0 0 0 " + std::string(200, 'x'), 9},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.line);
+    v1::ExecuteResponse response;
+    const std::string stdin_data = c.line + (c.no_newline ? "\nnone\n" : "\nnewline\n");
+    ASSERT_TRUE(server_->Execute(Pooled("sh", {}, stdin_data), &response).ok());
+    EXPECT_EQ(response.termination(), v1::EXITED);
+    EXPECT_EQ(response.exit_code(), c.want);
+  }
+}
+
 // With process-group containment the engine tracks each command's leader until it is
 // reaped, so the orphan sweep leaves it alone (and no kill aims at its pid once free). A
 // leader answered from its report is still being torn down, here frozen: it stays tracked.
