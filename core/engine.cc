@@ -526,18 +526,20 @@ void Engine::DestroyChild(Execution& e) {
   // Its pids stay leaders until they are reaped: at once, or later by reap_later_ (one that
   // did not die at once, or one answered from its exit report and still being torn down).
   // Untracked first, the sweep would reap them, and the child's own kill then aim at pids
-  // free for reuse. A pre-warmed process holds its place in its pool as long; the refill
-  // its release may start runs as a task of its own, after the caller has its answer,
-  // which it would otherwise compete with for the CPU.
+  // free for reuse. What it started outside its groups is swept then: only once a leader
+  // is gone do the processes it orphaned come to execd. A pre-warmed process holds its
+  // place in its pool as long; the refill its release may start runs as a task of its
+  // own, after the caller has its answer, which it would otherwise compete with for the
+  // CPU.
   const std::vector<pid_t> pids = e.child_->pids();
   absl::AnyInvocable<void() &&> release_pool;
   if (e.pool_ != nullptr) release_pool = e.pool_->Releaser();
   ChildProcess::Destroy(std::move(e.child_),
                         [this, pids, release_pool = std::move(release_pool)]() mutable {
                           TrackLeaders(pids, false);
+                          SweepOrphans();
                           if (release_pool) loop_->Post(std::move(release_pool));
                         });
-  SweepOrphans();  // What it started outside its groups.
 }
 
 void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {

@@ -406,6 +406,28 @@ TEST_F(PoolsTest, AProcessAnsweredFromItsReportStaysTrackedUntilReaped) {
   EXPECT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.busy == 0; }));
 }
 
+// With process-group containment, a process that left the command's process groups (a
+// daemon in a session of its own) is found by the orphan sweep once its parent is gone.
+// A leader answered from its report dies after the answer: the sweep comes then too.
+TEST_F(PoolsTest, AReportedCommandsEscapedProcessIsSweptWithoutCgroups) {
+  testing::ScopedTempDir dir("report");
+  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                         "argv: \"read x; setsid sleep 100 </dev/null >/dev/null 2>&1 & ",
+                         "echo $! >", dir.path(), "/daemon; exec 1>&- 2>&-; ",
+                         "echo 'exit 0 0 0 0' >&3; exec sleep 100\" ",
+                         "exit_report: true min_idle: 1 max_size: 1 }"),
+            8, core::Containment::Mode::kProcessGroup);
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "go\n"), &response).ok());
+  EXPECT_EQ(response.exit_code(), 0);
+  pid_t daemon = 0;
+  std::string line;
+  std::getline(std::ifstream(dir.path() + "/daemon"), line);
+  ASSERT_TRUE(absl::SimpleAtoi(line, &daemon) && daemon > 0) << line;
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(daemon); }, absl::Seconds(5)))
+      << "the daemon the command started outlived it";
+}
+
 // A report is believed only when it is a well-formed line and the command's output has
 // ended; otherwise the exit is waited for and its real status reported. Without
 // exit_report the process has no descriptor 3 and no EXECD_EXIT_FD.
