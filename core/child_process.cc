@@ -425,17 +425,12 @@ void ChildProcess::FinishIfReported() {
   for (Program& p : programs_) {
     if (watched_) loop_.Unwatch(p.pidfd.get());
   }
-  CloseStream(stdin_);
-  for (EventLoop::TimerId* timer : {&timeout_timer_, &kill_timer_}) {
-    if (*timer != 0) loop_.CancelTimer(*timer);
-    *timer = 0;
-  }
+  EndRun();
   Program& program = programs_.front();
   program.status = report_.status;
   program.cpu = report_.usage.user_cpu + report_.usage.system_cpu;
   result_.status = report_.status;
   result_.usage = report_.usage;
-  result_.run = loop_.clock().Now() - exec_done_;
   Finish();
 }
 
@@ -626,15 +621,19 @@ void ChildProcess::OnExited(size_t last) {
                                                     static_cast<int64_t>(usage.ru_maxrss) * 1024);
     if (programs_.size() > 1) result_.stages.push_back(StageExit{p.pid, p.status});
   }
+  EndRun();
+  result_.status = programs_.back().status;  // A pipeline's is its last program's.
+  empty_deadline_ = loop_.clock().Now() + empty_wait_;
+  FinishWhenEmpty(absl::Milliseconds(1));
+}
+
+void ChildProcess::EndRun() {
   CloseStream(stdin_);
   for (EventLoop::TimerId* timer : {&timeout_timer_, &kill_timer_}) {
     if (*timer != 0) loop_.CancelTimer(*timer);
     *timer = 0;
   }
-  result_.status = programs_.back().status;  // A pipeline's is its last program's.
   result_.run = loop_.clock().Now() - exec_done_;
-  empty_deadline_ = loop_.clock().Now() + empty_wait_;
-  FinishWhenEmpty(absl::Milliseconds(1));
 }
 
 void ChildProcess::FinishWhenEmpty(absl::Duration backoff) {

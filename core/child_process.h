@@ -152,6 +152,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   void OnProgramExited(size_t index);
   // The last running program has exited: the command is over.
   void OnExited(size_t last);
+  // The command's run is over (its programs reaped, or its exit reported): stdin closes,
+  // the timeout and the kill grace stop, and the run time is taken.
+  void EndRun();
   // Reports once every process of the command is gone (or `empty_wait` has passed).
   void FinishWhenEmpty(absl::Duration backoff);
   void Finish();

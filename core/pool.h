@@ -83,7 +83,7 @@ class Pool final : public PersistentWorker::Listener {
    public:
     virtual ~Request() = default;
     // PREWARMED: the process to run the request in; spawned with a stdin pipe, not yet
-    // watched. Hand it back with Pool::Release() when it is finished with.
+    // watched. Run Pool::Releaser()'s task once it is destroyed and reaped.
     virtual void OnProcess(std::unique_ptr<ChildProcess> child) = 0;
     // PERSISTENT: the request went to worker `pid`.
     virtual void OnStarted(pid_t pid) = 0;
@@ -134,10 +134,9 @@ class Pool final : public PersistentWorker::Listener {
   // follows). One in a persistent worker has its cancel sent (false; OnDone follows).
   // PREWARMED requests that have their process are cancelled through it instead.
   bool Cancel(Request* request);
-  // Loop thread. A PREWARMED request's process has been destroyed and reaped: its place in
-  // the pool is free (a process answered from its exit report counts until then).
-  void Release();
-  // Loop thread: Release() as a task that may outlive the pool (then it does nothing).
+  // Loop thread: a task to run once a PREWARMED request's process has been destroyed and
+  // reaped, which frees its place in the pool (a process answered from its exit report
+  // counts until then). It may outlive the pool, and then does nothing.
   absl::AnyInvocable<void() &&> Releaser();
   PoolStats stats() const;  // Loop thread.
 
@@ -168,6 +167,8 @@ class Pool final : public PersistentWorker::Listener {
     int64_t generation = 0;
   };
 
+  // A PREWARMED request's process is gone: one place fewer in use (Releaser).
+  void Release();
   void CheckIdentity();
   // Starts a new generation: idle and starting workers go now, busy ones when done.
   void RetireGeneration();

@@ -34,6 +34,12 @@ for module in sys.argv[1:]:
 # Only this process reports (not a child the program forked that ends through this
 # script too), and only to the descriptor it was given: the program may close it, and its
 # number may then go to a file of the program's.
+def _identity(fd):
+    """Which process holds `fd`, and which file it is."""
+    st = os.fstat(fd)
+    return os.getpid(), st.st_dev, st.st_ino
+
+
 EXIT_FD = None
 if "EXECD_EXIT_FD" in os.environ:
     import resource  # pylint: disable=wrong-import-position
@@ -41,15 +47,14 @@ if "EXECD_EXIT_FD" in os.environ:
     _given = int(os.environ.pop("EXECD_EXIT_FD"))
     EXIT_FD = os.dup(_given)  # Not inheritable, as Python makes every new descriptor.
     os.close(_given)
-    _EXIT_FD_ID = (os.getpid(), os.fstat(EXIT_FD).st_dev, os.fstat(EXIT_FD).st_ino)
+    _EXIT_FD_ID = _identity(EXIT_FD)
 
 
 def _exit_fd_is_ours():
     try:
-        st = os.fstat(EXIT_FD)
-    except OSError:
+        return _identity(EXIT_FD) == _EXIT_FD_ID
+    except OSError:  # The program closed it.
         return False
-    return (os.getpid(), st.st_dev, st.st_ino) == _EXIT_FD_ID
 
 # Warm up what the first program would otherwise pay for: CPython builds its compiler's
 # state on the first compile() (about 0.7 ms, against 7 us for each one after), and
