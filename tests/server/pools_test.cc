@@ -311,6 +311,8 @@ TEST_F(PoolsTest, PrewarmedExitReportAnswersBeforeTheProcessEnds) {
 // The report line's grammar: "exit CODE USER_US SYSTEM_US MAX_RSS_KIB" and a newline,
 // CODE 0-255, the rest non-negative and in range. Anything else is no report: the real
 // exit status (9 here) is the answer. The request's stdin is the line the worker reports.
+// The worker exits only once execd has read the line and closed the pipe (its `cat`
+// then dies of SIGPIPE): exiting at once, its exit could be seen before its report.
 TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
   StartWith(R"pb(
     pool {
@@ -320,7 +322,7 @@ TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
       argv: "-c"
       argv: "IFS= read -r line; read -r end; exec 1>&- 2>&-; "
             "if [ $end = newline ]; then printf '%s\\n' \"$line\" >&3; "
-            "else printf '%s' \"$line\" >&3; fi; exit 9"
+            "else printf '%s' \"$line\" >&3; fi; cat /dev/zero >&3; exit 9"
       exit_report: true
       min_idle: 1
       max_size: 4
