@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -251,6 +252,43 @@ std::vector<pid_t> ChildProcess::pids() const {
   return pids;
 }
 
+absl::Status ChildProcess::AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done) {
+  if (!exit_report_.valid()) return absl::FailedPreconditionError("no report descriptor");
+  RETURN_IF_ERROR(loop_.Watch(exit_report_.get(), EPOLLIN, this));
+  on_ready_ = std::move(done);
+  return absl::OkStatus();
+}
+
+void ChildProcess::ReadReadyLine() {
+  char buf[kMaxReportLine];
+  ssize_t n;
+  do {
+    n = read(exit_report_.get(), buf, sizeof(buf));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return;
+  if (n > 0) report_line_.append(buf, static_cast<size_t>(n));
+  const size_t end = report_line_.find('\n');
+  if (n > 0 && end == std::string::npos && report_line_.size() < kMaxReportLine) return;
+  absl::Status status;
+  if (end == std::string::npos) {
+    status = absl::FailedPreconditionError(
+        n > 0 ? "it wrote too long a line on its report descriptor, where \"ready\" was expected"
+              : "it closed its report descriptor, or exited, before it reported \"ready\"");
+  } else if (absl::string_view(report_line_).substr(0, end) != "ready") {
+    status = absl::FailedPreconditionError(absl::StrCat(
+        "it wrote \"", absl::CHexEscape(absl::string_view(report_line_).substr(0, end)),
+        "\" on its report descriptor, where \"ready\" was expected"));
+  } else {
+    report_line_.erase(0, end + 1);  // What follows is its exit report's.
+  }
+  loop_.Unwatch(exit_report_.get());  // Watch() watches it again, for the exit report.
+  loop_.Post([alive = std::weak_ptr<bool>(alive_), done = std::move(on_ready_),
+              status = std::move(status)]() mutable {
+    if (alive.lock() != nullptr) std::move(done)(std::move(status));
+  });
+  on_ready_ = nullptr;
+}
+
 absl::Status ChildProcess::Watch() {
   // Stdin that fits in the pipe is written now, not after a round through epoll; a
   // pre-warmed process blocked on its stdin starts at once. (Not yet watched: closing the
@@ -279,6 +317,8 @@ ChildProcess::~ChildProcess() {
   for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_, flush_timer_}) {
     if (timer != 0) loop_.CancelTimer(timer);
   }
+  *alive_ = false;
+  if (on_ready_) loop_.Unwatch(exit_report_.get());
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &exit_report_}) CloseStream(*fd);
   // Once every program is reaped, here or later by reap_later_ (the 1 is this destructor's
   // share): the containment group goes (its cgroup removed: not before, when the removal
@@ -360,6 +400,10 @@ void ChildProcess::Terminate(Termination reason, bool immediately) {
 }
 
 void ChildProcess::OnFdReady(int fd, uint32_t events) {
+  if (on_ready_ && fd == exit_report_.get()) {
+    ReadReadyLine();
+    return;
+  }
   for (size_t i = 0; i < programs_.size(); ++i) {
     if (fd == programs_[i].pidfd.get()) {
       OnProgramExited(i);

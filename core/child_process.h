@@ -64,7 +64,8 @@ class ChildProcess final : public EventLoop::FdHandler {
     // and the end of both outputs are in, the command is over: the rest of its processes
     // are killed and the result is reported without waiting for the kernel to tear the
     // process down (half a millisecond or more for an interpreter). Anything else on the
-    // descriptor is ignored, and the exit is waited for as without it.
+    // descriptor is ignored, and the exit is waited for as without it. Before that, a
+    // pre-warmed process says it has warmed up with a line "ready\n" (AwaitReady).
     bool exit_report = false;
     // Streamed output is batched per stream and handed on when a batch reaches
     // stream_chunk_bytes or its first byte is stream_flush_interval old, whichever comes
@@ -98,6 +99,12 @@ class ChildProcess final : public EventLoop::FdHandler {
   // Before Watch(): whether the process is still running (a pre-warmed child may have
   // died while it waited).
   bool Alive() const;
+  // Loop thread, before Watch(), for a child spawned with Options::exit_report: waits for
+  // its line "ready\n" on the report descriptor, then runs `done` with OK, or with why the
+  // child will not be ready (it wrote something else, or closed the descriptor, as it
+  // does when it dies). `done` runs on the loop as a task of its own (it may destroy this
+  // object), and not at all if this object is destroyed first.
+  absl::Status AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done);
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
   // Destroys `child` and runs `reaped` once every one of its programs has been reaped: at
@@ -146,6 +153,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   void CloseStream(UniqueFd& fd);
   // The exit report's descriptor is readable.
   void ReadExitReport();
+  void ReadReadyLine();  // AwaitReady().
   // With an exit report and both outputs at their end: the command is over.
   void FinishIfReported();
   // A program's pidfd is readable.
@@ -189,6 +197,8 @@ class ChildProcess final : public EventLoop::FdHandler {
   std::array<UniqueFd, 2> output_;  // stdout, stderr read ends.
   UniqueFd exit_report_;            // Options::exit_report: read end, until a line came.
   std::string report_line_;
+  absl::AnyInvocable<void(absl::Status) &&> on_ready_;          // AwaitReady(), until its line.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // For on_ready_'s task.
   struct {
     ExitStatus status;
     ResourceUsage usage;

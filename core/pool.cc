@@ -41,6 +41,11 @@ Pool::~Pool() {
     if (idle.process != nullptr) DestroyThenUntrack(std::move(idle.process), deps_.untrack);
   }
   idle_.clear();
+  for (WarmingUp& w : warming_) {
+    deps_.loop->CancelTimer(w.startup_timer);
+    DestroyThenUntrack(std::move(w.process), deps_.untrack);
+  }
+  warming_.clear();
   busy_.clear();
   starting_.clear();
 }
@@ -51,16 +56,19 @@ void Pool::Start() {
   ArmShrink();
 }
 
+int Pool::Preparing() const {
+  return static_cast<int>(starting_.size() + warming_.size()) + spawning_;
+}
+
 int Pool::Total() const {
-  return static_cast<int>(idle_.size() + busy_.size() + starting_.size()) + spawning_ +
-         prewarmed_busy_;
+  return static_cast<int>(idle_.size() + busy_.size()) + Preparing() + prewarmed_busy_;
 }
 
 PoolStats Pool::stats() const {
   PoolStats s = counters_;
   s.idle = static_cast<int>(idle_.size());
   s.busy = static_cast<int>(busy_.size()) + prewarmed_busy_;
-  s.starting = static_cast<int>(starting_.size()) + spawning_;
+  s.starting = Preparing();
   s.generation = generation_;
   return s;
 }
@@ -92,13 +100,19 @@ void Pool::RetireGeneration() {
     Destroy(std::move(s.worker));
   }
   starting_.clear();
+  for (WarmingUp& w : warming_) {
+    ++counters_.recycled;
+    deps_.loop->CancelTimer(w.startup_timer);
+    Destroy(Idle{std::move(w.process), nullptr, {}, w.generation, 0});
+  }
+  warming_.clear();
   // Busy workers retire when they finish; spawns in flight are dropped when they land.
 }
 
 void Pool::Refill() {
   if (destroying_) return;
   const int want_ready = spec_->min_idle + burst_ + static_cast<int>(waiting_.size());
-  int have = static_cast<int>(idle_.size() + starting_.size()) + spawning_;
+  int have = static_cast<int>(idle_.size()) + Preparing();
   // Refill in batches, from half empty, and while none of this pool's requests runs,
   // unless it ran dry: joining a cgroup takes the kernel's cgroup threadgroup lock for
   // writing, which stalls every fork and exit on the machine for an RCU grace period
@@ -212,7 +226,60 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     if (!FailedInARow(++consecutive_start_failures_) || !waiting_.empty()) Refill();
     return;
   }
-  Ready(Idle{*std::move(process), nullptr, deps_.loop->clock().Now(), generation, 0});
+  if (!spec_->exit_report) {  // Ready once running: nothing tells when it has warmed up.
+    Ready(Idle{*std::move(process), nullptr, deps_.loop->clock().Now(), generation, 0});
+    return;
+  }
+  // Its "ready" line is its start-up check: handed out earlier, a process still importing
+  // its modules would make its request wait as long as a cold start. (Most recent first,
+  // the idle stack would hand out just that one.)
+  ChildProcess* p = process->get();
+  absl::Status awaited = p->AwaitReady([this, alive = alive_, p](absl::Status ready) mutable {
+    if (*alive) OnWarmedUp(p, std::move(ready));
+  });
+  EventLoop::TimerId timer = 0;
+  if (awaited.ok()) {
+    timer = deps_.loop->AddTimer(deps_.loop->clock().Now() + spec_->startup_timeout, [this, p]() {
+      OnWarmedUp(p, absl::DeadlineExceededError(
+                        absl::StrCat("it did not report \"ready\" within the startup_timeout of ",
+                                     absl::FormatDuration(spec_->startup_timeout))));
+    });
+  }
+  warming_.push_back(WarmingUp{*std::move(process), generation, timer});
+  if (!awaited.ok()) OnWarmedUp(p, awaited);
+}
+
+void Pool::OnWarmedUp(const ChildProcess* process, absl::Status status) {
+  auto it = std::find_if(warming_.begin(), warming_.end(),
+                         [process](const WarmingUp& w) { return w.process.get() == process; });
+  if (it == warming_.end()) return;  // Retired meanwhile, or the other of timer and line.
+  WarmingUp w = std::move(*it);
+  warming_.erase(it);
+  if (w.startup_timer != 0) deps_.loop->CancelTimer(w.startup_timer);
+  if (status.ok()) {
+    Ready(Idle{std::move(w.process), nullptr, deps_.loop->clock().Now(), w.generation, 0});
+    return;
+  }
+  ++counters_.crashed;
+  const std::string message = absl::StrCat("pid ", w.process->pid(), ": ", status.message());
+  Destroy(Idle{std::move(w.process), nullptr, {}, w.generation, 0});
+  StartFailed(message);
+}
+
+void Pool::StartFailed(const std::string& message) {
+  last_start_error_ = message;
+  // The oldest waiter gets the error unless enough other workers are on their way; not
+  // after a failure in a row, though: each failure starts a replacement, which would
+  // count as on its way for ever.
+  if (!waiting_.empty() &&
+      (consecutive_start_failures_ > 0 ||
+       static_cast<int>(waiting_.size()) > static_cast<int>(idle_.size()) + Preparing())) {
+    Request* request = waiting_.front().request;
+    waiting_.pop_front();
+    request->OnDone(absl::UnavailableError(
+        absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", message)));
+  }
+  if (!FailedInARow(++consecutive_start_failures_) || !waiting_.empty()) Refill();
 }
 
 void Pool::Ready(Idle idle) {
@@ -356,19 +423,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
     starting_.erase(it);
     std::string message = Describe(w.get(), why);
     Destroy(std::move(w));
-    last_start_error_ = message;
-    // The oldest waiter gets the error unless enough other workers are on their way; not
-    // after a failure in a row, though: each failure starts a replacement, which would
-    // count as on its way for ever.
-    if (!waiting_.empty() && (consecutive_start_failures_ > 0 ||
-                              static_cast<int>(waiting_.size()) >
-                                  static_cast<int>(idle_.size() + starting_.size()) + spawning_)) {
-      Request* request = waiting_.front().request;
-      waiting_.pop_front();
-      request->OnDone(absl::UnavailableError(
-          absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", message)));
-    }
-    if (!FailedInARow(++consecutive_start_failures_) || !waiting_.empty()) Refill();
+    StartFailed(message);
     return;
   }
   for (auto it = idle_.begin(); it != idle_.end(); ++it) {

@@ -166,6 +166,11 @@ class Pool final : public PersistentWorker::Listener {
     std::unique_ptr<PersistentWorker> worker;
     int64_t generation = 0;
   };
+  struct WarmingUp {  // PREWARMED with exit_report: spawned, its "ready" not yet in.
+    std::unique_ptr<ChildProcess> process;
+    int64_t generation = 0;
+    EventLoop::TimerId startup_timer = 0;
+  };
 
   // A PREWARMED request's process is gone: one place fewer in use (Releaser).
   void Release();
@@ -177,6 +182,12 @@ class Pool final : public PersistentWorker::Listener {
   void OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
                  absl::StatusOr<std::unique_ptr<PersistentWorker>> worker);
   void Ready(Idle idle);
+  // A warming-up process reported ready (OK), or will not be.
+  void OnWarmedUp(const ChildProcess* process, absl::Status status);
+  // A worker that failed its start (`message` says why) is gone: the oldest waiter gets
+  // the error unless enough others are on their way, and the pool refills.
+  void StartFailed(const std::string& message);
+  int Preparing() const;  // Workers on their way: spawning, starting, warming up.
   void Dispatch(Request* request, Call call, Idle idle);
   void ArmShrink();
   void Shrink();
@@ -197,6 +208,7 @@ class Pool final : public PersistentWorker::Listener {
   std::deque<Idle> idle_;
   std::vector<Busy> busy_;
   std::vector<Starting> starting_;  // PERSISTENT workers in their health check.
+  std::vector<WarmingUp> warming_;  // PREWARMED processes yet to report "ready".
   int spawning_ = 0;                // Spawns in flight on run_blocking.
   int prewarmed_busy_ = 0;          // PREWARMED processes handed to requests.
   struct Waiting {

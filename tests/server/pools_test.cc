@@ -277,7 +277,7 @@ TEST_F(PoolsTest, PrewarmedExitReportAnswersBeforeTheProcessEnds) {
                   kind: PREWARMED
                   argv: "/bin/sh"
                   argv: "-c"
-                  argv: "read x; sleep 100 </dev/null >/dev/null 2>&1 & "
+                  argv: "echo ready >&3; read x; sleep 100 </dev/null >/dev/null 2>&1 & "
                         "echo got $x fd=$EXECD_EXIT_FD left=$!; echo err >&2; "
                         "exec 1>&- 2>&-; echo 'exit 7 1500 2500 3000' >&3; exec sleep 100"
                   exit_report: true
@@ -320,7 +320,7 @@ TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
       kind: PREWARMED
       argv: "/bin/sh"
       argv: "-c"
-      argv: "IFS= read -r line; read -r end; exec 1>&- 2>&-; "
+      argv: "echo ready >&3; IFS= read -r line; read -r end; exec 1>&- 2>&-; "
             "if [ $end = newline ]; then printf '%s\\n' \"$line\" >&3; "
             "else printf '%s' \"$line\" >&3; fi; cat /dev/zero >&3; exit 9"
       exit_report: true
@@ -357,6 +357,61 @@ TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
   }
 }
 
+// With exit_report, a process's start-up check is its "ready" line: until then it is
+// starting, not idle, and a request waits for it rather than being handed a process that
+// is still warming up (as long to answer as a cold start). This one warms up until the
+// test opens its FIFO.
+TEST_F(PoolsTest, APrewarmedProcessWithAReportServesOnlyOnceItSaysReady) {
+  testing::ScopedTempDir dir("ready");
+  const std::string fifo = dir.path() + "/go";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                         "argv: \"read go <", fifo, "; echo ready >&3; read x; echo got $x; ",
+                         "exec 1>&- 2>&-; echo 'exit 0 0 0 0' >&3\" ",
+                         "exit_report: true min_idle: 1 max_size: 1 }"));
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.started == 1; }));
+  EXPECT_EQ(Stats("sh").idle, 0);
+  EXPECT_EQ(Stats("sh").starting, 1);
+  AsyncCall call;
+  call.request = Pooled("sh", {}, "hi\n");
+  call.Start(server_->stub());
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.misses == 1; }))
+      << "the request was handed the process before it was ready";
+  std::ofstream(fifo) << "go\n";  // Opens once the process reads: then it warms up.
+  ASSERT_TRUE(call.Wait());
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.response.stdout(), "got hi\n");
+  EXPECT_EQ(call.response.exit_code(), 0);
+  EXPECT_EQ(Stats("sh").crashed, 0);
+}
+
+// A process that will not be ready (it says something else, exits first, or stays silent
+// past startup_timeout) is killed and counted as crashed; the request waiting for it gets
+// a clear error rather than a process that never warmed up.
+TEST_F(PoolsTest, APrewarmedProcessThatNeverSaysReadyIsReplacedAndTheRequestToldWhy) {
+  struct Case {
+    std::string script;
+    std::string why;
+  } cases[] = {
+      {"echo hello >&3; exec cat", "wrote \"hello\" on its report descriptor"},
+      {"exit 0", "closed its report descriptor, or exited, before it reported"},
+      {"exec cat", "did not report \"ready\" within the startup_timeout of 200ms"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.script);
+    StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                           "argv: \"", c.script, "\" exit_report: true max_size: 1 ",
+                           "startup_timeout { nanos: 200000000 } }"));
+    v1::ExecuteResponse response;
+    grpc::Status status = server_->Execute(Pooled("sh", {}, "x\n"), &response, absl::Seconds(10));
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("could not start a worker"));
+    EXPECT_THAT(status.error_message(), HasSubstr(c.why));
+    EXPECT_GE(Stats("sh").crashed, 1);
+    EXPECT_EQ(Stats("sh").served, 0);
+  }
+}
+
 // With process-group containment the engine tracks each command's leader until it is
 // reaped, so the orphan sweep leaves it alone (and no kill aims at its pid once free). A
 // leader answered from its report is still being torn down, here frozen: it stays tracked.
@@ -368,12 +423,12 @@ TEST_F(PoolsTest, AProcessAnsweredFromItsReportStaysTrackedUntilReaped) {
   const std::string fifo = dir.path() + "/go";
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
   // The leader becomes `sleep`; a background subshell reports once the test says so.
-  StartWith(
-      absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
-                   "argv: \"echo $$ >", dir.path(), "/pid; read x; ", "( exec 1>&- 2>&-; read go <",
-                   fifo, "; echo 'exit 7 0 0 0' >&3 ) & exec 1>&- 2>&-; exec sleep 100\" ",
-                   "exit_report: true min_idle: 1 max_size: 1 }"),
-      8, core::Containment::Mode::kProcessGroup);
+  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                         "argv: \"echo $$ >", dir.path(), "/pid; echo ready >&3; read x; ",
+                         "( exec 1>&- 2>&-; read go <", fifo,
+                         "; echo 'exit 7 0 0 0' >&3 ) & exec 1>&- 2>&-; exec sleep 100\" ",
+                         "exit_report: true min_idle: 1 max_size: 1 }"),
+            8, core::Containment::Mode::kProcessGroup);
   pid_t leader = 0;
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -413,12 +468,13 @@ TEST_F(PoolsTest, AProcessAnsweredFromItsReportStaysTrackedUntilReaped) {
 // A leader answered from its report dies after the answer: the sweep comes then too.
 TEST_F(PoolsTest, AReportedCommandsEscapedProcessIsSweptWithoutCgroups) {
   testing::ScopedTempDir dir("report");
-  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
-                         "argv: \"read x; setsid sleep 100 </dev/null >/dev/null 2>&1 & ",
-                         "echo $! >", dir.path(), "/daemon; exec 1>&- 2>&-; ",
-                         "echo 'exit 0 0 0 0' >&3; exec sleep 100\" ",
-                         "exit_report: true min_idle: 1 max_size: 1 }"),
-            8, core::Containment::Mode::kProcessGroup);
+  StartWith(
+      absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                   "argv: \"echo ready >&3; read x; setsid sleep 100 </dev/null >/dev/null 2>&1 & ",
+                   "echo $! >", dir.path(), "/daemon; exec 1>&- 2>&-; ",
+                   "echo 'exit 0 0 0 0' >&3; exec sleep 100\" ",
+                   "exit_report: true min_idle: 1 max_size: 1 }"),
+      8, core::Containment::Mode::kProcessGroup);
   v1::ExecuteResponse response;
   ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "go\n"), &response).ok());
   EXPECT_EQ(response.exit_code(), 0);
@@ -440,7 +496,7 @@ TEST_F(PoolsTest, AnExitReportCountsOnlyWhenWellFormedAndTheOutputHasEnded) {
       kind: PREWARMED
       argv: "/bin/sh"
       argv: "-c"
-      argv: "read x; exec 1>&- 2>&-; echo 'exit seven 0 0 0' >&3; exit 5"
+      argv: "echo ready >&3; read x; exec 1>&- 2>&-; echo 'exit seven 0 0 0' >&3; exit 5"
       exit_report: true
       max_size: 1
     }
@@ -450,7 +506,7 @@ TEST_F(PoolsTest, AnExitReportCountsOnlyWhenWellFormedAndTheOutputHasEnded) {
       argv: "/bin/sh"
       argv: "-c"
       # A child keeps stdout open: the report cannot end the command.
-      argv: "read x; sleep 100 & echo 'exit 9 0 0 0' >&3; exit 3"
+      argv: "echo ready >&3; read x; sleep 100 & echo 'exit 9 0 0 0' >&3; exit 3"
       exit_report: true
       max_size: 1
     }
@@ -1325,8 +1381,8 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptRunsEachProgramLikePython) {
 }
 
 // What prewarm.py writes on EXECD_EXIT_FD (here a file, appended to: the refill opens it
-// too): one report line
-// with the program's exit code and its resource use, after its output.
+// too): "ready" once warmed up, then one report line with the program's exit code and its
+// resource use, after its output.
 TEST_F(PoolsTest, ThePythonPrewarmScriptReportsItsProgramsExit) {
   if (!HavePython()) GTEST_SKIP() << kNoPython;
   testing::ScopedTempDir dir("prewarm");
@@ -1343,8 +1399,12 @@ TEST_F(PoolsTest, ThePythonPrewarmScriptReportsItsProgramsExit) {
           .ok());
   EXPECT_EQ(response.exit_code(), 3);
   EXPECT_EQ(response.stdout(), "out\n");
+  // First its "ready", once warmed up; then the report (the refill's "ready" may follow).
+  std::ifstream lines(report);
   std::string line;
-  std::getline(std::ifstream(report), line);
+  std::getline(lines, line);
+  EXPECT_EQ(line, "ready");
+  std::getline(lines, line);
   std::vector<std::string> words = absl::StrSplit(line, ' ');
   ASSERT_EQ(words.size(), 5u) << line;
   EXPECT_EQ(words[0], "exit");

@@ -2,12 +2,12 @@
 """A pre-warmed Python process for a PREWARMED pool.
 
 execd starts it ahead of demand: it imports the modules named on its command line (so a
-request does not pay for them), warms up the compiler, then blocks reading its stdin. A request's stdin is the
-program; it runs as __main__ (sys.path[0] is the working directory, as for `python3 -`),
-and the process exits with the program's exit status once its non-daemon threads ended
-and its atexit functions ran, skipping the rest of interpreter finalisation (the
-program's output is flushed first), which costs
-more than the program itself for short scripts.
+request does not pay for them), warms up the compiler, says "ready" (with exit_report),
+then blocks reading its stdin. A request's stdin is the program; it runs as __main__
+(sys.path[0] is the working directory, as for `python3 -`), and the process exits with
+the program's exit status once its non-daemon threads ended and its atexit functions
+ran, skipping the rest of interpreter finalisation (the program's output is flushed
+first), which costs more than the program itself for short scripts.
 
 pool config:
   pool { name: "python" kind: PREWARMED
@@ -76,6 +76,9 @@ finally:
 exec(compile(_WARM_UP, "<warm-up>", "exec"), {"__name__": "__warm_up__"})
 sys.stdout.write("")
 sys.stdout.flush()
+# Warmed up: execd hands this process a request only from now on.
+if EXIT_FD is not None:
+    os.write(EXIT_FD, b"ready\n")
 
 source = sys.stdin.buffer.read()
 sys.argv = ["-"]  # As `python3 -` would show it.
@@ -110,18 +113,22 @@ if "threading" in sys.modules:
 import atexit  # pylint: disable=import-outside-toplevel,wrong-import-position
 
 atexit._run_exitfuncs()  # pylint: disable=protected-access
+# The report is made up before the output is flushed: the output, the end of it and the
+# report then reach execd together, and it answers on one wake-up rather than two.
+report = None
+if EXIT_FD is not None and _exit_fd_is_ours():
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    report = ("exit %d %d %d %d\n" % (
+        code & 0xFF,
+        sum(u.ru_utime for u in usage) * 1e6,
+        sum(u.ru_stime for u in usage) * 1e6,
+        max(u.ru_maxrss for u in usage))).encode()  # KiB
 for stream in (sys.stdout, sys.stderr):
     try:
         stream.flush()
     except Exception:  # pylint: disable=broad-except  # e.g. the program closed it.
         pass
-if EXIT_FD is not None and _exit_fd_is_ours():
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    report = "exit %d %d %d %d\n" % (
-        code & 0xFF,
-        sum(u.ru_utime for u in usage) * 1e6,
-        sum(u.ru_stime for u in usage) * 1e6,
-        max(u.ru_maxrss for u in usage))  # KiB
+if report is not None:
     # The output ends here (execd answers once both pipes and the report are in); a
     # process the program left holding them keeps the answer waiting for the exit.
     for fd in (1, 2):
@@ -130,7 +137,7 @@ if EXIT_FD is not None and _exit_fd_is_ours():
         except OSError:
             pass
     try:
-        os.write(EXIT_FD, report.encode())
+        os.write(EXIT_FD, report)
     except OSError:  # execd is gone, or stopped listening: the exit tells the same.
         pass
 os._exit(code & 0xFF)
