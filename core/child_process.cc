@@ -199,6 +199,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Spawn(
     Program& program = child->programs_.emplace_back();
     program.pid = spawned.pid;
     program.pidfd = std::move(spawned.pidfd);
+    child->joined_by_write_ |= spawned.joined_by_write;
     ++child->running_;
     prev_read = std::move(next.first);  // Ours of the link just used closes here.
   }
@@ -278,9 +279,13 @@ void ChildProcess::ReadReadyLine() {
     status = absl::FailedPreconditionError(absl::StrCat(
         "it wrote \"", absl::CHexEscape(absl::string_view(report_line_).substr(0, end)),
         "\" on its report descriptor, where \"ready\" was expected"));
-  } else {
-    report_line_.erase(0, end + 1);  // What follows is its exit report's.
+  } else if (end + 1 < report_line_.size()) {
+    // Nothing it says before it has a request can be its program's exit.
+    status = absl::FailedPreconditionError(
+        "it wrote more after \"ready\" on its report descriptor before it had a request");
   }
+  report_line_.clear();
+  ready_line_in_ = true;
   loop_.Unwatch(exit_report_.get());  // Watch() watches it again, for the exit report.
   loop_.Post([alive = std::weak_ptr<bool>(alive_), done = std::move(on_ready_),
               status = std::move(status)]() mutable {
@@ -317,7 +322,6 @@ ChildProcess::~ChildProcess() {
   for (EventLoop::TimerId timer : {timeout_timer_, kill_timer_, empty_timer_, flush_timer_}) {
     if (timer != 0) loop_.CancelTimer(timer);
   }
-  *alive_ = false;
   if (on_ready_) loop_.Unwatch(exit_report_.get());
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &exit_report_}) CloseStream(*fd);
   // Once every program is reaped, here or later by reap_later_ (the 1 is this destructor's

@@ -105,6 +105,8 @@ class ChildProcess final : public EventLoop::FdHandler {
   // does when it dies). `done` runs on the loop as a task of its own (it may destroy this
   // object), and not at all if this object is destroyed first.
   absl::Status AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done);
+  // AwaitReady's line (or the end of the descriptor) has come: `done` is on its way.
+  bool ready_line_in() const { return ready_line_in_; }
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
   // Destroys `child` and runs `reaped` once every one of its programs has been reaped: at
@@ -119,6 +121,8 @@ class ChildProcess final : public EventLoop::FdHandler {
 
   // The first program's pid (the only one unless the command is a pipeline).
   pid_t pid() const { return programs_.front().pid; }
+  // A program joined its cgroup by a cgroup.procs write (SpawnedProcess::joined_by_write).
+  bool joined_by_write() const { return joined_by_write_; }
   // Every program's pid, a pipeline's in order.
   std::vector<pid_t> pids() const;
   // Loop thread, after Watch(): stops (or resumes) reading the child's output, so a child
@@ -198,7 +202,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   UniqueFd exit_report_;            // Options::exit_report: read end, until a line came.
   std::string report_line_;
   absl::AnyInvocable<void(absl::Status) &&> on_ready_;          // AwaitReady(), until its line.
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // For on_ready_'s task.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // Expires with this object.
+  bool joined_by_write_ = false;
+  bool ready_line_in_ = false;
   struct {
     ExitStatus status;
     ResourceUsage usage;

@@ -46,6 +46,7 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
   w->group_->Attach(spawned.pid);
   w->pid_ = spawned.pid;
   w->pidfd_ = std::move(spawned.pidfd);
+  w->joined_by_write_ = spawned.joined_by_write;
   return w;
 }
 

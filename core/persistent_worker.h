@@ -79,6 +79,8 @@ class PersistentWorker final : public EventLoop::FdHandler {
   void Kill(absl::Status why, bool quiet = false);
 
   pid_t pid() const { return pid_; }
+  // It joined its cgroup by a cgroup.procs write (SpawnedProcess::joined_by_write).
+  bool joined_by_write() const { return joined_by_write_; }
   bool dead() const { return dead_; }
   // The tail of what the worker wrote to its stderr since the last Send (or its start),
   // for error messages.
@@ -114,6 +116,7 @@ class PersistentWorker final : public EventLoop::FdHandler {
   Listener* const listener_;
   std::unique_ptr<Containment::Group> group_;
   pid_t pid_ = -1;
+  bool joined_by_write_ = false;
   UniqueFd pidfd_;
   UniqueFd stdin_;
   UniqueFd stdout_;

@@ -113,14 +113,18 @@ void Pool::Refill() {
   if (destroying_) return;
   const int want_ready = spec_->min_idle + burst_ + static_cast<int>(waiting_.size());
   int have = static_cast<int>(idle_.size()) + Preparing();
-  // Refill in batches, from half empty, and while none of this pool's requests runs,
-  // unless it ran dry: joining a cgroup takes the kernel's cgroup threadgroup lock for
-  // writing, which stalls every fork and exit on the machine for an RCU grace period
-  // (~10 ms here) unless another write just happened, and a refill batch costs as much CPU
-  // as the cold starts it saves. Spawned together they share one stall, and spawned
-  // between requests they delay none. Release() and the shrink timer come back here.
+  // Refill while none of this pool's requests runs, unless it ran dry: a start-up costs
+  // as much CPU as the cold start it saves, and spawned between requests it delays none.
+  // Each process taken is replaced at once: the next request then gets one that has just
+  // warmed up, and no batch of start-ups holds both CPUs when it comes. Unless the
+  // spawns join a cgroup by writing cgroup.procs: that takes the kernel's cgroup
+  // threadgroup lock for writing, which stalls every fork and exit on the machine for an
+  // RCU grace period (~10 ms here) unless another write just happened. Those refill in
+  // batches, from half empty, to share one stall. Release() and the shrink timer come
+  // back here.
   const bool in_flight = !busy_.empty() || prewarmed_busy_ > 0;
-  if (waiting_.empty() && have > 0 && (have > want_ready / 2 || in_flight)) return;
+  const int low_water = joined_by_write_ ? want_ready / 2 : want_ready - 1;
+  if (waiting_.empty() && have > 0 && (have > low_water || in_flight)) return;
   while (have < want_ready && Total() < spec_->max_size) {
     StartOne();
     ++have;
@@ -190,7 +194,10 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
   --spawning_;
   const bool prewarmed = spec_->kind == PoolSpec::Kind::kPrewarmed;
   absl::Status status = prewarmed ? process.status() : worker.status();
-  if (status.ok()) ++counters_.started;
+  if (status.ok()) {
+    ++counters_.started;
+    joined_by_write_ = prewarmed ? (*process)->joined_by_write() : (*worker)->joined_by_write();
+  }
   if (generation != generation_) {  // Started, or failed, under a retired configuration.
     if (status.ok()) {
       ++counters_.recycled;
@@ -240,6 +247,9 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
   EventLoop::TimerId timer = 0;
   if (awaited.ok()) {
     timer = deps_.loop->AddTimer(deps_.loop->clock().Now() + spec_->startup_timeout, [this, p]() {
+      // Its line may have come in this same turn of the loop, its answer posted after the
+      // timers: that answer decides.
+      if (p->ready_line_in()) return;
       OnWarmedUp(p, absl::DeadlineExceededError(
                         absl::StrCat("it did not report \"ready\" within the startup_timeout of ",
                                      absl::FormatDuration(spec_->startup_timeout))));

@@ -218,6 +218,7 @@ class Pool final : public PersistentWorker::Listener {
   std::deque<Waiting> waiting_;  // Admitted requests that found no idle worker.
 
   int burst_ = 0;  // Extra idle workers kept beyond min_idle after misses.
+  bool joined_by_write_ = false;  // The last spawn joined its cgroup by a write: see Refill().
   absl::Time last_miss_ = absl::InfinitePast();
   EventLoop::TimerId shrink_timer_ = 0;
   int consecutive_start_failures_ = 0;

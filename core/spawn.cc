@@ -400,7 +400,11 @@ class SystemOs final : public ProcessOs {
       }
       return ChildFailureStatus(args, spec);
     }
-    return SpawnedProcess{pid, std::move(owned_pidfd), born_in_cgroup};
+    bool joined_by_write = false;
+    for (size_t i = 0; i < args.join_count; ++i) {
+      joined_by_write |= args.join_fds[i] != args.skip_join_fd;
+    }
+    return SpawnedProcess{pid, std::move(owned_pidfd), born_in_cgroup, joined_by_write};
   }
 };
 

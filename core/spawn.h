@@ -58,6 +58,10 @@ struct SpawnedProcess {
   pid_t pid = -1;
   UniqueFd pidfd;  // Readable once the process has exited; the caller must still reap it.
   bool born_in_cgroup = false;  // Created in spec.cgroup_dir_fd rather than joined to it.
+  // It wrote its pid to some cgroup.procs (a cgroup v1 hierarchy's, or one it could not be
+  // created in): the write that stalls every fork and exit on the machine (see
+  // Containment::Group::Birthplace).
+  bool joined_by_write = false;
 };
 
 class ProcessOs {

@@ -75,8 +75,8 @@ class SpawnIntoCgroupTest : public ::testing::Test {
   }
 
   // Runs `cat /proc/self/cgroup` with `dir_fd` as the cgroup to create it in; returns the
-  // cgroup v2 line it printed.
-  std::string CgroupOfChild(int dir_fd, bool* born_in_cgroup) {
+  // cgroup v2 line it printed. `joined_by_write`: what the spawn said of cgroup.procs.
+  std::string CgroupOfChild(int dir_fd, bool* born_in_cgroup, bool* joined_by_write = nullptr) {
     int out[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
     auto spawned = SpawnInGroup({"/bin/cat", "/proc/self/cgroup"}, out[1], dir_fd);
@@ -91,6 +91,7 @@ class SpawnIntoCgroupTest : public ::testing::Test {
     EXPECT_EQ(waitpid(spawned->pid, &status, 0), spawned->pid);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
     *born_in_cgroup = spawned->born_in_cgroup;
+    if (joined_by_write != nullptr) *joined_by_write = spawned->joined_by_write;
     for (absl::string_view line : absl::StrSplit(text, '\n')) {
       if (absl::StartsWith(line, "0::")) return std::string(line);
     }
@@ -112,12 +113,14 @@ class SpawnIntoCgroupTest : public ::testing::Test {
 };
 
 TEST_F(SpawnIntoCgroupTest, ChildIsCreatedInItsCgroup) {
-  bool born = false;
-  std::string line = CgroupOfChild(group_->birthplace().dir_fd, &born);
+  bool born = false, joined_by_write = true;
+  std::string line = CgroupOfChild(group_->birthplace().dir_fd, &born, &joined_by_write);
   EXPECT_THAT(line, ::testing::MatchesRegex("0::(/.*)?/execd-[0-9]+/cmd-[0-9]+")) << line;
   if (KernelCreatesIntoCgroups()) {
     EXPECT_TRUE(born) << "Linux 5.7+ on x86-64: the child should be created in its cgroup, "
                          "not join it";
+    // A group without limits is the cgroup v2 one alone: no cgroup.procs written.
+    EXPECT_EQ(joined_by_write, group_->join_fds().size() > 1);
   } else {
     std::cout << "NOTE: this kernel or CPU has no CLONE_INTO_CGROUP here; the child joined\n";
   }
@@ -128,10 +131,11 @@ TEST_F(SpawnIntoCgroupTest, ChildIsCreatedInItsCgroup) {
 TEST_F(SpawnIntoCgroupTest, ChildJoinsItsCgroupWhenItCannotBeCreatedThere) {
   int not_a_cgroup = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   ASSERT_GE(not_a_cgroup, 0);
-  bool born = true;
-  std::string line = CgroupOfChild(not_a_cgroup, &born);
+  bool born = true, joined_by_write = false;
+  std::string line = CgroupOfChild(not_a_cgroup, &born, &joined_by_write);
   close(not_a_cgroup);
   EXPECT_FALSE(born);
+  EXPECT_TRUE(joined_by_write);
   EXPECT_THAT(line, ::testing::MatchesRegex("0::(/.*)?/execd-[0-9]+/cmd-[0-9]+")) << line;
   if (KernelCreatesIntoCgroups()) {
     line = CgroupOfChild(group_->birthplace().dir_fd, &born);

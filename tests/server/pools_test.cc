@@ -47,6 +47,23 @@ using ::execd::testing::TestServer;
 using ::execd::testing::WaitFor;
 using ::testing::HasSubstr;
 
+// Writes `data` to the FIFO at `path` once a reader has it open (a process the test
+// lets go on), within `timeout`: false if none did.
+bool WriteToFifo(const std::string& path, const std::string& data, absl::Duration timeout) {
+  int fd = -1;
+  if (!WaitFor(
+          [&] {
+            fd = open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+            return fd >= 0;  // ENXIO while nobody reads it.
+          },
+          timeout)) {
+    return false;
+  }
+  const bool written = write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+  close(fd);
+  return written;
+}
+
 std::string PersistentPool(const std::string& name, const std::string& extra,
                            const std::string& binary = TEST_WORKER_BIN) {
   return absl::StrCat("pool { name: \"", name, "\" kind: PERSISTENT argv: \"", binary, "\" ", extra,
@@ -360,15 +377,15 @@ TEST_F(PoolsTest, OnlyAWellFormedReportLineIsTakenForTheExit) {
 // With exit_report, a process's start-up check is its "ready" line: until then it is
 // starting, not idle, and a request waits for it rather than being handed a process that
 // is still warming up (as long to answer as a cold start). This one warms up until the
-// test opens its FIFO.
+// test writes to its FIFO, and its line comes in two writes.
 TEST_F(PoolsTest, APrewarmedProcessWithAReportServesOnlyOnceItSaysReady) {
   testing::ScopedTempDir dir("ready");
   const std::string fifo = dir.path() + "/go";
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
-  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
-                         "argv: \"read go <", fifo, "; echo ready >&3; read x; echo got $x; ",
-                         "exec 1>&- 2>&-; echo 'exit 0 0 0 0' >&3\" ",
-                         "exit_report: true min_idle: 1 max_size: 1 }"));
+  StartWith(absl::StrCat(
+      "pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+      "argv: \"printf rea >&3; read go <", fifo, "; echo dy >&3; read x; echo got $x; ",
+      "exec 1>&- 2>&-; echo 'exit 0 0 0 0' >&3\" ", "exit_report: true min_idle: 1 max_size: 1 }"));
   ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.started == 1; }));
   EXPECT_EQ(Stats("sh").idle, 0);
   EXPECT_EQ(Stats("sh").starting, 1);
@@ -377,7 +394,7 @@ TEST_F(PoolsTest, APrewarmedProcessWithAReportServesOnlyOnceItSaysReady) {
   call.Start(server_->stub());
   ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.misses == 1; }))
       << "the request was handed the process before it was ready";
-  std::ofstream(fifo) << "go\n";  // Opens once the process reads: then it warms up.
+  ASSERT_TRUE(WriteToFifo(fifo, "go\n", absl::Seconds(10)));
   ASSERT_TRUE(call.Wait());
   ASSERT_TRUE(call.status.ok()) << call.status.error_message();
   EXPECT_EQ(call.response.stdout(), "got hi\n");
@@ -396,6 +413,8 @@ TEST_F(PoolsTest, APrewarmedProcessThatNeverSaysReadyIsReplacedAndTheRequestTold
       {"echo hello >&3; exec cat", "wrote \"hello\" on its report descriptor"},
       {"exit 0", "closed its report descriptor, or exited, before it reported"},
       {"exec cat", "did not report \"ready\" within the startup_timeout of 200ms"},
+      {"printf 'ready\\\\nexit 0 0 0 0\\\\n' >&3; exec cat", "wrote more after \"ready\""},
+      {"printf %0200d 0 >&3; exec cat", "too long a line"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.script);
@@ -409,7 +428,58 @@ TEST_F(PoolsTest, APrewarmedProcessThatNeverSaysReadyIsReplacedAndTheRequestTold
     EXPECT_THAT(status.error_message(), HasSubstr(c.why));
     EXPECT_GE(Stats("sh").crashed, 1);
     EXPECT_EQ(Stats("sh").served, 0);
+    EXPECT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.started >= 2; }))
+        << "no replacement was started";
   }
+}
+
+// A new configuration retires a process still warming up, as it does idle ones: killed,
+// counted as recycled, and the request is served under the new configuration.
+TEST_F(PoolsTest, AReloadRetiresAProcessStillWarmingUp) {
+  testing::ScopedTempDir dir("ready");
+  const std::string fifo = dir.path() + "/go";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  auto config = [&](const std::string& before_ready) {
+    return absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                        "argv: \"echo $$ >>", dir.path(), "/pids; ", before_ready,
+                        "echo ready >&3; read x; echo $x; exec 1>&- 2>&-; ",
+                        "echo 'exit 0 0 0 0' >&3\" exit_report: true min_idle: 1 max_size: 1 }");
+  };
+  StartWith(config(absl::StrCat("read go <", fifo, "; echo old; ")));
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.starting == 1; }));
+  pid_t old_pid = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string line;
+        std::getline(std::ifstream(dir.path() + "/pids"), line);
+        return absl::SimpleAtoi(line, &old_pid) && old_pid > 0;
+      },
+      absl::Seconds(10)));
+  auto reloaded =
+      server::ParsePoolsConfig(config(""), "t", core::RequestPolicy::FromProcessEnvironment());
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status();
+  auto changed = server_->server().engine().ReloadPools(*std::move(reloaded));
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) {
+    return s.recycled == 1 && s.idle == 1 && s.starting == 0;
+  }));
+  EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(old_pid); }, absl::Seconds(5)));
+  EXPECT_EQ(Run(Pooled("sh", {}, "new\n")), "new\n");
+  EXPECT_EQ(Stats("sh").crashed, 0);
+}
+
+// Without cgroup joins by write (here, process groups: no cgroup at all) each process
+// taken is replaced at once, not when half the pool is gone: the next request gets one
+// that has just warmed up, and no batch of start-ups competes with it.
+TEST_F(PoolsTest, APrewarmedPoolReplacesEachProcessItHandsOut) {
+  StartWith(R"pb(
+              pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 3 max_size: 4 })pb",
+            8, core::Containment::Mode::kProcessGroup);
+  ASSERT_TRUE(WaitForStats("cat", [](const core::PoolStats& s) { return s.idle == 3; }));
+  EXPECT_EQ(Run(Pooled("cat", {}, "x")), "x");
+  EXPECT_TRUE(WaitForStats(
+      "cat", [](const core::PoolStats& s) { return s.started == 4 && s.idle == 3 && s.busy == 0; }))
+      << "not replaced: idle " << Stats("cat").idle << ", started " << Stats("cat").started;
 }
 
 // With process-group containment the engine tracks each command's leader until it is
