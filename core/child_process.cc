@@ -260,21 +260,28 @@ absl::Status ChildProcess::AwaitReady(absl::AnyInvocable<void(absl::Status) &&> 
   return absl::OkStatus();
 }
 
-void ChildProcess::ReadReadyLine() {
+bool ChildProcess::ReadReportLine(size_t* end, bool* closed) {
   char buf[kMaxReportLine];
   ssize_t n;
   do {
     n = read(exit_report_.get(), buf, sizeof(buf));
   } while (n < 0 && errno == EINTR);
-  if (n < 0 && errno == EAGAIN) return;
+  if (n < 0 && errno == EAGAIN) return false;
   if (n > 0) report_line_.append(buf, static_cast<size_t>(n));
-  const size_t end = report_line_.find('\n');
-  if (n > 0 && end == std::string::npos && report_line_.size() < kMaxReportLine) return;
+  *end = report_line_.find('\n');
+  *closed = n <= 0;
+  return *closed || *end != std::string::npos || report_line_.size() >= kMaxReportLine;
+}
+
+void ChildProcess::ReadReadyLine() {
+  size_t end;
+  bool closed;
+  if (!ReadReportLine(&end, &closed)) return;
   absl::Status status;
   if (end == std::string::npos) {
     status = absl::FailedPreconditionError(
-        n > 0 ? "it wrote too long a line on its report descriptor, where \"ready\" was expected"
-              : "it closed its report descriptor, or exited, before it reported \"ready\"");
+        closed ? "it closed its report descriptor, or exited, before it reported \"ready\""
+               : "it wrote too long a line on its report descriptor, where \"ready\" was expected");
   } else if (absl::string_view(report_line_).substr(0, end) != "ready") {
     status = absl::FailedPreconditionError(absl::StrCat(
         "it wrote \"", absl::CHexEscape(absl::string_view(report_line_).substr(0, end)),
@@ -438,15 +445,9 @@ void ChildProcess::CloseStream(UniqueFd& fd) {
 }
 
 void ChildProcess::ReadExitReport() {
-  char buf[kMaxReportLine];
-  ssize_t n;
-  do {
-    n = read(exit_report_.get(), buf, sizeof(buf));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0 && errno == EAGAIN) return;
-  if (n > 0) report_line_.append(buf, static_cast<size_t>(n));
-  const size_t end = report_line_.find('\n');
-  if (n > 0 && end == std::string::npos && report_line_.size() < kMaxReportLine) return;
+  size_t end;
+  bool closed;
+  if (!ReadReportLine(&end, &closed)) return;
   // A line, the end of the descriptor, an error or too long a line: it has said all it
   // will. A report counts only while the program runs its course (not once execd stops it).
   if (end != std::string::npos && !exited_ && !terminating_) {

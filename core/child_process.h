@@ -156,6 +156,10 @@ class ChildProcess final : public EventLoop::FdHandler {
   void WriteSessionStdin(bool reader_gone);
   void CloseStream(UniqueFd& fd);
   // The exit report's descriptor is readable.
+  // Reads what the report descriptor has into report_line_: false while a line may still
+  // come; true once it has one (`*end`, its newline's index) or never will: the
+  // descriptor ended (`*closed`; or failed), or the line grew too long (`*end` npos).
+  bool ReadReportLine(size_t* end, bool* closed);
   void ReadExitReport();
   void ReadReadyLine();  // AwaitReady().
   // With an exit report and both outputs at their end: the command is over.
