@@ -328,9 +328,17 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
 
 void Pool::Acquire(Request* request, Call call) {
   CheckIdentity();
+  // The most recent first, its caches warm (and, PERSISTENT, the surplus left to reach its
+  // idle_timeout); but a PREWARMED process that cannot say when it is ready (no
+  // exit_report) is idle from its spawn, and the oldest is the likeliest to have warmed up.
+  const bool oldest_first = spec_->kind == PoolSpec::Kind::kPrewarmed && !spec_->exit_report;
   while (!idle_.empty()) {
-    Idle idle = std::move(idle_.back());  // The most recently used: its caches are warm.
-    idle_.pop_back();
+    Idle idle = std::move(oldest_first ? idle_.front() : idle_.back());
+    if (oldest_first) {
+      idle_.pop_front();
+    } else {
+      idle_.pop_back();
+    }
     if (idle.process != nullptr && !idle.process->Alive()) {
       ++counters_.crashed;
       Destroy(std::move(idle));

@@ -468,6 +468,27 @@ TEST_F(PoolsTest, AReloadRetiresAProcessStillWarmingUp) {
   EXPECT_EQ(Stats("sh").crashed, 0);
 }
 
+// A PREWARMED process that cannot say it is ready (no exit_report) counts as idle from
+// its spawn, maybe still starting up: the oldest is handed out first, not the refill
+// that has just been spawned.
+TEST_F(PoolsTest, APrewarmedPoolWithoutReadinessHandsOutItsOldestProcess) {
+  StartWith(R"pb(
+              pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 2 max_size: 3 })pb",
+            8, core::Containment::Mode::kProcessGroup);
+  ASSERT_TRUE(WaitForStats("cat", [](const core::PoolStats& s) { return s.idle == 2; }));
+  const std::vector<pid_t> first = testing::ChildrenOf(getpid());
+  ASSERT_EQ(first.size(), 2u);
+  v1::ExecuteResponse one;
+  ASSERT_TRUE(server_->Execute(Pooled("cat", {}, "1"), &one).ok());
+  ASSERT_TRUE(
+      WaitForStats("cat", [](const core::PoolStats& s) { return s.started == 3 && s.idle == 2; }));
+  v1::ExecuteResponse two;
+  ASSERT_TRUE(server_->Execute(Pooled("cat", {}, "2"), &two).ok());
+  EXPECT_THAT(first, ::testing::Contains(one.pid()));
+  EXPECT_THAT(first, ::testing::Contains(two.pid())) << "the refill was handed out first";
+  EXPECT_NE(one.pid(), two.pid());
+}
+
 // Without cgroup joins by write (here, process groups: no cgroup at all) each process
 // taken is replaced at once, not when half the pool is gone: the next request gets one
 // that has just warmed up, and no batch of start-ups competes with it.
