@@ -472,18 +472,29 @@ TEST_F(PoolsTest, AReloadRetiresAProcessStillWarmingUp) {
 // its spawn, maybe still starting up: the oldest is handed out first, not the refill
 // that has just been spawned.
 TEST_F(PoolsTest, APrewarmedPoolWithoutReadinessHandsOutItsOldestProcess) {
-  StartWith(R"pb(
-              pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 2 max_size: 3 })pb",
+  testing::ScopedTempDir dir("oldest");
+  const std::string pids = dir.path() + "/pids";
+  StartWith(absl::StrCat("pool { name: \"sh\" kind: PREWARMED argv: \"/bin/sh\" argv: \"-c\" ",
+                         "argv: \"echo $$ >>", pids, "; exec cat\" min_idle: 2 max_size: 3 }"),
             8, core::Containment::Mode::kProcessGroup);
-  ASSERT_TRUE(WaitForStats("cat", [](const core::PoolStats& s) { return s.idle == 2; }));
-  const std::vector<pid_t> first = testing::ChildrenOf(getpid());
-  ASSERT_EQ(first.size(), 2u);
+  ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.idle == 2; }));
+  auto started = [&] {
+    std::vector<pid_t> out;
+    std::ifstream in(pids);
+    for (std::string line; std::getline(in, line);) {
+      pid_t pid = 0;
+      if (absl::SimpleAtoi(line, &pid)) out.push_back(pid);
+    }
+    return out;
+  };
+  std::vector<pid_t> first;
+  ASSERT_TRUE(WaitFor([&] { return (first = started()).size() == 2; }, absl::Seconds(10)));
   v1::ExecuteResponse one;
-  ASSERT_TRUE(server_->Execute(Pooled("cat", {}, "1"), &one).ok());
+  ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "1"), &one).ok());
   ASSERT_TRUE(
-      WaitForStats("cat", [](const core::PoolStats& s) { return s.started == 3 && s.idle == 2; }));
+      WaitForStats("sh", [](const core::PoolStats& s) { return s.started == 3 && s.idle == 2; }));
   v1::ExecuteResponse two;
-  ASSERT_TRUE(server_->Execute(Pooled("cat", {}, "2"), &two).ok());
+  ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "2"), &two).ok());
   EXPECT_THAT(first, ::testing::Contains(one.pid()));
   EXPECT_THAT(first, ::testing::Contains(two.pid())) << "the refill was handed out first";
   EXPECT_NE(one.pid(), two.pid());
