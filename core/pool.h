@@ -2,12 +2,16 @@
 // interpreter's or a compiler's start-up.
 //   PREWARMED   one-shot processes wait with their pipes attached; a request takes one, its
 //               stdin is written, and it runs to its exit like a cold command (the engine
-//               drives it as a ChildProcess). Never reused.
+//               drives it as a ChildProcess). Never reused. With exit_report a process is
+//               idle only once it has said "ready" (ChildProcess::AwaitReady); without,
+//               from its spawn, and then the oldest is handed out first.
 //   PERSISTENT  long-lived workers serve requests one at a time over the framed protocol
 //               (PersistentWorker); recycled after max_requests.
 // The pool keeps min_idle workers ready, plus a burst reserve that doubles each time a
 // request finds none idle and halves after an idle_timeout without such a miss (PHP-FPM's
-// dynamic spawn rate). Idle workers above the reserve exit after idle_timeout. When the
+// dynamic spawn rate), refilled between requests: each worker taken is replaced at once,
+// or in batches when spawns join a cgroup by a write (see Refill). Idle workers above the
+// reserve exit after idle_timeout. When the
 // executable's identity (device, inode, size, mtime) changes, every worker of the old
 // generation is retired: idle ones at once, busy ones when they finish.
 //
