@@ -292,7 +292,6 @@ void ChildProcess::ReadReadyLine() {
         "it wrote more after \"ready\" on its report descriptor before it had a request");
   }
   report_line_.clear();
-  ready_line_in_ = true;
   loop_.Unwatch(exit_report_.get());  // Watch() watches it again, for the exit report.
   loop_.Post([alive = std::weak_ptr<bool>(alive_), done = std::move(on_ready_),
               status = std::move(status)]() mutable {

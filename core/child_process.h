@@ -105,8 +105,9 @@ class ChildProcess final : public EventLoop::FdHandler {
   // does when it dies). `done` runs on the loop as a task of its own (it may destroy this
   // object), and not at all if this object is destroyed first.
   absl::Status AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done);
-  // AwaitReady's line (or the end of the descriptor) has come: `done` is on its way.
-  bool ready_line_in() const { return ready_line_in_; }
+  // AwaitReady's line (or the end of the descriptor) has not come yet: once it has, its
+  // `done` is on its way.
+  bool awaiting_ready() const { return static_cast<bool>(on_ready_); }
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
   // Destroys `child` and runs `reaped` once every one of its programs has been reaped: at
@@ -155,13 +156,12 @@ class ChildProcess final : public EventLoop::FdHandler {
   // WriteStdin for keep_stdin_open: the pipe stays open (and unwatched) when it drains.
   void WriteSessionStdin(bool reader_gone);
   void CloseStream(UniqueFd& fd);
-  // The exit report's descriptor is readable.
   // Reads what the report descriptor has into report_line_: false while a line may still
   // come; true once it has one (`*end`, its newline's index) or never will: the
   // descriptor ended (`*closed`; or failed), or the line grew too long (`*end` npos).
   bool ReadReportLine(size_t* end, bool* closed);
-  void ReadExitReport();
-  void ReadReadyLine();  // AwaitReady().
+  void ReadExitReport();  // The exit report's descriptor is readable.
+  void ReadReadyLine();   // The same, before Watch(): AwaitReady().
   // With an exit report and both outputs at their end: the command is over.
   void FinishIfReported();
   // A program's pidfd is readable.
@@ -208,7 +208,6 @@ class ChildProcess final : public EventLoop::FdHandler {
   absl::AnyInvocable<void(absl::Status) &&> on_ready_;          // AwaitReady(), until its line.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // Expires with this object.
   bool joined_by_write_ = false;
-  bool ready_line_in_ = false;
   struct {
     ExitStatus status;
     ResourceUsage usage;

@@ -249,7 +249,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     timer = deps_.loop->AddTimer(deps_.loop->clock().Now() + spec_->startup_timeout, [this, p]() {
       // Its line may have come in this same turn of the loop, its answer posted after the
       // timers: that answer decides.
-      if (p->ready_line_in()) return;
+      if (!p->awaiting_ready()) return;
       OnWarmedUp(p, absl::DeadlineExceededError(
                         absl::StrCat("it did not report \"ready\" within the startup_timeout of ",
                                      absl::FormatDuration(spec_->startup_timeout))));

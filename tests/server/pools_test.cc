@@ -47,6 +47,30 @@ using ::execd::testing::TestServer;
 using ::execd::testing::WaitFor;
 using ::testing::HasSubstr;
 
+// The pids a test's worker wrote to `path`, one per line ("echo $$ >>path").
+std::vector<pid_t> PidsIn(const std::string& path) {
+  std::vector<pid_t> pids;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    pid_t pid = 0;
+    if (absl::SimpleAtoi(line, &pid) && pid > 0) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// The first pid a worker writes to `path`, once it has, within 10 s; 0 if none did.
+pid_t AwaitPidIn(const std::string& path) {
+  pid_t pid = 0;
+  WaitFor(
+      [&] {
+        const std::vector<pid_t> pids = PidsIn(path);
+        pid = pids.empty() ? 0 : pids.front();
+        return pid > 0;
+      },
+      absl::Seconds(10));
+  return pid;
+}
+
 // Writes `data` to the FIFO at `path` once a reader has it open (a process the test
 // lets go on), within `timeout`: false if none did.
 bool WriteToFifo(const std::string& path, const std::string& data, absl::Duration timeout) {
@@ -447,14 +471,8 @@ TEST_F(PoolsTest, AReloadRetiresAProcessStillWarmingUp) {
   };
   StartWith(config(absl::StrCat("read go <", fifo, "; echo old; ")));
   ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.starting == 1; }));
-  pid_t old_pid = 0;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        std::string line;
-        std::getline(std::ifstream(dir.path() + "/pids"), line);
-        return absl::SimpleAtoi(line, &old_pid) && old_pid > 0;
-      },
-      absl::Seconds(10)));
+  const pid_t old_pid = AwaitPidIn(dir.path() + "/pids");
+  ASSERT_GT(old_pid, 0);
   auto reloaded =
       server::ParsePoolsConfig(config(""), "t", core::RequestPolicy::FromProcessEnvironment());
   ASSERT_TRUE(reloaded.ok()) << reloaded.status();
@@ -478,17 +496,8 @@ TEST_F(PoolsTest, APrewarmedPoolWithoutReadinessHandsOutItsOldestProcess) {
                          "argv: \"echo $$ >>", pids, "; exec cat\" min_idle: 2 max_size: 3 }"),
             8, core::Containment::Mode::kProcessGroup);
   ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.idle == 2; }));
-  auto started = [&] {
-    std::vector<pid_t> out;
-    std::ifstream in(pids);
-    for (std::string line; std::getline(in, line);) {
-      pid_t pid = 0;
-      if (absl::SimpleAtoi(line, &pid)) out.push_back(pid);
-    }
-    return out;
-  };
   std::vector<pid_t> first;
-  ASSERT_TRUE(WaitFor([&] { return (first = started()).size() == 2; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return (first = PidsIn(pids)).size() == 2; }, absl::Seconds(10)));
   v1::ExecuteResponse one;
   ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "1"), &one).ok());
   ASSERT_TRUE(
@@ -531,14 +540,8 @@ TEST_F(PoolsTest, AProcessAnsweredFromItsReportStaysTrackedUntilReaped) {
                          "; echo 'exit 7 0 0 0' >&3 ) & exec 1>&- 2>&-; exec sleep 100\" ",
                          "exit_report: true min_idle: 1 max_size: 1 }"),
             8, core::Containment::Mode::kProcessGroup);
-  pid_t leader = 0;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        std::string line;
-        std::getline(std::ifstream(dir.path() + "/pid"), line);
-        return absl::SimpleAtoi(line, &leader) && leader > 0;
-      },
-      absl::Seconds(10)));
+  const pid_t leader = AwaitPidIn(dir.path() + "/pid");
+  ASSERT_GT(leader, 0);
   AsyncCall call;
   call.request = Pooled("sh", {}, "go\n");
   call.Start(server_->stub());
@@ -580,10 +583,9 @@ TEST_F(PoolsTest, AReportedCommandsEscapedProcessIsSweptWithoutCgroups) {
   v1::ExecuteResponse response;
   ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "go\n"), &response).ok());
   EXPECT_EQ(response.exit_code(), 0);
-  pid_t daemon = 0;
-  std::string line;
-  std::getline(std::ifstream(dir.path() + "/daemon"), line);
-  ASSERT_TRUE(absl::SimpleAtoi(line, &daemon) && daemon > 0) << line;
+  const std::vector<pid_t> daemons = PidsIn(dir.path() + "/daemon");
+  ASSERT_EQ(daemons.size(), 1u) << "the command wrote no daemon pid";
+  const pid_t daemon = daemons.front();
   EXPECT_TRUE(WaitFor([&] { return !ProcessAlive(daemon); }, absl::Seconds(5)))
       << "the daemon the command started outlived it";
 }

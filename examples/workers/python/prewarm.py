@@ -113,8 +113,8 @@ if "threading" in sys.modules:
             thread.join()
 if atexit._ncallbacks():  # pylint: disable=protected-access
     atexit._run_exitfuncs()  # pylint: disable=protected-access
-# The report is made up before the output is flushed: the output, the end of it and the
-# report then reach execd together, and it answers on one wake-up rather than two.
+# The report is made up before the output is flushed, so that the output, its end and
+# the report follow one another with no other work between them.
 report = None
 if EXIT_FD is not None and _exit_fd_is_ours():
     own = resource.getrusage(resource.RUSAGE_SELF)
