@@ -238,6 +238,13 @@ void ChildProcess::SetOutputPaused(bool paused) {
   for (const UniqueFd& fd : output_) {
     if (fd.valid()) (void)loop_.Modify(fd.get(), paused ? 0u : static_cast<uint32_t>(EPOLLIN));
   }
+  // Output held back by the pause goes on from the loop, not from inside this call: a
+  // resume can be decided while the observer is handing on output.
+  if (!paused && (!batch_[0].empty() || !batch_[1].empty())) {
+    if (flush_timer_ != 0) loop_.CancelTimer(flush_timer_);
+    flush_timer_ = 0;
+    ArmFlush(absl::ZeroDuration());
+  }
 }
 
 bool ChildProcess::Alive() const {
@@ -394,6 +401,15 @@ void ChildProcess::KillAll() {
 }
 
 void ChildProcess::Terminate(Termination reason, bool immediately) {
+  if (exit_held_) {  // Nobody will read the rest in time.
+    result_.termination = reason;
+    if (!batch_[0].empty()) result_.stdout_truncated = true;
+    if (!batch_[1].empty()) result_.stderr_truncated = true;
+    batch_[0].clear();
+    batch_[1].clear();
+    FlushBatches();
+    return;
+  }
   if (exited_ || terminating_ || answered_from_report_) return;
   terminating_ = true;
   result_.termination = reason;
@@ -488,23 +504,10 @@ void ChildProcess::Deliver(int index, const char* data, size_t size) {
   if (keep > 0) {
     captured_[index] += keep;
     if (stream_output_) {
-      std::string& batch = batch_[index];
-      batch.append(data, keep);
+      batch_[index].append(data, keep);
       // Full chunks go now; the rest waits for more, or for the flush timer.
-      const size_t chunk = static_cast<size_t>(stream_chunk_bytes_);
-      size_t sent = 0;
-      for (; batch.size() - sent >= chunk; sent += chunk) {
-        observer_->OnOutput(index == 0 ? OutputStream::kStdout : OutputStream::kStderr,
-                            absl::string_view(batch).substr(sent, chunk));
-      }
-      batch.erase(0, sent);
-      if (!batch.empty() && flush_timer_ == 0) {
-        flush_timer_ =
-            loop_.AddTimer(loop_.clock().Now() + stream_flush_interval_, [this]() mutable {
-              flush_timer_ = 0;
-              FlushBatches();
-            });
-      }
+      HandOn(index, /*partial=*/false);
+      if (!batch_[index].empty()) ArmFlush(stream_flush_interval_);
     } else {
       (index == 0 ? result_.stdout_data : result_.stderr_data).append(data, keep);
     }
@@ -515,11 +518,36 @@ void ChildProcess::Deliver(int index, const char* data, size_t size) {
   }
 }
 
+void ChildProcess::HandOn(int index, bool partial) {
+  // The observer may pause the output from inside OnOutput (its reader fell behind): what
+  // is left then waits here, in one buffer, rather than as many queued messages there.
+  std::string& batch = batch_[index];
+  const size_t chunk = static_cast<size_t>(stream_chunk_bytes_);
+  size_t sent = 0;
+  while (!output_paused_ && sent < batch.size() && (partial || batch.size() - sent >= chunk)) {
+    const size_t n = std::min(chunk, batch.size() - sent);
+    observer_->OnOutput(index == 0 ? OutputStream::kStdout : OutputStream::kStderr,
+                        absl::string_view(batch).substr(sent, n));
+    sent += n;
+  }
+  batch.erase(0, sent);
+}
+
+void ChildProcess::ArmFlush(absl::Duration after) {
+  if (flush_timer_ != 0) return;
+  flush_timer_ = loop_.AddTimer(loop_.clock().Now() + after, [this]() mutable {
+    flush_timer_ = 0;
+    FlushBatches();
+  });
+}
+
 void ChildProcess::FlushBatches() {
-  for (int i = 0; i < 2; ++i) {
-    if (batch_[i].empty()) continue;
-    observer_->OnOutput(i == 0 ? OutputStream::kStdout : OutputStream::kStderr, batch_[i]);
-    batch_[i].clear();
+  for (int i = 0; i < 2; ++i) HandOn(i, /*partial=*/true);
+  if (exit_held_ && batch_[0].empty() && batch_[1].empty()) {
+    exit_held_ = false;
+    if (timeout_timer_ != 0) loop_.CancelTimer(timeout_timer_);
+    timeout_timer_ = 0;
+    observer_->OnExit(std::move(result_));
   }
 }
 
@@ -739,8 +767,18 @@ void ChildProcess::Finish() {
   result_.usage.peak_memory_bytes = group_->PeakMemoryBytes();
   if (flush_timer_ != 0) loop_.CancelTimer(flush_timer_);
   flush_timer_ = 0;
-  FlushBatches();  // The last output always comes before the exit.
-  observer_->OnExit(std::move(result_));
+  // The last output always comes before the exit: a paused reader holds the exit back
+  // until it has taken the rest (or the call is cancelled).
+  exit_held_ = true;
+  FlushBatches();
+  if (exit_held_) {  // Held no longer than the command's own time.
+    timeout_timer_ =
+        loop_.AddTimer(std::max(loop_.clock().Now(), std::min(exec_done_ + timeout_, deadline_)),
+                       [this]() mutable {
+                         timeout_timer_ = 0;
+                         Terminate(Termination::kTimedOut);
+                       });
+  }
 }
 
 }  // namespace execd::core

@@ -148,6 +148,11 @@ class ChildProcess final : public EventLoop::FdHandler {
   ChildProcess(EventLoop& loop, const Command& command, const Options& options, Observer* observer);
   void ReadOutput(int index, bool drain);
   void Deliver(int index, const char* data, size_t size);
+  // Streamed output: hands on batch_[index] in chunks while the output is not paused, the
+  // last one short too if `partial`.
+  void HandOn(int index, bool partial);
+  void ArmFlush(absl::Duration after);
+  // Hands on all it can; then, if the exit waits for that, reports it.
   void FlushBatches();
   // Writes queued stdin until it is all written or the pipe is full; sets *broken when
   // the child has closed its stdin. Returns the bytes written.
@@ -229,6 +234,7 @@ class ChildProcess final : public EventLoop::FdHandler {
   int64_t stream_chunk_bytes_ = 64 << 10;
   absl::Duration stream_flush_interval_ = absl::Milliseconds(10);
   bool output_paused_ = false;
+  bool exit_held_ = false;  // The command is over; OnExit waits for batch_ to be handed on.
   absl::Duration timeout_;
   absl::Time deadline_ = absl::InfiniteFuture();
   bool watched_ = false;

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <thread>
 #include <utility>
@@ -54,6 +55,11 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
     engine_.Finish(*this, std::move(result));
   }
 
+  // Loop thread: the child's output follows the last SetOutputPaused.
+  void ApplyOutputPaused() {
+    if (child_ != nullptr) child_->SetOutputPaused(output_paused_.load(std::memory_order_relaxed));
+  }
+
   void StopDeadlineTimer() {
     if (deadline_timer_ != 0) engine_.loop_->CancelTimer(deadline_timer_);
     deadline_timer_ = 0;
@@ -68,11 +74,12 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
   Command command_;
   Engine::Observer* observer_;
   absl::Time submitted_;
-  absl::Time admitted_;                  // loop
-  absl::Time spawn_done_;                // loop
-  State state_ = State::kQueued;         // Guarded by engine.mu_.
-  bool cancel_requested_ = false;        // loop
-  std::unique_ptr<ChildProcess> child_;  // loop
+  absl::Time admitted_;                     // loop
+  absl::Time spawn_done_;                   // loop
+  State state_ = State::kQueued;            // Guarded by engine.mu_.
+  bool cancel_requested_ = false;           // loop
+  std::unique_ptr<ChildProcess> child_;     // loop
+  std::atomic<bool> output_paused_{false};  // What SetOutputPaused last asked for.
   // Pooled commands.
   int group_ = 0;  // Scheduler group: pool index + 1.
   Pool* pool_ = nullptr;
@@ -287,11 +294,10 @@ absl::Status Engine::Overloaded() const {
   absl::Duration wait = mean_run_ * static_cast<double>(scheduler_.queued() + 1) /
                         static_cast<double>(scheduler_.limit());
   int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(wait), 10, 60'000);
-  absl::Status status = absl::ResourceExhaustedError(
+  return OverloadedError(
       absl::StrCat("the server is at capacity: ", scheduler_.running(), " commands running and ",
-                   scheduler_.queued(), " queued (the queue limit); retry after ", ms, " ms"));
-  status.SetPayload(kRetryPushbackPayload, absl::Cord(absl::StrCat(ms)));
-  return status;
+                   scheduler_.queued(), " queued (the queue limit); retry after ", ms, " ms"),
+      ms);
 }
 
 absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command command,
@@ -486,6 +492,7 @@ void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) 
     FailUnwatched(e, watched);
     return;
   }
+  e.ApplyOutputPaused();
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
   if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
 }
@@ -502,6 +509,7 @@ void Engine::OnSpawned(std::shared_ptr<Execution> execution,
     FailUnwatched(e, watched);
     return;
   }
+  e.ApplyOutputPaused();
   e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
   if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
 }
@@ -655,9 +663,10 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
 }
 
 void Engine::SetOutputPaused(const std::shared_ptr<Execution>& execution, bool paused) {
-  loop_->Post([execution, paused]() mutable {
-    if (execution->child_ != nullptr) execution->child_->SetOutputPaused(paused);
-  });
+  // The latest wish wins whatever order the tasks run in; on the loop thread (a reader
+  // falling behind while output is handed on) it takes effect before the next chunk.
+  execution->output_paused_.store(paused, std::memory_order_relaxed);
+  loop_->RunOnLoop([execution]() mutable { execution->ApplyOutputPaused(); });
 }
 
 void Engine::WriteStdin(const std::shared_ptr<Execution>& execution, std::string data) {
@@ -690,6 +699,19 @@ absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int sig
     if (execution->child_ != nullptr) execution->child_->Signal(signal);
   });
   return absl::OkStatus();
+}
+
+absl::Status Engine::HoldQueuePlace() {
+  absl::MutexLock lock(&mu_);
+  if (draining_)
+    return absl::UnavailableError("the server is shutting down; retry on another replica");
+  if (!scheduler_.HoldPlace()) return Overloaded();
+  return absl::OkStatus();
+}
+
+void Engine::ReleaseQueuePlace() {
+  absl::MutexLock lock(&mu_);
+  scheduler_.ReleasePlace();
 }
 
 void Engine::SetConcurrencyLimit(int limit) {

@@ -28,14 +28,11 @@
 #include "core/event_loop.h"
 #include "core/pool.h"
 #include "core/reaper.h"
+#include "core/retry.h"
 #include "core/scheduler.h"
 #include "core/spawn.h"
 
 namespace execd::core {
-
-// The status payload that carries a retry delay on RESOURCE_EXHAUSTED, in milliseconds as
-// decimal text; the server turns it into `grpc-retry-pushback-ms`.
-inline constexpr absl::string_view kRetryPushbackPayload = "execd.retry_pushback_ms";
 
 class Engine {
  public:
@@ -110,6 +107,12 @@ class Engine {
   absl::Status Signal(const std::shared_ptr<Execution>& execution, int signal);
   void ResizeTerminal(const std::shared_ptr<Execution>& execution, TerminalSize size);
 
+  // A queue place for a request that waits outside the engine (for an identical request's
+  // result): it counts in max_queue and in stats().queued until released. The refusal
+  // when the queue is full, or UNAVAILABLE while draining.
+  absl::Status HoldQueuePlace();
+  void ReleaseQueuePlace();
+
   void SetConcurrencyLimit(int limit);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.
   void StopAccepting();
@@ -121,7 +124,7 @@ class Engine {
 
   struct Stats {
     int running = 0;
-    size_t queued = 0;
+    size_t queued = 0;  // Queued commands and held queue places.
     int limit = 0;
   };
   Stats stats() const;

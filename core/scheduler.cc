@@ -19,7 +19,7 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
     admission.kind = Admission::Kind::kRunNow;
     return admission;
   }
-  if (index_.size() >= max_queue_) {
+  if (queued() >= max_queue_) {
     // Shed the newest entry of the lowest priority below this one, if there is one.
     int victim_priority = -1;
     for (int p = 0; p < priority; ++p) {
@@ -35,6 +35,16 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
   Enqueue(id, priority, expiry, group);
   admission.kind = Admission::Kind::kQueued;
   return admission;
+}
+
+bool Scheduler::HoldPlace() {
+  if (queued() >= max_queue_) return false;
+  ++held_;
+  return true;
+}
+
+void Scheduler::ReleasePlace() {
+  if (held_ > 0) --held_;
 }
 
 void Scheduler::Enqueue(Id id, int priority, absl::Time expiry, int group) {

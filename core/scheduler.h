@@ -57,10 +57,16 @@ class Scheduler {
   // Queued entries, all removed (for shutdown).
   std::vector<Id> TakeAllQueued();
 
+  // A place in the queue held by a request that waits outside the scheduler (an identical
+  // request's result): it counts towards max_queue like a queued entry. False when full.
+  bool HoldPlace();
+  void ReleasePlace();
+
   void SetLimit(int limit);
   int limit() const { return limit_; }
   int running() const { return running_; }
-  size_t queued() const { return index_.size(); }
+  // Queued entries and held places.
+  size_t queued() const { return index_.size() + held_; }
   size_t max_queue() const { return max_queue_; }
 
  private:
@@ -86,6 +92,7 @@ class Scheduler {
   std::vector<int> group_running_{0};
   std::vector<int> group_queued_{0};
   const size_t max_queue_;
+  size_t held_ = 0;  // Places held (HoldPlace).
   std::list<Entry> queues_[kPriorities];
   absl::flat_hash_map<Id, Position> index_;
   std::set<std::pair<absl::Time, Id>> expiries_;  // Finite expiries only.

@@ -331,11 +331,13 @@ absl::StatusOr<int64_t> PickOutputCap(int64_t asked, int64_t fallback, int64_t m
   return asked == 0 ? fallback : asked;
 }
 
-absl::Status ApplyStreaming(const CommandRequest& request, Command* cmd) {
-  constexpr int64_t kMaxChunk = 4 << 20;
-  if (request.stream_chunk_bytes < 0 || request.stream_chunk_bytes > kMaxChunk) {
-    return InvalidArgument("stream_chunk_bytes", absl::StrCat(request.stream_chunk_bytes,
-                                                              " is not within 0..", kMaxChunk));
+absl::Status ApplyStreaming(const CommandRequest& request, const RequestPolicy& policy,
+                            Command* cmd) {
+  const int64_t max_chunk = policy.max_stream_chunk_bytes;
+  if (request.stream_chunk_bytes < 0 || request.stream_chunk_bytes > max_chunk) {
+    return InvalidArgument("stream_chunk_bytes",
+                           absl::StrCat(request.stream_chunk_bytes, " is not within 0..", max_chunk,
+                                        " (a chunk is one message)"));
   }
   if (request.stream_chunk_bytes > 0) cmd->stream_chunk_bytes = request.stream_chunk_bytes;
   if (request.stream_flush_interval < absl::ZeroDuration() ||
@@ -350,8 +352,9 @@ absl::Status ApplyStreaming(const CommandRequest& request, Command* cmd) {
   return absl::OkStatus();
 }
 
-absl::Status ApplyScheduling(const CommandRequest& request, Command* cmd) {
-  RETURN_IF_ERROR(ApplyStreaming(request, cmd));
+absl::Status ApplyScheduling(const CommandRequest& request, const RequestPolicy& policy,
+                             Command* cmd) {
+  RETURN_IF_ERROR(ApplyStreaming(request, policy, cmd));
   if (request.priority == -1) {
     cmd->priority = 1;
   } else if (request.priority < 0 || request.priority > 2) {
@@ -415,7 +418,7 @@ absl::StatusOr<Command> ValidateRequest(CommandRequest request, const RequestPol
           : PickOutputCap(request.max_output_bytes, policy.default_max_output_bytes,
                           policy.max_output_bytes, "the server maximum"));
   RETURN_IF_ERROR(ApplyResourceLimits(request, policy, &cmd.limits));
-  RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
+  RETURN_IF_ERROR(ApplyScheduling(request, policy, &cmd));
 
   RETURN_IF_ERROR(CheckCwd(request.cwd));
   const std::string& path_var = SearchPath(policy);
@@ -481,7 +484,7 @@ absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const Pool
   ASSIGN_OR_RETURN(cmd.limits.max_output_bytes,
                    PickOutputCap(request.max_output_bytes, pool.max_output_bytes,
                                  pool.max_output_bytes, absl::StrCat(whose, "'s maximum")));
-  RETURN_IF_ERROR(ApplyScheduling(request, &cmd));
+  RETURN_IF_ERROR(ApplyScheduling(request, policy, &cmd));
   cmd.argv = std::move(request.argv);
   cmd.stdin_data = std::move(request.stdin_data);
   cmd.request_id = std::move(request.request_id);

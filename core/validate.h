@@ -24,6 +24,9 @@ struct RequestPolicy {
   // Per stream of a streamed call, both the default and the maximum: streamed output goes
   // out in chunks and is never held whole, so the message size does not bound it.
   int64_t max_stream_output_bytes = int64_t{4} << 30;
+  // The largest stream_chunk_bytes: a chunk is one message, so it stays within the
+  // server's message size (the server lowers it to fit --max_message_bytes).
+  int64_t max_stream_chunk_bytes = 4 << 20;
   // Upper bound on the bytes of argv plus env, as the kernel's ARG_MAX would reject more.
   int64_t max_argv_env_bytes = 1 << 20;
   int64_t max_stdin_bytes = 256 << 20;

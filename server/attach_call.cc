@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/engine.h"
 #include "core/validate.h"
+#include "server/call_base.h"
 #include "server/convert.h"
 #include "server/event_queue.h"
 #include "server/executor_service.h"
@@ -24,10 +25,10 @@ namespace {
 // finishes once the engine has reported the end and every event is written, never before: no engine
 // callback can reach a finished reactor.
 class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>,
-                         public core::Engine::Observer {
+                         public CallBase {
  public:
   AttachCall(ExecutorService& service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context), received_(absl::Now()) {
+      : CallBase(service, context, "Attach") {
     reading_ = true;
     StartRead(&request_);
   }
@@ -67,19 +68,11 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   void OnWriteDone(bool ok) override { writer_.WriteDone(ok); }
 
-  void OnCancel() override {
-    std::shared_ptr<core::Engine::Execution> execution;
-    {
-      absl::MutexLock lock(&mu_);
-      cancelled_ = true;
-      execution = execution_;
-    }
-    if (execution != nullptr) service_.engine().Cancel(execution);
-  }
+  void OnCancel() override { Cancel(); }
 
   void OnDone() override { delete this; }
 
-  // core::Engine::Observer, on the engine's loop thread (OnFinished also on others).
+  // core::CallSink.
   void OnStarted(pid_t pid, absl::Duration queued) override {
     v1::AttachEvent event;
     event.mutable_started()->set_pid(pid);
@@ -94,7 +87,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::AttachEvent event;
-    OutputToProto(stream, data, accept_lz4_, event.mutable_output());
+    OutputToProto(stream, data, accept_lz4(), event.mutable_output());
     const bool plain = event.output().compression() == v1::COMPRESSION_NONE;
     Enqueue(std::move(event), /*coalesce=*/plain);
   }
@@ -114,15 +107,12 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     {
       absl::MutexLock lock(&mu_);
       report = result.ok() && error_.ok();
-      status = !error_.ok()
-                   ? ToGrpcStatus(error_)
-                   : (result.ok() ? grpc::Status::OK : ToCallStatus(result.status(), context_));
+      status = !error_.ok() ? ToGrpcStatus(error_)
+                            : (result.ok() ? grpc::Status::OK : CallStatus(result.status()));
     }
     if (report) {
       v1::AttachEvent event;
-      ResultToProto(*result, event.mutable_exited());
-      DurationToProto(absl::Now() - received_,
-                      event.mutable_exited()->mutable_timings()->mutable_total());
+      ToResponse(*std::move(result), event.mutable_exited());
       Enqueue(std::move(event), /*coalesce=*/false);
     }
     {
@@ -136,21 +126,24 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   // More stdin than this waiting for the child stops the server reading messages.
   static constexpr int64_t kMaxQueuedStdin = 1 << 20;
 
-  // The first message: validate and submit the command, or end the call.
+  // The first message: validate and run the command, or end the call. Nothing is written
+  // (and so the call cannot finish) before this is done with the reactor.
   void Start(bool ok) {
-    absl::Status submitted = ok ? Submit()
-                                : absl::InvalidArgumentError(
-                                      "the call ended before its first message; "
-                                      "send AttachRequest.start with the command first");
-    if (submitted.ok()) {
+    absl::StatusOr<core::Command> command =
+        ok ? Prepare()
+           : absl::InvalidArgumentError(
+                 "the call ended before its first message; "
+                 "send AttachRequest.start with the command first");
+    if (command.ok()) {
+      Run(*std::move(command), std::move(options_));
       MaybeRead();
-      return;
+    } else {
+      OnFinished(command.status());
     }
-    absl::StatusOr<core::Result> failed = submitted;
-    OnFinished(failed);
+    writer_.Open();
   }
 
-  absl::Status Submit() {
+  absl::StatusOr<core::Command> Prepare() {
     if (!request_.has_start()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the first AttachRequest must be start (the command to run), got ",
@@ -177,42 +170,19 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
       if (!size.ok()) return size.status();
       terminal_ = *size;
     }
-    accept_lz4_ = start.accept_compression() == v1::LZ4;
-    core::CommandRequest command_request = CommandRequestFromProto(start);
-    request_id_ = command_request.request_id;
-    if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
-    command_request.streamed = true;
-    const int64_t initial_stdin = static_cast<int64_t>(command_request.stdin_data.size());
-    const char initial_last_byte =
-        command_request.stdin_data.empty() ? '\n' : command_request.stdin_data.back();
     absl::StatusOr<core::Command> command =
-        core::ValidateRequest(std::move(command_request), service_.policy());
+        CallBase::Prepare(start, core::CallShape::kSession, &options_);
     if (!command.ok()) return command.status();
-    command->stream_output = true;
     command->keep_stdin_open = true;
     command->terminal = terminal_;
-    absl::Duration left = TimeUntilDeadline(context_->deadline());
-    if (left != absl::InfiniteDuration()) {
-      command->deadline = service_.engine().clock().Now() + left;
-    }
     writer_.set_chunk_bytes(static_cast<size_t>(command->stream_chunk_bytes));
     {
       absl::MutexLock lock(&mu_);
-      queued_stdin_ = initial_stdin;  // Reported through OnStdinWritten like the rest.
-      if (initial_stdin > 0) at_line_start_ = initial_last_byte == '\n';
+      // Reported through OnStdinWritten like the rest.
+      queued_stdin_ = static_cast<int64_t>(command->stdin_data.size());
+      if (!command->stdin_data.empty()) at_line_start_ = command->stdin_data.back() == '\n';
     }
-    auto execution = service_.engine().Submit(*std::move(command), this);
-    if (!execution.ok()) return execution.status();
-    bool cancelled;
-    {
-      absl::MutexLock lock(&mu_);
-      execution_ = *execution;
-      cancelled = cancelled_;
-      // Output can outrun this thread: a pause asked for before now is applied now.
-      if (output_paused_) service_.engine().SetOutputPaused(execution_, true);
-    }
-    if (cancelled) service_.engine().Cancel(*execution);
-    return absl::OkStatus();
+    return command;
   }
 
   // A message after the start.
@@ -222,11 +192,10 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
           "terminal is for the first message only; send resize to change the size"));
       return;
     }
-    std::shared_ptr<core::Engine::Execution> execution;
+    std::shared_ptr<core::Call> running = call();
     bool stdin_closed;
     {
       absl::MutexLock lock(&mu_);
-      execution = execution_;
       stdin_closed = stdin_closed_;
     }
     switch (request.request_case()) {
@@ -243,7 +212,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
           queued_stdin_ += static_cast<int64_t>(request.stdin().size());
           if (!request.stdin().empty()) at_line_start_ = request.stdin().back() == '\n';
         }
-        service_.engine().WriteStdin(execution, std::move(*request.mutable_stdin()));
+        running->WriteStdin(std::move(*request.mutable_stdin()));
         return;
       case v1::AttachRequest::kCloseStdin:
         CloseStdin();
@@ -260,11 +229,11 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
           Fail(size.status());
           return;
         }
-        service_.engine().ResizeTerminal(execution, *size);
+        running->ResizeTerminal(*size);
         return;
       }
       case v1::AttachRequest::kSignal:
-        if (absl::Status s = service_.engine().Signal(execution, request.signal()); !s.ok()) {
+        if (absl::Status s = running->Signal(request.signal()); !s.ok()) {
           Fail(s);
         }
         return;
@@ -296,24 +265,23 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   }
 
   void CloseStdin() {
-    std::shared_ptr<core::Engine::Execution> execution;
+    std::shared_ptr<core::Call> running = call();
     std::string eof;
     {
       absl::MutexLock lock(&mu_);
       if (stdin_closed_) return;
       stdin_closed_ = true;
-      execution = execution_;
       // A terminal is not closed (that would hang up the session): its end-of-file
       // character ends the input, as Ctrl-D does; typed twice after a partial line, whose
       // first one only hands the line to the reader.
       if (terminal_.has_value()) eof = at_line_start_ ? "\x04" : "\x04\x04";
       queued_stdin_ += static_cast<int64_t>(eof.size());
     }
-    if (execution == nullptr) return;
+    if (running == nullptr) return;
     if (terminal_.has_value()) {
-      service_.engine().WriteStdin(execution, std::move(eof));
+      running->WriteStdin(std::move(eof));
     } else {
-      service_.engine().CloseStdin(execution);
+      running->CloseStdin();
     }
   }
 
@@ -329,22 +297,20 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   // A protocol error after the start: the command is killed, and the call ends with
   // `status` once the engine has reaped it.
   void Fail(absl::Status status) {
-    std::shared_ptr<core::Engine::Execution> execution;
     {
       absl::MutexLock lock(&mu_);
       if (!error_.ok()) return;
       error_ = std::move(status);
-      execution = execution_;
     }
-    if (execution != nullptr) service_.engine().Cancel(execution);
+    Cancel();
   }
 
   // Starts the next read when the session may take another message.
   void MaybeRead() {
     {
       absl::MutexLock lock(&mu_);
-      if (reading_ || client_done_ || !started_ || execution_ == nullptr || !error_.ok() ||
-          engine_done_ || queued_stdin_ > kMaxQueuedStdin) {
+      if (reading_ || client_done_ || !started_ || !error_.ok() || engine_done_ ||
+          queued_stdin_ > kMaxQueuedStdin) {
         return;
       }
       reading_ = true;
@@ -352,50 +318,29 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     StartRead(&request_);
   }
 
-  // Posted under the lock, so pauses and resumes reach the engine in order; one asked for
-  // before the execution is known is applied when it is.
-  void SetOutputPaused(bool paused) {
-    absl::MutexLock lock(&mu_);
-    output_paused_ = paused;
-    if (execution_ != nullptr) service_.engine().SetOutputPaused(execution_, paused);
-  }
-
   void Enqueue(v1::AttachEvent event, bool coalesce) { writer_.Push(std::move(event), coalesce); }
 
-  void Log(const absl::StatusOr<core::Result>& result) {
-    service_.log().WriteCall(
-        "Attach", request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
-  }
-
-  ExecutorService& service_;
-  grpc::CallbackServerContext* const context_;
-  const absl::Time received_;
-  // Set while the first message is handled, before the engine can call back.
-  std::string request_id_;
-  std::string argv0_;
-  bool accept_lz4_ = false;
-  std::optional<core::TerminalSize> terminal_;  // Set with the start, then read-only.
+  // Set while the first message is handled, before the call can report.
+  std::optional<core::TerminalSize> terminal_;  // Then read-only.
+  core::CallOptions options_;
 
   v1::AttachRequest request_;  // The message being read (one read at a time).
 
   absl::Mutex mu_;
-  std::shared_ptr<core::Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool got_start_ ABSL_GUARDED_BY(mu_) = false;    // The first read completed.
   bool started_ ABSL_GUARDED_BY(mu_) = false;      // The engine reported the child running.
   bool reading_ ABSL_GUARDED_BY(mu_) = false;      // A read is in flight.
   bool client_done_ ABSL_GUARDED_BY(mu_) = false;  // The client half-closed.
   bool stdin_closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;    // Accepted, not yet written to the child.
-  bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;   // The last stdin byte was a newline.
-  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the writer last asked for.
-  absl::Status error_ ABSL_GUARDED_BY(mu_);          // A protocol error ends the call with it.
-  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;    // The command is over.
+  int64_t queued_stdin_ ABSL_GUARDED_BY(mu_) = 0;   // Accepted, not yet written to the child.
+  bool at_line_start_ ABSL_GUARDED_BY(mu_) = true;  // The last stdin byte was a newline.
+  absl::Status error_ ABSL_GUARDED_BY(mu_);         // A protocol error ends the call with it.
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;   // The command is over.
   EventWriter<v1::AttachEvent> writer_{
       {.start_write = [this](const v1::AttachEvent* event) { StartWrite(event); },
        .finish = [this](const grpc::Status& status) { Finish(status); },
        .pause_output = [this](bool paused) { SetOutputPaused(paused); }},
-      /*open=*/true};
+      /*open=*/false};
 };
 
 }  // namespace

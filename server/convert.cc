@@ -3,6 +3,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "core/compress.h"
 #include "core/engine.h"
 
@@ -83,7 +84,8 @@ void SetNonZero(absl::Duration d, Message* message,
 
 }  // namespace
 
-void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
+void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
+                   v1::ExecuteResponse* response) {
   response->set_termination(TerminationToProto(result.termination));
   response->set_exit_code(result.status.exited ? result.status.code : 0);
   response->set_signal(result.status.signal);
@@ -107,6 +109,29 @@ void ResultToProto(const core::Result& result, v1::ExecuteResponse* response) {
   SetNonZero(result.usage.system_cpu, usage, &v1::ResourceUsage::mutable_system_cpu);
   usage->set_max_rss_bytes(result.usage.max_rss_bytes);
   usage->set_peak_memory_bytes(result.usage.peak_memory_bytes);
+  SetNonZero(total, timings, &v1::Timings::mutable_total);
+  v1::Compression stdout_compression, stderr_compression;
+  SetMaybeCompressed(accept_lz4, std::move(result.stdout_data), response->mutable_stdout(),
+                     &stdout_compression);
+  SetMaybeCompressed(accept_lz4, std::move(result.stderr_data), response->mutable_stderr(),
+                     &stderr_compression);
+  response->set_stdout_compression(stdout_compression);
+  response->set_stderr_compression(stderr_compression);
+}
+
+absl::StatusOr<core::CachePolicy> CachePolicyFromProto(int policy) {
+  switch (policy) {
+    case v1::CACHE_OFF:
+      return core::CachePolicy::kOff;
+    case v1::READ_WRITE:
+      return core::CachePolicy::kReadWrite;
+    case v1::READ_ONLY:
+      return core::CachePolicy::kReadOnly;
+    case v1::REFRESH:
+      return core::CachePolicy::kRefresh;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "cache_policy ", policy, " is not one of CACHE_OFF, READ_WRITE, READ_ONLY or REFRESH"));
 }
 
 void DurationToProto(absl::Duration d, google::protobuf::Duration* out) {

@@ -8,8 +8,10 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/command.h"
+#include "core/dispatcher.h"
 #include "execd/v1/execd.pb.h"
 #include "google/protobuf/duration.pb.h"
 
@@ -18,8 +20,14 @@ namespace execd::server {
 // Moves the request's fields (argv, env, stdin, ...) out of `request`.
 core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request);
 
-// Everything but stdout/stderr, which the caller moves in (unary) or already streamed.
-void ResultToProto(const core::Result& result, v1::ExecuteResponse* response);
+// The response for `result`, every RPC's (Execute's, a batch item's, a stream's or a
+// session's last event): its outputs moved in, lz4-compressed when the caller accepts lz4
+// and it pays, and `total` as the call's time on the server (zero: unset).
+void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
+                   v1::ExecuteResponse* response);
+
+// The cache policy a request asks for; INVALID_ARGUMENT for a value the proto lacks.
+absl::StatusOr<core::CachePolicy> CachePolicyFromProto(int policy);
 
 void DurationToProto(absl::Duration d, google::protobuf::Duration* out);
 absl::Duration DurationFromProto(const google::protobuf::Duration& d);

@@ -71,6 +71,10 @@ ABSL_FLAG(absl::Duration, default_cache_ttl, kDefaults.cache.default_ttl,
           "how long a cached result stays valid when the request sets no cache_ttl");
 ABSL_FLAG(absl::Duration, max_cache_ttl, kDefaults.cache.max_ttl,
           "largest cache_ttl a request may ask for");
+ABSL_FLAG(int64_t, memory_budget_bytes, kDefaults.memory_budget_bytes,
+          "server memory all calls together may hold (stdin, output, queued stream chunks, "
+          "batch results); past it new calls get RESOURCE_EXHAUSTED. 0: half of the smaller "
+          "of the machine's memory and execd's cgroup memory limit");
 ABSL_FLAG(bool, log_requests, kDefaults.log_requests,
           "write one logfmt line per request to stderr");
 
@@ -110,6 +114,7 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.kill_grace = absl::GetFlag(FLAGS_kill_grace);
   c.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   c.log_requests = absl::GetFlag(FLAGS_log_requests);
+  c.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget_bytes);
   c.cache.max_bytes = absl::GetFlag(FLAGS_cache_max_bytes);
   c.cache.salt = absl::GetFlag(FLAGS_cache_salt);
   c.cache.default_ttl = absl::GetFlag(FLAGS_default_cache_ttl);

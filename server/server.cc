@@ -17,6 +17,9 @@
 namespace execd::server {
 namespace {
 
+// Room a message needs beyond the command output it carries.
+constexpr int64_t kResponseOverhead = 64 << 10;
+
 // Durations and maxima where 0 has a meaning and a negative value has none.
 absl::Status CheckNotNegative(const ServerConfig& c) {
   const core::RequestPolicy& p = c.policy;
@@ -84,7 +87,6 @@ absl::Status CheckConfig(const ServerConfig& c) {
   }
   // A unary response carries both streams; it must fit in one message. Compared as a
   // quotient: 2 * max_output_bytes overflows for a huge flag value.
-  constexpr int64_t kResponseOverhead = 64 << 10;
   if (p.max_output_bytes > (c.max_message_bytes - kResponseOverhead) / 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_output_bytes (", p.max_output_bytes, ") is too large for --max_message_bytes (",
@@ -101,6 +103,11 @@ absl::Status CheckConfig(const ServerConfig& c) {
         absl::FormatDuration(p.max_timeout), "), got ", absl::FormatDuration(p.default_timeout)));
   }
   if (absl::Status s = CheckNotNegative(c); !s.ok()) return s;
+  if (c.memory_budget_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--memory_budget_bytes must not be negative (0: the default), got ",
+                     c.memory_budget_bytes));
+  }
   if (c.spawn_threads < 1 || c.spawn_threads > ServerConfig::kMaxSpawnThreads) {
     return absl::InvalidArgumentError(absl::StrCat("--spawn_threads must be from 1 to ",
                                                    ServerConfig::kMaxSpawnThreads,
@@ -116,6 +123,9 @@ Server::Server(ServerConfig config) : config_(std::move(config)), log_(config_.l
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   if (absl::Status s = CheckConfig(config); !s.ok()) return s;
   std::unique_ptr<Server> server(new Server(std::move(config)));
+  core::RequestPolicy& policy = server->config_.policy;
+  policy.max_stream_chunk_bytes = std::min<int64_t>(
+      policy.max_stream_chunk_bytes, server->config_.max_message_bytes - kResponseOverhead);
   const ServerConfig& c = server->config_;
 
   core::Engine::Options engine_options;
@@ -128,8 +138,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);
-  server->service_ =
-      std::make_unique<ExecutorService>(*server->engine_, c.policy, server->log_, c.cache);
+  const int64_t budget =
+      c.memory_budget_bytes > 0 ? c.memory_budget_bytes : core::MemoryBudget::DefaultLimit();
+  server->dispatcher_ =
+      std::make_unique<core::Dispatcher>(*server->engine_, c.policy, c.cache, budget);
+  server->service_ = std::make_unique<ExecutorService>(*server->dispatcher_, server->log_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -157,7 +170,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   server->log_.Event(absl::StrCat("event=containment mechanism=\"",
                                   server->engine_->containment().Describe(), "\""));
   server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
-                                  " max_concurrency=", c.max_concurrency));
+                                  " max_concurrency=", c.max_concurrency,
+                                  " memory_budget_bytes=", budget));
   return server;
 }
 

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/dispatcher.h"
 #include "core/engine.h"
 #include "core/validate.h"
 #include "server/executor_service.h"
@@ -32,7 +33,10 @@ struct ServerConfig {
   core::RequestPolicy policy;
   // Worker pools (from --pools_config).
   std::vector<core::PoolSpec> pools;
-  CacheConfig cache;
+  core::CacheSettings cache;
+  // Server memory all calls together may reserve (core::MemoryBudget); 0: the default,
+  // half of the smaller of the machine's memory and this process's cgroup limit.
+  int64_t memory_budget_bytes = 0;
 };
 
 class Server {
@@ -53,6 +57,7 @@ class Server {
   void CutDrainShort();
 
   core::Engine& engine() { return *engine_; }
+  core::Dispatcher& dispatcher() { return *dispatcher_; }
 
   // Re-reads the pools file (SIGHUP): pools whose configuration changed retire their
   // workers and refill. Logs the outcome; on error the running pools stay as they were.
@@ -65,6 +70,7 @@ class Server {
   ServerConfig config_;
   RequestLog log_;
   std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<core::Dispatcher> dispatcher_;
   std::unique_ptr<ExecutorService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;

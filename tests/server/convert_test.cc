@@ -47,7 +47,7 @@ TEST(ResultToProtoTest, LeavesZeroDurationsUnsetAndReadsThemAsZero) {
   result.run = absl::Milliseconds(4);
   result.usage.user_cpu = absl::Microseconds(900);
   v1::ExecuteResponse response;
-  ResultToProto(result, &response);
+  ResultToProto(result, /*accept_lz4=*/false, absl::ZeroDuration(), &response);
   EXPECT_TRUE(response.cache_hit());
   EXPECT_TRUE(response.has_cache_age());  // A hit always says its age, even zero.
   EXPECT_FALSE(response.timings().has_queued());
@@ -56,6 +56,7 @@ TEST(ResultToProtoTest, LeavesZeroDurationsUnsetAndReadsThemAsZero) {
   EXPECT_EQ(DurationFromProto(response.timings().run()), absl::Milliseconds(4));
   EXPECT_EQ(DurationFromProto(response.usage().user_cpu()), absl::Microseconds(900));
   EXPECT_FALSE(response.usage().has_system_cpu());
+  EXPECT_FALSE(response.timings().has_total());
 }
 
 TEST(CommandRequestFromProtoTest, EveryUnknownPriorityIsRejectedByValidation) {

@@ -1,0 +1,139 @@
+// CallBase: what every RPC's reactor shares as the sink of a core call: turning a request
+// into a call on the Dispatcher, cancelling and pausing it, its final status, and its log
+// line. The reactor adds only how events become messages.
+//
+// Thread-safety: the call's events come on core's threads (see Dispatcher); Cancel and
+// SetOutputPaused may be called from any thread.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/dispatcher.h"
+#include "execd/v1/execd.pb.h"
+#include "server/convert.h"
+#include "server/executor_service.h"
+
+namespace execd::server {
+
+class CallBase : public core::CallSink {
+ protected:
+  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
+      : service_(service), context_(context), rpc_(rpc), received_(absl::Now()) {}
+
+  // The command `request` asks for (its fields are moved out: gRPC owns the message until
+  // the call ends and reads it no more), and the call options it sets.
+  absl::StatusOr<core::Command> Prepare(v1::ExecuteRequest& request, core::CallShape shape,
+                                        core::CallOptions* options) {
+    core::CommandRequest command_request = CommandRequestFromProto(request);
+    request_id_ = command_request.request_id;
+    if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
+    if (!request.pool().empty()) argv0_ = absl::StrCat("pool:", request.pool());
+    accept_lz4_ = request.accept_compression() == v1::LZ4;
+    command_request.streamed = shape != core::CallShape::kUnary;
+    absl::StatusOr<core::CachePolicy> cache = CachePolicyFromProto(request.cache_policy());
+    if (!cache.ok()) return cache.status();
+    options->shape = shape;
+    options->cache = *cache;
+    options->cache_ttl = DurationFromProto(request.cache_ttl());
+    absl::StatusOr<core::Command> command =
+        service_.dispatcher().Prepare(std::move(command_request), request.pool());
+    if (command.ok()) command->stream_output = shape != core::CallShape::kUnary;
+    return command;
+  }
+
+  // Starts the call; the sink hears its end, possibly before this returns (after which
+  // this object may be gone: touch nothing of it after calling Run).
+  void Run(core::Command command, core::CallOptions options) {
+    if (absl::Duration left = TimeUntilDeadline(context_->deadline());
+        left != absl::InfiniteDuration()) {
+      options.deadline = service_.dispatcher().engine().clock().Now() + left;
+    }
+    std::shared_ptr<core::Call> call = service_.dispatcher().NewCall(std::move(options), this);
+    {
+      absl::MutexLock lock(&mu_);
+      call_ = call;
+      if (cancelled_) call->Cancel();
+      if (output_paused_) call->SetOutputPaused(true);
+    }
+    call->Start(std::move(command));
+  }
+
+  // Prepare and Run; a request that cannot be prepared ends the call with why.
+  void PrepareAndRun(v1::ExecuteRequest& request, core::CallShape shape) {
+    core::CallOptions options;
+    absl::StatusOr<core::Command> command = Prepare(request, shape, &options);
+    if (!command.ok()) {
+      OnFinished(command.status());
+      return;
+    }
+    Run(*std::move(command), std::move(options));
+  }
+
+  void Cancel() {
+    std::shared_ptr<core::Call> call;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      call = call_;
+    }
+    if (call != nullptr) call->Cancel();
+  }
+
+  // Back-pressure: under the lock, so that pauses and resumes reach the call in order; one
+  // asked for before the call exists is applied when it does.
+  void SetOutputPaused(bool paused) {
+    absl::MutexLock lock(&mu_);
+    output_paused_ = paused;
+    if (call_ != nullptr) call_->SetOutputPaused(paused);
+  }
+
+  std::shared_ptr<core::Call> call() {
+    absl::MutexLock lock(&mu_);
+    return call_;
+  }
+  // What the call produced has left the server: its memory goes back to the budget.
+  void ReleaseCall() {
+    std::shared_ptr<core::Call> call;
+    absl::MutexLock lock(&mu_);
+    call = std::move(call_);
+  }
+
+  // The call's final status; a retry delay core attached becomes the standard
+  // `grpc-retry-pushback-ms` trailer, which gRPC's retry policy honours.
+  grpc::Status CallStatus(const absl::Status& status) { return ToCallStatus(status, context_); }
+
+  // The response for a result, with the call's time on the server so far.
+  void ToResponse(core::Result result, v1::ExecuteResponse* response) {
+    ResultToProto(std::move(result), accept_lz4_, absl::Now() - received_, response);
+  }
+
+  void Log(const absl::StatusOr<core::Result>& result) {
+    service_.log().WriteCall(
+        rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
+  }
+
+  bool accept_lz4() const { return accept_lz4_; }
+
+  ExecutorService& service_;
+  grpc::CallbackServerContext* const context_;
+  const absl::string_view rpc_;
+  const absl::Time received_;
+  std::string request_id_;
+  std::string argv0_;
+  bool accept_lz4_ = false;  // Set in Prepare, before the call can report.
+
+ private:
+  absl::Mutex mu_;
+  std::shared_ptr<core::Call> call_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace execd::server
