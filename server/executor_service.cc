@@ -133,8 +133,10 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
 // ExecuteBatch: items run as calls of their own (validated, queued, logged like single
 // calls), at most max_parallel (and the concurrency limit) at once; results are written one
 // at a time as items complete. Each item's memory stays reserved until its result has been
-// written; an item that finds the budget full waits while the batch holds memory of its own
-// (its earlier items' results free it), and is refused only when the batch holds none. The
+// written. A batch holds at most half the memory budget, so that other callers' calls still
+// fit beside it: an item that would pass that, or finds the budget full, waits while the
+// batch holds memory of its own (its earlier items' results free it), and is refused only
+// when the batch holds none. The
 // call finishes once every item has reported (or, cancelled, once every started item has
 // ended), so no item outlives the reactor.
 class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResult> {
@@ -243,11 +245,12 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   void CancelAll();
   // An item's result has been written: its memory goes back.
   void Written(const v1::BatchResult& result);
-  // Whether items other than the one asking hold memory of this batch's (running, or their
-  // results waiting to be written): then it can wait for them.
-  bool HoldsOtherMemory();
-  // An item that found the budget full waits here until the batch frees some.
-  void Park(Item* item);
+  // Reserves `bytes` for an item, within the batch's share of the budget; none when it
+  // should wait for memory the batch holds to come back.
+  std::optional<core::MemoryGrant> ReserveForItem(int64_t bytes);
+  // An item that found no memory waits here until the batch frees some; false when the
+  // batch holds none besides it (nothing would wake it).
+  bool Park(Item* item);
 
   // The call's status, once, when the batch has just ended: every item reported (or,
   // cancelled, none still running) and every report queued for writing, so that no
@@ -277,6 +280,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   int running_ ABSL_GUARDED_BY(mu_) = 0;   // Started, not yet reported.
   int reported_ ABSL_GUARDED_BY(mu_) = 0;  // Results produced (sent or dropped).
   int written_ ABSL_GUARDED_BY(mu_) = 0;   // Results written.
+  int64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;  // Memory reserved for unwritten items.
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::string stop_reason_ ABSL_GUARDED_BY(mu_);
@@ -320,14 +324,17 @@ class ExecuteBatchReactor::Item final : public CallBase {
   // Runs with the item's memory reserved; or, the budget full, waits (parked) while the
   // batch holds memory that will come back, else runs to be refused with the reason.
   void TryRun() {
-    options_.grant = service_.dispatcher().budget().TryReserve(
-        core::Dispatcher::WorstCase(command_, options_.shape));
-    if (!options_.grant.has_value() && batch_.HoldsOtherMemory()) {
-      batch_.Park(this);
-      return;
+    reserved_ = core::Dispatcher::WorstCase(command_, options_.shape);
+    options_.grant = batch_.ReserveForItem(reserved_);
+    if (!options_.grant.has_value()) {
+      if (batch_.Park(this)) return;
+      reserved_ = 0;  // Runs to reserve its own, or be refused with the reason.
     }
     Run(std::move(command_), std::move(options_));
   }
+
+  // What the batch reserved for this item; given back once its result is written.
+  int64_t TakeReserved() { return std::exchange(reserved_, 0); }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
     Log(result);
@@ -344,6 +351,7 @@ class ExecuteBatchReactor::Item final : public CallBase {
   const int index_;
   core::Command command_;  // Until it runs.
   core::CallOptions options_;
+  int64_t reserved_ = 0;
 };
 
 void ExecuteBatchReactor::Launch() {
@@ -419,14 +427,24 @@ bool ExecuteBatchReactor::LaunchOnce() {
   return item != nullptr;
 }
 
-bool ExecuteBatchReactor::HoldsOtherMemory() {
+std::optional<core::MemoryGrant> ExecuteBatchReactor::ReserveForItem(int64_t bytes) {
+  core::MemoryBudget& budget = service_.dispatcher().budget();
   absl::MutexLock lock(&mu_);
-  return running_ > 1 || reported_ > written_;  // The item asking is one of running_.
+  if (reserved_ > 0 && budget.limit() > 0 && reserved_ + bytes > budget.limit() / 2) {
+    return std::nullopt;
+  }
+  std::optional<core::MemoryGrant> grant = budget.TryReserve(bytes);
+  if (grant.has_value()) reserved_ += bytes;
+  return grant;
 }
 
-void ExecuteBatchReactor::Park(Item* item) {
+bool ExecuteBatchReactor::Park(Item* item) {
   absl::MutexLock lock(&mu_);
+  // Memory of the batch's comes back as a running item's result is written, or as an
+  // unwritten result is; the item asking is one of running_.
+  if (running_ <= 1 && reported_ <= written_) return false;
   parked_ = item;
+  return true;
 }
 
 void ExecuteBatchReactor::Written(const v1::BatchResult& result) {
@@ -434,7 +452,10 @@ void ExecuteBatchReactor::Written(const v1::BatchResult& result) {
   {
     absl::MutexLock lock(&mu_);
     ++written_;
-    if (result.index() < static_cast<int>(items_.size())) item = items_[result.index()].get();
+    if (result.index() < static_cast<int>(items_.size())) {
+      item = items_[result.index()].get();
+      reserved_ -= item->TakeReserved();
+    }
   }
   if (item != nullptr) item->ReleaseCall();
 }

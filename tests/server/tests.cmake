@@ -88,3 +88,9 @@ target_compile_definitions(leak_test PRIVATE
   EXECD_BIN="$<TARGET_FILE:execd>"
   TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>")
 add_dependencies(leak_test execd execd-test-worker)
+
+execd_test(memory_test
+  SOURCES server/memory_test.cc
+  LIBS test_support execd_proto gRPC::grpc++)
+target_compile_definitions(memory_test PRIVATE EXECD_BIN="$<TARGET_FILE:execd>")
+add_dependencies(memory_test execd)
