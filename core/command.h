@@ -174,6 +174,9 @@ struct Result {
   absl::Duration run;      // Exec done to exit and output drained.
   bool cache_hit = false;  // Served from the result cache, stored `cache_age` ago.
   absl::Duration cache_age;
+  // How many times the command was handed from one thread to another inside the engine
+  // (each a wake-up a busy scheduler makes wait), for tests and traces.
+  int thread_handoffs = 0;
   // A pipeline's programs in order (argv's first); empty for a single program. `status`
   // and `pid` above are the last program's and the first's, as a shell reports them.
   std::vector<StageExit> stages;

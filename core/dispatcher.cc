@@ -36,20 +36,41 @@ class Dispatcher::CallImpl final : public Call,
     // Identical calls in flight share one run: of results that are stored (READ_WRITE) and
     // held whole (unary), as a stream's output is not kept.
     if (options_.cache == CachePolicy::kReadWrite && options_.shape == CallShape::kUnary) {
-      // A waiter holds a queue place, as a queued command would.
-      if (absl::Status s = dispatcher_.engine_.HoldQueuePlace(); !s.ok()) return End(s);
       {
         absl::MutexLock lock(&mu_);
         waiting_ = std::make_unique<Command>(std::move(command));
       }
-      if (!dispatcher_.JoinFlight(key_, shared_from_this())) return;  // Waits.
-      dispatcher_.engine_.ReleaseQueuePlace();
+      if (!dispatcher_.JoinFlight(key_, shared_from_this())) return Wait();
       leader_ = true;
       absl::MutexLock lock(&mu_);
       command = std::move(*waiting_);
       waiting_.reset();
     }
     Submit(std::move(command));
+  }
+
+  // A waiter holds a queue place, as a queued command would; refused one (the queue is
+  // full), it leaves the flight and ends with the refusal.
+  void Wait() {
+    absl::Status held;
+    {
+      absl::MutexLock lock(&mu_);
+      if (waiting_ == nullptr) return;  // The leader landed already and took the command.
+      held = dispatcher_.engine_.HoldQueuePlace();
+      holds_place_ = held.ok();
+    }
+    if (held.ok() || !dispatcher_.LeaveFlight(key_, this)) return;  // Waits, or has landed.
+    {
+      absl::MutexLock lock(&mu_);
+      waiting_.reset();
+    }
+    End(held);
+  }
+
+  // Gives back the queue place a waiter held.
+  void ReleasePlace() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (holds_place_) dispatcher_.engine_.ReleaseQueuePlace();
+    holds_place_ = false;
   }
 
   // Call.
@@ -63,9 +84,9 @@ class Dispatcher::CallImpl final : public Call,
       waiting = waiting_ != nullptr;
     }
     if (waiting && dispatcher_.LeaveFlight(key_, this)) {
-      dispatcher_.engine_.ReleaseQueuePlace();
       {
         absl::MutexLock lock(&mu_);
+        ReleasePlace();
         waiting_.reset();
       }
       return End(absl::CancelledError("cancelled while waiting for an identical request's result"));
@@ -122,10 +143,10 @@ class Dispatcher::CallImpl final : public Call,
   // A waiter's turn, on the leader's thread: the leader's clean success, or none and this
   // call runs itself (admitted or refused on its own).
   void FlightLanded(const Result* stored) {
-    dispatcher_.engine_.ReleaseQueuePlace();
     std::unique_ptr<Command> command;
     {
       absl::MutexLock lock(&mu_);
+      ReleasePlace();
       command = std::move(waiting_);
     }
     if (command == nullptr) return;  // Cancelled meanwhile; it has ended.
@@ -145,8 +166,10 @@ class Dispatcher::CallImpl final : public Call,
   bool Reads() const {
     return options_.cache == CachePolicy::kReadWrite || options_.cache == CachePolicy::kReadOnly;
   }
+  // Only a result held whole is stored: a stream's output went to its reader.
   bool Writes() const {
-    return options_.cache == CachePolicy::kReadWrite || options_.cache == CachePolicy::kRefresh;
+    return options_.shape == CallShape::kUnary &&
+           (options_.cache == CachePolicy::kReadWrite || options_.cache == CachePolicy::kRefresh);
   }
 
   std::shared_ptr<Engine::Execution> execution() {
@@ -308,6 +331,7 @@ class Dispatcher::CallImpl final : public Call,
   absl::Mutex mu_;
   // Waiting on a leader (on the heap: a Command is large).
   std::unique_ptr<Command> waiting_ ABSL_GUARDED_BY(mu_);
+  bool holds_place_ ABSL_GUARDED_BY(mu_) = false;  // A queue place, while waiting.
   std::shared_ptr<Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;          // The engine has reported.

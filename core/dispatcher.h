@@ -78,8 +78,9 @@ struct CallOptions {
 // them; OnFinished exactly once, last. A sink stays alive until its OnFinished returns.
 using CallSink = Engine::Observer;
 
-// A started call. The memory reserved for it is held as long as this handle: the transport
-// lets go of it once what the call produced has left the server.
+// A started call. The memory reserved for it is held as long as this handle, and until the
+// sink has heard the end: the transport lets go of it once what the call produced has left
+// the server.
 class Call {
  public:
   virtual ~Call() = default;

@@ -33,6 +33,7 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
   void OnExit(Result result) override {
     result.queued = admitted_ - submitted_;
     result.spawn = spawn_done_ - admitted_;
+    result.thread_handoffs = handoffs_;
     engine_.Finish(*this, std::move(result));
   }
 
@@ -51,6 +52,7 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
     if (result.ok()) {
       result->queued = admitted_ - submitted_;
       result->spawn = spawn_done_ == absl::Time() ? absl::ZeroDuration() : spawn_done_ - admitted_;
+      result->thread_handoffs = handoffs_;
     }
     engine_.Finish(*this, std::move(result));
   }
@@ -74,10 +76,13 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
   Command command_;
   Engine::Observer* observer_;
   absl::Time submitted_;
-  absl::Time admitted_;                     // loop
-  absl::Time spawn_done_;                   // loop
-  State state_ = State::kQueued;            // Guarded by engine.mu_.
-  bool cancel_requested_ = false;           // loop
+  absl::Time admitted_;            // loop
+  absl::Time spawn_done_;          // loop
+  State state_ = State::kQueued;   // Guarded by engine.mu_.
+  bool cancel_requested_ = false;  // loop
+  // Threads the command was handed between (each a wake-up); written by whichever thread
+  // hands it on, before it does.
+  int handoffs_ = 0;
   std::unique_ptr<ChildProcess> child_;     // loop
   std::atomic<bool> output_paused_{false};  // What SetOutputPaused last asked for.
   // Pooled commands.
@@ -315,6 +320,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   int priority = command.priority;
   std::shared_ptr<Execution> displaced;
   std::shared_ptr<Execution> execution;
+  bool start_now = false;
   {
     absl::MutexLock lock(&mu_);
     if (draining_) {
@@ -338,7 +344,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
     live_.emplace(id, execution);
     if (admission.kind == Scheduler::Admission::Kind::kRunNow) {
       execution->state_ = Execution::State::kAdmitted;
-      loop_->Post([this, execution]() mutable { StartOnLoop(std::move(execution)); });
+      start_now = true;
     } else {
       ArmExpiryLocked();
     }
@@ -352,6 +358,16 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   if (displaced != nullptr) {
     displaced->observer_->OnFinished(absl::ResourceExhaustedError(
         "shed from a full queue for a higher-priority request; retry later"));
+  }
+  if (start_now) {
+    // A fresh spawn goes from this thread straight to a spawn thread: the loop has nothing
+    // to do for it until the child exists, and every hand-off is a wake-up.
+    if (execution->pool_ == nullptr) {
+      StartFresh(execution);
+    } else {
+      ++execution->handoffs_;
+      loop_->Post([this, e = execution]() mutable { StartOnLoop(std::move(e)); });
+    }
   }
   return execution;
 }
@@ -396,16 +412,33 @@ void Engine::ExpireQueued() {
 }
 
 void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
-  Execution& e = *execution;
-  e.admitted_ = options_.clock->Now();
-  if (e.cancel_requested_) {
-    Finish(e, absl::CancelledError("cancelled before the command started"));
+  if (execution->cancel_requested_) {
+    Finish(*execution, absl::CancelledError("cancelled before the command started"));
     return;
   }
+  if (execution->pool_ == nullptr) {
+    StartFresh(std::move(execution));
+    return;
+  }
+  std::optional<ChildProcess::Options> options = Admit(*execution);
+  if (options.has_value()) StartPooled(std::move(execution), *std::move(options));
+}
+
+void Engine::StartFresh(std::shared_ptr<Execution> execution) {
+  std::optional<ChildProcess::Options> options = Admit(*execution);
+  if (!options.has_value()) return;
+  ++execution->handoffs_;
+  spawn_threads_->Submit([this, execution = std::move(execution), options]() mutable {
+    Spawn(std::move(execution), *std::move(options));
+  });
+}
+
+std::optional<ChildProcess::Options> Engine::Admit(Execution& e) {
+  e.admitted_ = options_.clock->Now();
   absl::Duration left = e.command_.deadline - e.admitted_;
   if (left <= absl::ZeroDuration()) {
     Finish(e, absl::DeadlineExceededError("the call's deadline passed before the command started"));
-    return;
+    return std::nullopt;
   }
   ChildProcess::Options child_options;
   child_options.timeout = std::min(e.command_.limits.timeout, left);
@@ -420,13 +453,7 @@ void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   if (!containment_->limits_memory()) {
     child_options.address_space_bytes = e.command_.limits.memory_bytes;
   }
-  if (e.pool_ != nullptr) {
-    StartPooled(std::move(execution), child_options);
-    return;
-  }
-  spawn_threads_->Submit([this, execution = std::move(execution), child_options]() mutable {
-    Spawn(std::move(execution), child_options);
-  });
+  return child_options;
 }
 
 void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options options) {
@@ -447,6 +474,7 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
   // reaped; what they started outside their process groups came to execd meanwhile.
   if (!child.ok()) SweepOrphans();
   e.spawn_done_ = options_.clock->Now();
+  ++e.handoffs_;
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
     OnSpawned(std::move(execution), std::move(child));
   });
@@ -628,6 +656,7 @@ void Engine::StartRunnableLocked() {
   for (Id id : scheduler_.TakeRunnable()) {
     std::shared_ptr<Execution> next = live_.at(id);
     next->state_ = Execution::State::kAdmitted;
+    ++next->handoffs_;
     loop_->Post([this, next = std::move(next)]() mutable { StartOnLoop(std::move(next)); });
   }
 }
@@ -732,7 +761,13 @@ void Engine::Shutdown(absl::Duration drain) {
     draining_ = true;
     auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_.empty() || drain_cut_; };
     mu_.AwaitWithTimeout(absl::Condition(&idle), drain);
-    for (auto& [id, execution] : live_) rest.push_back(execution);
+    // Queued work first: cancelled running work frees slots, which must not start it.
+    for (auto& [id, execution] : live_) {
+      if (execution->state_ == Execution::State::kQueued) rest.push_back(execution);
+    }
+    for (auto& [id, execution] : live_) {
+      if (execution->state_ != Execution::State::kQueued) rest.push_back(execution);
+    }
   }
   for (auto& execution : rest) Cancel(execution);
   // Finish() posts the last step of a started command; wait for those tasks too.

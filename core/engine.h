@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -152,7 +153,12 @@ class Engine {
   using Id = Scheduler::Id;
   Engine(const Options& options, std::unique_ptr<EventLoop> loop,
          std::unique_ptr<Containment> containment);
+  // Starts an admitted command: on the loop (a pooled one, or one started from the queue).
   void StartOnLoop(std::shared_ptr<Execution> execution);
+  // Any thread: hands an admitted fresh command to a spawn thread.
+  void StartFresh(std::shared_ptr<Execution> execution);
+  // Marks `e` admitted and gives its child's options, or finishes it (deadline passed).
+  std::optional<ChildProcess::Options> Admit(Execution& e);
   // On a spawn thread: creates the command's group and spawns it.
   void Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options options);
   // Back on the loop: watches the spawned child, or reports why it could not start.

@@ -831,5 +831,97 @@ TEST_F(DispatcherReplayTest, CancelDuringAPausedReplayEndsItCancelled) {
   EXPECT_EQ(dispatcher_->stats().memory_in_use, 0);
 }
 
+// A stream's output goes to its reader, not into its result: such a result is never stored.
+TEST_F(DispatcherTest, AStreamedReadWriteRunStoresNothing) {
+  CommandRequest request = Counted("echo hello");
+  request.streamed = true;
+  Command command = Prepare(request);
+  command.stream_output = true;
+  CallOptions options;
+  options.shape = CallShape::kStream;
+  options.cache = CachePolicy::kReadWrite;
+  Started streamed = Start(std::move(command), std::move(options));
+  absl::StatusOr<Result> r = streamed.sink->Wait();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(streamed.sink->output(OutputStream::kStdout), "hello\n");
+  EXPECT_EQ(r->stdout_data, "");
+  EXPECT_EQ(CacheEntries(), 0) << "a streamed run was stored";
+  absl::StatusOr<Result> unary = Run(Counted("echo hello"), CachePolicy::kReadWrite);
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  EXPECT_EQ(unary->stdout_data, "hello\n") << "cache_hit=" << unary->cache_hit;
+  EXPECT_EQ(Runs(), 2);
+}
+
+// Only a waiter takes a queue place: a leader is admitted like any call (here with no queue).
+TEST_F(DispatcherTest, AReadWriteLeaderRunsOnAnIdleEngineWithNoQueue) {
+  Engine::Options options;
+  options.max_queue = 0;
+  ASSERT_EQ(Restart(options), absl::OkStatus());
+  absl::StatusOr<Result> off = Run(Counted("echo hello"), CachePolicy::kOff);
+  EXPECT_TRUE(off.ok()) << off.status();
+  absl::StatusOr<Result> rw = Run(Counted("echo hello"), CachePolicy::kReadWrite);
+  EXPECT_TRUE(rw.ok()) << rw.status();
+}
+
+// A leader goes through the engine's admission, shedding included, as a call without cache does.
+TEST_F(DispatcherTest, AHighPriorityReadWriteCallShedsALowerQueuedCommand) {
+  Engine::Options options;
+  options.max_concurrency = 1;
+  options.max_queue = 1;
+  ASSERT_EQ(Restart(options), absl::OkStatus());
+  Gate gate(dir_.path() + "/gate");
+  Started blocker = Start(Prepare(Gated(gate)), CallOptions{});
+  CommandRequest low = Counted("echo low");
+  low.priority = 0;
+  Started queued = Start(Prepare(low), CallOptions{});
+  ASSERT_EQ(dispatcher_->stats().engine.queued, 1u);
+  CommandRequest high = Counted("echo high");
+  high.priority = 2;
+  Started urgent = Start(Prepare(high), ReadWrite());
+  EXPECT_TRUE(queued.sink->finished()) << "the low-priority command was not shed";
+  EXPECT_FALSE(urgent.sink->finished())
+      << "the high-priority READ_WRITE call was refused: " << urgent.sink->Wait().status();
+  gate.Open(0);
+  (void)blocker.sink->Wait();
+  (void)queued.sink->Wait();
+  (void)urgent.sink->Wait();
+}
+
+TEST_F(DispatcherTest, AHighPriorityCallWithoutCacheShedsALowerQueuedCommand) {
+  Engine::Options options;
+  options.max_concurrency = 1;
+  options.max_queue = 1;
+  ASSERT_EQ(Restart(options), absl::OkStatus());
+  Gate gate(dir_.path() + "/gate");
+  Started blocker = Start(Prepare(Gated(gate)), CallOptions{});
+  CommandRequest low = Counted("echo low");
+  low.priority = 0;
+  Started queued = Start(Prepare(low), CallOptions{});
+  CommandRequest high = Counted("echo high");
+  high.priority = 2;
+  Started urgent = Start(Prepare(high), CallOptions{});
+  EXPECT_TRUE(queued.sink->finished());
+  EXPECT_EQ(queued.sink->Wait().status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(urgent.sink->finished());
+  gate.Open(0);
+  (void)blocker.sink->Wait();
+  EXPECT_TRUE(urgent.sink->Wait().ok());
+}
+
+TEST_F(DispatcherTest, AStreamedRefreshRunStoresNothing) {
+  CommandRequest request = Counted("echo hello");
+  request.streamed = true;
+  Command command = Prepare(request);
+  command.stream_output = true;
+  CallOptions options;
+  options.shape = CallShape::kStream;
+  options.cache = CachePolicy::kRefresh;
+  Started streamed = Start(std::move(command), std::move(options));
+  ASSERT_TRUE(streamed.sink->Wait().ok());
+  absl::StatusOr<Result> unary = Run(Counted("echo hello"), CachePolicy::kReadOnly);
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  EXPECT_EQ(unary->stdout_data, "hello\n") << "cache_hit=" << unary->cache_hit;
+}
+
 }  // namespace
 }  // namespace execd::core

@@ -141,6 +141,15 @@ TEST_P(EngineStdinTest, LargeStdinArrivesWholeThroughTheExpectedChannel) {
               ::testing::HasSubstr(GetParam() == 0 ? "pipe:" : "memfd:execd-stdin"));
 }
 
+// A fresh command admitted at once goes from the submitting thread to a spawn thread, and
+// from there to the loop that watches it: two hand-offs inside the engine (the answer's
+// return to the caller's thread is the third).
+TEST_F(EngineTest, AFreshCommandIsHandedBetweenThreadsTwice) {
+  auto r = Run({"/bin/true"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->thread_handoffs, 2);
+}
+
 TEST_F(EngineTest, ExitCodesAreReported) {
   for (int code : {0, 3, 255}) {
     auto r = Run({"/bin/sh", "-c", absl::StrCat("exit ", code)});
