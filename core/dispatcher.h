@@ -7,7 +7,8 @@
 // Thread-safety: every method may be called from any thread. A sink hears from the engine's
 // loop thread (a running command), from the thread that called Start (an answer at once: a
 // refusal, a cache hit), from an identical request's thread (a waiter released by its
-// leader), or from the dispatcher's executor (a cache hit streamed as the reader takes it).
+// leader), or from the dispatcher's executor (a cache hit streamed as the reader takes it,
+// and the end of a call with large output, whose storing and answer cost CPU).
 // No sink callback is made with a dispatcher lock held.
 #pragma once
 

@@ -25,7 +25,7 @@ namespace execd::server {
 class CallBase : public core::CallSink {
  protected:
   CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
-      : service_(service), context_(context), rpc_(rpc), received_(absl::Now()) {}
+      : service_(service), context_(context), rpc_(rpc), received_(Now()) {}
 
   // The command `request` asks for (its fields are moved out: gRPC owns the message until
   // the call ends and reads it no more), and the call options it sets.
@@ -111,13 +111,16 @@ class CallBase : public core::CallSink {
 
   // The response for a result, with the call's time on the server so far.
   void ToResponse(core::Result result, v1::ExecuteResponse* response) {
-    ResultToProto(std::move(result), accept_lz4_, absl::Now() - received_, response);
+    ResultToProto(std::move(result), accept_lz4_, Now() - received_, response);
   }
 
   void Log(const absl::StatusOr<core::Result>& result) {
     service_.log().WriteCall(
-        rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, received_);
+        rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, Now() - received_);
   }
+
+  // The engine's clock: monotonic, and a test's when it injects one.
+  absl::Time Now() const { return service_.dispatcher().engine().clock().Now(); }
 
   bool accept_lz4() const { return accept_lz4_; }
 

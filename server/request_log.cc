@@ -39,9 +39,21 @@ std::string RequestLog::Format(const Entry& e, absl::Time now) {
   return line;
 }
 
+RequestLog::RequestLog(bool enabled) : enabled_(enabled) {
+  writer_ = std::thread([this] { Run(); });
+}
+
+RequestLog::~RequestLog() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  writer_.join();
+}
+
 void RequestLog::WriteCall(absl::string_view rpc, absl::string_view request_id,
                            const std::function<std::string()>& peer, absl::string_view argv0,
-                           const absl::StatusOr<core::Result>& result, absl::Time received) {
+                           const absl::StatusOr<core::Result>& result, absl::Duration total) {
   if (!enabled_) return;
   const std::string peer_name = peer();
   Entry entry;
@@ -50,7 +62,7 @@ void RequestLog::WriteCall(absl::string_view rpc, absl::string_view request_id,
   entry.peer = peer_name;
   entry.argv0 = argv0;
   entry.result = &result;
-  entry.total = absl::Now() - received;
+  entry.total = total;
   Write(entry);
 }
 
@@ -58,15 +70,52 @@ void RequestLog::Write(const Entry& entry) {
   if (!enabled_) return;
   std::string line = Format(entry, absl::Now());
   line.push_back('\n');
+  Append(std::move(line));
+}
+
+void RequestLog::Append(std::string line) {
   absl::MutexLock lock(&mu_);
-  fwrite(line.data(), 1, line.size(), stderr);
+  if (buffer_.size() + line.size() > kMaxBufferedBytes) {
+    ++dropped_;
+    return;
+  }
+  if (dropped_ > 0) {
+    absl::StrAppend(&buffer_, "ts=", Timestamp(absl::Now()),
+                    " event=log_lines_dropped lines=", dropped_,
+                    " reason=\"stderr is not read fast enough\"\n");
+    dropped_ = 0;
+    ++appended_;
+  }
+  buffer_.append(line);
+  ++appended_;
 }
 
 void RequestLog::Event(absl::string_view fields) {
-  std::string line = absl::StrCat("ts=", Timestamp(absl::Now()), " ", fields, "\n");
+  Append(absl::StrCat("ts=", Timestamp(absl::Now()), " ", fields, "\n"));
   absl::MutexLock lock(&mu_);
-  fwrite(line.data(), 1, line.size(), stderr);
-  fflush(stderr);
+  const int64_t mine = appended_;
+  auto written = [this, mine]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return written_ >= mine; };
+  mu_.Await(absl::Condition(&written));
+}
+
+void RequestLog::Run() {
+  for (;;) {
+    std::string lines;
+    int64_t count;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !buffer_.empty(); };
+      mu_.Await(absl::Condition(&ready));
+      if (buffer_.empty()) return;  // Stopping, and everything is written.
+      lines.swap(buffer_);
+      count = appended_;
+    }
+    fwrite(lines.data(), 1, lines.size(), stderr);
+    fflush(stderr);
+    absl::MutexLock lock(&mu_);
+    written_ = count;
+  }
 }
 
 }  // namespace execd::server
