@@ -1,11 +1,22 @@
-// Engine: the core's front door. It admits commands through the Scheduler (a concurrency
-// limit, a priority queue with expiry, load shedding), runs each inside its own Containment
-// group on an event loop, and reports each one's life to an Observer.
+// Engine: runs commands. It admits them through the Scheduler (a concurrency limit, a
+// priority queue with expiry, load shedding), runs each inside its own Containment group
+// on an event loop, and reports each one's life to an Observer. core::Dispatcher is the
+// request path in front of it.
+//
+// Threading rules (the README's "Threads" table says the same for the whole server):
+// - The loop thread multiplexes I/O (pipes, pidfds, timers) and keeps books. It never
+//   waits (no sleeps, no polling waits) and does no CPU work that grows with output size;
+//   methods documented "loop thread" run only there.
+// - Spawn threads create a command's cgroup and spawn it; a spawn blocks its thread until
+//   the child has exec'd (CLONE_VFORK), so it never runs on the loop.
+// - Callers' threads (gRPC's) never wait for the loop: Submit hands a command admitted at
+//   once straight to a spawn thread (two hand-offs to its result: spawn thread, loop).
 //
 // Thread-safety: all public methods may be called from any thread. Observer callbacks run
-// on the engine's loop thread, except OnFinished for a request ended while queued: one
-// cancelled runs on the thread that called Cancel, one displaced from a full queue on the
-// thread of the Submit that displaced it. Neither is called with an engine lock held.
+// on the engine's loop thread, except OnFinished for a request ended before it ran: one
+// cancelled while queued runs on the thread that called Cancel, one displaced from a full
+// queue on the thread of the Submit that displaced it, one whose deadline passed as it was
+// admitted on the thread that admitted it. None is called with an engine lock held.
 #pragma once
 
 #include <sys/types.h>

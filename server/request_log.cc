@@ -1,5 +1,7 @@
 #include "server/request_log.h"
 
+#include <pthread.h>
+
 #include <cstdio>
 
 #include "absl/strings/escaping.h"
@@ -99,6 +101,7 @@ void RequestLog::Event(absl::string_view fields) {
 }
 
 void RequestLog::Run() {
+  pthread_setname_np(pthread_self(), "execd-log");
   for (;;) {
     std::string lines;
     int64_t count;

@@ -863,8 +863,12 @@ TEST_F(DispatcherTest, AReadWriteLeaderRunsOnAnIdleEngineWithNoQueue) {
   EXPECT_TRUE(rw.ok()) << rw.status();
 }
 
-// A leader goes through the engine's admission, shedding included, as a call without cache does.
-TEST_F(DispatcherTest, AHighPriorityReadWriteCallShedsALowerQueuedCommand) {
+// A leader goes through the engine's admission, shedding included, as a call without cache
+// does: a high-priority call displaces a lower queued command from a full queue.
+class DispatcherShedTest : public DispatcherTest,
+                           public ::testing::WithParamInterface<CachePolicy> {};
+
+TEST_P(DispatcherShedTest, AHighPriorityCallShedsALowerQueuedCommand) {
   Engine::Options options;
   options.max_concurrency = 1;
   options.max_queue = 1;
@@ -877,36 +881,20 @@ TEST_F(DispatcherTest, AHighPriorityReadWriteCallShedsALowerQueuedCommand) {
   ASSERT_EQ(dispatcher_->stats().engine.queued, 1u);
   CommandRequest high = Counted("echo high");
   high.priority = 2;
-  Started urgent = Start(Prepare(high), ReadWrite());
-  EXPECT_TRUE(queued.sink->finished()) << "the low-priority command was not shed";
-  EXPECT_FALSE(urgent.sink->finished())
-      << "the high-priority READ_WRITE call was refused: " << urgent.sink->Wait().status();
-  gate.Open(0);
-  (void)blocker.sink->Wait();
-  (void)queued.sink->Wait();
-  (void)urgent.sink->Wait();
-}
-
-TEST_F(DispatcherTest, AHighPriorityCallWithoutCacheShedsALowerQueuedCommand) {
-  Engine::Options options;
-  options.max_concurrency = 1;
-  options.max_queue = 1;
-  ASSERT_EQ(Restart(options), absl::OkStatus());
-  Gate gate(dir_.path() + "/gate");
-  Started blocker = Start(Prepare(Gated(gate)), CallOptions{});
-  CommandRequest low = Counted("echo low");
-  low.priority = 0;
-  Started queued = Start(Prepare(low), CallOptions{});
-  CommandRequest high = Counted("echo high");
-  high.priority = 2;
-  Started urgent = Start(Prepare(high), CallOptions{});
-  EXPECT_TRUE(queued.sink->finished());
+  CallOptions urgent_options;
+  urgent_options.cache = GetParam();
+  Started urgent = Start(Prepare(high), std::move(urgent_options));
+  ASSERT_TRUE(queued.sink->finished()) << "the low-priority command was not shed";
   EXPECT_EQ(queued.sink->Wait().status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_FALSE(urgent.sink->finished());
+  EXPECT_FALSE(urgent.sink->finished())
+      << "the high-priority call was refused: " << urgent.sink->Wait().status();
   gate.Open(0);
   (void)blocker.sink->Wait();
   EXPECT_TRUE(urgent.sink->Wait().ok());
 }
+
+INSTANTIATE_TEST_SUITE_P(Policies, DispatcherShedTest,
+                         ::testing::Values(CachePolicy::kOff, CachePolicy::kReadWrite));
 
 TEST_F(DispatcherTest, AStreamedRefreshRunStoresNothing) {
   CommandRequest request = Counted("echo hello");
