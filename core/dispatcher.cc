@@ -384,8 +384,7 @@ absl::StatusOr<Command> Dispatcher::Prepare(CommandRequest request,
   if (pool_name.empty()) return ValidateRequest(std::move(request), policy_);
   std::shared_ptr<const PoolSpec> pool = engine_.FindPool(pool_name);
   if (pool == nullptr) {
-    std::vector<std::string> names;
-    for (const auto& p : engine_.PoolStatuses()) names.push_back(p.name);
+    const std::vector<std::string> names = engine_.PoolNames();
     return absl::NotFoundError(
         absl::StrCat("no worker pool named \"", pool_name, "\"; this server has ",
                      names.empty() ? "none (start it with --pools_config)"

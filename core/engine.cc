@@ -201,6 +201,13 @@ std::shared_ptr<const PoolSpec> Engine::FindPool(absl::string_view name) const {
   return pool_specs_[it->second];
 }
 
+std::vector<std::string> Engine::PoolNames() const {
+  std::vector<std::string> names;
+  absl::MutexLock lock(&pool_specs_mu_);
+  for (const auto& spec : pool_specs_) names.push_back(spec->name);
+  return names;
+}
+
 absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpec> pools) {
   std::vector<std::string> added, removed;
   absl::flat_hash_set<std::string> names;

@@ -143,6 +143,8 @@ class Engine {
 
   // The current configuration of the pool named `name`, or null.
   std::shared_ptr<const PoolSpec> FindPool(absl::string_view name) const;
+  // The pools' names, in configuration order.
+  std::vector<std::string> PoolNames() const;
   // Applies a new configuration of the same pools (same names): each pool whose
   // configuration changed retires its workers and refills under the new one. Returns the
   // names of the pools that changed; FAILED_PRECONDITION (and no change) if pools were
