@@ -239,7 +239,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
         return;
       case v1::AttachRequest::kStart:
         Fail(absl::InvalidArgumentError(
-            absl::StrCat("a second start: this session already runs \"", argv0_,
+            absl::StrCat("a second start: this session already runs \"", info_.argv0,
                          "\"; an Attach call runs one command (open another call for another)")));
         return;
       case v1::AttachRequest::REQUEST_NOT_SET:

@@ -22,39 +22,67 @@
 
 namespace execd::server {
 
+// What the transport keeps of a request for its answer and its log line.
+struct CallInfo {
+  std::string request_id;
+  std::string argv0;
+  bool accept_lz4 = false;
+  absl::Time started;  // On the engine's clock.
+};
+
+// The command `request` asks for (its fields are moved out: gRPC owns the message until
+// the call ends and reads it no more), the call options it sets, and what to keep of it.
+inline absl::StatusOr<core::Command> PrepareCall(core::Dispatcher& dispatcher,
+                                                 v1::ExecuteRequest& request, core::CallShape shape,
+                                                 core::CallOptions* options, CallInfo* info) {
+  info->started = dispatcher.engine().clock().Now();
+  core::CommandRequest command_request = CommandRequestFromProto(request);
+  info->request_id = command_request.request_id;
+  if (!command_request.argv.empty()) info->argv0 = command_request.argv[0];
+  if (!request.pool().empty()) info->argv0 = absl::StrCat("pool:", request.pool());
+  info->accept_lz4 = request.accept_compression() == v1::LZ4;
+  command_request.streamed = shape != core::CallShape::kUnary;
+  absl::StatusOr<core::CachePolicy> cache = CachePolicyFromProto(request.cache_policy());
+  if (!cache.ok()) return cache.status();
+  options->shape = shape;
+  options->cache = *cache;
+  options->cache_ttl = DurationFromProto(request.cache_ttl());
+  absl::StatusOr<core::Command> command =
+      dispatcher.Prepare(std::move(command_request), request.pool());
+  if (command.ok()) command->stream_output = shape != core::CallShape::kUnary;
+  return command;
+}
+
+// The call's deadline on the engine's clock, from gRPC's.
+inline absl::Time CallDeadline(core::Dispatcher& dispatcher,
+                               const grpc::CallbackServerContext& context) {
+  const absl::Duration left = TimeUntilDeadline(context.deadline());
+  return left == absl::InfiniteDuration() ? absl::InfiniteFuture()
+                                          : dispatcher.engine().clock().Now() + left;
+}
+
+// The log line of a call of `rpc` that ended with `result` after `total`.
+inline void LogCall(RequestLog& log, absl::string_view rpc, const CallInfo& info,
+                    grpc::CallbackServerContext* context,
+                    const absl::StatusOr<core::Result>& result, absl::Duration total) {
+  log.WriteCall(
+      rpc, info.request_id, [context] { return context->peer(); }, info.argv0, result, total);
+}
+
 class CallBase : public core::CallSink {
  protected:
   CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
       : service_(service), context_(context), rpc_(rpc), received_(Now()) {}
 
-  // The command `request` asks for (its fields are moved out: gRPC owns the message until
-  // the call ends and reads it no more), and the call options it sets.
   absl::StatusOr<core::Command> Prepare(v1::ExecuteRequest& request, core::CallShape shape,
                                         core::CallOptions* options) {
-    core::CommandRequest command_request = CommandRequestFromProto(request);
-    request_id_ = command_request.request_id;
-    if (!command_request.argv.empty()) argv0_ = command_request.argv[0];
-    if (!request.pool().empty()) argv0_ = absl::StrCat("pool:", request.pool());
-    accept_lz4_ = request.accept_compression() == v1::LZ4;
-    command_request.streamed = shape != core::CallShape::kUnary;
-    absl::StatusOr<core::CachePolicy> cache = CachePolicyFromProto(request.cache_policy());
-    if (!cache.ok()) return cache.status();
-    options->shape = shape;
-    options->cache = *cache;
-    options->cache_ttl = DurationFromProto(request.cache_ttl());
-    absl::StatusOr<core::Command> command =
-        service_.dispatcher().Prepare(std::move(command_request), request.pool());
-    if (command.ok()) command->stream_output = shape != core::CallShape::kUnary;
-    return command;
+    return PrepareCall(service_.dispatcher(), request, shape, options, &info_);
   }
 
   // Starts the call; the sink hears its end, possibly before this returns (after which
   // this object may be gone: touch nothing of it after calling Run).
   void Run(core::Command command, core::CallOptions options) {
-    if (absl::Duration left = TimeUntilDeadline(context_->deadline());
-        left != absl::InfiniteDuration()) {
-      options.deadline = service_.dispatcher().engine().clock().Now() + left;
-    }
+    options.deadline = CallDeadline(service_.dispatcher(), *context_);
     std::shared_ptr<core::Call> call = service_.dispatcher().NewCall(std::move(options), this);
     {
       absl::MutexLock lock(&mu_);
@@ -111,26 +139,23 @@ class CallBase : public core::CallSink {
 
   // The response for a result, with the call's time on the server so far.
   void ToResponse(core::Result result, v1::ExecuteResponse* response) {
-    ResultToProto(std::move(result), accept_lz4_, Now() - received_, response);
+    ResultToProto(std::move(result), info_.accept_lz4, Now() - received_, response);
   }
 
   void Log(const absl::StatusOr<core::Result>& result) {
-    service_.log().WriteCall(
-        rpc_, request_id_, [this] { return context_->peer(); }, argv0_, result, Now() - received_);
+    LogCall(service_.log(), rpc_, info_, context_, result, Now() - received_);
   }
 
   // The engine's clock: monotonic, and a test's when it injects one.
   absl::Time Now() const { return service_.dispatcher().engine().clock().Now(); }
 
-  bool accept_lz4() const { return accept_lz4_; }
+  bool accept_lz4() const { return info_.accept_lz4; }
 
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
   const absl::string_view rpc_;
   const absl::Time received_;
-  std::string request_id_;
-  std::string argv0_;
-  bool accept_lz4_ = false;  // Set in Prepare, before the call can report.
+  CallInfo info_;  // Set in Prepare, before the call can report.
 
  private:
   absl::Mutex mu_;
