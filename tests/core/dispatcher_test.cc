@@ -831,27 +831,6 @@ TEST_F(DispatcherReplayTest, CancelDuringAPausedReplayEndsItCancelled) {
   EXPECT_EQ(dispatcher_->stats().memory_in_use, 0);
 }
 
-// A stream's output goes to its reader, not into its result: such a result is never stored.
-TEST_F(DispatcherTest, AStreamedReadWriteRunStoresNothing) {
-  CommandRequest request = Counted("echo hello");
-  request.streamed = true;
-  Command command = Prepare(request);
-  command.stream_output = true;
-  CallOptions options;
-  options.shape = CallShape::kStream;
-  options.cache = CachePolicy::kReadWrite;
-  Started streamed = Start(std::move(command), std::move(options));
-  absl::StatusOr<Result> r = streamed.sink->Wait();
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(streamed.sink->output(OutputStream::kStdout), "hello\n");
-  EXPECT_EQ(r->stdout_data, "");
-  EXPECT_EQ(CacheEntries(), 0) << "a streamed run was stored";
-  absl::StatusOr<Result> unary = Run(Counted("echo hello"), CachePolicy::kReadWrite);
-  ASSERT_TRUE(unary.ok()) << unary.status();
-  EXPECT_EQ(unary->stdout_data, "hello\n") << "cache_hit=" << unary->cache_hit;
-  EXPECT_EQ(Runs(), 2);
-}
-
 // Only a waiter takes a queue place: a leader is admitted like any call (here with no queue).
 TEST_F(DispatcherTest, AReadWriteLeaderRunsOnAnIdleEngineWithNoQueue) {
   Engine::Options options;
@@ -896,20 +875,33 @@ TEST_P(DispatcherShedTest, AHighPriorityCallShedsALowerQueuedCommand) {
 INSTANTIATE_TEST_SUITE_P(Policies, DispatcherShedTest,
                          ::testing::Values(CachePolicy::kOff, CachePolicy::kReadWrite));
 
-TEST_F(DispatcherTest, AStreamedRefreshRunStoresNothing) {
+// A stream's output goes to its reader, not into its result: such a result is never stored,
+// whichever policy writes.
+class DispatcherStreamStoreTest : public DispatcherTest,
+                                  public ::testing::WithParamInterface<CachePolicy> {};
+
+TEST_P(DispatcherStreamStoreTest, AStreamedRunStoresNothing) {
   CommandRequest request = Counted("echo hello");
   request.streamed = true;
   Command command = Prepare(request);
   command.stream_output = true;
   CallOptions options;
   options.shape = CallShape::kStream;
-  options.cache = CachePolicy::kRefresh;
+  options.cache = GetParam();
   Started streamed = Start(std::move(command), std::move(options));
-  ASSERT_TRUE(streamed.sink->Wait().ok());
-  absl::StatusOr<Result> unary = Run(Counted("echo hello"), CachePolicy::kReadOnly);
+  absl::StatusOr<Result> r = streamed.sink->Wait();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(streamed.sink->output(OutputStream::kStdout), "hello\n");
+  EXPECT_EQ(r->stdout_data, "");
+  EXPECT_EQ(CacheEntries(), 0) << "a streamed run was stored";
+  absl::StatusOr<Result> unary = Run(Counted("echo hello"), CachePolicy::kReadWrite);
   ASSERT_TRUE(unary.ok()) << unary.status();
   EXPECT_EQ(unary->stdout_data, "hello\n") << "cache_hit=" << unary->cache_hit;
+  EXPECT_EQ(Runs(), 2);
 }
+
+INSTANTIATE_TEST_SUITE_P(Policies, DispatcherStreamStoreTest,
+                         ::testing::Values(CachePolicy::kReadWrite, CachePolicy::kRefresh));
 
 }  // namespace
 }  // namespace execd::core
