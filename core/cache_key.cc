@@ -141,10 +141,9 @@ absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view s
   // Not max_output_bytes: only untruncated results are stored, and one within a request's
   // cap is that request's result too (Lookup checks), whatever cap produced it.
   e.Duration(l.cpu_time);
-  e.Int(l.memory_bytes);
-  e.Int(l.max_processes);
-  e.Int(l.max_open_files);
-  e.Int(l.max_file_size_bytes);
+#define EXECD_KEY(field, server_maximum, what) e.Int(l.field);
+  EXECD_COUNT_LIMITS(EXECD_KEY)
+#undef EXECD_KEY
   e.Int(static_cast<int64_t>(l.cpu_affinity.size()));
   for (int cpu : l.cpu_affinity) e.Int(cpu);
   return std::move(e).Finish();

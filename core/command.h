@@ -16,6 +16,17 @@
 
 namespace execd::core {
 
+// The count limits, declared once: X(field, server_maximum, what). `field` is the member of
+// CommandRequest, Limits and the proto's Limits; `server_maximum` that of RequestPolicy and
+// the server's flag (--server_maximum), both its maximum and its default; 0 is no limit.
+#define EXECD_COUNT_LIMITS(X)                                                     \
+  X(memory_bytes, max_memory_bytes, "the whole command, in its cgroup")           \
+  X(max_processes, max_processes, "the whole command's processes, in its cgroup") \
+  X(max_open_files, max_open_files, "per process, RLIMIT_NOFILE")                 \
+  X(max_file_size_bytes, max_file_size_bytes, "per process, RLIMIT_FSIZE")
+
+#define EXECD_LIMIT_FIELD(field, server_maximum, what) int64_t field = 0;
+
 // A command as a caller asked for it, before validation. Zero limits mean "server default".
 struct CommandRequest {
   std::vector<std::string> argv;
@@ -27,10 +38,7 @@ struct CommandRequest {
   int64_t max_output_bytes = 0;
   // Resource limits; zero means the server's maximum (itself zero for none).
   absl::Duration cpu_time = absl::ZeroDuration();
-  int64_t memory_bytes = 0;
-  int64_t max_processes = 0;
-  int64_t max_open_files = 0;
-  int64_t max_file_size_bytes = 0;
+  EXECD_COUNT_LIMITS(EXECD_LIMIT_FIELD)
   std::vector<int> cpu_affinity;
   int priority = -1;                                     // -1: the default priority.
   absl::Duration max_queue_time = absl::ZeroDuration();  // Zero: until the call's deadline.
@@ -49,11 +57,8 @@ struct Limits {
   absl::Duration timeout = absl::Seconds(60);
   int64_t max_output_bytes = 1 << 20;
   absl::Duration cpu_time = absl::ZeroDuration();  // Per process (RLIMIT_CPU), whole seconds.
-  int64_t memory_bytes = 0;                        // The whole command (cgroup).
-  int64_t max_processes = 0;                       // The whole command (cgroup pids).
-  int64_t max_open_files = 0;                      // Per process (RLIMIT_NOFILE).
-  int64_t max_file_size_bytes = 0;                 // Per process (RLIMIT_FSIZE).
-  std::vector<int> cpu_affinity;                   // Empty: any CPU.
+  EXECD_COUNT_LIMITS(EXECD_LIMIT_FIELD)
+  std::vector<int> cpu_affinity;  // Empty: any CPU.
 };
 
 // Which file a path named when it was checked: a rebuilt binary at the same path differs.

@@ -167,15 +167,13 @@ absl::StatusOr<int64_t> ClampLimit(absl::string_view field, int64_t requested, i
 
 absl::Status ApplyResourceLimits(const CommandRequest& r, const RequestPolicy& policy,
                                  Limits* limits) {
-  ASSIGN_OR_RETURN(limits->memory_bytes, ClampLimit("limits.memory_bytes", r.memory_bytes,
-                                                    policy.max_memory_bytes, "--max_memory_bytes"));
-  ASSIGN_OR_RETURN(limits->max_processes, ClampLimit("limits.max_processes", r.max_processes,
-                                                     policy.max_processes, "--max_processes"));
-  ASSIGN_OR_RETURN(limits->max_open_files, ClampLimit("limits.max_open_files", r.max_open_files,
-                                                      policy.max_open_files, "--max_open_files"));
-  ASSIGN_OR_RETURN(limits->max_file_size_bytes,
-                   ClampLimit("limits.max_file_size_bytes", r.max_file_size_bytes,
-                              policy.max_file_size_bytes, "--max_file_size_bytes"));
+#define EXECD_CLAMP(field, server_maximum, what)                                                 \
+  {                                                                                              \
+    ASSIGN_OR_RETURN(limits->field, ClampLimit("limits." #field, r.field, policy.server_maximum, \
+                                               "--" #server_maximum));                           \
+  }
+  EXECD_COUNT_LIMITS(EXECD_CLAMP)
+#undef EXECD_CLAMP
   if (r.cpu_time < absl::ZeroDuration()) {
     return InvalidArgument("limits.cpu_time",
                            absl::StrCat(absl::FormatDuration(r.cpu_time), " is negative"));
@@ -459,10 +457,10 @@ absl::StatusOr<Command> ValidatePooledRequest(CommandRequest request, const Pool
   if (!request.inherit_env.empty()) return fixed_by_pool("inherit_env");
   if (!request.cwd.empty()) return fixed_by_pool("cwd");
   if (request.cpu_time != absl::ZeroDuration()) return fixed_by_pool("limits.cpu_time");
-  if (request.memory_bytes != 0) return fixed_by_pool("limits.memory_bytes");
-  if (request.max_processes != 0) return fixed_by_pool("limits.max_processes");
-  if (request.max_open_files != 0) return fixed_by_pool("limits.max_open_files");
-  if (request.max_file_size_bytes != 0) return fixed_by_pool("limits.max_file_size_bytes");
+#define EXECD_FIXED(field, server_maximum, what) \
+  if (request.field != 0) return fixed_by_pool("limits." #field);
+  EXECD_COUNT_LIMITS(EXECD_FIXED)
+#undef EXECD_FIXED
   if (!request.cpu_affinity.empty()) return fixed_by_pool("limits.cpu_affinity");
   if (!request.pipe_to.empty()) {
     return InvalidArgument("pipe_to", absl::StrCat("must be empty in a request to ", whose,

@@ -34,10 +34,9 @@ struct RequestPolicy {
   // Server maximums of the resource limits; zero means no maximum. A request that leaves a
   // limit unset gets the maximum; one that asks for more is rejected.
   absl::Duration max_cpu_time = absl::ZeroDuration();
-  int64_t max_memory_bytes = 0;
-  int64_t max_processes = 0;
-  int64_t max_open_files = 0;
-  int64_t max_file_size_bytes = 0;
+#define EXECD_POLICY_MAX(field, server_maximum, what) int64_t server_maximum = 0;
+  EXECD_COUNT_LIMITS(EXECD_POLICY_MAX)
+#undef EXECD_POLICY_MAX
   // CPUs a request may pin to (the server's own affinity); empty means any.
   std::vector<int> allowed_cpus;
   // The server's own environment, for `inherit_env` and PATH lookup; snapshot at start-up.

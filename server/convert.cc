@@ -25,10 +25,9 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request) {
     out.timeout = DurationFromProto(limits.timeout());
     out.max_output_bytes = limits.max_output_bytes();
     out.cpu_time = DurationFromProto(limits.cpu_time());
-    out.memory_bytes = limits.memory_bytes();
-    out.max_processes = limits.max_processes();
-    out.max_open_files = limits.max_open_files();
-    out.max_file_size_bytes = limits.max_file_size_bytes();
+#define EXECD_FROM_PROTO(field, server_maximum, what) out.field = limits.field();
+    EXECD_COUNT_LIMITS(EXECD_FROM_PROTO)
+#undef EXECD_FROM_PROTO
     out.cpu_affinity.assign(limits.cpu_affinity().begin(), limits.cpu_affinity().end());
   }
   // The proto's enum starts at UNSPECIFIED; core counts priorities from 0 (lowest). Unknown

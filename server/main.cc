@@ -46,14 +46,12 @@ ABSL_FLAG(absl::Duration, drain_timeout, kDefaults.drain_timeout,
           "on SIGTERM, how long running commands may take before they are killed");
 ABSL_FLAG(absl::Duration, max_cpu_time, kDefaults.policy.max_cpu_time,
           "largest limits.cpu_time a request may ask; also the default. 0: no maximum");
-ABSL_FLAG(int64_t, max_memory_bytes, kDefaults.policy.max_memory_bytes,
-          "largest limits.memory_bytes a request may ask; also the default. 0: no maximum");
-ABSL_FLAG(int64_t, max_processes, kDefaults.policy.max_processes,
-          "largest limits.max_processes a request may ask; also the default. 0: no maximum");
-ABSL_FLAG(int64_t, max_open_files, kDefaults.policy.max_open_files,
-          "largest limits.max_open_files a request may ask; also the default. 0: no maximum");
-ABSL_FLAG(int64_t, max_file_size_bytes, kDefaults.policy.max_file_size_bytes,
-          "largest limits.max_file_size_bytes a request may ask; also the default. 0: none");
+#define EXECD_LIMIT_FLAG(field, server_maximum, what)                 \
+  ABSL_FLAG(int64_t, server_maximum, kDefaults.policy.server_maximum, \
+            "largest limits." #field " a request may ask (" what      \
+            "); also the default. 0: no maximum");
+EXECD_COUNT_LIMITS(EXECD_LIMIT_FLAG)
+#undef EXECD_LIMIT_FLAG
 ABSL_FLAG(int, spawn_threads, 0,
           "threads that start children in parallel (each blocks until its child has "
           "exec'd), 1 to 256; 0 means one per CPU core, at least 2 and at most 256");
@@ -131,10 +129,10 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.policy.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
   c.policy.max_stream_output_bytes = absl::GetFlag(FLAGS_max_stream_output_bytes);
   c.policy.max_cpu_time = absl::GetFlag(FLAGS_max_cpu_time);
-  c.policy.max_memory_bytes = absl::GetFlag(FLAGS_max_memory_bytes);
-  c.policy.max_processes = absl::GetFlag(FLAGS_max_processes);
-  c.policy.max_open_files = absl::GetFlag(FLAGS_max_open_files);
-  c.policy.max_file_size_bytes = absl::GetFlag(FLAGS_max_file_size_bytes);
+#define EXECD_FROM_FLAG(field, server_maximum, what) \
+  c.policy.server_maximum = absl::GetFlag(FLAGS_##server_maximum);
+  EXECD_COUNT_LIMITS(EXECD_FROM_FLAG)
+#undef EXECD_FROM_FLAG
   if (const std::string path = absl::GetFlag(FLAGS_pools_config); !path.empty()) {
     auto pools = execd::server::LoadPoolsConfig(path, c.policy);
     if (!pools.ok()) return pools.status();

@@ -31,10 +31,10 @@ absl::Status CheckNotNegative(const ServerConfig& c) {
           absl::StrCat(flag, " must not be negative, got ", absl::FormatDuration(value)));
     }
   }
-  for (const auto& [flag, value] : {std::pair{"--max_memory_bytes", p.max_memory_bytes},
-                                    std::pair{"--max_processes", p.max_processes},
-                                    std::pair{"--max_open_files", p.max_open_files},
-                                    std::pair{"--max_file_size_bytes", p.max_file_size_bytes}}) {
+#define EXECD_FLAG_VALUE(field, server_maximum, what) \
+  std::pair{"--" #server_maximum, p.server_maximum},
+  for (const auto& [flag, value] : {EXECD_COUNT_LIMITS(EXECD_FLAG_VALUE)}) {
+#undef EXECD_FLAG_VALUE
     if (value < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(flag, " must not be negative (0: no maximum), got ", value));
