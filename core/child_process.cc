@@ -233,6 +233,7 @@ void ChildProcess::Assign(Observer* observer, std::string stdin_data, const Limi
 }
 
 void ChildProcess::SetOutputPaused(bool paused) {
+  EXECD_DCHECK_LOOP(loop_);
   if (!watched_ || paused == output_paused_) return;
   output_paused_ = paused;
   for (const UniqueFd& fd : output_) {
@@ -261,6 +262,7 @@ std::vector<pid_t> ChildProcess::pids() const {
 }
 
 absl::Status ChildProcess::AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done) {
+  EXECD_DCHECK_LOOP(loop_);
   if (!exit_report_.valid()) return absl::FailedPreconditionError("no report descriptor");
   RETURN_IF_ERROR(loop_.Watch(exit_report_.get(), EPOLLIN, this));
   on_ready_ = std::move(done);
@@ -308,6 +310,7 @@ void ChildProcess::ReadReadyLine() {
 }
 
 absl::Status ChildProcess::Watch() {
+  EXECD_DCHECK_LOOP(loop_);
   // Stdin that fits in the pipe is written now, not after a round through epoll; a
   // pre-warmed process blocked on its stdin starts at once. (Not yet watched: closing the
   // pipe here only closes it.)
@@ -337,6 +340,9 @@ ChildProcess::~ChildProcess() {
   }
   if (on_ready_) loop_.Unwatch(exit_report_.get());
   for (UniqueFd* fd : {&output_[0], &output_[1], &stdin_, &exit_report_}) CloseStream(*fd);
+  // Dropped on the loop, the group does not wait for its killed processes to be gone: one
+  // still dying leaves its cgroup to be removed later (Containment::Group::GiveUp).
+  if (group_ != nullptr && loop_.IsLoopThread()) group_->GiveUp();
   // Once every program is reaped, here or later by reap_later_ (the 1 is this destructor's
   // share): the containment group goes (its cgroup removed: not before, when the removal
   // would wait for them), then on_reaped_ runs.
@@ -401,6 +407,7 @@ void ChildProcess::KillAll() {
 }
 
 void ChildProcess::Terminate(Termination reason, bool immediately) {
+  EXECD_DCHECK_LOOP(loop_);
   if (exit_held_) {  // Nobody will read the rest in time.
     result_.termination = reason;
     if (!batch_[0].empty()) result_.stdout_truncated = true;
@@ -426,6 +433,7 @@ void ChildProcess::Terminate(Termination reason, bool immediately) {
 }
 
 void ChildProcess::OnFdReady(int fd, uint32_t events) {
+  EXECD_DCHECK_LOOP(loop_);
   if (on_ready_ && fd == exit_report_.get()) {
     ReadReadyLine();
     return;
@@ -616,6 +624,7 @@ void ChildProcess::WriteSessionStdin(bool reader_gone) {
 }
 
 void ChildProcess::AppendStdin(std::string data) {
+  EXECD_DCHECK_LOOP(loop_);
   if (exited_ || data.empty()) return;
   if (!keep_stdin_open_ || !stdin_.valid() || stdin_closing_) {
     observer_->OnStdinWritten(data.size());  // Nobody reads it any more.
@@ -629,17 +638,20 @@ void ChildProcess::AppendStdin(std::string data) {
 }
 
 void ChildProcess::CloseStdin() {
+  EXECD_DCHECK_LOOP(loop_);
   if (!keep_stdin_open_ || stdin_closing_) return;
   stdin_closing_ = true;
   if (stdin_offset_ == stdin_data_.size()) CloseStream(stdin_);
 }
 
 void ChildProcess::ResizeTerminal(TerminalSize size) {
+  EXECD_DCHECK_LOOP(loop_);
   if (!terminal_ || exited_ || !output_[0].valid()) return;
   (void)SetTerminalSize(output_[0].get(), size);
 }
 
 void ChildProcess::Signal(int signal) {
+  EXECD_DCHECK_LOOP(loop_);
   if (!exited_) KillGroup(signal);
 }
 

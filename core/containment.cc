@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/algorithm/container.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -260,7 +261,7 @@ class CgroupContainment final : public Containment {
   absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
                                                   int64_t max_processes) override;
   bool sweeps_orphans() const override { return false; }
-  bool SweepOrphans(const absl::flat_hash_set<pid_t>&) override { return true; }
+  OrphanSweep SweepOrphans(const absl::flat_hash_set<pid_t>&) override { return {}; }
 
  private:
   class CgroupGroup;
@@ -292,9 +293,9 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
     owned_fds_.clear();
     KillAll();
     // A cgroup with processes in it cannot be removed, and killed ones take a moment to
-    // go (a command whose spawn failed halfway is destroyed right after the kill). Not
-    // after GiveUp: the command waited its while already, and this runs on the engine's
-    // loop, where every other command would wait too.
+    // go (a command whose spawn failed halfway is destroyed right after the kill, on its
+    // spawn thread). Not after GiveUp: the command waited its while already, or this runs
+    // on the engine's loop, where every other command would wait too.
     if (!gave_up_) WaitEmpty(absl::Milliseconds(200));
     events_.reset();
     peak_.reset();
@@ -518,65 +519,61 @@ class ProcessGroupContainment final : public Containment {
 
   bool sweeps_orphans() const override { return true; }
 
-  bool SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
-    // An orphan's own children come to execd only as it dies: sweep again until a round
-    // finds none, or none but orphans an earlier round or sweep already waited for in
-    // vain. Killed processes fork no more, so that takes as many rounds as the escaped
-    // tree is deep; the bound keeps a running command that orphans processes as fast as
-    // they are swept from holding the caller here (the next sweep goes on).
+  OrphanSweep SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) override {
+    OrphanSweep sweep;
+    // Those handed out by an earlier sweep first: forgotten once reaped (here, or by
+    // whoever took their pidfd), each through its own pidfd, so that a pid reaped
+    // meanwhile and reused is never taken for one of them.
+    absl::erase_if(dying_, [](const auto& entry) { return TryReap(entry.second.get()); });
+    // Killed processes fork no more, and the children of an orphan come to execd as it
+    // dies: round after round while some die at once, as many as the escaped tree is deep
+    // at most. The bound keeps a running command that orphans processes as fast as they
+    // are swept from holding the caller here (a retry goes on).
     constexpr int kMaxRounds = 64;
-    const absl::Time deadline = Now() + kReapWait;
     for (int round = 0; round < kMaxRounds; ++round) {
-      std::vector<pid_t> orphans = Orphans(leaders);
-      if (round == 0) {  // Forget the dying that are no longer ours (reaped with a group).
-        for (auto it = dying_.begin(); it != dying_.end();) {
-          if (absl::c_linear_search(orphans, *it)) {
-            ++it;
-          } else {
-            dying_.erase(it++);
-          }
+      bool reaped_any = false;
+      for (pid_t pid : Orphans(leaders)) {
+        // Listed, so our unreaped child: the pid is still its own, safe to signal.
+        if (dying_.contains(pid)) continue;  // Killed already; its pidfd is out.
+        kill(pid, SIGKILL);
+        if (ReapIfExited(pid) != 0) {
+          reaped_any = true;
+          continue;
         }
+        UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+        UniqueFd handed;
+        if (pidfd.valid()) handed.reset(fcntl(pidfd.get(), F_DUPFD_CLOEXEC, 0));
+        if (!handed.valid()) {
+          // No descriptor left, or a seccomp profile without pidfd_open: a later sweep
+          // kills and reaps it.
+          sweep.retry = true;
+          continue;
+        }
+        dying_.emplace(pid, std::move(pidfd));
+        sweep.dying.push_back(std::move(handed));
       }
-      const bool any_new =
-          absl::c_any_of(orphans, [&](pid_t pid) { return !dying_.contains(pid); });
-      for (pid_t pid : orphans) {
-        if (!dying_.contains(pid)) kill(pid, SIGKILL);
-        Reap(pid, deadline);
-      }
-      if (!any_new) return dying_.empty();
+      if (!reaped_any) return sweep;  // None died, so none left children to execd.
     }
-    return false;
+    sweep.retry = true;
+    return sweep;
   }
 
  private:
-  // How long one sweep waits for the orphans it killed to die. A SIGKILLed process is
-  // normally gone within milliseconds; one that is not (in uninterruptible sleep on a
-  // hung filesystem, frozen by a cgroup v1 freezer) must not hold the caller, which is the
-  // event loop: it stays our unreaped child, so its pid stays ours, for a later sweep.
-  static constexpr absl::Duration kReapWait = absl::Milliseconds(50);
-
-  static absl::Time Now() { return MonotonicClock::Get().Now(); }
-
-  // Reaps `pid`, a SIGKILLed child, waiting for it until `deadline`, or not at all when an
-  // earlier sweep already waited for it in vain; one not gone is remembered in dying_.
-  void Reap(pid_t pid, absl::Time deadline) {
-    if (!dying_.contains(pid)) {
-      UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
-      const absl::Duration left = std::min(deadline - Now(), kReapWait);
-      if (pidfd.valid() && left > absl::ZeroDuration()) AwaitExit(pidfd.get(), left);
-      // Without a pidfd (none left, or a seccomp profile without pidfd_open) there is no
-      // wait: a child not yet gone is left to the next sweep.
-    }
-    if (ReapIfExited(pid) == 0) {
-      dying_.insert(pid);
-    } else {
-      dying_.erase(pid);  // Reaped (or, were it ECHILD, not ours to wait for any more).
-    }
+  // Reaps the process of `pidfd` if it has exited; true once it is reaped (here or, ECHILD,
+  // by someone else).
+  static bool TryReap(int pidfd) {
+    siginfo_t info{};
+    int r;
+    do {
+      r = waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 || info.si_pid != 0;
   }
 
-  // Orphans killed that outlived a sweep's wait. Sweeps never run at once (the caller's
-  // contract), so this needs no lock.
-  absl::flat_hash_set<pid_t> dying_;
+  // Orphans killed and handed out (OrphanSweep::dying) that are not reaped yet, by pid,
+  // each with a pidfd of its own. Sweeps never run at once (the caller's contract), so
+  // this needs no lock.
+  absl::flat_hash_map<pid_t, UniqueFd> dying_;
 
   // Our children that are not `leaders`, from each of our threads' lists (cheaper than
   // scanning all of /proc). Not those still in the process group of one of `leaders`: they

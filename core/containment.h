@@ -64,8 +64,9 @@ class Containment {
     // True when no process of the command is alive.
     virtual bool Empty() = 0;
     // The command was answered without waiting any longer for its processes to die: some
-    // cannot yet (stuck in the kernel; they were sent SIGKILL). Dropping the group then
-    // does not wait for them either; what is left of it goes once they are gone.
+    // cannot yet (stuck in the kernel; they were sent SIGKILL), or the group is dropped on
+    // the event loop, which waits for nothing. Dropping the group then does not wait for
+    // them either; what is left of it goes once they are gone.
     virtual void GiveUp() {}
     virtual LimitHits Hits() = 0;
     // Peak memory of the whole command in bytes, or 0 when unknown.
@@ -87,12 +88,23 @@ class Containment {
 
   // Whether SweepOrphans has work to do (process-group mode, where execd is subreaper).
   virtual bool sweeps_orphans() const = 0;
-  // Called after a command's leader was reaped: kills and reaps the children execd adopted
-  // as subreaper, that is every child that is not one of `leaders` (running commands'
-  // leaders). The caller must make sure no spawn is in flight meanwhile, and no other
-  // sweep. Waits at most a few tens of milliseconds: returns false when a killed orphan
-  // has not died by then (or more remain), and the caller should sweep again later.
-  virtual bool SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
+  // What a sweep left for later. A killed process takes a moment to die, and the children
+  // of an orphan come to execd only as it dies, so a sweep that found orphans is followed
+  // by another once they have died.
+  struct OrphanSweep {
+    // One pidfd for each orphan killed that was not dead yet and that no earlier sweep
+    // handed out: readable once it has died. Reap it then (waitid(P_PIDFD)) and sweep
+    // again; the sweep then forgets it.
+    std::vector<UniqueFd> dying;
+    // Orphans remain that no pidfd announces (none could be had, or the tree was deeper
+    // than one sweep goes): sweep again after a while.
+    bool retry = false;
+  };
+  // Called after a command's leader was reaped: kills the children execd adopted as
+  // subreaper, that is every child that is not one of `leaders` (running commands'
+  // leaders), and reaps those already dead. Never waits. The caller must make sure no
+  // spawn is in flight meanwhile, and no other sweep.
+  virtual OrphanSweep SweepOrphans(const absl::flat_hash_set<pid_t>& leaders) = 0;
 };
 
 }  // namespace execd::core

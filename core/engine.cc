@@ -59,6 +59,7 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
 
   // Loop thread: the child's output follows the last SetOutputPaused.
   void ApplyOutputPaused() {
+    EXECD_DCHECK_LOOP(*engine_.loop_);
     if (child_ != nullptr) child_->SetOutputPaused(output_paused_.load(std::memory_order_relaxed));
   }
 
@@ -419,6 +420,7 @@ void Engine::ExpireQueued() {
 }
 
 void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
+  EXECD_DCHECK_LOOP(*loop_);
   if (execution->cancel_requested_) {
     Finish(*execution, absl::CancelledError("cancelled before the command started"));
     return;
@@ -488,6 +490,7 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
 }
 
 void Engine::StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options) {
+  EXECD_DCHECK_LOOP(*loop_);
   Execution& e = *execution;
   e.child_options_ = options;
   e.in_pool_ = true;
@@ -515,6 +518,7 @@ void Engine::StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Opt
 }
 
 void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) {
+  EXECD_DCHECK_LOOP(*loop_);
   const absl::Time now = options_.clock->Now();
   e.spawn_done_ = now;
   ChildProcess::Options options = e.child_options_;
@@ -534,6 +538,7 @@ void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) 
 
 void Engine::OnSpawned(std::shared_ptr<Execution> execution,
                        absl::StatusOr<std::unique_ptr<ChildProcess>> child) {
+  EXECD_DCHECK_LOOP(*loop_);
   Execution& e = *execution;
   if (!child.ok()) {
     Finish(e, child.status());
@@ -561,11 +566,13 @@ void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
 }
 
 void Engine::FailUnwatched(Execution& e, absl::Status why) {
+  EXECD_DCHECK_LOOP(*loop_);
   DestroyChild(e);
   Finish(e, std::move(why));
 }
 
 void Engine::DestroyChild(Execution& e) {
+  EXECD_DCHECK_LOOP(*loop_);
   // Its pids stay leaders until they are reaped: at once, or later by reap_later_ (one that
   // did not die at once, or one answered from its exit report and still being torn down).
   // Untracked first, the sweep would reap them, and the child's own kill then aim at pids
@@ -603,7 +610,7 @@ bool Engine::Tracks(pid_t pid) const {
 
 bool Engine::SweepOrphans() {
   if (!containment_->sweeps_orphans()) return true;
-  bool done;
+  Containment::OrphanSweep sweep;
   {
     absl::WriterMutexLock gate(&spawn_gate_);
     absl::flat_hash_set<pid_t> leaders;
@@ -611,18 +618,43 @@ bool Engine::SweepOrphans() {
       absl::MutexLock lock(&leaders_mu_);
       leaders = leaders_;
     }
-    done = containment_->SweepOrphans(leaders);
+    sweep = containment_->SweepOrphans(leaders);
   }
-  if (!done) loop_->RunOnLoop([this]() mutable { ArmOrphanSweep(); });
-  return done;
+  const bool retry = sweep.retry;
+  if (retry || !sweep.dying.empty()) {
+    loop_->RunOnLoop(
+        [this, sweep = std::move(sweep)]() mutable { AwaitOrphans(std::move(sweep)); });
+  }
+  return !retry;
 }
 
-void Engine::ArmOrphanSweep() {
-  if (orphan_timer_ != 0 || orphan_sweeps_stopped_) return;
-  orphan_timer_ = loop_->AddTimer(options_.clock->Now() + orphan_retry_, [this]() mutable {
-    orphan_timer_ = 0;
+void Engine::AwaitOrphans(Containment::OrphanSweep sweep) {
+  EXECD_DCHECK_LOOP(*loop_);
+  // The engine is going away: the orphans were killed, and what is not reaped by then
+  // goes to init when execd exits.
+  if (orphan_sweeps_stopped_ || reaper_ == nullptr) return;
+  for (UniqueFd& pidfd : sweep.dying) {
+    // Reaped once it dies, and what it left is swept then, from the loop.
+    reaper_->Adopt(std::move(pidfd), [this]() { ArmOrphanSweep(absl::ZeroDuration()); });
+  }
+  if (sweep.retry) {
+    ArmOrphanSweep(orphan_retry_);
     orphan_retry_ = std::min(orphan_retry_ * 2, absl::Seconds(1));
-    if (SweepOrphans()) orphan_retry_ = kFirstOrphanRetry;  // Else it armed the next one.
+  }
+}
+
+void Engine::ArmOrphanSweep(absl::Duration after) {
+  EXECD_DCHECK_LOOP(*loop_);
+  if (orphan_sweeps_stopped_) return;
+  const absl::Time when = options_.clock->Now() + after;
+  if (orphan_timer_ != 0) {
+    if (orphan_timer_at_ <= when) return;
+    loop_->CancelTimer(orphan_timer_);
+  }
+  orphan_timer_at_ = when;
+  orphan_timer_ = loop_->AddTimer(when, [this]() mutable {
+    orphan_timer_ = 0;
+    if (SweepOrphans()) orphan_retry_ = kFirstOrphanRetry;
   });
 }
 

@@ -190,12 +190,16 @@ class Engine {
   void ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
   // Adds (running) or removes the processes execd spawned, for the orphan sweep.
   void TrackLeaders(const std::vector<pid_t>& pids, bool running);
-  // Kills and reaps what commands left outside their process groups (process-group
-  // containment). Returns false when some killed orphan was not gone within the sweep's
-  // short wait; a retry is then armed on the loop, so nothing stays unreaped for good.
+  // Any thread: kills what commands left outside their process groups (process-group
+  // containment) and reaps those already dead, without waiting. Each killed orphan not
+  // dead yet goes to reaper_, and its death sweeps again (its own children come to execd
+  // only then); any left that no pidfd announces are swept again by a timer. Returns
+  // false in that last case.
   bool SweepOrphans();
-  // Loop thread: sweeps again after orphan_retry_, backing off while orphans outlive it.
-  void ArmOrphanSweep();
+  // Loop thread: what a sweep left for later (see SweepOrphans).
+  void AwaitOrphans(Containment::OrphanSweep sweep);
+  // Loop thread: sweeps again `after` from now (sooner if one is armed for sooner).
+  void ArmOrphanSweep(absl::Duration after);
   void Finish(Execution& execution, absl::StatusOr<Result> result);
   // Posts StartOnLoop for every entry the scheduler lets run now.
   void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -225,6 +229,8 @@ class Engine {
   // Loop thread only.
   EventLoop::TimerId expiry_timer_ = 0;
   EventLoop::TimerId orphan_timer_ = 0;
+  absl::Time orphan_timer_at_;  // When orphan_timer_ fires.
+  // The delay of a retry for orphans no pidfd announces; it doubles while they outlive it.
   absl::Duration orphan_retry_ = kFirstOrphanRetry;
   bool orphan_sweeps_stopped_ = false;  // The engine is being destroyed.
   static constexpr absl::Duration kFirstOrphanRetry = absl::Milliseconds(20);
@@ -240,8 +246,8 @@ class Engine {
   std::unique_ptr<SpawnThreads> spawn_threads_;
 
   // Loop thread only: reaps killed children (pool processes, a command's that could not be
-  // watched) that do not die at once; reap_later_ hands them to it, for ChildProcess and
-  // the pools.
+  // watched, orphans the sweep killed) that do not die at once; reap_later_ hands them to
+  // it, for ChildProcess and the pools.
   std::unique_ptr<Reaper> reaper_;
   ReapLaterFn reap_later_;
 

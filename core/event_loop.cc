@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,16 @@ namespace {
 constexpr uint64_t kWakeToken = ~uint64_t{0};
 
 }  // namespace
+
+namespace internal {
+
+void LoopThreadViolation(const char* file, int line, const char* function) {
+  std::fprintf(stderr, "%s:%d: %s must run on the event loop thread, and ran on another\n", file,
+               line, function);
+  std::abort();
+}
+
+}  // namespace internal
 
 absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Start(const Clock& clock) {
   UniqueFd epoll_fd(epoll_create1(EPOLL_CLOEXEC));

@@ -3,6 +3,12 @@
 //
 // Thread-safety: Post(), RunOnLoop() and IsLoopThread() may be called from any thread;
 // everything else only from the loop thread (inside a posted task, a timer or a handler).
+// Code that runs on the loop thread multiplexes and keeps books: it never waits (no sleep,
+// no blocking waitpid or poll), so one slow child cannot hold up every other.
+//
+// EXECD_DCHECK_LOOP(loop) opens each method that must run on `loop`'s thread: called from
+// any other, it prints where and aborts. It costs one thread-id compare, so it is on in
+// every build type; define EXECD_DISABLE_LOOP_CHECKS to compile it out.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +28,24 @@
 #include "core/unique_fd.h"
 
 namespace execd::core {
+
+class EventLoop;
+
+namespace internal {
+// Prints that `function` (at `file`:`line`) ran off the loop thread, and aborts.
+[[noreturn]] void LoopThreadViolation(const char* file, int line, const char* function);
+}  // namespace internal
+
+#ifdef EXECD_DISABLE_LOOP_CHECKS
+#define EXECD_DCHECK_LOOP(loop) static_cast<void>(0)
+#else
+#define EXECD_DCHECK_LOOP(loop)                                                   \
+  do {                                                                            \
+    if (!(loop).IsLoopThread()) {                                                 \
+      ::execd::core::internal::LoopThreadViolation(__FILE__, __LINE__, __func__); \
+    }                                                                             \
+  } while (false)
+#endif
 
 class EventLoop {
  public:

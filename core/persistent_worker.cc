@@ -53,6 +53,9 @@ absl::StatusOr<std::unique_ptr<PersistentWorker>> PersistentWorker::Spawn(
 PersistentWorker::~PersistentWorker() {
   CancelTimer();
   for (UniqueFd* fd : {&stdin_, &stdout_, &stderr_}) Close(*fd);
+  // Dropped on the loop, the group does not wait for its killed processes to be gone: one
+  // still dying leaves its cgroup to be removed later (Containment::Group::GiveUp).
+  if (group_ != nullptr && loop_.IsLoopThread()) group_->GiveUp();
   if (pid_ > 0 && !reaped_) {
     kill(-pid_, SIGKILL);
     if (group_ != nullptr) group_->KillAll();
@@ -100,6 +103,7 @@ void PersistentWorker::CancelTimer() {
 }
 
 absl::Status PersistentWorker::Start() {
+  EXECD_DCHECK_LOOP(loop_);
   watched_ = true;
   RETURN_IF_ERROR(loop_.Watch(pidfd_.get(), EPOLLIN, this));
   RETURN_IF_ERROR(loop_.Watch(stdout_.get(), EPOLLIN, this));
@@ -120,6 +124,7 @@ absl::Status PersistentWorker::Start() {
 
 void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>& arguments,
                             const std::string& stdin_data, absl::Duration timeout) {
+  EXECD_DCHECK_LOOP(loop_);
   if (dead_) return;
   if (!stdout_.valid()) {  // Closed, and waiting out its grace: it cannot answer.
     Kill(absl::InternalError("closed its stdout; it can serve no more requests"));
@@ -144,6 +149,7 @@ void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>&
 }
 
 void PersistentWorker::Cancel() {
+  EXECD_DCHECK_LOOP(loop_);
   if (dead_ || state_ != State::kBusy) return;
   state_ = State::kCancelling;
   worker::v1::WorkRequest cancel;
@@ -186,6 +192,7 @@ void PersistentWorker::FlushStdin() {
 }
 
 void PersistentWorker::OnFdReady(int fd, uint32_t events) {
+  EXECD_DCHECK_LOOP(loop_);
   if (dead_) return;
   if (fd == stdout_.get()) {
     ReadStdout();
@@ -299,15 +306,14 @@ void PersistentWorker::OnExited() {
 }
 
 void PersistentWorker::Kill(absl::Status why, bool quiet) {
+  EXECD_DCHECK_LOOP(loop_);
   if (dead_) return;
   kill(-pid_, SIGKILL);
   if (group_ != nullptr) group_->KillAll();
-  // Gone before its request is answered, as a command's processes are: a killed process
-  // dies within a millisecond or so, a large one in tens. But never an unbounded wait on
-  // the loop: one stuck in the kernel (uninterruptible sleep) does not die until it comes
-  // out, and is reaped when it does (Options::reap_later, from the destructor). A quiet
-  // kill (a retirement: no request waits on it) does not wait at all.
-  if (!quiet && !reaped_ && pidfd_.valid()) AwaitExit(pidfd_.get(), kKillWait);
+  // Not waited for: a killed process takes a millisecond or so to die, a large one tens,
+  // and one stuck in the kernel (uninterruptible sleep) until it comes out. Once dead it is
+  // reaped through its pidfd on the loop (Options::reap_later, from the destructor); its
+  // owner counts it until Options::on_reaped.
   if (!reaped_) TryReap();
   if (quiet) {
     dead_ = true;

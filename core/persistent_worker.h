@@ -75,21 +75,22 @@ class PersistentWorker final : public EventLoop::FdHandler {
   // Asks the worker to stop the request in flight; kills it if it has not answered
   // within the kill grace.
   void Cancel();
-  // Kills the worker and its processes now; reports OnWorkerFailed(why) unless `quiet`.
+  // Kills the worker and its processes now, and reports OnWorkerFailed(why) unless
+  // `quiet`, without waiting for it to die: a worker not dead at once is reaped later
+  // (Options::reap_later, from the destructor), and Options::on_reaped says when.
   void Kill(absl::Status why, bool quiet = false);
 
   pid_t pid() const { return pid_; }
   // It joined its cgroup by a cgroup.procs write (SpawnedProcess::joined_by_write).
   bool joined_by_write() const { return joined_by_write_; }
   bool dead() const { return dead_; }
+  // Its pid has been reaped (Options::on_reaped has run): nothing of it is left.
+  bool reaped() const { return reaped_; }
   // The tail of what the worker wrote to its stderr since the last Send (or its start),
   // for error messages.
   std::string stderr_tail() const { return stderr_tail_; }
 
   void OnFdReady(int fd, uint32_t events) override;
-
-  // How long Kill waits for the killed worker to die before it answers anyway.
-  static constexpr absl::Duration kKillWait = absl::Milliseconds(100);
 
  private:
   PersistentWorker(EventLoop& loop, const Options& options, Listener* listener)

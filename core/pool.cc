@@ -33,9 +33,11 @@ void DestroyThenUntrack(std::unique_ptr<ChildProcess> process,
 }  // namespace
 
 Pool::~Pool() {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   destroying_ = true;
   *alive_ = false;
   if (shrink_timer_ != 0) deps_.loop->CancelTimer(shrink_timer_);
+  for (const Dying& d : dying_) deps_.loop->CancelTimer(d.timer);
   // Killed, and untracked once reaped (see DestroyThenUntrack); workers untrack themselves.
   for (Idle& idle : idle_) {
     if (idle.process != nullptr) DestroyThenUntrack(std::move(idle.process), deps_.untrack);
@@ -51,6 +53,7 @@ Pool::~Pool() {
 }
 
 void Pool::Start() {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   identity_ = FileIdentity::Of(spec_->command.executable);
   Refill();
   ArmShrink();
@@ -61,10 +64,12 @@ int Pool::Preparing() const {
 }
 
 int Pool::Total() const {
-  return static_cast<int>(idle_.size() + busy_.size()) + Preparing() + prewarmed_busy_;
+  return static_cast<int>(idle_.size() + busy_.size() + dying_.size()) + Preparing() +
+         prewarmed_busy_;
 }
 
 PoolStats Pool::stats() const {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   PoolStats s = counters_;
   s.idle = static_cast<int>(idle_.size());
   s.busy = static_cast<int>(busy_.size()) + prewarmed_busy_;
@@ -82,6 +87,7 @@ void Pool::CheckIdentity() {
 }
 
 void Pool::Reconfigure(std::shared_ptr<const PoolSpec> spec) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   spec_ = std::move(spec);
   identity_ = FileIdentity::Of(spec_->command.executable);
   RetireGeneration();
@@ -145,7 +151,7 @@ void Pool::StartOne() {
   worker_options.max_frame_bytes =
       std::min<int64_t>(2 * spec_->max_output_bytes + (1 << 20), std::numeric_limits<int>::max());
   worker_options.address_space_bytes = address_space;
-  worker_options.on_reaped = deps_.untrack;
+  worker_options.on_reaped = OnReaped();
   worker_options.reap_later = deps_.reap_later;
   ChildProcess::Options child_options;
   child_options.stdin_pipe = true;
@@ -202,7 +208,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     if (status.ok()) {
       ++counters_.recycled;
       if (prewarmed) {
-        DestroyThenUntrack(*std::move(process), deps_.untrack);
+        Destroy(Idle{*std::move(process), nullptr, {}, generation, 0});
       } else {
         Destroy(*std::move(worker));
       }
@@ -327,6 +333,7 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
 }
 
 void Pool::Acquire(Request* request, Call call) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   CheckIdentity();
   // The most recent first, its caches warm (and, PERSISTENT, the surplus left to reach its
   // idle_timeout); but a PREWARMED process that cannot say when it is ready (no
@@ -356,6 +363,7 @@ void Pool::Acquire(Request* request, Call call) {
 }
 
 bool Pool::Cancel(Request* request) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
     if (it->request == request) {
       waiting_.erase(it);
@@ -378,12 +386,14 @@ void Pool::Release() {
 }
 
 absl::AnyInvocable<void() &&> Pool::Releaser() {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   return [this, alive = alive_]() mutable {
     if (*alive) Release();
   };
 }
 
 void Pool::OnWorkerReady(PersistentWorker* worker) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   for (auto it = starting_.begin(); it != starting_.end(); ++it) {
     if (it->worker.get() != worker) continue;
     Idle idle{nullptr, std::move(it->worker), deps_.loop->clock().Now(), it->generation, 0};
@@ -394,6 +404,7 @@ void Pool::OnWorkerReady(PersistentWorker* worker) {
 }
 
 void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse response) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   auto it = std::find_if(busy_.begin(), busy_.end(),
                          [worker](const Busy& b) { return b.worker.get() == worker; });
   if (it == busy_.end()) return;
@@ -434,6 +445,7 @@ void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse r
 }
 
 void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
+  EXECD_DCHECK_LOOP(*deps_.loop);
   ++counters_.crashed;
   for (auto it = starting_.begin(); it != starting_.end(); ++it) {
     if (it->worker.get() != worker) continue;
@@ -492,6 +504,7 @@ void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
   // Dead now, so it calls nothing more: its events may come before the posted destruction
   // (it is the next turn's), when the worker is no longer the pool's, or the pool is gone.
   worker->Kill(absl::CancelledError("retired"), /*quiet=*/true);
+  if (!worker->reaped()) CountDying(worker->pid());  // Until Options::on_reaped.
   // Not from inside the worker's own callback.
   deps_.loop->Post([w = std::move(worker)]() mutable { w.reset(); });
 }
@@ -499,10 +512,36 @@ void Pool::Destroy(std::unique_ptr<PersistentWorker> worker) {
 void Pool::Destroy(Idle idle) {
   Destroy(std::move(idle.worker));
   if (idle.process != nullptr) {
-    deps_.loop->Post([p = std::move(idle.process), untrack = deps_.untrack]() mutable {
-      DestroyThenUntrack(std::move(p), untrack);
+    const pid_t pid = idle.process->pid();
+    CountDying(pid);
+    deps_.loop->Post([p = std::move(idle.process), pid, on_reaped = OnReaped()]() mutable {
+      ChildProcess::Destroy(std::move(p), [on_reaped, pid]() { on_reaped(pid); });
     });
   }
+}
+
+void Pool::CountDying(pid_t pid) {
+  const EventLoop::TimerId timer = deps_.loop->AddTimer(
+      deps_.loop->clock().Now() + deps_.kill_grace, [this, pid]() { StopCountingDying(pid); });
+  dying_.push_back(Dying{pid, timer});
+}
+
+void Pool::StopCountingDying(pid_t pid) {
+  auto it =
+      std::find_if(dying_.begin(), dying_.end(), [pid](const Dying& d) { return d.pid == pid; });
+  if (it == dying_.end()) return;      // Reaped before it was counted, or counted out already.
+  deps_.loop->CancelTimer(it->timer);  // A no-op when this is the timer.
+  dying_.erase(it);
+  Refill();
+}
+
+std::function<void(pid_t)> Pool::OnReaped() {
+  return [this, untrack = deps_.untrack, loop = deps_.loop, alive = alive_](pid_t pid) {
+    untrack(pid);
+    loop->RunOnLoop([this, alive, pid]() {
+      if (*alive) StopCountingDying(pid);
+    });
+  };
 }
 
 void Pool::ArmShrink() {

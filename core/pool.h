@@ -17,7 +17,14 @@
 //
 // The engine admits at most max_size requests of a pool at once (its scheduler group), so
 // a request that reaches the pool always gets a worker: an idle one, one already starting,
-// or a new one.
+// or a new one, started at once or as soon as a killed worker is gone.
+//
+// A worker the pool killed (crashed, hung, retired) still counts toward max_size until it
+// is reaped: a replacement never runs beside a process that can still run. Killing is
+// never waited for (the loop waits for nothing); the reaping is an event, and the refill
+// follows from it. One that has not died within kill_grace is stuck in the kernel
+// (uninterruptible sleep): it can run no code of its own any more, so it stops counting
+// then, and one hung filesystem cannot take the pool's whole capacity.
 //
 // Thread-safety: everything runs on the loop thread, except the spawns, which go through
 // `run_blocking` and come back by Post.
@@ -198,10 +205,22 @@ class Pool final : public PersistentWorker::Listener {
   // Counts a failed start (or an idle death before serving): true, and the next refill by
   // the shrink timer delayed, once there have been more than a few in a row.
   bool FailedInARow(int failures);
+  // Every process of the pool: idle, busy, on its way, or killed and counted (dying_).
   int Total() const;
+  // Kills `worker` without waiting; one not dead yet counts in Total() as dying.
   void Destroy(std::unique_ptr<PersistentWorker> worker);
-  // An idle entry of either kind: its process is killed and reaped off this call stack.
+  // An idle entry of either kind: its process is killed and reaped off this call stack,
+  // and counted as dying until then.
   void Destroy(Idle idle);
+  // `pid`, killed by the pool and not reaped yet, counts in Total() until Reaped(pid), or
+  // for kill_grace at most (see the top of this file).
+  void CountDying(pid_t pid);
+  // `pid` no longer counts: reaped (or presumed stuck in the kernel). A worker may start in
+  // its place.
+  void StopCountingDying(pid_t pid);
+  // What to run once a process of this pool is reaped (on any thread; it may outlive the
+  // pool): the orphan sweep's tracking of it ends, and it stops counting as dying.
+  std::function<void(pid_t)> OnReaped();
   std::string Describe(const PersistentWorker* worker, const absl::Status& why) const;
 
   std::shared_ptr<const PoolSpec> spec_;
@@ -215,6 +234,11 @@ class Pool final : public PersistentWorker::Listener {
   std::vector<WarmingUp> warming_;  // PREWARMED processes yet to report "ready".
   int spawning_ = 0;                // Spawns in flight on run_blocking.
   int prewarmed_busy_ = 0;          // PREWARMED processes handed to requests.
+  struct Dying {
+    pid_t pid;
+    EventLoop::TimerId timer;  // Ends the count at kill_grace.
+  };
+  std::vector<Dying> dying_;  // Killed by the pool and not reaped yet (CountDying).
   struct Waiting {
     Request* request;
     Call call;

@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <vector>
 
@@ -31,7 +32,10 @@ bool AwaitExit(int pidfd, absl::Duration timeout) {
 }
 
 Reaper::~Reaper() {
-  for (auto& [fd, child] : children_) loop_.Unwatch(fd);
+  for (auto& [fd, child] : children_) {
+    loop_.Unwatch(fd);
+    if (child.timer != 0) loop_.CancelTimer(child.timer);
+  }
 }
 
 bool Reaper::TryReap(int pidfd) {
@@ -45,23 +49,39 @@ bool Reaper::TryReap(int pidfd) {
 }
 
 void Reaper::Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+  EXECD_DCHECK_LOOP(loop_);
   if (!pidfd.valid() || TryReap(pidfd.get())) {
     std::move(reaped)();
     return;
   }
   const int fd = pidfd.get();
-  if (!loop_.Watch(fd, EPOLLIN, this).ok()) {
-    // Nothing to wait on without blocking: block, as before there was a reaper.
-    siginfo_t info{};
-    while (waitid(P_PIDFD, static_cast<id_t>(fd), &info, WEXITED) < 0 && errno == EINTR) {
-    }
-    std::move(reaped)();
-    return;
-  }
   children_.emplace(fd, Child{std::move(pidfd), std::move(reaped)});
+  if (!loop_.Watch(fd, EPOLLIN, this).ok()) CheckLater(fd, absl::Milliseconds(10));
+}
+
+void Reaper::CheckLater(int fd, absl::Duration after) {
+  children_.at(fd).timer = loop_.AddTimer(loop_.clock().Now() + after, [this, fd, after]() {
+    auto it = children_.find(fd);
+    if (it == children_.end()) return;
+    it->second.timer = 0;
+    if (TryReap(fd)) {
+      Reaped(fd);
+    } else {
+      CheckLater(fd, std::min(after * 2, absl::Seconds(1)));
+    }
+  });
+}
+
+void Reaper::Reaped(int fd) {
+  loop_.Unwatch(fd);
+  auto node = children_.extract(fd);
+  if (node.empty()) return;
+  if (node.mapped().timer != 0) loop_.CancelTimer(node.mapped().timer);
+  std::move(node.mapped().reaped)();
 }
 
 void Reaper::Drain(absl::Duration timeout) {
+  EXECD_DCHECK_LOOP(loop_);
   const Clock& clock = MonotonicClock::Get();
   const absl::Time deadline = clock.Now() + timeout;
   while (!children_.empty()) {
@@ -79,10 +99,7 @@ void Reaper::Drain(absl::Duration timeout) {
 }
 
 void Reaper::OnFdReady(int fd, uint32_t /*events*/) {
-  if (!TryReap(fd)) return;  // Readable before it is waitable: the next event.
-  loop_.Unwatch(fd);
-  auto node = children_.extract(fd);
-  if (!node.empty()) std::move(node.mapped().reaped)();
+  if (TryReap(fd)) Reaped(fd);  // Else readable before it is waitable: the next event.
 }
 
 }  // namespace execd::core

@@ -27,7 +27,7 @@ using ReapLaterFn = std::function<void(UniqueFd pidfd, absl::AnyInvocable<void()
 // exited yet, -1 (ECHILD) if it is not ours to reap.
 pid_t ReapIfExited(pid_t pid, int* status = nullptr);
 // Waits up to `timeout` (rounded up to a millisecond) for the process of `pidfd` to exit;
-// whether it has.
+// whether it has. It blocks: never on the loop thread.
 bool AwaitExit(int pidfd, absl::Duration timeout);
 
 class Reaper final : public EventLoop::FdHandler {
@@ -40,11 +40,11 @@ class Reaper final : public EventLoop::FdHandler {
 
   // Takes `pidfd`, of a child of this process that has been sent SIGKILL, reaps the child
   // once it has exited (at once if it has), then runs `reaped`. Not run if the Reaper is
-  // destroyed first.
+  // destroyed first. Never waits: the child's exit is an event of the loop.
   void Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
   // Waits up to `timeout` for the pending children to die, reaping each (and running its
   // callback) as it does: before the Reaper goes, those merely slow to die are not left
-  // as zombies.
+  // as zombies. For shutdown only, when the loop has nothing else left to serve.
   void Drain(absl::Duration timeout);
 
   void OnFdReady(int fd, uint32_t events) override;
@@ -53,11 +53,17 @@ class Reaper final : public EventLoop::FdHandler {
   // Reaps the child of `pidfd` if it has exited; true once it is reaped (or is not ours to
   // reap any more).
   static bool TryReap(int pidfd);
+  // A child whose pidfd epoll would not take (out of memory, or max_user_watches reached)
+  // is checked on a timer instead, every `after`, backing off.
+  void CheckLater(int fd, absl::Duration after);
+  // The child of `fd` is reaped: forgets it, then runs its callback.
+  void Reaped(int fd);
 
   EventLoop& loop_;
   struct Child {
     UniqueFd pidfd;
     absl::AnyInvocable<void() &&> reaped;
+    EventLoop::TimerId timer = 0;  // CheckLater's, when not watched.
   };
   absl::flat_hash_map<int, Child> children_;
 };

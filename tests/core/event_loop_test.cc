@@ -162,5 +162,24 @@ TEST(EventLoop, UnwatchInsideAHandlerStopsDelivery) {
   close(fd);
 }
 
+// A method meant for the loop thread, called from another, stops the process with a
+// message naming it, rather than race with the loop.
+TEST(EventLoopDeathTest, LoopThreadCheckAbortsOffTheLoopAndPassesOnIt) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // The loop is a thread of its own.
+  auto loop = EventLoop::Start();
+  ASSERT_TRUE(loop.ok());
+  absl::Notification checked;
+  (*loop)->Post([&]() mutable {
+    EXECD_DCHECK_LOOP(**loop);
+    checked.Notify();
+  });
+  ASSERT_TRUE(checked.WaitForNotificationWithTimeout(absl::Seconds(5)));
+#ifdef EXECD_DISABLE_LOOP_CHECKS
+  GTEST_SKIP() << "SKIPPED: built with EXECD_DISABLE_LOOP_CHECKS";
+#else
+  EXPECT_DEATH(EXECD_DCHECK_LOOP(**loop), "must run on the event loop thread");
+#endif
+}
+
 }  // namespace
 }  // namespace execd::core

@@ -207,8 +207,9 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
       cgroups() ? absl::StrCat(CgroupV2Mount(), V2CgroupOf(response.stdout())) : "";
   EXPECT_FALSE(testing::Freezer::Reaped(orphan)) << "frozen, it cannot have died yet";
   // Another command leaves a two-level escaped tree meanwhile: a shell in a session of its
-  // own, and its child. The sweep after it still goes down every level (the child comes to
-  // execd only as the shell dies), so the child is dead when that command is answered.
+  // own, and its child. The sweeps after it still go down every level (the child comes to
+  // execd only as the shell dies, and the shell's death starts the next sweep), so the
+  // child dies too, and without cgroups is reaped by execd.
   const std::string grandchild_file = absl::StrCat(::testing::TempDir(), testing::UniqueName("gc"));
   const std::string tree =
       absl::StrCat("setsid /bin/sh -c 'sleep 100 & echo $! > ", grandchild_file, ".tmp; mv ",
@@ -221,7 +222,12 @@ TEST_P(ContainmentTest, AnOrphanThatCannotDieYetStallsNothingAndIsReapedLater) {
   pid_t grandchild = 0;
   ASSERT_TRUE(absl::SimpleAtoi(absl::StripAsciiWhitespace(escaped.stdout()), &grandchild))
       << escaped.stdout() << escaped.stderr();
-  EXPECT_FALSE(testing::ProcessAlive(grandchild));
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        return cgroups() ? !testing::ProcessAlive(grandchild) : testing::ProcessReaped(grandchild);
+      },
+      absl::Seconds(10)))
+      << "pid " << grandchild << " outlived the sweeps";
   // The server goes on serving meanwhile.
   for (int i = 0; i < 3; ++i) {
     v1::ExecuteResponse echo;

@@ -252,7 +252,10 @@ TEST_F(LeakTest, EveryKindOfCallLeavesNoDescriptorOrProcessBehind) {
   EXPECT_TRUE(
       testing::WaitFor([&] { return Descriptors(server_->pid()) == before; }, absl::Seconds(10)))
       << "before: " << Show(before) << "\nafter:  " << Show(Descriptors(server_->pid()));
-  EXPECT_EQ(testing::ChildrenOf(server_->pid()).size(), workers);
+  // Killed workers are reaped once they have died, which the answer does not wait for.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] { return testing::ChildrenOf(server_->pid()).size() == workers; }, absl::Seconds(10)))
+      << testing::ChildrenOf(server_->pid()).size() << " children, " << workers << " expected";
   EXPECT_TRUE(testing::WaitFor(
       [&] { return testing::ProcessesWithEnv("EXECD_TEST_MARKER=" + marker_).empty(); },
       absl::Seconds(10)))

@@ -728,7 +728,8 @@ TEST_F(PoolsTest, AHungWorkerTimesOutTheRequestAndIsReplaced) {
   ASSERT_TRUE(server_->Execute(Pooled("w", {"hang"}), &response).ok());
   EXPECT_EQ(response.termination(), v1::TIMED_OUT);
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
-  EXPECT_FALSE(ProcessAlive(first));
+  // Killed before the answer, and reaped once it has died (the answer does not wait).
+  EXPECT_TRUE(WaitFor([&] { return testing::ProcessReaped(first); }, absl::Seconds(5)));
   EXPECT_NE(WorkerPid("w"), first);
 }
 
@@ -842,7 +843,7 @@ TEST_F(PoolsTest, AWorkerWritingGarbageIsKilledAndReplaced) {
       EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL) << how;
       EXPECT_THAT(status.error_message(), HasSubstr("broke the protocol"));
     }
-    EXPECT_FALSE(ProcessAlive(before)) << how;
+    EXPECT_TRUE(WaitFor([&] { return testing::ProcessReaped(before); }, absl::Seconds(5))) << how;
     EXPECT_NE(WorkerPid("w"), before) << how;
   }
 }
@@ -895,7 +896,7 @@ TEST_F(PoolsTest, DeadlineOnAPersistentRequestEndsItAndFreesTheWorker) {
   const pid_t after = WorkerPid("w");
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   if (after != pid) {
-    EXPECT_FALSE(ProcessAlive(pid));
+    EXPECT_TRUE(WaitFor([&] { return testing::ProcessReaped(pid); }, absl::Seconds(5)));
   }
 }
 
@@ -1080,6 +1081,10 @@ class PoolUnitTest : public ::testing::Test {
     RunSpawns();
     OnLoop([] {});
     OnLoop([] {});
+    OnLoop([&] {  // What is still dying is reaped, as the engine's destructor does.
+      if (reaper_ != nullptr) reaper_->Drain(absl::Seconds(5));
+      reaper_.reset();
+    });
   }
 
   // The pool's configuration, changed (a reload of it retires its workers).
@@ -1113,6 +1118,11 @@ class PoolUnitTest : public ::testing::Test {
   void Make(core::PoolSpec spec) {
     spec_ = std::make_shared<const core::PoolSpec>(std::move(spec));
     core::Pool::Deps deps;
+    // Killed workers that do not die at once are reaped on the loop, as the engine's are.
+    reaper_ = std::make_unique<core::Reaper>(*loop_);
+    deps.reap_later = [this](core::UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
+      reaper_->Adopt(std::move(pidfd), std::move(reaped));
+    };
     deps.loop = loop_.get();
     deps.os = &core::SystemProcessOs();
     deps.containment = containment_.get();
@@ -1166,6 +1176,7 @@ class PoolUnitTest : public ::testing::Test {
   std::unique_ptr<core::EventLoop> loop_;
   std::unique_ptr<core::Containment> containment_;
   std::shared_ptr<const core::PoolSpec> spec_;
+  std::unique_ptr<core::Reaper> reaper_;  // Loop thread only.
   std::unique_ptr<core::Pool> pool_;
   absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void() &&>> spawns_;
@@ -1267,6 +1278,50 @@ TEST_F(PoolUnitTest, ARetiredWorkerThatDiesBeforeItIsDestroyedIsNotCountedAsCras
   core::PoolStats s = Stats();
   EXPECT_EQ(s.recycled, 1);
   EXPECT_EQ(s.crashed, 0);
+}
+
+// Killing is not waited for, on the loop; a killed worker holds its place in max_size until
+// it is reaped, so its replacement never runs beside it. (Frozen by a cgroup v1 freezer, it
+// cannot die of its SIGKILL until thawed; the loop's clock does not move, so the kill grace
+// cannot end its count meanwhile.)
+TEST_F(PoolUnitTest, AKilledWorkerHoldsItsPlaceUntilItIsReaped) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  StartLoop(manual_clock_);
+  Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
+  const pid_t worker = StartOneWorker();
+  ASSERT_GT(worker, 0);
+  ASSERT_TRUE(freezer->Freeze(worker));
+  OnLoop([&] { pool_->Reconfigure(Changed()); });  // Retires (kills) the idle worker.
+  OnLoop([] {});                                   // Its destruction hands it to the reaper.
+  EXPECT_EQ(PendingSpawns(), 0u) << "a replacement started beside a worker still alive";
+  EXPECT_FALSE(testing::ProcessReaped(worker));
+  // Thawed, it dies; its reaping starts the replacement.
+  ASSERT_TRUE(freezer->ThawAndAwaitReaped(worker));
+  EXPECT_TRUE(WaitFor([&] { return PendingSpawns() == 1; }, absl::Seconds(10)));
+}
+
+// One that cannot die (stuck in the kernel) counts for the kill grace only: then the pool
+// serves again, with a replacement, while it is still there.
+TEST_F(PoolUnitTest, AKilledWorkerThatCannotDieStopsCountingAfterTheKillGrace) {
+  std::string why;
+  std::unique_ptr<testing::Freezer> freezer = testing::Freezer::Create(&why);
+  if (freezer == nullptr) GTEST_SKIP() << "SKIPPED: " << why;
+  StartLoop(manual_clock_);
+  Make(PersistentPool("w", "min_idle: 1 max_size: 1"));  // kill_grace 200 ms.
+  const pid_t worker = StartOneWorker();
+  ASSERT_GT(worker, 0);
+  ASSERT_TRUE(freezer->Freeze(worker));
+  OnLoop([&] { pool_->Reconfigure(Changed()); });
+  manual_clock_.Advance(absl::Milliseconds(190));
+  OnLoop([] {});
+  OnLoop([] {});
+  EXPECT_EQ(PendingSpawns(), 0u) << "stopped counting before the kill grace";
+  manual_clock_.Advance(absl::Milliseconds(20));
+  EXPECT_TRUE(WaitFor([&] { return PendingSpawns() == 1; }, absl::Seconds(10)));
+  EXPECT_FALSE(testing::ProcessReaped(worker)) << "frozen, it cannot have died yet";
+  EXPECT_TRUE(freezer->ThawAndAwaitReaped(worker)) << worker << " left unreaped";
 }
 
 TEST_F(PoolUnitTest, APoolDestroyedJustAfterARetireIsNotCalledByTheRetiredWorker) {

@@ -46,7 +46,7 @@ class Freezer {
   }
   bool Thaw() { return Write("freezer.state", "THAWED"); }
   // Whether `pid` is gone from /proc: dead and reaped, not even a zombie left.
-  static bool Reaped(pid_t pid) { return access(absl::StrCat("/proc/", pid).c_str(), F_OK) != 0; }
+  static bool Reaped(pid_t pid) { return ProcessReaped(pid); }
   // Thaws, then waits (bounded) until `pid`, frozen after it was sent SIGKILL, has died of
   // it and been reaped.
   bool ThawAndAwaitReaped(pid_t pid) {

@@ -170,6 +170,8 @@ bool ProcessAlive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
 }
 
+bool ProcessReaped(pid_t pid) { return access(absl::StrCat("/proc/", pid).c_str(), F_OK) != 0; }
+
 std::vector<pid_t> ChildrenOf(pid_t parent) {
   std::vector<pid_t> children;
   DIR* proc = opendir("/proc");

@@ -35,6 +35,9 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 // True when `pid` names a live (non-zombie) process.
 bool ProcessAlive(pid_t pid);
 
+// True when `pid` is gone from /proc: dead and reaped, not even a zombie left.
+bool ProcessReaped(pid_t pid);
+
 // Processes whose parent is `parent`, from a scan of /proc (zombies included).
 std::vector<pid_t> ChildrenOf(pid_t parent);
 
