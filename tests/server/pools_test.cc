@@ -170,6 +170,17 @@ class PoolsTest : public ::testing::Test {
     return pid;
   }
 
+  // This process's live children: the pools' processes of this (in-process) server. Not
+  // zombies: once a process-group test has made this process a subreaper, what earlier
+  // tests' commands left behind with cgroups comes to it and is never reaped.
+  static std::vector<pid_t> LiveChildren() {
+    std::vector<pid_t> live;
+    for (pid_t child : testing::ChildrenOf(getpid())) {
+      if (ProcessAlive(child)) live.push_back(child);
+    }
+    return live;
+  }
+
   std::unique_ptr<testing::ScopedTempDir> python_dir_;  // Outlives the server using it.
   std::unique_ptr<TestServer> server_;
 };
@@ -189,7 +200,7 @@ TEST_F(PoolsTest, PrewarmedProcessesWaitAheadOfDemandAndTheRequestGetsOne) {
     })pb");
   ASSERT_TRUE(WaitForStats("sh", [](const core::PoolStats& s) { return s.idle == 2; }));
   // The processes exist before any request: children of this (in-process) server.
-  std::vector<pid_t> before = testing::ChildrenOf(getpid());
+  std::vector<pid_t> before = LiveChildren();
   v1::ExecuteResponse response;
   ASSERT_TRUE(server_->Execute(Pooled("sh", {}, "hello"), &response).ok());
   std::vector<std::string> lines = absl::StrSplit(response.stdout(), '\n');
@@ -244,7 +255,7 @@ TEST_F(PoolsTest, PrewarmedDeadlineKillsTheProcess) {
     })pb");
   ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.idle == 1; }));
   std::set<pid_t> before;
-  for (pid_t p : testing::ChildrenOf(getpid())) before.insert(p);
+  for (pid_t p : LiveChildren()) before.insert(p);
   v1::ExecuteResponse response;
   absl::Time start = absl::Now();
   grpc::Status status =
@@ -271,7 +282,7 @@ TEST_F(PoolsTest, PrewarmedCancelKillsTheProcess) {
       max_size: 1
     })pb");
   ASSERT_TRUE(WaitForStats("slow", [](const core::PoolStats& s) { return s.idle == 1; }));
-  const std::vector<pid_t> before = testing::ChildrenOf(getpid());
+  const std::vector<pid_t> before = LiveChildren();
   ASSERT_EQ(before.size(), 1u);  // The one pre-warmed process: it takes the request.
   AsyncCall call;
   call.request = Pooled("slow", {}, "go\n");
@@ -805,10 +816,10 @@ TEST_F(PoolsTest, RetiringAPrewarmedProcessStuckInTheKernelStallsNothing) {
   StartWith(pool(1));
   ASSERT_TRUE(WaitForStats("p", [](const core::PoolStats& s) { return s.idle == 1; }));
   std::vector<pid_t> idle;  // The pool's one process: this (in-process) server's cat.
-  for (pid_t child : testing::ChildrenOf(getpid())) {
+  for (pid_t child : LiveChildren()) {
     std::string comm;
     std::getline(std::ifstream(absl::StrCat("/proc/", child, "/comm")), comm);
-    if (comm == "cat" && ProcessAlive(child)) idle.push_back(child);  // Not an old zombie.
+    if (comm == "cat") idle.push_back(child);
   }
   ASSERT_EQ(idle.size(), 1u);
   const pid_t stuck = idle[0];
