@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "core/status_macros.h"
 
 namespace execd::core {
 
@@ -94,54 +95,6 @@ class Engine::Execution final : public ChildProcess::Observer, public Pool::Requ
   EventLoop::TimerId deadline_timer_ = 0;  // loop: while waiting for a worker
 };
 
-// Long-lived threads for spawning: a child's parent-death signal follows the thread that
-// spawned it, so these threads live as long as the engine.
-class Engine::SpawnThreads {
- public:
-  explicit SpawnThreads(int n) {
-    for (int i = 0; i < std::max(1, n); ++i) {
-      threads_.emplace_back([this] {
-        pthread_setname_np(pthread_self(), "execd-spawn");
-        Run();
-      });
-    }
-  }
-  ~SpawnThreads() {
-    {
-      absl::MutexLock lock(&mu_);
-      stopping_ = true;
-    }
-    for (std::thread& t : threads_) t.join();
-  }
-  void Submit(absl::AnyInvocable<void() &&> task) {
-    absl::MutexLock lock(&mu_);
-    tasks_.push_back(std::move(task));
-  }
-
- private:
-  void Run() {
-    for (;;) {
-      absl::AnyInvocable<void() &&> task;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stopping_ || !tasks_.empty();
-        };
-        mu_.Await(absl::Condition(&ready));
-        if (tasks_.empty()) return;
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      std::move(task)();
-    }
-  }
-
-  absl::Mutex mu_;
-  std::deque<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
-
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (options.max_concurrency < 1) {
     return absl::InvalidArgumentError(
@@ -182,100 +135,36 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
     ReapLater(std::move(pidfd), std::move(reaped));
   };
   deps.reap_later = reap_later_;
-  absl::MutexLock lock(&pool_specs_mu_);
-  for (size_t i = 0; i < options_.pools.size(); ++i) {
-    auto spec = std::make_shared<const PoolSpec>(options_.pools[i]);
-    pool_index_[spec->name] = static_cast<int>(i);
-    scheduler_.SetGroupLimit(static_cast<int>(i) + 1, spec->max_size);
-    pool_specs_.push_back(spec);
-    pools_.push_back(std::make_unique<Pool>(spec, deps));
+  pools_ = std::make_unique<PoolSet>(*loop_, options_.pools, deps);
+  absl::MutexLock lock(&mu_);
+  for (int i = 0; i < pools_->size(); ++i) {
+    scheduler_.SetGroupLimit(i + 1, options_.pools[i].max_size);
   }
-  loop_->Post([this]() mutable {
-    for (auto& pool : pools_) pool->Start();
-  });
 }
 
 std::shared_ptr<const PoolSpec> Engine::FindPool(absl::string_view name) const {
-  auto it = pool_index_.find(name);
-  if (it == pool_index_.end()) return nullptr;
-  absl::MutexLock lock(&pool_specs_mu_);
-  return pool_specs_[it->second];
+  return pools_->Find(name);
 }
 
-std::vector<std::string> Engine::PoolNames() const {
+std::vector<std::string> Engine::PoolNames() const { return pools_->Names(); }
+
+absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpec> pools) {
+  ASSIGN_OR_RETURN(auto changed, pools_->Update(std::move(pools)));
   std::vector<std::string> names;
-  absl::MutexLock lock(&pool_specs_mu_);
-  for (const auto& spec : pool_specs_) names.push_back(spec->name);
+  absl::MutexLock lock(&mu_);
+  for (const auto& [index, spec] : changed) {
+    scheduler_.SetGroupLimit(index + 1, spec->max_size);
+    names.push_back(spec->name);
+  }
+  StartRunnableLocked();  // A larger max_size may let queued requests start.
   return names;
 }
 
-absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpec> pools) {
-  std::vector<std::string> added, removed;
-  absl::flat_hash_set<std::string> names;
-  for (const PoolSpec& p : pools) {
-    names.insert(p.name);
-    if (!pool_index_.contains(p.name)) added.push_back(p.name);
-  }
-  for (const auto& [name, index] : pool_index_) {
-    if (!names.contains(name)) removed.push_back(name);
-  }
-  if (!added.empty() || !removed.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "a reload can change pools but not add or remove them (added: ",
-        added.empty() ? "none" : absl::StrJoin(added, ", "), "; removed: ",
-        removed.empty() ? "none" : absl::StrJoin(removed, ", "), "); restart execd for that"));
-  }
-  // Requests were checked against, and wait in, a pool of its kind.
-  for (const PoolSpec& p : pools) {
-    std::shared_ptr<const PoolSpec> now = FindPool(p.name);
-    if (now->kind != p.kind) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "a reload cannot change the kind of pool \"", p.name, "\" (", PoolKindName(now->kind),
-          " to ", PoolKindName(p.kind), "); restart execd for that"));
-    }
-  }
-  std::vector<std::string> changed;
-  for (PoolSpec& p : pools) {
-    const int index = pool_index_.at(p.name);
-    auto spec = std::make_shared<const PoolSpec>(std::move(p));
-    {
-      absl::MutexLock lock(&pool_specs_mu_);
-      if (pool_specs_[index]->fingerprint == spec->fingerprint) continue;
-      pool_specs_[index] = spec;
-    }
-    changed.push_back(spec->name);
-    {
-      absl::MutexLock lock(&mu_);
-      scheduler_.SetGroupLimit(index + 1, spec->max_size);
-      StartRunnableLocked();  // A larger max_size may let queued requests start.
-    }
-    loop_->Post([this, index, spec]() mutable { pools_[index]->Reconfigure(std::move(spec)); });
-  }
-  return changed;
-}
-
-std::vector<Engine::PoolStatus> Engine::PoolStatuses() const {
-  std::vector<PoolStatus> out;
-  absl::Notification done;
-  loop_->Post([this, &out, &done]() mutable {
-    for (const auto& pool : pools_) {
-      out.push_back(PoolStatus{pool->spec().name, pool->spec().kind, pool->stats()});
-    }
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return out;
-}
+std::vector<PoolStatus> Engine::PoolStatuses() const { return pools_->Statuses(); }
 
 Engine::~Engine() {
   Shutdown(absl::ZeroDuration());
-  // Idle workers die with their pools, on the loop that watches them.
-  absl::Notification pools_gone;
-  loop_->Post([this, &pools_gone]() mutable {
-    pools_.clear();
-    pools_gone.Notify();
-  });
-  pools_gone.WaitForNotification();
+  pools_.reset();
   spawn_threads_.reset();  // Before the loop they post to goes away.
   // Workers' deferred destructions were posted to the loop; run them before it stops. No
   // orphan sweep is left armed to run on a half-destroyed engine.
@@ -337,17 +226,17 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
     Id id = next_id_++;
     int group = 0;
     if (!command.pool.empty()) {
-      auto it = pool_index_.find(command.pool);
-      if (it == pool_index_.end()) {
+      const int index = pools_->IndexOf(command.pool);
+      if (index < 0) {
         return absl::NotFoundError(absl::StrCat("no worker pool named \"", command.pool, "\""));
       }
-      group = it->second + 1;
+      group = index + 1;
     }
     Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
     if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
     execution = std::make_shared<Execution>(*this, id, std::move(command), observer);
     execution->group_ = group;
-    if (group > 0) execution->pool_ = pools_[group - 1].get();
+    if (group > 0) execution->pool_ = pools_->at(group - 1);
     execution->submitted_ = now;
     live_.emplace(id, execution);
     if (admission.kind == Scheduler::Admission::Kind::kRunNow) {

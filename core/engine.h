@@ -39,10 +39,12 @@
 #include "core/containment.h"
 #include "core/event_loop.h"
 #include "core/pool.h"
+#include "core/pool_set.h"
 #include "core/reaper.h"
 #include "core/retry.h"
 #include "core/scheduler.h"
 #include "core/spawn.h"
+#include "core/spawn_threads.h"
 
 namespace execd::core {
 
@@ -150,11 +152,7 @@ class Engine {
   // names of the pools that changed; FAILED_PRECONDITION (and no change) if pools were
   // added or removed, or a pool's kind changed, which takes a restart.
   absl::StatusOr<std::vector<std::string>> ReloadPools(std::vector<PoolSpec> pools);
-  struct PoolStatus {
-    std::string name;
-    PoolSpec::Kind kind;
-    PoolStats stats;
-  };
+  using PoolStatus = core::PoolStatus;
   std::vector<PoolStatus> PoolStatuses() const;
   const Clock& clock() const { return *options_.clock; }
   const Containment& containment() const { return *containment_; }
@@ -242,7 +240,6 @@ class Engine {
   mutable absl::Mutex leaders_mu_;
   absl::flat_hash_set<pid_t> leaders_ ABSL_GUARDED_BY(leaders_mu_);
 
-  class SpawnThreads;
   std::unique_ptr<SpawnThreads> spawn_threads_;
 
   // Loop thread only: reaps killed children (pool processes, a command's that could not be
@@ -251,12 +248,7 @@ class Engine {
   std::unique_ptr<Reaper> reaper_;
   ReapLaterFn reap_later_;
 
-  // Loop thread only (created on construction, started and destroyed on the loop).
-  std::vector<std::unique_ptr<Pool>> pools_;
-  absl::flat_hash_map<std::string, int> pool_index_;  // Name to index; immutable.
-  // The current spec of each pool, for callers on any thread.
-  mutable absl::Mutex pool_specs_mu_;
-  std::vector<std::shared_ptr<const PoolSpec>> pool_specs_ ABSL_GUARDED_BY(pool_specs_mu_);
+  std::unique_ptr<PoolSet> pools_;
 };
 
 }  // namespace execd::core
