@@ -119,6 +119,41 @@ TEST_F(StreamingTest, ASlowReaderMakesTheChildWaitInsteadOfGrowingTheServer) {
   EXPECT_EQ(received, kTotal);
 }
 
+// A child that wrote more than the window and exited while nobody read: its last output is
+// held (not queued as messages all at once), and the exit comes after all of it once read.
+TEST_F(StreamingTest, AnExitedChildsHeldOutputAllArrivesBeforeItsExit) {
+  constexpr int64_t kTotal = 4 << 20;
+  v1::ExecuteRequest request =
+      TestServer::Request({"/bin/sh", "-c",
+                           absl::StrCat("head -c ", kTotal, " /dev/zero > /dev/null; head -c ",
+                                        kTotal / 16, " /dev/zero")});
+  request.set_stream_chunk_bytes(64);
+  grpc::ClientContext context;
+  auto reader = server_->stub().ExecuteStream(&context, request);
+  v1::ExecuteEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
+  const pid_t pid = event.started().pid();
+  ASSERT_TRUE(WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(30)));
+  int64_t received = 0;
+  bool exited = false;
+  while (reader->Read(&event)) {
+    ASSERT_FALSE(exited) << "an event after the exit";
+    if (event.has_output()) {
+      EXPECT_LE(event.output().data().size(), 64u);
+      received += static_cast<int64_t>(event.output().data().size());
+    }
+    if (event.has_exited()) {
+      exited = true;
+      EXPECT_EQ(event.exited().termination(), v1::EXITED);
+      EXPECT_FALSE(event.exited().stdout_truncated());
+    }
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(exited);
+  EXPECT_EQ(received, kTotal / 16);
+}
+
 // Everything a stream delivers, and how it ended.
 struct Streamed {
   int64_t bytes = 0;
