@@ -162,6 +162,8 @@ TEST_F(BinariesTest, StatusReportsTheResultCache) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("cache "));
   EXPECT_THAT(r.out, HasSubstr(" 1 entries"));
+  // Nothing runs: nothing is reserved, of a budget the server set at start.
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("memory 0 of [1-9][0-9]* bytes reserved"));
 }
 
 // Output execctl could not write is a failure of execctl's, not the command's success.

@@ -425,6 +425,8 @@ int Status(const Args& args) {
   if (!status.ok()) return ExitForRpcError(status, args.target);
   std::cout << "running " << response.running() << " of " << response.concurrency_limit()
             << ", queued " << response.queued() << "\n";
+  std::cout << "memory " << response.memory_in_use_bytes() << " of "
+            << response.memory_budget_bytes() << " bytes reserved\n";
   if (response.has_cache()) {
     const v1::CacheStatus& c = response.cache();
     std::cout << "cache " << c.bytes() << " of " << c.max_bytes() << " bytes, " << c.entries()
