@@ -86,6 +86,7 @@ class EventLoop {
   void CancelTimer(TimerId id);
 
   size_t watched_count() const { return watched_; }
+  size_t timer_count() const { return timers_.size(); }
 
  private:
   struct Slot {

@@ -102,6 +102,14 @@ void PersistentWorker::CancelTimer() {
   timer_ = 0;
 }
 
+void PersistentWorker::KillAfter(absl::Duration after, absl::Status why) {
+  CancelTimer();
+  timer_ = loop_.AddTimer(loop_.clock().Now() + after, [this, why = std::move(why)]() mutable {
+    timer_ = 0;
+    Kill(std::move(why));
+  });
+}
+
 absl::Status PersistentWorker::Start() {
   EXECD_DCHECK_LOOP(loop_);
   watched_ = true;
@@ -111,14 +119,12 @@ absl::Status PersistentWorker::Start() {
   RETURN_IF_ERROR(loop_.Watch(stdin_.get(), 0, this));
   state_ = State::kStarting;
   request_id_ = 0;
+  // Armed before the write, which may find the worker gone and arm its own (ExpectExit).
+  KillAfter(options_.startup_timeout, absl::DeadlineExceededError(absl::StrCat(
+                                          "did not answer the start-up health check within ",
+                                          absl::FormatDuration(options_.startup_timeout))));
   worker::v1::WorkRequest health;  // request_id 0: the health check.
   Write(health);
-  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.startup_timeout, [this]() mutable {
-    timer_ = 0;
-    Kill(
-        absl::DeadlineExceededError(absl::StrCat("did not answer the start-up health check within ",
-                                                 absl::FormatDuration(options_.startup_timeout))));
-  });
   return absl::OkStatus();
 }
 
@@ -126,8 +132,10 @@ void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>&
                             const std::string& stdin_data, absl::Duration timeout) {
   EXECD_DCHECK_LOOP(loop_);
   if (dead_) return;
-  if (!stdout_.valid()) {  // Closed, and waiting out its grace: it cannot answer.
-    Kill(absl::InternalError("closed its stdout; it can serve no more requests"));
+  // Closed, and waiting out its grace: it cannot take or answer a request.
+  for (auto [fd, name] : {std::pair{&stdin_, "stdin"}, std::pair{&stdout_, "stdout"}}) {
+    if (fd->valid()) continue;
+    Kill(absl::InternalError(absl::StrCat("closed its ", name, "; it can serve no more requests")));
     return;
   }
   // The stderr tail goes into this request's error message: none of what the worker wrote
@@ -140,12 +148,9 @@ void PersistentWorker::Send(uint64_t request_id, const std::vector<std::string>&
   request.set_stdin(stdin_data);
   state_ = State::kBusy;
   request_id_ = request_id;
+  KillAfter(timeout, absl::DeadlineExceededError(absl::StrCat(
+                         "did not answer within the timeout of ", absl::FormatDuration(timeout))));
   Write(request);
-  timer_ = loop_.AddTimer(loop_.clock().Now() + timeout, [this, timeout]() mutable {
-    timer_ = 0;
-    Kill(absl::DeadlineExceededError(
-        absl::StrCat("did not answer within the timeout of ", absl::FormatDuration(timeout))));
-  });
 }
 
 void PersistentWorker::Cancel() {
@@ -156,12 +161,10 @@ void PersistentWorker::Cancel() {
   cancel.set_request_id(request_id_);
   cancel.set_cancel(true);
   Write(cancel);
-  CancelTimer();
-  timer_ = loop_.AddTimer(loop_.clock().Now() + options_.kill_grace, [this]() mutable {
-    timer_ = 0;
-    Kill(absl::CancelledError(absl::StrCat("did not answer a cancel within ",
-                                           absl::FormatDuration(options_.kill_grace))));
-  });
+  if (dead_) return;
+  KillAfter(options_.kill_grace,
+            absl::CancelledError(absl::StrCat("did not answer a cancel within ",
+                                              absl::FormatDuration(options_.kill_grace))));
 }
 
 void PersistentWorker::Write(const worker::v1::WorkRequest& request) {
@@ -220,14 +223,10 @@ void PersistentWorker::ExpectExit(absl::string_view pipe) {
   // Usually the worker is exiting, and its exit status will tell why. One that lives on
   // can serve nothing more: it is killed once an exit would have come, rather than hold
   // its place until a request times out on it.
-  CancelTimer();
-  timer_ = loop_.AddTimer(
-      loop_.clock().Now() + options_.kill_grace, [this, pipe = std::string(pipe)]() mutable {
-        timer_ = 0;
-        Kill(absl::InternalError(absl::StrCat("closed its ", pipe, " but did not exit within ",
-                                              absl::FormatDuration(options_.kill_grace),
-                                              "; it can serve no more requests")));
-      });
+  KillAfter(options_.kill_grace,
+            absl::InternalError(absl::StrCat("closed its ", pipe, " but did not exit within ",
+                                             absl::FormatDuration(options_.kill_grace),
+                                             "; it can serve no more requests")));
 }
 
 void PersistentWorker::ReadStderr() {

@@ -105,6 +105,8 @@ class PersistentWorker final : public EventLoop::FdHandler {
   void Fail(absl::Status why);
   void Close(UniqueFd& fd);
   void CancelTimer();
+  // Arms the worker's one timer, replacing any armed: it is killed for `why` after `after`.
+  void KillAfter(absl::Duration after, absl::Status why);
   // Reaps the worker if it has exited, without waiting; MarkReaped then.
   void TryReap();
   // reaped_, and Options::on_reaped.

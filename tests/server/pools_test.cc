@@ -1335,6 +1335,39 @@ TEST_F(PoolUnitTest, AKilledWorkerThatCannotDieStopsCountingAfterTheKillGrace) {
   EXPECT_TRUE(freezer->ThawAndAwaitReaped(worker)) << worker << " left unreaped";
 }
 
+// A worker whose health check finds its stdin closed (the write fails) has one timer armed,
+// its kill once an exit would have come, not that and the start-up timeout too: a timer
+// left behind would fire on the worker after it is gone.
+TEST_F(PoolUnitTest, AWorkerThatClosedItsStdinBeforeItsHealthCheckLeavesNoTimerBehind) {
+  StartLoop(manual_clock_);  // No timer fires.
+  const core::PoolSpec spec = Parse(PersistentPool(
+      "w", R"(argv: "-c" argv: "exec 0<&-; exec sleep 100" max_size: 1)", "/bin/sh"));
+  class Listener final : public core::PersistentWorker::Listener {
+    void OnWorkerReady(core::PersistentWorker*) override {}
+    void OnWorkerResponse(core::PersistentWorker*, worker::v1::WorkResponse) override {}
+    void OnWorkerFailed(core::PersistentWorker*, absl::Status) override {}
+  } listener;
+  auto group = containment_->NewGroup(0, 0);
+  ASSERT_TRUE(group.ok()) << group.status();
+  auto worker = core::PersistentWorker::Spawn(*loop_, core::SystemProcessOs(), spec.command, {},
+                                              *std::move(group), &listener);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  const std::string its_stdin = absl::StrCat("/proc/", (*worker)->pid(), "/fd/0");
+  ASSERT_TRUE(WaitFor([&] { return access(its_stdin.c_str(), F_OK) != 0; }, absl::Seconds(10)));
+  size_t armed = 0;
+  OnLoop([&] {
+    EXPECT_TRUE((*worker)->Start().ok());
+    armed = loop_->timer_count();
+  });
+  EXPECT_EQ(armed, 1u);
+  size_t left = 1;
+  OnLoop([&] {
+    worker->reset();
+    left = loop_->timer_count();
+  });
+  EXPECT_EQ(left, 0u);
+}
+
 TEST_F(PoolUnitTest, APoolDestroyedJustAfterARetireIsNotCalledByTheRetiredWorker) {
   Make(PersistentPool("w", "min_idle: 1 max_size: 1"));
   const pid_t worker = StartOneWorker();
