@@ -1,6 +1,9 @@
-// ChildProcess: one running child driven by an EventLoop. It feeds stdin, reads stdout and
-// stderr without blocking, caps captured output, enforces the timeout, and when the child
-// ends for any reason kills its whole process group and reaps it.
+// ChildProcess: one running command driven by an EventLoop. Its parts, each on its own
+// descriptors: the stdio plan decides the child's descriptors before any exists; a
+// StdinFeeder writes its stdin; an OutputCollector reads, caps and batches its output; a
+// ReportChannel reads its own report of its exit (pre-warmed processes); the ProcessTree
+// holds its processes and ends them. This class runs the command's story across them: the
+// timeout, termination, the exit, and the one result.
 //
 // Thread-safety: Spawn() may run on any thread; from Watch() on, the object is used and
 // destroyed on the loop thread only.
@@ -8,9 +11,8 @@
 
 #include <sys/types.h>
 
-#include <array>
-#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,13 +23,19 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/output_collector.h"
+#include "core/process_tree.h"
 #include "core/reaper.h"
+#include "core/report_channel.h"
 #include "core/spawn.h"
-#include "core/unique_fd.h"
+#include "core/stdin_feeder.h"
 
 namespace execd::core {
 
-class ChildProcess final : public EventLoop::FdHandler {
+class ChildProcess final : private ProcessTree::Listener,
+                           private OutputCollector::Listener,
+                           private ReportChannel::Listener,
+                           private StdinFeeder::Listener {
  public:
   class Observer {
    public:
@@ -58,14 +66,13 @@ class ChildProcess final : public EventLoop::FdHandler {
     // Give the child a stdin pipe even though the command has no stdin data yet: a
     // pre-warmed process gets its request's stdin later, through Assign().
     bool stdin_pipe = false;
-    // A single program, not on a terminal, may report its own exit on its descriptor 3: one
-    // line "exit CODE USER_US SYSTEM_US MAX_RSS_KIB\n", written after it closed its stdout
-    // and stderr, just before it exits (a PREWARMED pool's exit_report). Once the report
-    // and the end of both outputs are in, the command is over: the rest of its processes
-    // are killed and the result is reported without waiting for the kernel to tear the
-    // process down (half a millisecond or more for an interpreter). Anything else on the
-    // descriptor is ignored, and the exit is waited for as without it. Before that, a
-    // pre-warmed process says it has warmed up with a line "ready\n" (AwaitReady).
+    // A single program, not on a terminal, may report its own exit on its descriptor 3
+    // (ReportChannel): once the report and the end of both outputs are in, the command is
+    // over: the rest of its processes are killed and the result is reported without
+    // waiting for the kernel to tear the process down (half a millisecond or more for an
+    // interpreter). Anything else on the descriptor is ignored, and the exit is waited for
+    // as without it. Before that, a pre-warmed process says it has warmed up with a line
+    // "ready\n" (AwaitReady).
     bool exit_report = false;
     // Streamed output is batched per stream and handed on when a batch reaches
     // stream_chunk_bytes or its first byte is stream_flush_interval old, whichever comes
@@ -98,16 +105,15 @@ class ChildProcess final : public EventLoop::FdHandler {
               const Options& options);
   // Before Watch(): whether the process is still running (a pre-warmed child may have
   // died while it waited).
-  bool Alive() const;
+  bool Alive() const { return tree_.Alive(); }
   // Loop thread, before Watch(), for a child spawned with Options::exit_report: waits for
-  // its line "ready\n" on the report descriptor, then runs `done` with OK, or with why the
-  // child will not be ready (it wrote something else, or closed the descriptor, as it
-  // does when it dies). `done` runs on the loop as a task of its own (it may destroy this
-  // object), and not at all if this object is destroyed first.
+  // its line "ready\n" (ReportChannel::AwaitReady), then runs `done` with OK, or with why
+  // the child will not be ready. `done` runs on the loop as a task of its own (it may
+  // destroy this object), and not at all if this object is destroyed first.
   absl::Status AwaitReady(absl::AnyInvocable<void(absl::Status) &&> done);
   // AwaitReady's line (or the end of the descriptor) has not come yet: once it has, its
   // `done` is on its way.
-  bool awaiting_ready() const { return static_cast<bool>(on_ready_); }
+  bool awaiting_ready() const { return report_.awaiting_ready(); }
   // Kills and reaps the process group if it is still running (server shutdown).
   ~ChildProcess() override;
   // Destroys `child` and runs `reaped` once every one of its programs has been reaped: at
@@ -121,11 +127,11 @@ class ChildProcess final : public EventLoop::FdHandler {
   void Terminate(Termination reason, bool immediately = false);
 
   // The first program's pid (the only one unless the command is a pipeline).
-  pid_t pid() const { return programs_.front().pid; }
+  pid_t pid() const { return tree_.pid(); }
   // A program joined its cgroup by a cgroup.procs write (SpawnedProcess::joined_by_write).
-  bool joined_by_write() const { return joined_by_write_; }
+  bool joined_by_write() const { return tree_.joined_by_write(); }
   // Every program's pid, a pipeline's in order.
-  std::vector<pid_t> pids() const;
+  std::vector<pid_t> pids() const { return tree_.pids(); }
   // Loop thread, after Watch(): stops (or resumes) reading the child's output, so a child
   // that writes faster than its caller reads blocks on its full pipe instead of execd
   // buffering without bound.
@@ -142,103 +148,52 @@ class ChildProcess final : public EventLoop::FdHandler {
   // For a command on a pseudo-terminal: its new size (the kernel sends SIGWINCH).
   void ResizeTerminal(TerminalSize size);
 
-  void OnFdReady(int fd, uint32_t events) override;
-
  private:
-  ChildProcess(EventLoop& loop, const Command& command, const Options& options, Observer* observer);
-  void ReadOutput(int index, bool drain);
-  void Deliver(int index, const char* data, size_t size);
-  // Streamed output: hands on batch_[index] in chunks while the output is not paused, the
-  // last one short too if `partial`.
-  void HandOn(int index, bool partial);
-  void ArmFlush(absl::Duration after);
-  // Hands on all it can; then, if the exit waits for that, reports it.
-  void FlushBatches();
-  // Writes queued stdin until it is all written or the pipe is full; sets *broken when
-  // the child has closed its stdin. Returns the bytes written.
-  size_t WriteQueuedStdin(bool* broken);
-  void WriteStdin();
-  // WriteStdin for keep_stdin_open: the pipe stays open (and unwatched) when it drains.
-  void WriteSessionStdin(bool reader_gone);
-  void CloseStream(UniqueFd& fd);
-  // Reads what the report descriptor has into report_line_: false while a line may still
-  // come; true once it has one (`*end`, its newline's index) or never will: the
-  // descriptor ended (`*closed`; or failed), or the line grew too long (`*end` npos).
-  bool ReadReportLine(size_t* end, bool* closed);
-  void ReadExitReport();  // The exit report's descriptor is readable.
-  void ReadReadyLine();   // The same, before Watch(): AwaitReady().
+  ChildProcess(EventLoop& loop, const Command& command, const Options& options,
+               std::unique_ptr<Containment::Group> group, Observer* observer);
+  static OutputCollector::Settings OutputSettings(const Limits& limits, bool stream_output,
+                                                  const Options& options);
+
+  // ProcessTree::Listener: the command is over once the group is empty (or empty_wait
+  // has passed).
+  void OnProgramsExited() override;
+  // OutputCollector::Listener.
+  void OnOutput(OutputStream stream, absl::string_view data) override;
+  void OnOutputCapped() override { Terminate(Termination::kOutputLimitExceeded); }
+  void OnOutputRead() override { FinishIfReported(); }
+  void OnExitReleased() override;
+  // ReportChannel::Listener.
+  void OnReportEnded(std::optional<ExitReport> report) override;
+  // StdinFeeder::Listener.
+  void OnStdinWritten(size_t bytes) override { observer_->OnStdinWritten(bytes); }
+
   // With an exit report and both outputs at their end: the command is over.
   void FinishIfReported();
-  // A program's pidfd is readable.
-  void OnProgramExited(size_t index);
-  // The last running program has exited: the command is over.
-  void OnExited(size_t last);
   // The command's run is over (its programs reaped, or its exit reported): stdin closes,
   // the timeout and the kill grace stop, and the run time is taken.
   void EndRun();
-  // Reports once every process of the command is gone (or `empty_wait` has passed).
-  void FinishWhenEmpty(absl::Duration backoff);
   void Finish();
-  void KillGroup(int signal);
-  void KillAll();
   Termination DecideTermination(const LimitHits& hits) const;
 
   EventLoop& loop_;
   Observer* observer_;
-  bool stream_output_;
-  int64_t max_output_bytes_;
   absl::Duration kill_grace_;
   absl::Duration empty_wait_;
   const absl::Duration cpu_limit_;
-  std::unique_ptr<Containment::Group> group_;
+  bool terminal_ = false;  // stdin and stdout are the master side of a pseudo-terminal.
 
-  // The command's programs: one, or a pipeline's in order, each the leader of its own
-  // process group. A program that exits before the others is not reaped until they all
-  // have, so its pid (its process group id) cannot be reused while execd may signal it.
-  struct Program {
-    pid_t pid = -1;
-    UniqueFd pidfd;
-    ExitStatus status;
-    absl::Duration cpu;
-  };
-  std::vector<Program> programs_;
-  size_t running_ = 0;
-  ReapLaterFn reap_later_;
-  absl::AnyInvocable<void() &&> on_reaped_;  // From Destroy().
+  // Declared first, so destroyed last: the descriptors close before the kill.
+  ProcessTree tree_;
+  OutputCollector collector_{loop_, this};
+  StdinFeeder stdin_{loop_, this};
+  ReportChannel report_{loop_};
+  std::optional<ExitReport> reported_;  // The report, while it counts.
+  bool answered_from_report_ = false;   // OnExit came from the report; not yet reaped.
 
-  UniqueFd stdin_;
-  std::array<UniqueFd, 2> output_;  // stdout, stderr read ends.
-  UniqueFd exit_report_;            // Options::exit_report: read end, until a line came.
-  std::string report_line_;
-  absl::AnyInvocable<void(absl::Status) &&> on_ready_;          // AwaitReady(), until its line.
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // Expires with this object.
-  bool joined_by_write_ = false;
-  struct {
-    ExitStatus status;
-    ResourceUsage usage;
-  } report_;
-  bool reported_ = false;              // report_ holds a valid report.
-  bool answered_from_report_ = false;  // OnExit came from the report; not yet reaped.
-  std::array<int64_t, 2> captured_{0, 0};
-  std::string stdin_data_;
-  size_t stdin_offset_ = 0;
-  bool keep_stdin_open_ = false;
-  bool terminal_ = false;       // stdin_ and output_[0] are the master side of a pseudo-terminal.
-  bool stdin_closing_ = false;  // keep_stdin_open: CloseStdin() was called.
-
-  EventLoop::TimerId timeout_timer_ = 0;
-  EventLoop::TimerId kill_timer_ = 0;
-  EventLoop::TimerId empty_timer_ = 0;
-  EventLoop::TimerId flush_timer_ = 0;
-  std::array<std::string, 2> batch_;  // Streamed output not yet handed on.
-  int64_t stream_chunk_bytes_ = 64 << 10;
-  absl::Duration stream_flush_interval_ = absl::Milliseconds(10);
-  bool output_paused_ = false;
-  bool exit_held_ = false;  // The command is over; OnExit waits for batch_ to be handed on.
+  EventLoop::TimerId timeout_timer_ = 0;  // The timeout; then the exit held for the output.
   absl::Duration timeout_;
   absl::Time deadline_ = absl::InfiniteFuture();
   bool watched_ = false;
-  absl::Time empty_deadline_;
   bool terminating_ = false;
   bool exited_ = false;
   Result result_;

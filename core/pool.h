@@ -61,8 +61,8 @@ struct PoolSpec {
   int max_size = 1;
   absl::Duration idle_timeout = absl::Seconds(60);
   int max_requests = 0;  // PERSISTENT: 0 is unlimited.
-  // PREWARMED: each process may report its program's exit on descriptor 3
-  // (ChildProcess::Options::exit_report); its command's env says so (EXECD_EXIT_FD=3).
+  // PREWARMED: each process may report its program's exit on descriptor kExitReportFd
+  // (ReportChannel); its command's env says which (kExitReportFdVariable).
   bool exit_report = false;
   absl::Duration startup_timeout = absl::Seconds(10);
   // Per-request default (and maximum) timeout and output cap.

@@ -25,7 +25,7 @@ struct SpawnSpec {
   int stdout_fd = -1;
   int stderr_fd = -1;
   // When set, becomes the child's descriptor 3 (a PREWARMED pool's exit report: see
-  // ChildProcess::Options::exit_report).
+  // ReportChannel, whose kExitReportFd it is).
   int fd3 = -1;
   // Descriptors the child writes "0" to before exec: cgroup.procs files to join.
   const std::vector<int>* join_fds = nullptr;

@@ -11,14 +11,12 @@
 #include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "core/report_channel.h"
 #include "execd/v1/pools.pb.h"
 #include "server/convert.h"
 
 namespace execd::server {
 namespace {
-
-// Where a PREWARMED process with exit_report finds its report descriptor.
-constexpr char kExitFdVariable[] = "EXECD_EXIT_FD";
 
 using google::protobuf::TextFormat;
 
@@ -138,11 +136,13 @@ absl::StatusOr<std::vector<core::PoolSpec>> ParsePoolsConfig(const std::string& 
     *as_request.mutable_env() = p.env();
     *as_request.mutable_inherit_env() = p.inherit_env();
     if (spec.exit_report) {
-      if (p.env().contains(kExitFdVariable) ||
-          absl::c_linear_search(p.inherit_env(), kExitFdVariable)) {
-        return error(absl::StrCat(kExitFdVariable, " is set by execd for exit_report; remove it"));
+      if (p.env().contains(core::kExitReportFdVariable) ||
+          absl::c_linear_search(p.inherit_env(), core::kExitReportFdVariable)) {
+        return error(absl::StrCat(core::kExitReportFdVariable,
+                                  " is set by execd for exit_report; remove it"));
       }
-      (*as_request.mutable_env())[kExitFdVariable] = "3";
+      // Where the process finds its report descriptor.
+      (*as_request.mutable_env())[core::kExitReportFdVariable] = absl::StrCat(core::kExitReportFd);
     }
     as_request.set_cwd(p.cwd());
     *as_request.mutable_limits() = p.limits();
