@@ -1,14 +1,9 @@
 #include "loadtest/loadtest.h"
 
-#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <cstring>
 #include <optional>
 #include <thread>
 
@@ -17,101 +12,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "execd/v1/execd.grpc.pb.h"
-
-extern char** environ;
+#include "loadtest/requesters.h"
 
 namespace execd::loadtest {
 namespace {
-
-// One request of the configured kind; returns an error text, empty on success.
-class Requester {
- public:
-  virtual ~Requester() = default;
-  virtual std::string Send() = 0;
-  // The server's time for the request just sent, where the server reports one.
-  virtual std::optional<absl::Duration> ServerTime() const { return std::nullopt; }
-};
-
-class ExecuteRequester final : public Requester {
- public:
-  ExecuteRequester(v1::Executor::Stub& stub, const Config& config) : stub_(stub) {
-    for (const std::string& a : config.argv) request_.add_argv(a);
-    request_.set_pool(config.pool);
-    request_.set_stdin(config.stdin_data);
-    if (config.cache) request_.set_cache_policy(v1::READ_WRITE);
-  }
-  std::string Send() override {
-    grpc::ClientContext context;
-    response_.Clear();
-    grpc::Status status = stub_.Execute(&context, request_, &response_);
-    if (!status.ok()) return status.error_message();
-    if (response_.termination() != v1::EXITED || response_.exit_code() != 0) {
-      return absl::StrFormat("command ended with %s, exit %d",
-                             v1::Termination_Name(response_.termination()), response_.exit_code());
-    }
-    return "";
-  }
-  std::optional<absl::Duration> ServerTime() const override {
-    if (!response_.timings().has_total()) return std::nullopt;
-    const google::protobuf::Duration& d = response_.timings().total();
-    return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-  }
-
- private:
-  v1::Executor::Stub& stub_;
-  v1::ExecuteRequest request_;
-  // Reused (cleared) for every call, as protobuf advises for hot loops: its sub-messages
-  // and strings keep their memory. The same for Ping below.
-  v1::ExecuteResponse response_;
-};
-
-class PingRequester final : public Requester {
- public:
-  PingRequester(v1::Executor::Stub& stub, int payload_bytes) : stub_(stub) {
-    request_.set_payload(std::string(payload_bytes, 'x'));
-  }
-  std::string Send() override {
-    grpc::ClientContext context;
-    response_.Clear();
-    grpc::Status status = stub_.Ping(&context, request_, &response_);
-    return status.ok() ? "" : status.error_message();
-  }
-
- private:
-  v1::Executor::Stub& stub_;
-  v1::PingRequest request_;
-  v1::PingResponse response_;
-};
-
-// The baseline: what the same command costs spawned locally, output to /dev/null.
-class LocalSpawnRequester final : public Requester {
- public:
-  explicit LocalSpawnRequester(const std::vector<std::string>& argv) : argv_(argv) {
-    for (std::string& a : argv_) pointers_.push_back(a.data());
-    pointers_.push_back(nullptr);
-    posix_spawn_file_actions_init(&actions_);
-    posix_spawn_file_actions_addopen(&actions_, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions_, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&actions_, 2, "/dev/null", O_WRONLY, 0);
-  }
-  ~LocalSpawnRequester() override { posix_spawn_file_actions_destroy(&actions_); }
-  std::string Send() override {
-    pid_t pid;
-    int err = posix_spawnp(&pid, pointers_[0], &actions_, nullptr, pointers_.data(), environ);
-    if (err != 0) return std::strerror(err);
-    int status;
-    while (waitpid(pid, &status, 0) < 0) {
-      if (errno != EINTR) return std::strerror(errno);
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "command failed";
-    return "";
-  }
-
- private:
-  std::vector<std::string> argv_;
-  std::vector<char*> pointers_;
-  posix_spawn_file_actions_t actions_;
-};
 
 absl::Duration Percentile(const std::vector<absl::Duration>& sorted, double p) {
   if (sorted.empty()) return absl::ZeroDuration();
@@ -131,6 +35,8 @@ std::string ModeName(Mode mode) {
       return "ping";
     case Mode::kLocalSpawn:
       return "local_spawn";
+    case Mode::kLocalSetsid:
+      return "local_setsid";
     case Mode::kBatch:
       return "batch";
   }
@@ -149,11 +55,7 @@ void Summarize(std::vector<absl::Duration> latencies, Report* report) {
   report->max = latencies.empty() ? absl::ZeroDuration() : latencies.back();
 }
 
-Report RunBatch(const Config& config) {
-  grpc::ChannelArguments channel_args;
-  channel_args.SetMaxReceiveMessageSize(-1);
-  auto stub = v1::Executor::NewStub(
-      grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), channel_args));
+Report RunBatch(const Config& config, ChannelPool& channels) {
   v1::BatchRequest batch;
   v1::ExecuteRequest item;
   for (const std::string& a : config.argv) item.add_argv(a);
@@ -167,7 +69,7 @@ Report RunBatch(const Config& config) {
   std::vector<absl::Duration> latencies;
   grpc::ClientContext context;
   const absl::Time start = absl::Now();
-  auto reader = stub->ExecuteBatch(&context, batch);
+  auto reader = channels.Next().ExecuteBatch(&context, batch);
   v1::BatchResult result;
   while (reader->Read(&result)) {
     latencies.push_back(absl::Now() - start);
@@ -193,12 +95,12 @@ Report RunBatch(const Config& config) {
 }
 
 Report Run(const Config& config) {
-  if (config.mode == Mode::kBatch) return RunBatch(config);
-  grpc::ChannelArguments channel_args;
-  channel_args.SetMaxReceiveMessageSize(-1);
-  auto channel =
-      grpc::CreateCustomChannel(config.target, grpc::InsecureChannelCredentials(), channel_args);
-  auto stub = v1::Executor::NewStub(channel);
+  ChannelPool channels(config.target, config.channels);
+  return Run(config, channels);
+}
+
+Report Run(const Config& config, ChannelPool& channels) {
+  if (config.mode == Mode::kBatch) return RunBatch(config, channels);
 
   std::atomic<int64_t> issued{0};
   std::atomic<int64_t> errors{0};
@@ -210,20 +112,7 @@ Report Run(const Config& config) {
   const absl::Time end = start + config.duration;
 
   auto worker = [&](int index) {
-    std::unique_ptr<Requester> requester;
-    switch (config.mode) {
-      case Mode::kExecute:
-        requester = std::make_unique<ExecuteRequester>(*stub, config);
-        break;
-      case Mode::kPing:
-        requester = std::make_unique<PingRequester>(*stub, config.payload_bytes);
-        break;
-      case Mode::kLocalSpawn:
-        requester = std::make_unique<LocalSpawnRequester>(config.argv);
-        break;
-      case Mode::kBatch:
-        return;  // RunBatch.
-    }
+    std::unique_ptr<Requester> requester = MakeRequester(config, channels);
     std::vector<absl::Duration> mine;
     std::vector<absl::Duration> mine_server;
     // Open loop when a rate is set: each worker sends on its own schedule, and latency

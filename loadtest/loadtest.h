@@ -1,6 +1,7 @@
 // Closed-loop load generation: `concurrency` workers each send one request, wait for the
-// answer, and send the next, for a duration or a number of requests. Three targets share
-// the same loop so their figures compare: Execute, Ping, and a local posix_spawn baseline.
+// answer, and send the next, for a duration or a number of requests. The targets share the
+// same loop so their figures compare: Execute, Ping, and the command spawned locally with
+// posix_spawn (in the caller's session or in one of its own) as a baseline.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,9 @@
 
 namespace execd::loadtest {
 
-enum class Mode { kExecute, kPing, kLocalSpawn, kBatch };
+enum class Mode { kExecute, kPing, kLocalSpawn, kLocalSetsid, kBatch };
+
+class ChannelPool;
 
 struct Config {
   Mode mode = Mode::kExecute;
@@ -26,6 +29,7 @@ struct Config {
   int64_t batch = 0;       // kBatch: items in the one ExecuteBatch call.
   double rate = 0;         // Requests per second in all (open loop); 0: closed loop.
   std::string stdin_data;  // Each command's stdin.
+  int channels = 1;        // Connections to the target; requests spread round-robin.
 };
 
 struct Report {
@@ -45,9 +49,11 @@ struct Report {
 };
 
 Report Run(const Config& config);
+// The same over channels the caller keeps, so that several runs share their connections.
+Report Run(const Config& config, ChannelPool& channels);
 // One ExecuteBatch of config.batch copies of the command, max_parallel = concurrency;
 // requests = items, latency percentiles are of each item's completion time.
-Report RunBatch(const Config& config);
+Report RunBatch(const Config& config, ChannelPool& channels);
 std::string ModeName(Mode mode);
 std::string FormatText(const Report& report);
 std::string FormatJson(const Report& report);

@@ -15,6 +15,9 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "how long to run (unless 
 ABSL_FLAG(int64_t, requests, 0, "stop after this many requests instead of --duration");
 ABSL_FLAG(bool, ping, false, "send Ping RPCs instead of Execute");
 ABSL_FLAG(bool, local, false, "baseline: posix_spawn the command locally, no server");
+ABSL_FLAG(int, channels, 1,
+          "client connections to --target (each its own TCP connection), requests spread "
+          "round-robin");
 ABSL_FLAG(int, payload_bytes, 0, "Ping payload size");
 ABSL_FLAG(bool, json, false, "print one JSON object instead of text");
 ABSL_FLAG(std::string, pool, "",
@@ -31,7 +34,7 @@ ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program fo
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "execd-loadtest [--concurrency=8] [--duration=10s|--requests=N] [--ping|--local] "
-      "[--pool=NAME] [--stdin_text=TEXT] [--json] -- PROGRAM ARGS...");
+      "[--pool=NAME] [--stdin_text=TEXT] [--channels=N] [--json] -- PROGRAM ARGS...");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   execd::loadtest::Config config;
   config.target = absl::GetFlag(FLAGS_target);
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
   config.batch = absl::GetFlag(FLAGS_batch);
   config.cache = absl::GetFlag(FLAGS_cache);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
+  config.channels = absl::GetFlag(FLAGS_channels);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     fprintf(stderr, "execd-loadtest: --ping and --local exclude each other\n");
     return 2;
@@ -57,9 +61,11 @@ int main(int argc, char** argv) {
     fprintf(stderr, "execd-loadtest: give the command to run after --, e.g. -- /bin/true\n");
     return 2;
   }
-  if (config.concurrency < 1 || (config.requests <= 0 && config.duration <= absl::ZeroDuration())) {
+  if (config.concurrency < 1 || config.channels < 1 ||
+      (config.requests <= 0 && config.duration <= absl::ZeroDuration())) {
     fprintf(stderr,
-            "execd-loadtest: --concurrency must be >= 1 and --duration or --requests > 0\n");
+            "execd-loadtest: --concurrency and --channels must be >= 1 and --duration or "
+            "--requests > 0\n");
     return 2;
   }
   execd::loadtest::Report report = execd::loadtest::Run(config);
