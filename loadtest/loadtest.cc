@@ -43,11 +43,12 @@ std::string ModeName(Mode mode) {
   return "unknown";
 }
 
-// Request count, throughput and latency percentiles, once `report->elapsed` is set.
+// Request count, goodput and latency percentiles from the successes' latencies, once
+// `report->elapsed` and `report->errors` are set.
 void Summarize(std::vector<absl::Duration> latencies, Report* report) {
-  report->requests = static_cast<int64_t>(latencies.size());
+  report->requests = static_cast<int64_t>(latencies.size()) + report->errors;
   report->requests_per_second =
-      static_cast<double>(report->requests) / absl::ToDoubleSeconds(report->elapsed);
+      static_cast<double>(latencies.size()) / absl::ToDoubleSeconds(report->elapsed);
   std::sort(latencies.begin(), latencies.end());
   report->p50 = Percentile(latencies, 0.50);
   report->p90 = Percentile(latencies, 0.90);
@@ -72,10 +73,11 @@ Report RunBatch(const Config& config, ChannelPool& channels) {
   auto reader = channels.Next().ExecuteBatch(&context, batch);
   v1::BatchResult result;
   while (reader->Read(&result)) {
-    latencies.push_back(absl::Now() - start);
     const bool ok = result.status_code() == 0 && result.response().termination() == v1::EXITED &&
                     result.response().exit_code() == 0;
-    if (!ok) {
+    if (ok) {
+      latencies.push_back(absl::Now() - start);
+    } else {
       ++report.errors;
       if (report.first_error.empty()) {
         report.first_error = result.status_code() != 0
@@ -136,12 +138,14 @@ Report Run(const Config& config, ChannelPool& channels) {
         next += interval;
       }
       std::string error = requester->Send();
-      mine.push_back(absl::Now() - t0);
       if (!error.empty()) {
         errors.fetch_add(1);
         absl::MutexLock lock(&mu);
         if (first_error.empty()) first_error = error;
-      } else if (std::optional<absl::Duration> server = requester->ServerTime()) {
+        continue;
+      }
+      mine.push_back(absl::Now() - t0);
+      if (std::optional<absl::Duration> server = requester->ServerTime()) {
         mine_server.push_back(*server);
       }
     }
@@ -168,11 +172,16 @@ Report Run(const Config& config, ChannelPool& channels) {
 
 std::string FormatText(const Report& r) {
   std::string out = absl::StrFormat(
-      "mode=%s concurrency=%d requests=%d errors=%d elapsed=%.2fs\n"
-      "throughput: %.1f req/s\n"
-      "latency: p50=%.3fms p90=%.3fms p99=%.3fms max=%.3fms\n",
-      ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
-      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max));
+      "mode=%s concurrency=%d requests=%d succeeded=%d errors=%d elapsed=%.2fs\n", ModeName(r.mode),
+      r.concurrency, r.requests, r.succeeded(), r.errors, absl::ToDoubleSeconds(r.elapsed));
+  if (r.succeeded() == 0) {
+    absl::StrAppend(&out, "no request succeeded: ", r.errors, " failed\n");
+  } else {
+    absl::StrAppend(
+        &out, absl::StrFormat("throughput: %.1f req/s\n"
+                              "latency: p50=%.3fms p90=%.3fms p99=%.3fms max=%.3fms\n",
+                              r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max)));
+  }
   if (r.server_samples > 0) {
     absl::StrAppend(&out,
                     absl::StrFormat("server: p50=%.3fms (timings.total)\n", Ms(r.server_p50)));
@@ -181,18 +190,31 @@ std::string FormatText(const Report& r) {
   return out;
 }
 
-std::string FormatJson(const Report& r) {
+std::string JsonEscape(std::string_view text) {
   std::string escaped;
-  for (char c : r.first_error) {
+  for (char c : text) {
     if (c == '"' || c == '\\') escaped.push_back('\\');
     if (static_cast<unsigned char>(c) >= 0x20) escaped.push_back(c);
   }
-  return absl::StrFormat(
-      "{\"mode\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"errors\":%d,\"elapsed_s\":%.6f,"
-      "\"requests_per_second\":%.3f,\"p50_ms\":%.6f,\"p90_ms\":%.6f,\"p99_ms\":%.6f,"
-      "\"max_ms\":%.6f,\"server_p50_ms\":%.6f,\"first_error\":\"%s\"}\n",
-      ModeName(r.mode), r.concurrency, r.requests, r.errors, absl::ToDoubleSeconds(r.elapsed),
-      r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max), Ms(r.server_p50), escaped);
+  return escaped;
+}
+
+std::string FormatJson(const Report& r) {
+  std::string out = absl::StrFormat(
+      "{\"mode\":\"%s\",\"concurrency\":%d,\"requests\":%d,\"errors\":%d,\"succeeded\":%d,"
+      "\"elapsed_s\":%.6f,",
+      ModeName(r.mode), r.concurrency, r.requests, r.errors, r.succeeded(),
+      absl::ToDoubleSeconds(r.elapsed));
+  // No figures at all rather than zeros that a script would take for measurements.
+  if (r.succeeded() > 0) {
+    absl::StrAppend(
+        &out, absl::StrFormat("\"requests_per_second\":%.3f,\"p50_ms\":%.6f,\"p90_ms\":%.6f,"
+                              "\"p99_ms\":%.6f,\"max_ms\":%.6f,\"server_p50_ms\":%.6f,",
+                              r.requests_per_second, Ms(r.p50), Ms(r.p90), Ms(r.p99), Ms(r.max),
+                              Ms(r.server_p50)));
+  }
+  absl::StrAppend(&out, "\"first_error\":\"", JsonEscape(r.first_error), "\"}\n");
+  return out;
 }
 
 }  // namespace execd::loadtest

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -32,14 +33,17 @@ struct Config {
   int channels = 1;        // Connections to the target; requests spread round-robin.
 };
 
+// Throughput and latencies are of the successful requests only (goodput): a failure is
+// often much faster or slower than the work, and would skew both.
 struct Report {
   Mode mode;
   int concurrency = 0;
-  int64_t requests = 0;
+  int64_t requests = 0;  // Sent, succeeded or not.
   int64_t errors = 0;
+  int64_t succeeded() const { return requests - errors; }
   std::string first_error;
   absl::Duration elapsed;
-  double requests_per_second = 0;
+  double requests_per_second = 0;  // Successes per second.
   absl::Duration p50, p90, p99, max;
   // Execute: the server's own time per request (timings.total: from receiving the request
   // to the response being ready), without the RPC's transport and the client; p50 over
@@ -57,5 +61,8 @@ Report RunBatch(const Config& config, ChannelPool& channels);
 std::string ModeName(Mode mode);
 std::string FormatText(const Report& report);
 std::string FormatJson(const Report& report);
+// `text` as the inside of a JSON string: quotes and backslashes escaped, control
+// characters dropped.
+std::string JsonEscape(std::string_view text);
 
 }  // namespace execd::loadtest
