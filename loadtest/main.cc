@@ -1,20 +1,40 @@
 // execd-loadtest: closed-loop load against execd (Execute or Ping) or, as a baseline, the
-// same command spawned locally. Exits non-zero when any request failed.
+// same command spawned locally; with --baseline, all of them in interleaved rounds. Exits
+// non-zero when any request failed.
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "loadtest/background.h"
+#include "loadtest/baseline.h"
 #include "loadtest/loadtest.h"
+
+using execd::loadtest::BackgroundKind;
+using execd::loadtest::BackgroundSession;
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "execd address");
 ABSL_FLAG(int, concurrency, 8, "requests in flight at once");
-ABSL_FLAG(absl::Duration, duration, absl::Seconds(10), "how long to run (unless --requests)");
+ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
+          "how long to run (unless --requests); with --baseline, each mode in each round; "
+          "0: 10s, or 2s with --baseline");
 ABSL_FLAG(int64_t, requests, 0, "stop after this many requests instead of --duration");
 ABSL_FLAG(bool, ping, false, "send Ping RPCs instead of Execute");
 ABSL_FLAG(bool, local, false, "baseline: posix_spawn the command locally, no server");
+ABSL_FLAG(bool, baseline, false,
+          "measure in interleaved rounds the command spawned locally (without and with "
+          "setsid), Ping and Execute, and print the medians and execd's overhead against "
+          "its targets; the command defaults to /bin/true");
+ABSL_FLAG(int, rounds, 5, "--baseline: rounds of the four measurements (at least 1)");
+ABSL_FLAG(BackgroundKind, background, BackgroundKind::kNone,
+          "while measuring, run two nice 19 loops: none, cpu (busy loops) or fork (each "
+          "forks /bin/true over and over)");
+ABSL_FLAG(BackgroundSession, background_session, BackgroundSession::kSame,
+          "the background loops' session: same (the caller's, and its scheduler autogroup) "
+          "or own (one each, as a CI job's would be)");
 ABSL_FLAG(int, channels, 1,
           "client connections to --target (each its own TCP connection), requests spread "
           "round-robin");
@@ -31,15 +51,31 @@ ABSL_FLAG(int64_t, batch, 0,
 ABSL_FLAG(bool, cache, false, "Execute with cache_policy READ_WRITE (measures cache hits)");
 ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program for a pool)");
 
+namespace {
+
+int UsageError(const char* message) {
+  fprintf(stderr, "execd-loadtest: %s\n", message);
+  return 2;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "execd-loadtest [--concurrency=8] [--duration=10s|--requests=N] [--ping|--local] "
-      "[--pool=NAME] [--stdin_text=TEXT] [--channels=N] [--json] -- PROGRAM ARGS...");
+      "[--pool=NAME] [--stdin_text=TEXT] [--channels=N] [--background=none|cpu|fork] [--json] "
+      "-- PROGRAM ARGS...\n"
+      "execd-loadtest --baseline [--rounds=5] [--duration=2s] [--concurrency=8] "
+      "[--background=none|cpu|fork] [--background_session=same|own] [-- PROGRAM ARGS...]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  const bool baseline = absl::GetFlag(FLAGS_baseline);
   execd::loadtest::Config config;
   config.target = absl::GetFlag(FLAGS_target);
   config.concurrency = absl::GetFlag(FLAGS_concurrency);
   config.duration = absl::GetFlag(FLAGS_duration);
+  if (config.duration == absl::ZeroDuration()) {
+    config.duration = baseline ? absl::Seconds(2) : absl::Seconds(10);
+  }
   config.requests = absl::GetFlag(FLAGS_requests);
   config.payload_bytes = absl::GetFlag(FLAGS_payload_bytes);
   config.argv.assign(rest.begin() + 1, rest.end());
@@ -49,28 +85,64 @@ int main(int argc, char** argv) {
   config.cache = absl::GetFlag(FLAGS_cache);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   config.channels = absl::GetFlag(FLAGS_channels);
+  const int rounds = absl::GetFlag(FLAGS_rounds);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
-    fprintf(stderr, "execd-loadtest: --ping and --local exclude each other\n");
-    return 2;
+    return UsageError("--ping and --local exclude each other");
   }
+  if (baseline &&
+      (absl::GetFlag(FLAGS_ping) || absl::GetFlag(FLAGS_local) || config.batch > 0 ||
+       !config.pool.empty() || config.cache || config.rate > 0 || !config.stdin_data.empty())) {
+    return UsageError(
+        "--baseline measures every mode the same way: it excludes --ping, --local, --batch, "
+        "--pool, --cache, --rate and --stdin_text");
+  }
+  if (baseline && rounds < 1) return UsageError("--rounds must be >= 1");
+  if (baseline && config.argv.empty()) config.argv = {"/bin/true"};
   config.mode = absl::GetFlag(FLAGS_ping)    ? execd::loadtest::Mode::kPing
                 : absl::GetFlag(FLAGS_local) ? execd::loadtest::Mode::kLocalSpawn
                 : config.batch > 0           ? execd::loadtest::Mode::kBatch
                                              : execd::loadtest::Mode::kExecute;
   if (config.mode != execd::loadtest::Mode::kPing && config.argv.empty() && config.pool.empty()) {
-    fprintf(stderr, "execd-loadtest: give the command to run after --, e.g. -- /bin/true\n");
-    return 2;
+    return UsageError("give the command to run after --, e.g. -- /bin/true");
   }
   if (config.concurrency < 1 || config.channels < 1 ||
       (config.requests <= 0 && config.duration <= absl::ZeroDuration())) {
-    fprintf(stderr,
-            "execd-loadtest: --concurrency and --channels must be >= 1 and --duration or "
-            "--requests > 0\n");
-    return 2;
+    return UsageError("--concurrency and --channels must be >= 1 and --duration or --requests > 0");
   }
-  execd::loadtest::Report report = execd::loadtest::Run(config);
-  std::string out = absl::GetFlag(FLAGS_json) ? execd::loadtest::FormatJson(report)
-                                              : execd::loadtest::FormatText(report);
+
+  // Lives until the process ends: the signal thread may stop it at any time.
+  execd::loadtest::BackgroundLoad* background = nullptr;
+  const BackgroundKind background_kind = absl::GetFlag(FLAGS_background);
+  if (background_kind != BackgroundKind::kNone) {
+    // Blocked before the loops start, so that a signal cannot end this process without
+    // stopping them, and before any other thread starts, so that every thread blocks them.
+    const sigset_t signals = execd::loadtest::BlockTerminationSignals();
+    auto started = execd::loadtest::BackgroundLoad::Start(background_kind,
+                                                          absl::GetFlag(FLAGS_background_session));
+    if (!started.ok()) {
+      fprintf(stderr, "execd-loadtest: %s\n", started.status().ToString().c_str());
+      return 1;
+    }
+    background = started->release();
+    execd::loadtest::StopOnSignal(signals, background);
+  }
+  const std::string background_text = background ? background->Describe() : "none";
+  std::string out;
+  int64_t errors = 0;
+  if (baseline) {
+    execd::loadtest::BaselineReport report = execd::loadtest::RunBaseline(
+        config, rounds, background_kind != BackgroundKind::kNone, background_text);
+    errors = report.errors;
+    out = absl::GetFlag(FLAGS_json) ? execd::loadtest::FormatBaselineJson(report)
+                                    : execd::loadtest::FormatBaselineText(report);
+  } else {
+    execd::loadtest::Report report = execd::loadtest::Run(config);
+    errors = report.errors;
+    out = absl::GetFlag(FLAGS_json) ? execd::loadtest::FormatJson(report)
+                                    : execd::loadtest::FormatText(report);
+    if (background && !absl::GetFlag(FLAGS_json)) out += "background: " + background_text + "\n";
+  }
+  if (background) background->Stop();
   fputs(out.c_str(), stdout);
-  return report.errors == 0 ? 0 : 1;
+  return errors == 0 ? 0 : 1;
 }
