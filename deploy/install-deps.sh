@@ -11,6 +11,7 @@ build_packages=(
   libabsl-dev prometheus-cpp-dev liblz4-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   lz4 clang python3
+  python3-grpcio python3-protobuf
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libabsl20220623 liblz4-1 libssl3 tini ca-certificates
