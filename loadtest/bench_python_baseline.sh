@@ -2,7 +2,8 @@
 # execd against the simplest server a user could write instead: loadtest/py_baseline/server.py
 # (Python grpcio, a thread pool, subprocess.run). Both servers run side by side for the whole
 # run; each round measures Execute of /bin/true on each in turn: at concurrency 1 (p50, from
-# N requests) and at concurrency 8 (throughput, for D seconds). Prints every round, the
+# N requests) and at concurrency 8 (throughput, for D seconds), then the same spawned locally
+# by execd-loadtest --local (no server: the floor under both). Prints every round, the
 # medians, and the two ratios of issue 19's target (execd/python throughput at c=8 >= 2,
 # python/execd p50 at c=1 >= 1.5).
 # usage: loadtest/bench_python_baseline.sh [BUILD_DIR] [ROUNDS] [N] [D] [PY_WORKERS]
@@ -52,10 +53,11 @@ for t in "$execd_target" "$py_target"; do  # warm up both
 done
 
 field() { sed -E "s/.*\"$1\":([0-9.]+).*/\\1/"; }
-measure() {  # label target round
-  local c1 c8
-  c1=$("$loadtest" --target="$2" --requests="$n" --concurrency=1 --json -- /bin/true) || true
-  c8=$("$loadtest" --target="$2" --duration="$d" --concurrency=8 --json -- /bin/true) || true
+measure() {  # label target|--local round
+  local c1 c8 where=--target="$2"
+  [[ "$2" == --local ]] && where=--local
+  c1=$("$loadtest" "$where" --requests="$n" --concurrency=1 --json -- /bin/true) || true
+  c8=$("$loadtest" "$where" --duration="$d" --concurrency=8 --json -- /bin/true) || true
   local errors=$(($(echo "$c1" | field errors) + $(echo "$c8" | field errors)))
   echo "$1 $3 $(echo "$c1" | field p50_ms) $(echo "$c8" | field requests_per_second)" \
     "$(echo "$c8" | field p50_ms) $(echo "$c8" | field p99_ms) $errors" | tee -a "$tmp/rows"
@@ -63,14 +65,17 @@ measure() {  # label target round
 
 echo "execd $execd_target, python $py_target ($workers workers, $("$python" -c \
   'import grpc, google.protobuf as p; print("grpcio", grpc.__version__, "protobuf", p.__version__)'))"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 echo "label round c1_p50_ms c8_req_per_s c8_p50_ms c8_p99_ms errors"
 for round in $(seq "$rounds"); do
   measure execd "$execd_target" "$round"
   measure python "$py_target" "$round"
+  measure local --local "$round"
 done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 col() { awk -v l="$1" -v c="$2" '$1==l {print $c}' "$tmp/rows" | median; }
-for label in execd python; do
+for label in execd python local; do
   echo "median $label: c1 p50 $(col $label 3) ms, c8 $(col $label 4) req/s," \
     "c8 p50 $(col $label 5) ms, c8 p99 $(col $label 6) ms, errors $(col $label 7)"
 done
