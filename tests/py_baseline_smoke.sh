@@ -39,8 +39,9 @@ fi
 "$loadtest" --target="$target" --requests=20 --concurrency=2 --json -- /bin/true >"$tmp/run" ||
   { cat "$tmp/run"; echo "FAIL: execd-loadtest reported errors"; exit 1; }
 cat "$tmp/run"
-grep -q '"requests":20[,}]' "$tmp/run" && grep -q '"errors":0[,}]' "$tmp/run" ||
-  { echo "FAIL: not all 20 requests succeeded"; exit 1; }
+if ! grep -q '"requests":20[,}]' "$tmp/run" || ! grep -q '"errors":0[,}]' "$tmp/run"; then
+  echo "FAIL: not all 20 requests succeeded"; exit 1
+fi
 out=$("$execctl" --target="$target" run -- echo hi) || { echo "FAIL: execctl run -- echo hi failed"; exit 1; }
 [[ "$out" == "hi" ]] || { echo "FAIL: echo hi gave '$out'"; exit 1; }
 echo "PASS: 20/20 Execute, echo hi -> hi, against the Python server on $target"
