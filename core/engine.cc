@@ -101,6 +101,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
         absl::StrCat("max_concurrency must be at least 1, got ", options.max_concurrency));
   }
   EnsureStandardDescriptorsOpen();
+  DetachControllingTerminal();
   RaiseDescriptorLimit();
   auto containment = Containment::Create(options.containment);
   if (!containment.ok()) return containment.status();

@@ -136,11 +136,11 @@ void ProcessTree::SetReportedExit(const ExitStatus& status, absl::Duration cpu) 
 }
 
 void ProcessTree::Signal(int signal) {
-  // Each program called setsid(), so its pid is its process group id, and none is reaped
-  // before all have exited (then nothing signals them any more). ESRCH (group already
-  // gone) is the expected race and needs no handling. A pipeline's last program first:
-  // signalled in order, a program could see its input end (the one before it gone) and
-  // exit by itself before its own signal came, as if it had finished its work.
+  // Each program has a process group of its own, so its pid is its process group id, and none is
+  // reaped before all have exited (then nothing signals them any more). ESRCH (group already gone)
+  // is the expected race and needs no handling. A pipeline's last program first: signalled in
+  // order, a program could see its input end (the one before it gone) and exit by itself before its
+  // own signal came, as if it had finished its work.
   for (auto p = programs_.rbegin(); p != programs_.rend(); ++p) kill(-p->pid, signal);
 }
 

@@ -166,6 +166,13 @@ enum class ChildStep {
 // RLIMIT_NOFILE as execd started, restored in children (RaiseDescriptorLimit raises ours).
 rlimit g_original_nofile = {0, 0};
 
+// Whether children without a terminal get a session of their own. A session is also a
+// scheduler autogroup (kernel.sched_autogroup_enabled): one per child makes each compete
+// as a group of its own against the whole session of whoever loads the machine, so on a
+// busy machine it waits for a CPU where a child in execd's session, favoured by nice,
+// would not. A process group is all the process-tree kill needs.
+bool g_child_sessions = true;
+
 struct ChildArgs {
   const char* path;
   char* const* argv;
@@ -173,6 +180,7 @@ struct ChildArgs {
   const char* cwd;  // Null: inherit.
   int fds[4];       // The child's 0, 1, 2 and, unless -1, 3.
   bool controlling_terminal;
+  bool new_session;
   const int* join_fds;
   size_t join_count;
   int skip_join_fd;  // Already in that cgroup: created there.
@@ -209,7 +217,11 @@ int ChildMain(void* raw) {
       sigaction(sig, &dfl, nullptr);
     }
   }
-  setsid();
+  if (args->new_session) {
+    setsid();
+  } else {
+    setpgid(0, 0);
+  }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != args->parent_pid) {
     errno = ESRCH;
@@ -327,6 +339,7 @@ class SystemOs final : public ProcessOs {
     args.fds[2] = spec.stderr_fd;
     args.fds[3] = spec.fd3;
     args.controlling_terminal = spec.controlling_terminal;
+    args.new_session = spec.controlling_terminal || g_child_sessions;
     args.parent_pid = getpid();
     args.failed_step = ChildStep::kNone;
     args.skip_join_fd = -1;
@@ -413,6 +426,19 @@ class SystemOs final : public ProcessOs {
 ProcessOs& SystemProcessOs() {
   static SystemOs os;
   return os;
+}
+
+void DetachControllingTerminal() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    int tty = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (tty < 0) {
+      g_child_sessions = false;  // No controlling terminal to protect.
+      return;
+    }
+    if (getsid(0) != getpid() && ioctl(tty, TIOCNOTTY) == 0) g_child_sessions = false;
+    close(tty);
+  });
 }
 
 void RaiseDescriptorLimit() {

@@ -41,8 +41,8 @@ struct SpawnSpec {
   int64_t max_file_size_bytes = 0;
   int64_t address_space_bytes = 0;  // RLIMIT_AS: memory fallback where no cgroup can.
   const std::vector<int>* cpu_affinity = nullptr;
-  // stdin is a pseudo-terminal that becomes the controlling terminal of the child's new
-  // session.
+  // stdin is a pseudo-terminal that becomes the controlling terminal of the child, which
+  // then gets a session of its own (a terminal needs one).
   bool controlling_terminal = false;
 };
 
@@ -69,8 +69,9 @@ class ProcessOs {
   virtual ~ProcessOs() = default;
   // A pipe with both ends close-on-exec: {read end, write end}.
   virtual absl::StatusOr<std::pair<UniqueFd, UniqueFd>> Pipe() = 0;
-  // Starts the child in a new session (its own process group), with default signal
-  // dispositions, an empty signal mask and SIGKILL as its parent-death signal. Returns once
+  // Starts the child in a process group of its own (in a new session only when it gets a
+  // controlling terminal), with default signal dispositions, an empty signal mask and
+  // SIGKILL as its parent-death signal. Returns once
   // exec has succeeded, or the reason it failed (NOT_FOUND, PERMISSION_DENIED, ...).
   virtual absl::StatusOr<SpawnedProcess> Spawn(const SpawnSpec& spec) = 0;
 };
@@ -82,6 +83,12 @@ ProcessOs& SystemProcessOs();
 // Makes sure descriptors 0, 1 and 2 are open (on /dev/null if not), so no pipe the engine
 // creates can land on them. Call once at start-up.
 void EnsureStandardDescriptorsOpen();
+
+// Gives up execd's controlling terminal, if it has one, so that children, which share
+// execd's session (see ProcessOs::Spawn), cannot open it as /dev/tty. A session leader
+// keeps it (giving it up would hang up its foreground group); its children then get
+// sessions of their own. Call once at start-up, before any spawn; idempotent.
+void DetachControllingTerminal();
 
 // Raises this process's soft descriptor limit to its hard limit, so thousands of children
 // (three descriptors each) fit; children get the original soft limit back. Idempotent.

@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "core/errno_status.h"
@@ -173,6 +174,22 @@ TEST_F(EngineTest, ChildGetsDefaultSignalDispositions) {
   auto r = Run({"/bin/sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->stdout_data, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+}
+
+// A process group of its own (what the process-tree kill signals), but not a session of its
+// own: a session is a scheduler autogroup, and one per child would make each compete as a
+// group against whoever loads the machine. No controlling terminal either.
+TEST_F(EngineTest, ChildLeadsItsOwnProcessGroupInTheServersSessionWithoutATerminal) {
+  auto r = Run({"/bin/sh", "-c", "echo $$; cat /proc/$$/stat"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::string> lines = absl::StrSplit(r->stdout_data, '\n');
+  ASSERT_GE(lines.size(), 2u) << r->stdout_data;
+  // After "pid (comm)": state ppid pgrp session tty_nr ...
+  std::vector<std::string> fields = absl::StrSplit(lines[1].substr(lines[1].rfind(')') + 2), ' ');
+  ASSERT_GE(fields.size(), 5u) << lines[1];
+  EXPECT_EQ(fields[2], lines[0]) << "process group";
+  EXPECT_EQ(fields[3], absl::StrCat(getsid(0))) << "session";
+  EXPECT_EQ(fields[4], "0") << "controlling terminal";
 }
 
 TEST_F(EngineTest, ChildHasOnlyThreeDescriptors) {

@@ -16,6 +16,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -510,6 +511,36 @@ TEST_F(BinariesTest, AttachWithTtyGivesTheCommandARemoteTerminal) {
   close(t.master);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << seen;
   EXPECT_NE(after.c_lflag & ICANON, 0u) << "execctl left the terminal raw";
+}
+
+// execd started from a user's terminal (by a shell, so not its session leader): its
+// commands share its session but cannot open that terminal as /dev/tty to read what the user
+// types or write to it.
+TEST(ServerTerminal, CommandsCannotReachTheTerminalExecdWasStartedFrom) {
+  OnTerminal t = StartOnTerminal(
+      {"/bin/sh", "-c", absl::StrCat(EXECD_BIN, " --listen=127.0.0.1:0 --log_requests=false; :")});
+  ASSERT_GE(t.pid, 0);
+  std::string seen;
+  ASSERT_TRUE(ReadUntil(t.master, &seen, "event=listening", absl::Seconds(20))) << seen;
+  ASSERT_TRUE(ReadUntil(t.master, &seen, "\n", absl::Seconds(5)));
+  const size_t at = seen.find(" port=");
+  ASSERT_NE(at, std::string::npos) << seen;
+  const std::string target =
+      absl::StrCat("127.0.0.1:", seen.substr(at + 6, seen.find_first_of(" \r\n", at + 6) - at - 6));
+  ProcessResult r =
+      RunProcess({EXECCTL_BIN, "--target=" + target, "run", "--", "/bin/sh", "-c",
+                  "if (: <>/dev/tty) 2>/dev/null; then echo reached; else echo unreachable; fi; "
+                  "cat /proc/$$/stat"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::StartsWith("unreachable\n"));
+  // After "pid (comm)": state ppid pgrp session: the shell's session, the terminal's.
+  const std::string stat = r.out.substr(r.out.find('\n') + 1);
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(stat.rfind(')') + 2), ' ');
+  ASSERT_GE(fields.size(), 4u) << stat;
+  EXPECT_EQ(fields[3], absl::StrCat(t.pid)) << "session";
+  kill(-t.pid, SIGTERM);  // execd is in the shell's process group.
+  EXPECT_NE(WaitEnd(t.pid), -1);
+  close(t.master);
 }
 
 // The pools file is re-read on SIGHUP: a changed pool retires its workers; a broken file
