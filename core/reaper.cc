@@ -20,6 +20,16 @@ pid_t ReapIfExited(pid_t pid, int* status) {
   return r;
 }
 
+bool ReapPidfdIfExited(int pidfd) {
+  siginfo_t info{};
+  int r;
+  do {
+    r = waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  // r < 0: ECHILD, reaped by someone else: nothing left to wait for.
+  return r < 0 || info.si_pid != 0;
+}
+
 bool AwaitExit(int pidfd, absl::Duration timeout) {
   pollfd p{pidfd, POLLIN, 0};
   const int ms =
@@ -38,19 +48,9 @@ Reaper::~Reaper() {
   }
 }
 
-bool Reaper::TryReap(int pidfd) {
-  siginfo_t info{};
-  int r;
-  do {
-    r = waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED | WNOHANG);
-  } while (r < 0 && errno == EINTR);
-  // r < 0: ECHILD, reaped by someone else (an orphan sweep): nothing left to wait for.
-  return r < 0 || info.si_pid != 0;
-}
-
 void Reaper::Adopt(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
   EXECD_DCHECK_LOOP(loop_);
-  if (!pidfd.valid() || TryReap(pidfd.get())) {
+  if (!pidfd.valid() || ReapPidfdIfExited(pidfd.get())) {
     std::move(reaped)();
     return;
   }
@@ -64,7 +64,7 @@ void Reaper::CheckLater(int fd, absl::Duration after) {
     auto it = children_.find(fd);
     if (it == children_.end()) return;
     it->second.timer = 0;
-    if (TryReap(fd)) {
+    if (ReapPidfdIfExited(fd)) {
       Reaped(fd);
     } else {
       CheckLater(fd, std::min(after * 2, absl::Seconds(1)));
@@ -99,7 +99,7 @@ void Reaper::Drain(absl::Duration timeout) {
 }
 
 void Reaper::OnFdReady(int fd, uint32_t /*events*/) {
-  if (TryReap(fd)) Reaped(fd);  // Else readable before it is waitable: the next event.
+  if (ReapPidfdIfExited(fd)) Reaped(fd);  // Else readable before it is waitable: the next event.
 }
 
 }  // namespace execd::core

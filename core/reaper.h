@@ -26,6 +26,9 @@ using ReapLaterFn = std::function<void(UniqueFd pidfd, absl::AnyInvocable<void()
 // waitpid(pid, status, WNOHANG), retried on EINTR: the pid if it was reaped, 0 if it has not
 // exited yet, -1 (ECHILD) if it is not ours to reap.
 pid_t ReapIfExited(pid_t pid, int* status = nullptr);
+// Reaps the process of `pidfd` if it has exited (waitid(P_PIDFD), retried on EINTR); true
+// once it is reaped, here or (ECHILD) by someone else, as an orphan sweep.
+bool ReapPidfdIfExited(int pidfd);
 // Waits up to `timeout` (rounded up to a millisecond) for the process of `pidfd` to exit;
 // whether it has. It blocks: never on the loop thread.
 bool AwaitExit(int pidfd, absl::Duration timeout);
@@ -50,9 +53,6 @@ class Reaper final : public EventLoop::FdHandler {
   void OnFdReady(int fd, uint32_t events) override;
 
  private:
-  // Reaps the child of `pidfd` if it has exited; true once it is reaped (or is not ours to
-  // reap any more).
-  static bool TryReap(int pidfd);
   // A child whose pidfd epoll would not take (out of memory, or max_user_watches reached)
   // is checked on a timer instead, every `after`, backing off.
   void CheckLater(int fd, absl::Duration after);

@@ -1,0 +1,27 @@
+// Reads and writes of small kernel files (cgroupfs, procfs) with raw calls rather than
+// streams: some are read at every command's end.
+//
+// Thread-safety: free functions with no state of their own.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace execd::core {
+
+// The contents of `fd` from offset 0: a cgroup file re-read gives its current state.
+std::string ReadAt0(int fd);
+// A cgroup file of a line or two (cgroup.events, memory.peak), read with one call: a
+// read from offset 0 returns all of a file that fits the buffer. (Not for lists such as
+// cgroup.procs, whose reads can stop short of the end at a record boundary.)
+std::string ReadSmallAt0(int fd);
+// The contents of the file at `path`, or "" when it cannot be opened.
+std::string ReadFile(const std::string& path);
+// Writes `value` to the file at `path` in one call; whether all of it was written.
+bool WriteFile(const std::string& path, absl::string_view value);
+// The value of `key` in flat-keyed cgroup file contents ("oom_kill 3\nmax 0\n"), or 0.
+int64_t KeyedValueIn(const std::string& contents, absl::string_view key);
+
+}  // namespace execd::core
