@@ -14,86 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "core/execution.h"
 #include "core/status_macros.h"
 
 namespace execd::core {
-
-// One command's passage through the engine. Fields marked "loop" are touched only on the
-// loop thread; `state_` is guarded by the engine's mutex.
-class Engine::Execution final : public ChildProcess::Observer, public Pool::Request {
- public:
-  enum class State { kQueued, kAdmitted, kDone };
-
-  Execution(Engine& engine, Id id, Command command, Engine::Observer* observer)
-      : engine_(engine), id_(id), command_(std::move(command)), observer_(observer) {}
-
-  void OnOutput(OutputStream stream, absl::string_view data) override {
-    observer_->OnOutput(stream, data);
-  }
-  void OnStdinWritten(size_t bytes) override { observer_->OnStdinWritten(bytes); }
-  void OnExit(Result result) override {
-    result.queued = admitted_ - submitted_;
-    result.spawn = spawn_done_ - admitted_;
-    result.thread_handoffs = handoffs_;
-    engine_.Finish(*this, std::move(result));
-  }
-
-  // Pool::Request.
-  void OnProcess(std::unique_ptr<ChildProcess> child) override {
-    LeavePool();
-    engine_.OnPooledProcess(*this, std::move(child));
-  }
-  void OnStarted(pid_t pid) override {
-    StopDeadlineTimer();  // The worker enforces the rest of the deadline now.
-    spawn_done_ = engine_.options_.clock->Now();
-    observer_->OnStarted(pid, admitted_ - submitted_);
-  }
-  void OnDone(absl::StatusOr<Result> result) override {
-    LeavePool();
-    if (result.ok()) {
-      result->queued = admitted_ - submitted_;
-      result->spawn = spawn_done_ == absl::Time() ? absl::ZeroDuration() : spawn_done_ - admitted_;
-      result->thread_handoffs = handoffs_;
-    }
-    engine_.Finish(*this, std::move(result));
-  }
-
-  // Loop thread: the child's output follows the last SetOutputPaused.
-  void ApplyOutputPaused() {
-    EXECD_DCHECK_LOOP(*engine_.loop_);
-    if (child_ != nullptr) child_->SetOutputPaused(output_paused_.load(std::memory_order_relaxed));
-  }
-
-  void StopDeadlineTimer() {
-    if (deadline_timer_ != 0) engine_.loop_->CancelTimer(deadline_timer_);
-    deadline_timer_ = 0;
-  }
-  void LeavePool() {
-    in_pool_ = false;
-    StopDeadlineTimer();
-  }
-
-  Engine& engine_;
-  const Id id_;
-  Command command_;
-  Engine::Observer* observer_;
-  absl::Time submitted_;
-  absl::Time admitted_;            // loop
-  absl::Time spawn_done_;          // loop
-  State state_ = State::kQueued;   // Guarded by engine.mu_.
-  bool cancel_requested_ = false;  // loop
-  // Threads the command was handed between (each a wake-up); written by whichever thread
-  // hands it on, before it does.
-  int handoffs_ = 0;
-  std::unique_ptr<ChildProcess> child_;     // loop
-  std::atomic<bool> output_paused_{false};  // What SetOutputPaused last asked for.
-  // Pooled commands.
-  int group_ = 0;  // Scheduler group: pool index + 1.
-  Pool* pool_ = nullptr;
-  bool in_pool_ = false;                   // loop: waiting for or using a worker
-  ChildProcess::Options child_options_;    // loop: for a pre-warmed process
-  EventLoop::TimerId deadline_timer_ = 0;  // loop: while waiting for a worker
-};
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Options& options) {
   if (options.max_concurrency < 1) {
@@ -125,13 +49,14 @@ Engine::Engine(const Options& options, std::unique_ptr<EventLoop> loop,
   deps.empty_wait = options_.empty_wait;
   deps.run_blocking = [this](absl::AnyInvocable<void() &&> task) {
     spawn_threads_->Submit([this, task = std::move(task)]() mutable {
-      absl::ReaderMutexLock gate(&spawn_gate_);  // Not swept for an orphan mid-spawn.
+      OrphanSweeper::SpawnGuard guard(*orphans_);  // Not swept for an orphan mid-spawn.
       std::move(task)();
     });
   };
-  deps.track = [this](pid_t pid) { TrackLeaders({pid}, true); };
-  deps.untrack = [this](pid_t pid) { TrackLeaders({pid}, false); };
+  deps.track = [this](pid_t pid) { orphans_->Track({pid}); };
+  deps.untrack = [this](pid_t pid) { orphans_->Untrack({pid}); };
   reaper_ = std::make_unique<Reaper>(*loop_);
+  orphans_ = std::make_unique<OrphanSweeper>(*loop_, *containment_, *reaper_);
   reap_later_ = [this](UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
     ReapLater(std::move(pidfd), std::move(reaped));
   };
@@ -171,9 +96,7 @@ Engine::~Engine() {
   // orphan sweep is left armed to run on a half-destroyed engine.
   absl::Notification flushed;
   loop_->Post([this, &flushed]() mutable {
-    orphan_sweeps_stopped_ = true;
-    if (orphan_timer_ != 0) loop_->CancelTimer(orphan_timer_);
-    orphan_timer_ = 0;
+    orphans_->Stop();
     // Killed pool processes still dying get a moment to be reaped; only those stuck in the
     // kernel are left (to init, when execd exits). On the loop, which it unwatches from.
     reaper_->Drain(absl::Milliseconds(500));
@@ -235,13 +158,11 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
     }
     Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
     if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
-    execution = std::make_shared<Execution>(*this, id, std::move(command), observer);
-    execution->group_ = group;
-    if (group > 0) execution->pool_ = pools_->at(group - 1);
-    execution->submitted_ = now;
+    execution = std::make_shared<Execution>(*this, id, std::move(command), observer, group,
+                                            group > 0 ? pools_->at(group - 1) : nullptr, now);
     live_.emplace(id, execution);
     if (admission.kind == Scheduler::Admission::Kind::kRunNow) {
-      execution->state_ = Execution::State::kAdmitted;
+      execution->set_state(Execution::State::kAdmitted);
       start_now = true;
     } else {
       ArmExpiryLocked();
@@ -250,20 +171,20 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       auto it = live_.find(*admission.displaced);
       displaced = std::move(it->second);
       live_.erase(it);
-      displaced->state_ = Execution::State::kDone;
+      displaced->set_state(Execution::State::kDone);
     }
   }
   if (displaced != nullptr) {
-    displaced->observer_->OnFinished(absl::ResourceExhaustedError(
+    displaced->observer().OnFinished(absl::ResourceExhaustedError(
         "shed from a full queue for a higher-priority request; retry later"));
   }
   if (start_now) {
     // A fresh spawn goes from this thread straight to a spawn thread: the loop has nothing
     // to do for it until the child exists, and every hand-off is a wake-up.
-    if (execution->pool_ == nullptr) {
+    if (execution->pool() == nullptr) {
       StartFresh(execution);
     } else {
-      ++execution->handoffs_;
+      execution->CountHandoff();
       loop_->Post([this, e = execution]() mutable { StartOnLoop(std::move(e)); });
     }
   }
@@ -290,67 +211,69 @@ void Engine::ExpireQueued() {
     armed_expiry_ = absl::InfiniteFuture();
     for (Id id : scheduler_.TakeExpired(options_.clock->Now())) {
       auto it = live_.find(id);
-      it->second->state_ = Execution::State::kDone;
+      it->second->set_state(Execution::State::kDone);
       expired.push_back(std::move(it->second));
       live_.erase(it);
     }
     ArmExpiryLocked();
   }
   for (auto& e : expired) {
-    absl::Duration waited = options_.clock->Now() - e->submitted_;
-    bool by_deadline = e->command_.deadline <= options_.clock->Now();
-    e->observer_->OnFinished(absl::DeadlineExceededError(absl::StrCat(
+    absl::Duration waited = options_.clock->Now() - e->submitted();
+    bool by_deadline = e->command().deadline <= options_.clock->Now();
+    e->observer().OnFinished(absl::DeadlineExceededError(absl::StrCat(
         "dropped after ", absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1))),
         " in the queue: ",
         by_deadline ? "the call's deadline passed"
                     : absl::StrCat("max_queue_time ",
-                                   absl::FormatDuration(e->command_.max_queue_time), " passed"),
+                                   absl::FormatDuration(e->command().max_queue_time), " passed"),
         " before a slot was free")));
   }
 }
 
 void Engine::StartOnLoop(std::shared_ptr<Execution> execution) {
   EXECD_DCHECK_LOOP(*loop_);
-  if (execution->cancel_requested_) {
+  if (execution->cancel_requested()) {
     Finish(*execution, absl::CancelledError("cancelled before the command started"));
     return;
   }
-  if (execution->pool_ == nullptr) {
+  if (execution->pool() == nullptr) {
     StartFresh(std::move(execution));
     return;
   }
   std::optional<ChildProcess::Options> options = Admit(*execution);
-  if (options.has_value()) StartPooled(std::move(execution), *std::move(options));
+  if (options.has_value()) execution->EnterPool(*std::move(options));
 }
 
 void Engine::StartFresh(std::shared_ptr<Execution> execution) {
   std::optional<ChildProcess::Options> options = Admit(*execution);
   if (!options.has_value()) return;
-  ++execution->handoffs_;
+  execution->CountHandoff();
   spawn_threads_->Submit([this, execution = std::move(execution), options]() mutable {
     Spawn(std::move(execution), *std::move(options));
   });
 }
 
 std::optional<ChildProcess::Options> Engine::Admit(Execution& e) {
-  e.admitted_ = options_.clock->Now();
-  absl::Duration left = e.command_.deadline - e.admitted_;
+  const absl::Time now = options_.clock->Now();
+  e.MarkAdmitted(now);
+  const Command& command = e.command();
+  absl::Duration left = command.deadline - now;
   if (left <= absl::ZeroDuration()) {
     Finish(e, absl::DeadlineExceededError("the call's deadline passed before the command started"));
     return std::nullopt;
   }
   ChildProcess::Options child_options;
-  child_options.timeout = std::min(e.command_.limits.timeout, left);
-  child_options.deadline = e.command_.deadline;
+  child_options.timeout = std::min(command.limits.timeout, left);
+  child_options.deadline = command.deadline;
   child_options.kill_grace = options_.kill_grace;
   child_options.empty_wait = options_.empty_wait;
-  child_options.stream_chunk_bytes = e.command_.stream_chunk_bytes;
+  child_options.stream_chunk_bytes = command.stream_chunk_bytes;
   child_options.memfd_stdin_bytes = options_.memfd_stdin_bytes;
-  child_options.stream_flush_interval = e.command_.stream_flush_interval;
-  child_options.stdin_pipe = e.command_.keep_stdin_open;
+  child_options.stream_flush_interval = command.stream_flush_interval;
+  child_options.stdin_pipe = command.keep_stdin_open;
   child_options.reap_later = reap_later_;
   if (!containment_->limits_memory()) {
-    child_options.address_space_bytes = e.command_.limits.memory_bytes;
+    child_options.address_space_bytes = command.limits.memory_bytes;
   }
   return child_options;
 }
@@ -359,89 +282,22 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
   Execution& e = *execution;
   absl::StatusOr<std::unique_ptr<ChildProcess>> child;
   {
-    absl::ReaderMutexLock gate(&spawn_gate_);
-    auto group =
-        containment_->NewGroup(e.command_.limits.memory_bytes, e.command_.limits.max_processes);
-    if (group.ok()) {
-      child = ChildProcess::Spawn(*loop_, *options_.os, e.command_, options, *std::move(group), &e);
-    } else {
-      child = group.status();
-    }
-    if (child.ok()) TrackLeaders((*child)->pids(), true);
+    OrphanSweeper::SpawnGuard guard(*orphans_);
+    child = e.SpawnChild(options);
+    if (child.ok()) orphans_->Track((*child)->pids());
   }
   // A pipeline whose later program failed to spawn has had its earlier ones killed and
   // reaped; what they started outside their process groups came to execd meanwhile.
-  if (!child.ok()) SweepOrphans();
-  e.spawn_done_ = options_.clock->Now();
-  ++e.handoffs_;
+  if (!child.ok()) orphans_->Sweep();
+  e.MarkSpawned(options_.clock->Now());
+  e.CountHandoff();
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
-    OnSpawned(std::move(execution), std::move(child));
+    if (child.ok()) {
+      execution->Run(*std::move(child));
+    } else {
+      Finish(*execution, child.status());
+    }
   });
-}
-
-void Engine::StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options) {
-  EXECD_DCHECK_LOOP(*loop_);
-  Execution& e = *execution;
-  e.child_options_ = options;
-  e.in_pool_ = true;
-  Pool::Call call;
-  call.max_output_bytes = e.command_.limits.max_output_bytes;
-  call.timeout = e.command_.limits.timeout;
-  call.deadline = e.command_.deadline;
-  if (e.pool_->spec().kind == PoolSpec::Kind::kPersistent) {
-    call.arguments = std::move(e.command_.argv);
-    e.command_.argv.clear();
-    call.stdin_data = std::move(e.command_.stdin_data);
-  }
-  // A worker may take a while to start; the call's deadline still holds meanwhile.
-  if (e.command_.deadline != absl::InfiniteFuture()) {
-    e.deadline_timer_ = loop_->AddTimer(e.command_.deadline, [this, &e]() mutable {
-      e.deadline_timer_ = 0;
-      if (!e.in_pool_ || !e.pool_->Cancel(&e)) return;
-      e.LeavePool();
-      Finish(e, absl::DeadlineExceededError(
-                    absl::StrCat("the call's deadline passed while waiting for a worker of pool \"",
-                                 e.pool_->spec().name, "\"")));
-    });
-  }
-  e.pool_->Acquire(&e, std::move(call));
-}
-
-void Engine::OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child) {
-  EXECD_DCHECK_LOOP(*loop_);
-  const absl::Time now = options_.clock->Now();
-  e.spawn_done_ = now;
-  ChildProcess::Options options = e.child_options_;
-  const absl::Duration left = e.command_.deadline - now;
-  options.timeout = std::max(absl::Milliseconds(1), std::min(e.command_.limits.timeout, left));
-  child->Assign(&e, std::move(e.command_.stdin_data), e.command_.limits, e.command_.stream_output,
-                options);
-  e.child_ = std::move(child);
-  if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
-    FailUnwatched(e, watched);
-    return;
-  }
-  e.ApplyOutputPaused();
-  e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
-  if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
-}
-
-void Engine::OnSpawned(std::shared_ptr<Execution> execution,
-                       absl::StatusOr<std::unique_ptr<ChildProcess>> child) {
-  EXECD_DCHECK_LOOP(*loop_);
-  Execution& e = *execution;
-  if (!child.ok()) {
-    Finish(e, child.status());
-    return;
-  }
-  e.child_ = *std::move(child);
-  if (absl::Status watched = e.child_->Watch(); !watched.ok()) {
-    FailUnwatched(e, watched);
-    return;
-  }
-  e.ApplyOutputPaused();
-  e.observer_->OnStarted(e.child_->pid(), e.admitted_ - e.submitted_);
-  if (e.cancel_requested_) e.child_->Terminate(Termination::kCancelled);
 }
 
 void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
@@ -455,118 +311,27 @@ void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
   });
 }
 
-void Engine::FailUnwatched(Execution& e, absl::Status why) {
-  EXECD_DCHECK_LOOP(*loop_);
-  DestroyChild(e);
-  Finish(e, std::move(why));
-}
-
-void Engine::DestroyChild(Execution& e) {
-  EXECD_DCHECK_LOOP(*loop_);
-  // Its pids stay leaders until they are reaped: at once, or later by reap_later_ (one that
-  // did not die at once, or one answered from its exit report and still being torn down).
-  // Untracked first, the sweep would reap them, and the child's own kill then aim at pids
-  // free for reuse. What it started outside its groups is swept then: only once a leader
-  // is gone do the processes it orphaned come to execd. A pre-warmed process holds its
-  // place in its pool as long; the refill its release may start runs as a task of its
-  // own, after the caller has its answer, which it would otherwise compete with for the
-  // CPU.
-  const std::vector<pid_t> pids = e.child_->pids();
-  absl::AnyInvocable<void() &&> release_pool;
-  if (e.pool_ != nullptr) release_pool = e.pool_->Releaser();
-  ChildProcess::Destroy(std::move(e.child_),
-                        [this, pids, release_pool = std::move(release_pool)]() mutable {
-                          TrackLeaders(pids, false);
-                          SweepOrphans();
-                          if (release_pool) loop_->Post(std::move(release_pool));
-                        });
-}
-
-void Engine::TrackLeaders(const std::vector<pid_t>& pids, bool running) {
-  absl::MutexLock lock(&leaders_mu_);
-  for (pid_t pid : pids) {
-    if (running) {
-      leaders_.insert(pid);
-    } else {
-      leaders_.erase(pid);
-    }
-  }
-}
-
-bool Engine::Tracks(pid_t pid) const {
-  absl::MutexLock lock(&leaders_mu_);
-  return leaders_.contains(pid);
-}
-
-bool Engine::SweepOrphans() {
-  if (!containment_->sweeps_orphans()) return true;
-  Containment::OrphanSweep sweep;
-  {
-    absl::WriterMutexLock gate(&spawn_gate_);
-    absl::flat_hash_set<pid_t> leaders;
-    {
-      absl::MutexLock lock(&leaders_mu_);
-      leaders = leaders_;
-    }
-    sweep = containment_->SweepOrphans(leaders);
-  }
-  const bool retry = sweep.retry;
-  if (retry || !sweep.dying.empty()) {
-    loop_->RunOnLoop(
-        [this, sweep = std::move(sweep)]() mutable { AwaitOrphans(std::move(sweep)); });
-  }
-  return !retry;
-}
-
-void Engine::AwaitOrphans(Containment::OrphanSweep sweep) {
-  EXECD_DCHECK_LOOP(*loop_);
-  // The engine is going away: the orphans were killed, and what is not reaped by then
-  // goes to init when execd exits.
-  if (orphan_sweeps_stopped_ || reaper_ == nullptr) return;
-  for (UniqueFd& pidfd : sweep.dying) {
-    // Reaped once it dies, and what it left is swept then, from the loop.
-    reaper_->Adopt(std::move(pidfd), [this]() { ArmOrphanSweep(absl::ZeroDuration()); });
-  }
-  if (sweep.retry) {
-    ArmOrphanSweep(orphan_retry_);
-    orphan_retry_ = std::min(orphan_retry_ * 2, absl::Seconds(1));
-  }
-}
-
-void Engine::ArmOrphanSweep(absl::Duration after) {
-  EXECD_DCHECK_LOOP(*loop_);
-  if (orphan_sweeps_stopped_) return;
-  const absl::Time when = options_.clock->Now() + after;
-  if (orphan_timer_ != 0) {
-    if (orphan_timer_at_ <= when) return;
-    loop_->CancelTimer(orphan_timer_);
-  }
-  orphan_timer_at_ = when;
-  orphan_timer_ = loop_->AddTimer(when, [this]() mutable {
-    orphan_timer_ = 0;
-    if (SweepOrphans()) orphan_retry_ = kFirstOrphanRetry;
-  });
-}
+bool Engine::Tracks(pid_t pid) const { return orphans_->Tracks(pid); }
 
 void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   std::shared_ptr<Execution> keep;
   {
     absl::MutexLock lock(&mu_);
-    auto it = live_.find(execution.id_);
+    auto it = live_.find(execution.id());
     if (it == live_.end()) return;
     keep = std::move(it->second);
     live_.erase(it);
-    if (execution.child_ != nullptr) ++finishing_;
-    bool was_admitted = execution.state_ == Execution::State::kAdmitted;
-    execution.state_ = Execution::State::kDone;
+    if (execution.has_child()) ++finishing_;
+    bool was_admitted = execution.state() == Execution::State::kAdmitted;
+    execution.set_state(Execution::State::kDone);
     if (was_admitted) {
       if (result.ok()) mean_run_ = (mean_run_ * 7 + result->run) / 8;
-      scheduler_.Release(execution.group_);
+      scheduler_.Release(execution.group());
       StartRunnableLocked();
     }
   }
-  if (execution.child_ == nullptr) {
-    execution.observer_->OnFinished(std::move(result));
+  if (!execution.has_child()) {
+    execution.observer().OnFinished(std::move(result));
     return;
   }
   // The child is destroyed outside its own callback, and before the caller hears the
@@ -574,8 +339,8 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   // whose processes could not all die, or one answered from its exit report, left to be
   // removed once they have).
   loop_->Post([this, keep = std::move(keep), result = std::move(result)]() mutable {
-    DestroyChild(*keep);
-    keep->observer_->OnFinished(std::move(result));
+    keep->DestroyChild();
+    keep->observer().OnFinished(std::move(result));
     absl::MutexLock lock(&mu_);
     --finishing_;
   });
@@ -584,8 +349,8 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
 void Engine::StartRunnableLocked() {
   for (Id id : scheduler_.TakeRunnable()) {
     std::shared_ptr<Execution> next = live_.at(id);
-    next->state_ = Execution::State::kAdmitted;
-    ++next->handoffs_;
+    next->set_state(Execution::State::kAdmitted);
+    next->CountHandoff();
     loop_->Post([this, next = std::move(next)]() mutable { StartOnLoop(std::move(next)); });
   }
 }
@@ -595,26 +360,12 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
   {
     absl::MutexLock lock(&mu_);
     draining = draining_;
-    if (execution->state_ == Execution::State::kDone) return;
-    if (execution->state_ == Execution::State::kAdmitted) {
-      loop_->Post([this, execution]() mutable {
-        Execution& e = *execution;
-        if (e.child_ != nullptr) {
-          e.child_->Terminate(Termination::kCancelled);
-        } else if (e.in_pool_) {
-          if (e.pool_->Cancel(&e)) {
-            e.LeavePool();
-            Finish(e, absl::CancelledError(
-                          absl::StrCat("cancelled while waiting for a worker of pool \"",
-                                       e.pool_->spec().name, "\"")));
-          }
-        } else {
-          e.cancel_requested_ = true;
-        }
-      });
+    if (execution->state() == Execution::State::kDone) return;
+    if (execution->state() == Execution::State::kAdmitted) {
+      loop_->Post([execution]() mutable { execution->CancelOnLoop(); });
       return;
     }
-    scheduler_.Remove(execution->id_);
+    scheduler_.Remove(execution->id());
   }
   Finish(*execution,
          absl::CancelledError(draining ? "the server is shutting down" : "cancelled while queued"));
@@ -623,26 +374,21 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
 void Engine::SetOutputPaused(const std::shared_ptr<Execution>& execution, bool paused) {
   // The latest wish wins whatever order the tasks run in; on the loop thread (a reader
   // falling behind while output is handed on) it takes effect before the next chunk.
-  execution->output_paused_.store(paused, std::memory_order_relaxed);
+  execution->set_output_paused(paused);
   loop_->RunOnLoop([execution]() mutable { execution->ApplyOutputPaused(); });
 }
 
 void Engine::WriteStdin(const std::shared_ptr<Execution>& execution, std::string data) {
-  loop_->Post([execution, data = std::move(data)]() mutable {
-    if (execution->child_ != nullptr) execution->child_->AppendStdin(std::move(data));
-  });
+  loop_->Post(
+      [execution, data = std::move(data)]() mutable { execution->WriteStdin(std::move(data)); });
 }
 
 void Engine::CloseStdin(const std::shared_ptr<Execution>& execution) {
-  loop_->Post([execution]() mutable {
-    if (execution->child_ != nullptr) execution->child_->CloseStdin();
-  });
+  loop_->Post([execution]() mutable { execution->CloseStdin(); });
 }
 
 void Engine::ResizeTerminal(const std::shared_ptr<Execution>& execution, TerminalSize size) {
-  loop_->Post([execution, size]() mutable {
-    if (execution->child_ != nullptr) execution->child_->ResizeTerminal(size);
-  });
+  loop_->Post([execution, size]() mutable { execution->ResizeTerminal(size); });
 }
 
 absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int signal) {
@@ -653,9 +399,7 @@ absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int sig
         "signal ", signal, " may not be sent; allowed: SIGHUP (1), SIGINT (2), SIGQUIT (3), ",
         "SIGKILL (9), SIGUSR1 (10), SIGUSR2 (12), SIGTERM (15), SIGWINCH (28)"));
   }
-  loop_->Post([execution, signal]() mutable {
-    if (execution->child_ != nullptr) execution->child_->Signal(signal);
-  });
+  loop_->Post([execution, signal]() mutable { execution->Signal(signal); });
   return absl::OkStatus();
 }
 
@@ -692,10 +436,10 @@ void Engine::Shutdown(absl::Duration drain) {
     mu_.AwaitWithTimeout(absl::Condition(&idle), drain);
     // Queued work first: cancelled running work frees slots, which must not start it.
     for (auto& [id, execution] : live_) {
-      if (execution->state_ == Execution::State::kQueued) rest.push_back(execution);
+      if (execution->state() == Execution::State::kQueued) rest.push_back(execution);
     }
     for (auto& [id, execution] : live_) {
-      if (execution->state_ != Execution::State::kQueued) rest.push_back(execution);
+      if (execution->state() != Execution::State::kQueued) rest.push_back(execution);
     }
   }
   for (auto& execution : rest) Cancel(execution);

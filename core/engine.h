@@ -28,7 +28,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -38,6 +37,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/orphan_sweep.h"
 #include "core/pool.h"
 #include "core/pool_set.h"
 #include "core/reaper.h"
@@ -90,6 +90,7 @@ class Engine {
     virtual void OnStdinWritten(size_t bytes) { (void)bytes; }
   };
 
+  // A submitted command, as its caller holds it (core/execution.h).
   class Execution;
 
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const Options& options);
@@ -170,34 +171,13 @@ class Engine {
   void StartFresh(std::shared_ptr<Execution> execution);
   // Marks `e` admitted and gives its child's options, or finishes it (deadline passed).
   std::optional<ChildProcess::Options> Admit(Execution& e);
-  // On a spawn thread: creates the command's group and spawns it.
+  // On a spawn thread: creates the command's group and spawns it, then has the loop run it.
   void Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options options);
-  // Back on the loop: watches the spawned child, or reports why it could not start.
-  void OnSpawned(std::shared_ptr<Execution> execution,
-                 absl::StatusOr<std::unique_ptr<ChildProcess>> child);
-  // On the loop: hands an admitted pooled command to its pool.
-  void StartPooled(std::shared_ptr<Execution> execution, ChildProcess::Options options);
-  // On the loop: a pre-warmed process for `e`; runs it like a spawned child.
-  void OnPooledProcess(Execution& e, std::unique_ptr<ChildProcess> child);
-  // On the loop: a started child that could not be watched is killed, reaped and reported.
-  void FailUnwatched(Execution& e, absl::Status why);
-  // Loop thread: destroys e's child (see the definition for what waits for its reaping).
-  void DestroyChild(Execution& e);
   // Any thread (the work is the loop's): a killed child not dead at once is reaped by
   // reaper_, then `reaped` runs.
   void ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped);
-  // Adds (running) or removes the processes execd spawned, for the orphan sweep.
-  void TrackLeaders(const std::vector<pid_t>& pids, bool running);
-  // Any thread: kills what commands left outside their process groups (process-group
-  // containment) and reaps those already dead, without waiting. Each killed orphan not
-  // dead yet goes to reaper_, and its death sweeps again (its own children come to execd
-  // only then); any left that no pidfd announces are swept again by a timer. Returns
-  // false in that last case.
-  bool SweepOrphans();
-  // Loop thread: what a sweep left for later (see SweepOrphans).
-  void AwaitOrphans(Containment::OrphanSweep sweep);
-  // Loop thread: sweeps again `after` from now (sooner if one is armed for sooner).
-  void ArmOrphanSweep(absl::Duration after);
+  // Ends `execution`: its scheduler slot goes to the next, and its observer hears `result`
+  // (after its child is destroyed, on the loop).
   void Finish(Execution& execution, absl::StatusOr<Result> result);
   // Posts StartOnLoop for every entry the scheduler lets run now.
   void StartRunnableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -226,19 +206,6 @@ class Engine {
 
   // Loop thread only.
   EventLoop::TimerId expiry_timer_ = 0;
-  EventLoop::TimerId orphan_timer_ = 0;
-  absl::Time orphan_timer_at_;  // When orphan_timer_ fires.
-  // The delay of a retry for orphans no pidfd announces; it doubles while they outlive it.
-  absl::Duration orphan_retry_ = kFirstOrphanRetry;
-  bool orphan_sweeps_stopped_ = false;  // The engine is being destroyed.
-  static constexpr absl::Duration kFirstOrphanRetry = absl::Milliseconds(20);
-
-  // Leaders of running commands (each program of a pipeline), for the orphan sweep. Spawning
-  // threads hold spawn_gate_ shared from before a child exists until its pid is in leaders_; the
-  // sweep holds it exclusively, so it never mistakes a child being spawned for an orphan.
-  absl::Mutex spawn_gate_;
-  mutable absl::Mutex leaders_mu_;
-  absl::flat_hash_set<pid_t> leaders_ ABSL_GUARDED_BY(leaders_mu_);
 
   std::unique_ptr<SpawnThreads> spawn_threads_;
 
@@ -247,6 +214,9 @@ class Engine {
   // it, for ChildProcess and the pools.
   std::unique_ptr<Reaper> reaper_;
   ReapLaterFn reap_later_;
+  // Every running command's programs and every pool process are tracked here, so that the
+  // orphan sweep (process-group containment) leaves them alone.
+  std::unique_ptr<OrphanSweeper> orphans_;
 
   std::unique_ptr<PoolSet> pools_;
 };
