@@ -222,6 +222,13 @@ class Pool final : public PersistentWorker::Listener {
   // pool): the orphan sweep's tracking of it ends, and it stops counting as dying.
   std::function<void(pid_t)> OnReaped();
   std::string Describe(const PersistentWorker* worker, const absl::Status& why) const;
+  // A pool's process leaves the orphan sweep's care only once it is killed and reaped (by
+  // its destructor, or later by the engine's Reaper when it does not die at once):
+  // untracked any earlier, a sweep in between could reap it, and its own kill would then
+  // aim at a pid free for reuse. (A persistent worker untracks itself when it is reaped:
+  // Options::on_reaped.)
+  static void DestroyThenUntrack(std::unique_ptr<ChildProcess> process,
+                                 const std::function<void(pid_t)>& untrack);
 
   std::shared_ptr<const PoolSpec> spec_;
   Deps deps_;
