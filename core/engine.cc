@@ -88,6 +88,12 @@ absl::StatusOr<std::vector<std::string>> Engine::ReloadPools(std::vector<PoolSpe
 
 std::vector<PoolStatus> Engine::PoolStatuses() const { return pools_->Statuses(); }
 
+void Engine::AwaitLoop() {
+  absl::Notification ran;
+  loop_->Post([&ran]() mutable { ran.Notify(); });
+  ran.WaitForNotification();
+}
+
 Engine::~Engine() {
   Shutdown(absl::ZeroDuration());
   pools_.reset();

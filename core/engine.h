@@ -150,11 +150,16 @@ class Engine {
   std::vector<std::string> PoolNames() const;
   // Applies a new configuration of the same pools (same names): each pool whose
   // configuration changed retires its workers and refills under the new one. Returns the
-  // names of the pools that changed; FAILED_PRECONDITION (and no change) if pools were
-  // added or removed, or a pool's kind changed, which takes a restart.
+  // names of the pools that changed, once their stats show the new generation;
+  // FAILED_PRECONDITION (and no change) if pools were added or removed, or a pool's kind
+  // changed, which takes a restart. It waits for the loop: not from a gRPC thread.
   absl::StatusOr<std::vector<std::string>> ReloadPools(std::vector<PoolSpec> pools);
   using PoolStatus = core::PoolStatus;
+  // The pools' stats as the loop last published them; no round trip to the loop.
   std::vector<PoolStatus> PoolStatuses() const;
+  // Returns once the loop has run every task handed to it before the call, so that what a
+  // caller asked for has reached it. It waits for the loop: not from a gRPC thread.
+  void AwaitLoop();
   const Clock& clock() const { return *options_.clock; }
   const Containment& containment() const { return *containment_; }
   // Whether the orphan sweep counts `pid` as one of execd's own (a running command's

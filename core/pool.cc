@@ -34,6 +34,7 @@ Pool::~Pool() {
 
 void Pool::Start() {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   identity_ = FileIdentity::Of(spec_->command.executable);
   Refill();
   ArmShrink();
@@ -49,13 +50,19 @@ int Pool::Total() const {
 }
 
 PoolStats Pool::stats() const {
+  absl::MutexLock lock(&published_mu_);
+  return published_;
+}
+
+void Pool::Publish() {
   EXECD_DCHECK_LOOP(*deps_.loop);
   PoolStats s = counters_;
   s.idle = static_cast<int>(idle_.size());
   s.busy = static_cast<int>(busy_.size()) + prewarmed_busy_;
   s.starting = Preparing();
   s.generation = generation_;
-  return s;
+  absl::MutexLock lock(&published_mu_);
+  published_ = s;
 }
 
 void Pool::CheckIdentity() {
@@ -68,6 +75,7 @@ void Pool::CheckIdentity() {
 
 void Pool::Reconfigure(std::shared_ptr<const PoolSpec> spec) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   spec_ = std::move(spec);
   identity_ = FileIdentity::Of(spec_->command.executable);
   RetireGeneration();
@@ -134,6 +142,7 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
   ++counters_.served;
   if (idle.process != nullptr) {
     ++prewarmed_busy_;
+    Publish();
     request->OnProcess(std::move(idle.process));
     Refill();
     return;
@@ -146,6 +155,7 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
   std::string stdin_data = std::move(call.stdin_data);
   busy_.push_back(Busy{std::move(idle.worker), request, std::move(call), idle.generation,
                        idle.served, false, deps_.loop->clock().Now()});
+  Publish();
   request->OnStarted(w->pid());
   // Last: a worker found dead here reports through OnWorkerFailed, which ends the request.
   w->Send(id, arguments, stdin_data, timeout);
@@ -153,6 +163,7 @@ void Pool::Dispatch(Request* request, Call call, Idle idle) {
 
 void Pool::Acquire(Request* request, Call call) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   CheckIdentity();
   // The most recent first, its caches warm (and, PERSISTENT, the surplus left to reach its
   // idle_timeout); but a PREWARMED process that cannot say when it is ready (no
@@ -183,6 +194,7 @@ void Pool::Acquire(Request* request, Call call) {
 
 bool Pool::Cancel(Request* request) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
     if (it->request == request) {
       waiting_.erase(it);
@@ -200,6 +212,7 @@ bool Pool::Cancel(Request* request) {
 }
 
 void Pool::Release() {
+  const PublishOnExit publish(*this);
   if (prewarmed_busy_ > 0) --prewarmed_busy_;
   Refill();
 }
@@ -222,6 +235,7 @@ void Pool::ArmShrink() {
 }
 
 void Pool::Shrink() {
+  const PublishOnExit publish(*this);
   const absl::Time now = deps_.loop->clock().Now();
   // The burst reserve halves for each idle_timeout without a miss.
   if (burst_ > 0 && now - last_miss_ >= spec_->idle_timeout) {

@@ -27,7 +27,7 @@
 // then, and one hung filesystem cannot take the pool's whole capacity.
 //
 // Thread-safety: everything runs on the loop thread, except the spawns, which go through
-// `run_blocking` and come back by Post.
+// `run_blocking` and come back by Post, and stats(), which any thread may read.
 #pragma once
 
 #include <sys/stat.h>
@@ -41,6 +41,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/child_process.h"
 #include "core/command.h"
@@ -149,7 +150,9 @@ class Pool final : public PersistentWorker::Listener {
   // reaped, which frees its place in the pool (a process answered from its exit report
   // counts until then). It may outlive the pool, and then does nothing.
   absl::AnyInvocable<void() &&> Releaser();
-  PoolStats stats() const;  // Loop thread.
+  // Any thread: the stats as of the pool's last change, without a round trip to the loop
+  // (the loop publishes them before it tells a request anything, and after each event).
+  PoolStats stats() const;
 
   // PersistentWorker::Listener.
   void OnWorkerReady(PersistentWorker* worker) override;
@@ -182,6 +185,19 @@ class Pool final : public PersistentWorker::Listener {
     int64_t generation = 0;
     EventLoop::TimerId startup_timer = 0;
   };
+
+  // Publishes the pool's stats for stats() when it goes out of scope: opens each entry
+  // from the loop (a call, a timer, a posted task) that may change them.
+  class PublishOnExit {
+   public:
+    explicit PublishOnExit(Pool& pool) : pool_(pool) {}
+    ~PublishOnExit() { pool_.Publish(); }
+
+   private:
+    Pool& pool_;
+  };
+  // Loop thread: makes stats() return the pool's stats as they are now.
+  void Publish();
 
   // A PREWARMED request's process is gone: one place fewer in use (Releaser).
   void Release();
@@ -261,7 +277,9 @@ class Pool final : public PersistentWorker::Listener {
   // After a few failures in a row the shrink timer refills no sooner than this.
   absl::Time retry_after_ = absl::InfinitePast();
   std::string last_start_error_;
-  PoolStats counters_;
+  PoolStats counters_;  // The totals; the rest of PoolStats is counted from the lists above.
+  mutable absl::Mutex published_mu_;
+  PoolStats published_ ABSL_GUARDED_BY(published_mu_);
   uint64_t next_request_id_ = 1;
   bool destroying_ = false;
   // Set while a spawn is in flight, so its completion can tell the pool is gone.

@@ -85,22 +85,24 @@ absl::StatusOr<std::vector<std::pair<int, std::shared_ptr<const PoolSpec>>>> Poo
       if (specs_[index]->fingerprint == spec->fingerprint) continue;
       specs_[index] = spec;
     }
-    loop_.Post([this, index, spec]() mutable { pools_[index]->Reconfigure(std::move(spec)); });
     changed.emplace_back(index, std::move(spec));
   }
+  // Once this returns, the pools' stats show the new generations.
+  absl::Notification reconfigured;
+  loop_.Post([this, &changed, &reconfigured]() mutable {
+    for (const auto& [index, spec] : changed) pools_[index]->Reconfigure(spec);
+    reconfigured.Notify();
+  });
+  reconfigured.WaitForNotification();
   return changed;
 }
 
 std::vector<PoolStatus> PoolSet::Statuses() const {
   std::vector<PoolStatus> out;
-  absl::Notification done;
-  loop_.Post([this, &out, &done]() mutable {
-    for (const auto& pool : pools_) {
-      out.push_back(PoolStatus{pool->spec().name, pool->spec().kind, pool->stats()});
-    }
-    done.Notify();
-  });
-  done.WaitForNotification();
+  absl::MutexLock lock(&specs_mu_);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    out.push_back(PoolStatus{specs_[i]->name, specs_[i]->kind, pools_[i]->stats()});
+  }
   return out;
 }
 

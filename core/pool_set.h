@@ -2,8 +2,9 @@
 // loop (created here, started, reconfigured and destroyed there); their configurations can
 // be read from any thread without a round trip to the loop.
 //
-// Thread-safety: Find, Names, IndexOf and Update from any thread; at() on the loop thread;
-// Statuses from any thread but the loop's (it waits for the loop).
+// Thread-safety: Find, Names, IndexOf and Statuses from any thread, without a round trip
+// to the loop; at() on the loop thread; Update from any thread but the loop's and gRPC's
+// (it waits for the loop).
 #pragma once
 
 #include <memory>
@@ -45,7 +46,8 @@ class PoolSet {
 
   // A new configuration of the same pools (same names and kinds; FAILED_PRECONDITION and no
   // change otherwise): records it, and has each pool whose configuration changed reconfigure
-  // on the loop. Returns those pools' indices and new configurations.
+  // on the loop, and waits for them to have. Returns those pools' indices and new
+  // configurations.
   absl::StatusOr<std::vector<std::pair<int, std::shared_ptr<const PoolSpec>>>> Update(
       std::vector<PoolSpec> specs);
 

@@ -78,6 +78,7 @@ void Pool::StartOne() {
 
 void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildProcess>> process,
                      absl::StatusOr<std::unique_ptr<PersistentWorker>> worker) {
+  const PublishOnExit publish(*this);
   --spawning_;
   const bool prewarmed = spec_->kind == PoolSpec::Kind::kPrewarmed;
   absl::Status status = prewarmed ? process.status() : worker.status();
@@ -112,6 +113,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
     if (!waiting_.empty()) {
       Request* request = waiting_.front().request;
       waiting_.pop_front();
+      Publish();
       request->OnDone(absl::Status(
           status.code() == absl::StatusCode::kResourceExhausted ? status.code()
                                                                 : absl::StatusCode::kUnavailable,
@@ -147,6 +149,7 @@ void Pool::OnSpawned(int64_t generation, absl::StatusOr<std::unique_ptr<ChildPro
 }
 
 void Pool::OnWarmedUp(const ChildProcess* process, absl::Status status) {
+  const PublishOnExit publish(*this);
   auto it = std::find_if(warming_.begin(), warming_.end(),
                          [process](const WarmingUp& w) { return w.process.get() == process; });
   if (it == warming_.end()) return;  // Retired meanwhile, or the other of timer and line.
@@ -173,6 +176,7 @@ void Pool::StartFailed(const std::string& message) {
        static_cast<int>(waiting_.size()) > static_cast<int>(idle_.size()) + Preparing())) {
     Request* request = waiting_.front().request;
     waiting_.pop_front();
+    Publish();
     request->OnDone(absl::UnavailableError(
         absl::StrCat("pool \"", spec_->name, "\" could not start a worker: ", message)));
   }
@@ -181,6 +185,7 @@ void Pool::StartFailed(const std::string& message) {
 
 void Pool::OnWorkerReady(PersistentWorker* worker) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   for (auto it = starting_.begin(); it != starting_.end(); ++it) {
     if (it->worker.get() != worker) continue;
     Idle idle{nullptr, std::move(it->worker), deps_.loop->clock().Now(), it->generation, 0};
@@ -192,6 +197,7 @@ void Pool::OnWorkerReady(PersistentWorker* worker) {
 
 void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse response) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   auto it = std::find_if(busy_.begin(), busy_.end(),
                          [worker](const Busy& b) { return b.worker.get() == worker; });
   if (it == busy_.end()) return;
@@ -228,11 +234,13 @@ void Pool::OnWorkerResponse(PersistentWorker* worker, worker::v1::WorkResponse r
   } else {
     Ready(Idle{nullptr, std::move(b.worker), {}, b.generation, b.served});
   }
+  Publish();
   b.request->OnDone(std::move(result));
 }
 
 void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
   EXECD_DCHECK_LOOP(*deps_.loop);
+  const PublishOnExit publish(*this);
   ++counters_.crashed;
   for (auto it = starting_.begin(); it != starting_.end(); ++it) {
     if (it->worker.get() != worker) continue;
@@ -262,6 +270,7 @@ void Pool::OnWorkerFailed(PersistentWorker* worker, absl::Status why) {
   std::string message = Describe(b.worker.get(), why);
   Destroy(std::move(b.worker));
   Refill();
+  Publish();
   if (b.cancelled || why.code() == absl::StatusCode::kDeadlineExceeded) {
     // Stopped by execd for the request's own reasons: reported as a command's would be.
     Result result;
@@ -314,6 +323,7 @@ void Pool::CountDying(pid_t pid) {
 }
 
 void Pool::StopCountingDying(pid_t pid) {
+  const PublishOnExit publish(*this);
   auto it =
       std::find_if(dying_.begin(), dying_.end(), [pid](const Dying& d) { return d.pid == pid; });
   if (it == dying_.end()) return;      // Reaped before it was counted, or counted out already.

@@ -372,7 +372,7 @@ class DispatcherTest : public ::testing::Test {
   // The engine tells a running command's sink its end from a task on its loop, and that
   // task's reference to the call goes only after the sink's OnFinished returns: a round
   // through the loop lets it go.
-  void FlushEngineLoop() { engine_->PoolStatuses(); }
+  void FlushEngineLoop() { engine_->AwaitLoop(); }
 
   int64_t CacheEntries() {
     Dispatcher::Stats stats = dispatcher_->stats();

@@ -673,7 +673,7 @@ TEST_F(EngineTest, CancelDuringTheSpawnStopsTheChildOnceSpawned) {
   ASSERT_TRUE(execution.ok());
   ASSERT_TRUE(in_spawn.WaitForNotificationWithTimeout(absl::Seconds(10)));
   engine_->Cancel(*execution);
-  engine_->PoolStatuses();  // A round through the loop: the cancel has reached it.
+  engine_->AwaitLoop();  // The cancel has reached the loop.
   release.Notify();
   auto result = c.Get();
   ASSERT_TRUE(result.ok()) << result.status();

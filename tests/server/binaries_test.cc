@@ -591,8 +591,7 @@ TEST(ServerPools, SighupReloadsThePoolsFile) {
   kill(server.pid(), SIGHUP);
   // Waits for the log line, not the generation: the line is written only after the reload
   // returns, and the new generation can show before it. Once the line is there the
-  // generation shows too: the reload was handed to the engine's loop before the line was
-  // written, and GetStatus reads the pools through a later task on that loop.
+  // generation shows too: the reload returns only once the pool has taken it.
   ASSERT_TRUE(server.WaitForLog("event=pools_reloaded changed=\"w\"", absl::Seconds(10)))
       << server.log();
   EXPECT_EQ(generation(), 1);
