@@ -139,13 +139,12 @@ class ResultCache::Shard {
 
   void AddStats(Stats& out) const {
     absl::MutexLock lock(&mu_);
+#define EXECD_ADD_STAT(type, name, what) out.name += stats_.name;
+    EXECD_CACHE_STATS(EXECD_ADD_STAT)
+#undef EXECD_ADD_STAT
+    // stats_ counts events; these two are the shard's state.
     out.bytes += bytes_;
     out.entries += static_cast<int64_t>(lru_.size());
-    out.hits += stats_.hits;
-    out.misses += stats_.misses;
-    out.evictions += stats_.evictions;
-    out.rejections += stats_.rejections;
-    out.expirations += stats_.expirations;
   }
 
  private:

@@ -20,8 +20,19 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/command.h"
+#include "core/stats.h"
 
 namespace execd::core {
+
+// The cache's stats, each once: X(type, name, what); see core/stats.h.
+#define EXECD_CACHE_STATS(X)                                \
+  X(int64_t, bytes, "bytes held by entries")                \
+  X(int64_t, entries, "entries held")                       \
+  X(int64_t, hits, "lookups answered from an entry")        \
+  X(int64_t, misses, "lookups not answered")                \
+  X(int64_t, evictions, "entries evicted for room")         \
+  X(int64_t, rejections, "newcomers TinyLFU did not admit") \
+  X(int64_t, expirations, "entries dropped past their TTL")
 
 // Whether `result` may be stored: only a clean success is, that is every program exited
 // with 0 by itself (a pipeline's too), nothing truncated, no limit hit.
@@ -55,13 +66,7 @@ class ResultCache {
     Policy policy = Policy::kTinyLfu;
   };
   struct Stats {
-    int64_t bytes = 0;
-    int64_t entries = 0;
-    int64_t hits = 0;
-    int64_t misses = 0;
-    int64_t evictions = 0;
-    int64_t rejections = 0;  // Newcomers TinyLFU did not admit.
-    int64_t expirations = 0;
+    EXECD_CACHE_STATS(EXECD_STAT_FIELD)
   };
 
   explicit ResultCache(const Options& options);

@@ -49,6 +49,7 @@
 #include "core/event_loop.h"
 #include "core/persistent_worker.h"
 #include "core/spawn.h"
+#include "core/stats.h"
 
 namespace execd::core {
 
@@ -76,16 +77,20 @@ struct PoolSpec {
 
 absl::string_view PoolKindName(PoolSpec::Kind kind);
 
+// A pool's stats, each once: X(type, name, what); see core/stats.h.
+#define EXECD_POOL_STATS(X)                                                             \
+  X(int, idle, "workers waiting for a request")                                         \
+  X(int, busy, "workers serving a request")                                             \
+  X(int, starting, "workers spawned, not yet ready")                                    \
+  X(int64_t, started, "workers started")                                                \
+  X(int64_t, recycled, "workers retired: max_requests, idle_timeout, a new executable") \
+  X(int64_t, crashed, "workers that died, hung, broke the protocol or failed to start") \
+  X(int64_t, served, "requests served")                                                 \
+  X(int64_t, misses, "requests that found no idle worker")                              \
+  X(int64_t, generation, "times the workers were retired for a new configuration or executable")
+
 struct PoolStats {
-  int idle = 0;
-  int busy = 0;
-  int starting = 0;
-  int64_t started = 0;
-  int64_t recycled = 0;
-  int64_t crashed = 0;
-  int64_t served = 0;
-  int64_t misses = 0;
-  int64_t generation = 0;
+  EXECD_POOL_STATS(EXECD_STAT_FIELD)
 };
 
 class Pool final : public PersistentWorker::Listener {

@@ -161,27 +161,17 @@ grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext
     v1::PoolStatus* out = response->add_pools();
     out->set_name(p.name);
     out->set_kind(std::string(core::PoolKindName(p.kind)));
-    out->set_idle(p.stats.idle);
-    out->set_busy(p.stats.busy);
-    out->set_starting(p.stats.starting);
-    out->set_started(p.stats.started);
-    out->set_recycled(p.stats.recycled);
-    out->set_crashed(p.stats.crashed);
-    out->set_served(p.stats.served);
-    out->set_misses(p.stats.misses);
-    out->set_generation(p.stats.generation);
+#define EXECD_POOL_STAT_TO_PROTO(type, name, what) out->set_##name(p.stats.name);
+    EXECD_POOL_STATS(EXECD_POOL_STAT_TO_PROTO)
+#undef EXECD_POOL_STAT_TO_PROTO
   }
   if (stats.cache.has_value()) {
     const core::ResultCache::Stats& c = *stats.cache;
     v1::CacheStatus* out = response->mutable_cache();
-    out->set_bytes(c.bytes);
+#define EXECD_CACHE_STAT_TO_PROTO(type, name, what) out->set_##name(c.name);
+    EXECD_CACHE_STATS(EXECD_CACHE_STAT_TO_PROTO)
+#undef EXECD_CACHE_STAT_TO_PROTO
     out->set_max_bytes(dispatcher_.cache_settings().max_bytes);
-    out->set_entries(c.entries);
-    out->set_hits(c.hits);
-    out->set_misses(c.misses);
-    out->set_evictions(c.evictions);
-    out->set_rejections(c.rejections);
-    out->set_expirations(c.expirations);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
