@@ -44,6 +44,31 @@ std::string WaitChannel(pid_t pid) {
   return s;
 }
 
+// The rest of a stream, read to its end: the output bytes, and whether the exit came. Each
+// chunk holds at most `max_chunk` bytes (0: any number); the exit is the last event, a
+// clean EXITED with its stdout whole.
+struct Rest {
+  int64_t received = 0;
+  bool exited = false;
+};
+void ReadRest(grpc::ClientReaderInterface<v1::ExecuteEvent>& reader, size_t max_chunk, Rest* rest) {
+  v1::ExecuteEvent event;
+  while (reader.Read(&event)) {
+    ASSERT_FALSE(rest->exited) << "an event after the exit";
+    if (event.has_output()) {
+      if (max_chunk > 0) {
+        EXPECT_LE(event.output().data().size(), max_chunk);
+      }
+      rest->received += static_cast<int64_t>(event.output().data().size());
+    }
+    if (event.has_exited()) {
+      rest->exited = true;
+      EXPECT_EQ(event.exited().termination(), v1::EXITED);
+      EXPECT_FALSE(event.exited().stdout_truncated());
+    }
+  }
+}
+
 TEST_F(StreamingTest, OutputComesInChunksOfTheAskedSizeAndAllBeforeTheExit) {
   v1::ExecuteRequest request = TestServer::Request({"/usr/bin/head", "-c", "10500", "/dev/zero"});
   request.set_stream_chunk_bytes(1000);
@@ -104,19 +129,11 @@ TEST_F(StreamingTest, ASlowReaderMakesTheChildWaitInsteadOfGrowingTheServer) {
   EXPECT_GT(written, 0);
   EXPECT_LT(written, kTotal / 4) << "the server read on while nobody read from it";
   // Reading resumes the child; everything arrives, then the exit.
-  int64_t received = 0;
-  bool exited = false;
-  while (reader->Read(&event)) {
-    if (event.has_output()) received += static_cast<int64_t>(event.output().data().size());
-    if (event.has_exited()) {
-      exited = true;
-      EXPECT_EQ(event.exited().termination(), v1::EXITED);
-      EXPECT_FALSE(event.exited().stdout_truncated());
-    }
-  }
+  Rest rest;
+  ASSERT_NO_FATAL_FAILURE(ReadRest(*reader, 0, &rest));
   ASSERT_TRUE(reader->Finish().ok());
-  EXPECT_TRUE(exited);
-  EXPECT_EQ(received, kTotal);
+  EXPECT_TRUE(rest.exited);
+  EXPECT_EQ(rest.received, kTotal);
 }
 
 // A child that wrote more than the window and exited while nobody read: its last output is
@@ -135,23 +152,11 @@ TEST_F(StreamingTest, AnExitedChildsHeldOutputAllArrivesBeforeItsExit) {
   ASSERT_TRUE(event.has_started());
   const pid_t pid = event.started().pid();
   ASSERT_TRUE(WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(30)));
-  int64_t received = 0;
-  bool exited = false;
-  while (reader->Read(&event)) {
-    ASSERT_FALSE(exited) << "an event after the exit";
-    if (event.has_output()) {
-      EXPECT_LE(event.output().data().size(), 64u);
-      received += static_cast<int64_t>(event.output().data().size());
-    }
-    if (event.has_exited()) {
-      exited = true;
-      EXPECT_EQ(event.exited().termination(), v1::EXITED);
-      EXPECT_FALSE(event.exited().stdout_truncated());
-    }
-  }
+  Rest rest;
+  ASSERT_NO_FATAL_FAILURE(ReadRest(*reader, 64, &rest));
   ASSERT_TRUE(reader->Finish().ok());
-  EXPECT_TRUE(exited);
-  EXPECT_EQ(received, kTotal / 16);
+  EXPECT_TRUE(rest.exited);
+  EXPECT_EQ(rest.received, kTotal / 16);
 }
 
 // Everything a stream delivers, and how it ended.
