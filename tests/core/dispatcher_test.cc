@@ -50,6 +50,14 @@ int64_t PushbackMs(const absl::Status& status) {
 
 // ---- MemoryBudget ----
 
+// Grants of `first` and `second` bytes from `budget`, which has room for both.
+void TakeTwo(MemoryBudget& budget, int64_t first, int64_t second, std::optional<MemoryGrant>* a,
+             std::optional<MemoryGrant>* b) {
+  *a = budget.TryReserve(first);
+  *b = budget.TryReserve(second);
+  ASSERT_TRUE(a->has_value() && b->has_value());
+}
+
 TEST(MemoryBudgetTest, ReservationsAddUpAndComeBackWhenTheirGrantsAreDestroyed) {
   MemoryBudget budget(1000);
   {
@@ -66,9 +74,8 @@ TEST(MemoryBudgetTest, ReservationsAddUpAndComeBackWhenTheirGrantsAreDestroyed) 
 
 TEST(MemoryBudgetTest, ResetGivesTheBytesBackOnce) {
   MemoryBudget budget(1000);
-  std::optional<MemoryGrant> kept = budget.TryReserve(100);
-  std::optional<MemoryGrant> grant = budget.TryReserve(400);
-  ASSERT_TRUE(kept.has_value() && grant.has_value());
+  std::optional<MemoryGrant> kept, grant;
+  ASSERT_NO_FATAL_FAILURE(TakeTwo(budget, 100, 400, &kept, &grant));
   grant->Reset();
   EXPECT_EQ(grant->bytes(), 0);
   EXPECT_EQ(budget.in_use(), 100);
@@ -106,9 +113,8 @@ TEST(MemoryBudgetTest, AMovedGrantIsGivenBackOnceByItsNewHolder) {
 
 TEST(MemoryBudgetTest, TryReserveFillsTheBudgetExactlyAndRefusesPastIt) {
   MemoryBudget budget(1000);
-  std::optional<MemoryGrant> a = budget.TryReserve(600);
-  std::optional<MemoryGrant> b = budget.TryReserve(400);
-  ASSERT_TRUE(a.has_value() && b.has_value());
+  std::optional<MemoryGrant> a, b;
+  ASSERT_NO_FATAL_FAILURE(TakeTwo(budget, 600, 400, &a, &b));
   EXPECT_EQ(budget.in_use(), 1000);
 
   EXPECT_FALSE(budget.TryReserve(1).has_value());
