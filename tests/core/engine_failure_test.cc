@@ -1,7 +1,6 @@
 // The engine under resource exhaustion injected through ProcessOs (EMFILE on pipe, EAGAIN
 // on spawn): the request gets RESOURCE_EXHAUSTED, nothing leaks, and the engine serves
 // again as soon as resources return.
-#include <dirent.h>
 
 #include <atomic>
 
@@ -11,6 +10,7 @@
 #include "core/validate.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/subprocess.h"
 
 namespace execd::core {
 namespace {
@@ -50,14 +50,6 @@ class Waiter final : public Engine::Observer {
   absl::StatusOr<Result> result_ = absl::UnknownError("no result");
 };
 
-int OpenDescriptors() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (readdir(d) != nullptr) ++n;
-  closedir(d);
-  return n;
-}
-
 class EngineFailureTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,17 +81,18 @@ class EngineFailureTest : public ::testing::Test {
 
 TEST_F(EngineFailureTest, OutOfDescriptorsIsResourceExhaustedAndRecovers) {
   ASSERT_TRUE(Run({"/bin/true"}).ok());  // Warm up: the engine's own descriptors exist.
-  const int before = OpenDescriptors();
+  const int before = testing::OpenDescriptors();
   // The stdin, stdout and stderr pipes fail in turn, so each partial set-up is unwound.
   for (int failing_pipe = 1; failing_pipe <= 3; ++failing_pipe) {
     os_.pipe_failure_in = failing_pipe;
     auto result = Run({"/bin/cat"}, "input");
     EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted) << failing_pipe;
     EXPECT_THAT(result.status().message(), HasSubstr("pipe2"));
-    EXPECT_EQ(OpenDescriptors(), before) << "leak after pipe " << failing_pipe << " failed";
+    EXPECT_EQ(testing::OpenDescriptors(), before)
+        << "leak after pipe " << failing_pipe << " failed";
   }
   os_.pipe_failure_in = 0;
-  EXPECT_EQ(OpenDescriptors(), before);
+  EXPECT_EQ(testing::OpenDescriptors(), before);
   auto result = Run({"/bin/echo", "back"});
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->stdout_data, "back\n");
@@ -107,14 +100,14 @@ TEST_F(EngineFailureTest, OutOfDescriptorsIsResourceExhaustedAndRecovers) {
 
 TEST_F(EngineFailureTest, OutOfProcessesIsResourceExhaustedAndRecovers) {
   ASSERT_TRUE(Run({"/bin/true"}).ok());
-  const int before = OpenDescriptors();
+  const int before = testing::OpenDescriptors();
   os_.fail_spawns = 5;
   for (int i = 0; i < 5; ++i) {
     auto result = Run({"/bin/true"});
     EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted);
     EXPECT_THAT(result.status().message(), HasSubstr("clone"));
   }
-  EXPECT_EQ(OpenDescriptors(), before);
+  EXPECT_EQ(testing::OpenDescriptors(), before);
   EXPECT_EQ(engine_->stats().running, 0);  // Failed spawns gave their slots back.
   auto result = Run({"/bin/echo", "back"});
   ASSERT_TRUE(result.ok()) << result.status();

@@ -714,14 +714,6 @@ TEST_F(EngineTest, DeadlineThatPassedDuringTheSpawnStopsTheChildAtOnce) {
   engine_.reset();
 }
 
-int OpenDescriptors() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (readdir(d) != nullptr) ++n;
-  closedir(d);
-  return n;
-}
-
 int ZombieChildren() {
   int zombies = 0;
   for (pid_t pid : testing::ChildrenOf(getpid())) {
@@ -732,7 +724,7 @@ int ZombieChildren() {
 
 TEST_F(EngineTest, AThousandRunsLeakNoDescriptorAndLeaveNoZombie) {
   ASSERT_TRUE(Run({"/bin/true"}).ok());  // The engine's own descriptors exist now.
-  const int before = OpenDescriptors();
+  const int before = testing::OpenDescriptors();
   CommandRequest with_stdin;
   with_stdin.argv = {"/bin/cat"};
   with_stdin.stdin_data = "x";
@@ -741,8 +733,9 @@ TEST_F(EngineTest, AThousandRunsLeakNoDescriptorAndLeaveNoZombie) {
     ASSERT_TRUE(r.ok()) << r.status();
   }
   // Children are destroyed on the loop just after their result is delivered.
-  EXPECT_TRUE(testing::WaitFor([&] { return OpenDescriptors() == before; }, absl::Seconds(5)))
-      << OpenDescriptors() << " descriptors open, " << before << " before";
+  EXPECT_TRUE(
+      testing::WaitFor([&] { return testing::OpenDescriptors() == before; }, absl::Seconds(5)))
+      << testing::OpenDescriptors() << " descriptors open, " << before << " before";
   EXPECT_EQ(ZombieChildren(), 0);
   EXPECT_TRUE(testing::ChildrenOf(getpid()).empty());
 }

@@ -3,7 +3,7 @@ execd_test(engine_test SOURCES core/engine_test.cc LIBS core test_support)
 execd_test(event_loop_test SOURCES core/event_loop_test.cc LIBS core)
 execd_test(executor_test SOURCES core/executor_test.cc LIBS core)
 execd_test(scheduler_test SOURCES core/scheduler_test.cc LIBS core)
-execd_test(engine_failure_test SOURCES core/engine_failure_test.cc LIBS core)
+execd_test(engine_failure_test SOURCES core/engine_failure_test.cc LIBS core test_support)
 
 # The executor again under ThreadSanitizer (built with clang, outside the main build).
 add_test(NAME executor_tsan

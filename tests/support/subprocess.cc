@@ -172,6 +172,14 @@ bool ProcessAlive(pid_t pid) {
 
 bool ProcessReaped(pid_t pid) { return access(absl::StrCat("/proc/", pid).c_str(), F_OK) != 0; }
 
+int OpenDescriptors() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (readdir(d) != nullptr) ++n;
+  closedir(d);
+  return n;
+}
+
 std::vector<pid_t> ChildrenOf(pid_t parent) {
   std::vector<pid_t> children;
   DIR* proc = opendir("/proc");

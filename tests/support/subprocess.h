@@ -45,6 +45,10 @@ std::vector<pid_t> ChildrenOf(pid_t parent);
 // descendant of a command inherits it, wherever it moved, so tests can count survivors.
 std::vector<pid_t> ProcessesWithEnv(const std::string& entry);
 
+// The entries of /proc/self/fd, the listing's own descriptor included: compared before and
+// after, a count that grew is a leak.
+int OpenDescriptors();
+
 // A value unique to this test process and call, for markers and file names.
 std::string UniqueName(const std::string& prefix);
 
