@@ -39,6 +39,44 @@ bool Lz4CompressIfSmaller(absl::string_view data, std::string* out) {
   return true;
 }
 
+bool StreamCompressor::Compress(absl::string_view data, std::string* out) {
+  // Until the wire is measured, nothing says lz4 would pay.
+  if (data.size() < kMinCompressBytes || wire_ns_per_byte_ < 0) return false;
+  if (skip_ > 0) {
+    --skip_;
+    return false;
+  }
+  const absl::Time start = clock_.Now();
+  std::string frame = Lz4Compress(data);
+  const double compress_ns = absl::ToDoubleNanoseconds(clock_.Now() - start);
+  const double size = static_cast<double>(data.size());
+  compress_ns_per_byte_ = compress_ns / size;
+  saved_per_byte_ = std::max(0.0, size - static_cast<double>(frame.size())) / size;
+  if (Pays()) {
+    backoff_ = 0;
+  } else {
+    backoff_ = std::clamp(backoff_ * 2, 1, kMaxSkip);
+    skip_ = backoff_;
+  }
+  // The work is done: a frame that is smaller is sent whether or not the next is tried.
+  if (frame.empty() || frame.size() > data.size() / 8 * 7) return false;
+  *out = std::move(frame);
+  return true;
+}
+
+void StreamCompressor::Written(size_t bytes, absl::Duration took) {
+  if (bytes < kMinMeasuredBytes) return;
+  const double ns_per_byte = absl::ToDoubleNanoseconds(took) / static_cast<double>(bytes);
+  // A quarter weight: a few messages follow a change of reader or network.
+  wire_ns_per_byte_ =
+      wire_ns_per_byte_ < 0 ? ns_per_byte : 0.75 * wire_ns_per_byte_ + 0.25 * ns_per_byte;
+  if (Pays()) skip_ = 0;
+}
+
+bool StreamCompressor::Pays() const {
+  return saved_per_byte_ * wire_ns_per_byte_ > compress_ns_per_byte_;
+}
+
 absl::StatusOr<std::string> Lz4Decompress(absl::string_view frame, size_t max_bytes) {
   std::string out;
   absl::Status s = Lz4DecompressInto(frame, max_bytes, &out);

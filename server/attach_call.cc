@@ -87,9 +87,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::AttachEvent event;
-    OutputToProto(stream, data, accept_lz4(), event.mutable_output());
-    const bool plain = event.output().compression() == v1::COMPRESSION_NONE;
-    Enqueue(std::move(event), /*coalesce=*/plain);
+    OutputToProto(stream, data, event.mutable_output());
+    Enqueue(std::move(event), /*coalesce=*/true);
   }
 
   void OnStdinWritten(size_t bytes) override {
@@ -176,6 +175,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     command->keep_stdin_open = true;
     command->terminal = terminal_;
     writer_.set_chunk_bytes(static_cast<size_t>(command->stream_chunk_bytes));
+    writer_.set_accept_lz4(accept_lz4());
     {
       absl::MutexLock lock(&mu_);
       // Reported through OnStdinWritten like the rest.

@@ -164,13 +164,12 @@ grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* c
   return ToGrpcStatus(status);
 }
 
-void OutputToProto(core::OutputStream stream, absl::string_view data, bool accept_lz4,
+void OutputToProto(core::OutputStream stream, absl::string_view data,
                    v1::ExecuteEvent::Output* output) {
   output->set_stream(stream == core::OutputStream::kStdout ? v1::ExecuteEvent::STDOUT
                                                            : v1::ExecuteEvent::STDERR);
-  v1::Compression compression;
-  SetMaybeCompressed(accept_lz4, std::string(data), output->mutable_data(), &compression);
-  output->set_compression(compression);
+  output->set_data(data.data(), data.size());
+  output->set_compression(v1::COMPRESSION_NONE);
 }
 
 void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,

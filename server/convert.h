@@ -45,8 +45,8 @@ void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
                         v1::Compression* compression);
 
 // A chunk of streamed output as an event's `output` (ExecuteEvent and AttachEvent share
-// it): its stream, and its data, compressed as SetMaybeCompressed decides.
-void OutputToProto(core::OutputStream stream, absl::string_view data, bool accept_lz4,
+// it), plain: EventWriter compresses it as it is written, when that pays.
+void OutputToProto(core::OutputStream stream, absl::string_view data,
                    v1::ExecuteEvent::Output* output);
 
 // Time left until the call's deadline; InfiniteDuration when it has none.

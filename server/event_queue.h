@@ -14,6 +14,9 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+#include "core/compress.h"
 #include "core/dispatcher.h"
 #include "execd/v1/execd.pb.h"
 
@@ -115,7 +118,9 @@ class EventQueue {
 // events queue while a write is in flight (gRPC allows one at a time; writes are never
 // issued under the lock), the child's output is paused while too much waits, and the call
 // finishes once the command (or batch) is over and everything queued has been written (or
-// the reader is gone). Thread-safe.
+// the reader is gone). Output is queued plain (so chunks merge) and, for a caller that
+// accepts lz4, compressed as it is written when the stream's core::StreamCompressor says
+// it pays: on the thread that starts the write, never under the lock. Thread-safe.
 template <typename Event>
 class EventWriter {
  public:
@@ -137,6 +142,8 @@ class EventWriter {
     absl::MutexLock lock(&mu_);
     queue_.set_chunk_bytes(chunk_bytes);
   }
+  // Before Open: the caller reads lz4 frames.
+  void set_accept_lz4(bool accept) { accept_lz4_ = accept; }
   // Writing may begin (a reactor may queue events before it is ready to write).
   void Open() {
     Action action;
@@ -159,6 +166,7 @@ class EventWriter {
   }
   // The reactor's OnWriteDone.
   void WriteDone(bool ok) {
+    if (ok) Measure();
     if (ok && hooks_.written) hooks_.written(current_);
     Action action;
     {
@@ -205,14 +213,46 @@ class EventWriter {
   // Outside the lock: writes are never issued under it. current_ and final_status_ are not
   // touched again until this write is done or the call finished.
   void Take(Action action) {
-    if (action == Action::kWrite) hooks_.start_write(&current_);
+    if (action == Action::kWrite) {
+      Compress();
+      hooks_.start_write(&current_);
+    }
     if (action == Action::kFinish) hooks_.finish(final_status_);
+  }
+
+  // The write of current_ is about to start: compress its output if that pays.
+  void Compress() {
+    if constexpr (CarriesOutput<Event>) {
+      if (!accept_lz4_ || !current_.has_output()) return;
+      auto* output = current_.mutable_output();
+      std::string frame;
+      if (compressor_.Compress(output->data(), &frame)) {
+        *output->mutable_data() = std::move(frame);
+        output->set_compression(v1::LZ4);
+      }
+      write_started_ = core::MonotonicClock::Get().Now();
+    }
+  }
+  // current_ was written: a plain one tells the compressor how fast the wire drains.
+  void Measure() {
+    if constexpr (CarriesOutput<Event>) {
+      if (!accept_lz4_ || !current_.has_output() ||
+          current_.output().compression() != v1::COMPRESSION_NONE) {
+        return;
+      }
+      compressor_.Written(current_.output().data().size(),
+                          core::MonotonicClock::Get().Now() - write_started_);
+    }
   }
 
   const Hooks hooks_;
   absl::Mutex mu_;
   EventQueue<Event> queue_ ABSL_GUARDED_BY(mu_);
   Event current_;  // The message being written.
+  // Used only by the thread writing current_, like current_.
+  bool accept_lz4_ = false;
+  core::StreamCompressor compressor_;
+  absl::Time write_started_;
   bool open_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;

@@ -73,6 +73,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     writer_.set_chunk_bytes(request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes()
                                                              : 64 << 10);
     PrepareAndRun(const_cast<v1::ExecuteRequest&>(request), core::CallShape::kStream);
+    writer_.set_accept_lz4(accept_lz4());
     writer_.Open();
   }
 
@@ -85,10 +86,8 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::ExecuteEvent event;
-    OutputToProto(stream, data, accept_lz4(), event.mutable_output());
-    // A frame is a whole message: compressed chunks are not merged.
-    const bool plain = event.output().compression() == v1::COMPRESSION_NONE;
-    writer_.Push(std::move(event), /*coalesce=*/plain);
+    OutputToProto(stream, data, event.mutable_output());
+    writer_.Push(std::move(event), /*coalesce=*/true);
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {

@@ -322,13 +322,23 @@ TEST_F(StreamingTest, CallersThatAcceptLz4GetCompressibleOutputCompressed) {
   }
 }
 
-TEST_F(StreamingTest, StreamChunksAreEachAWholeFrame) {
-  const std::string seq = testing::RunProcess({"/usr/bin/seq", "1", "100000"}).out;
-  v1::ExecuteRequest request = TestServer::Request({"/usr/bin/seq", "1", "100000"});
+// A stream is compressed when the wire drains slower than lz4 would save: here a reader
+// that stops reading until the child is blocked on its pipe, so the write in flight
+// waits on gRPC's flow control. Each compressed chunk is a whole frame.
+TEST_F(StreamingTest, AStreamToAReaderThatFellBehindIsCompressedInWholeFrames) {
+  const std::string seq = testing::RunProcess({"/usr/bin/seq", "1", "2000000"}).out;
+  v1::ExecuteRequest request = TestServer::Request({"/usr/bin/seq", "1", "2000000"});
   request.set_accept_compression(v1::LZ4);
+  request.mutable_limits()->set_max_output_bytes(static_cast<int64_t>(seq.size()));
   grpc::ClientContext context;
   auto reader = server_->stub().ExecuteStream(&context, request);
   v1::ExecuteEvent event;
+  ASSERT_TRUE(reader->Read(&event));
+  ASSERT_TRUE(event.has_started());
+  const pid_t pid = event.started().pid();
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::EndsWith(WaitChannel(pid), "pipe_write"); }, absl::Seconds(30)))
+      << "wchan " << WaitChannel(pid);
   std::string out;
   int compressed = 0;
   while (reader->Read(&event)) {
@@ -337,7 +347,7 @@ TEST_F(StreamingTest, StreamChunksAreEachAWholeFrame) {
     out += Plain(event.output().data(), event.output().compression());
   }
   ASSERT_TRUE(reader->Finish().ok());
-  // Not EXPECT_EQ: gtest's diff of two 600 KB strings takes minutes.
+  // Not EXPECT_EQ: gtest's diff of two 15 MB strings takes minutes.
   EXPECT_TRUE(out == seq) << out.size() << " bytes, want " << seq.size();
   EXPECT_GT(compressed, 0);
 }
