@@ -24,13 +24,15 @@ struct Config {
   absl::Duration duration = absl::Seconds(10);
   int64_t requests = 0;  // When > 0, stop after this many instead of after `duration`.
   std::vector<std::string> argv;
-  int payload_bytes = 0;   // Ping payload.
-  std::string pool;        // Execute in this worker pool.
-  bool cache = false;      // Execute with cache_policy READ_WRITE.
-  int64_t batch = 0;       // kBatch: items in the one ExecuteBatch call.
-  double rate = 0;         // Requests per second in all (open loop); 0: closed loop.
-  std::string stdin_data;  // Each command's stdin.
-  int channels = 1;        // Connections to the target; requests spread round-robin.
+  int payload_bytes = 0;         // Ping payload.
+  std::string pool;              // Execute in this worker pool.
+  bool cache = false;            // Execute with cache_policy READ_WRITE.
+  bool accept_lz4 = false;       // Execute with accept_compression LZ4.
+  int64_t max_output_bytes = 0;  // Execute: limits.max_output_bytes (0: the server's default).
+  int64_t batch = 0;             // kBatch: items in the one ExecuteBatch call.
+  double rate = 0;               // Requests per second in all (open loop); 0: closed loop.
+  std::string stdin_data;        // Each command's stdin.
+  int channels = 1;              // Connections to the target; requests spread round-robin.
 };
 
 // Throughput and latencies are of the successful requests only (goodput): a failure is

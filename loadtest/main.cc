@@ -49,6 +49,10 @@ ABSL_FLAG(int64_t, batch, 0,
           "send one ExecuteBatch of this many copies of the command, max_parallel = "
           "--concurrency, and report its wall time");
 ABSL_FLAG(bool, cache, false, "Execute with cache_policy READ_WRITE (measures cache hits)");
+ABSL_FLAG(bool, accept_lz4, false,
+          "Execute with accept_compression LZ4 (the server compresses output when it pays)");
+ABSL_FLAG(int64_t, max_output_bytes, 0,
+          "Execute with this limits.max_output_bytes (0: the server's default)");
 ABSL_FLAG(std::string, stdin_text, "", "stdin of each command (e.g. a program for a pool)");
 
 namespace {
@@ -83,6 +87,8 @@ int main(int argc, char** argv) {
   config.rate = absl::GetFlag(FLAGS_rate);
   config.batch = absl::GetFlag(FLAGS_batch);
   config.cache = absl::GetFlag(FLAGS_cache);
+  config.accept_lz4 = absl::GetFlag(FLAGS_accept_lz4);
+  config.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   config.channels = absl::GetFlag(FLAGS_channels);
   const int rounds = absl::GetFlag(FLAGS_rounds);

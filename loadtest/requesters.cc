@@ -41,6 +41,8 @@ class ExecuteRequester final : public Requester {
     request_.set_pool(config.pool);
     request_.set_stdin(config.stdin_data);
     if (config.cache) request_.set_cache_policy(v1::READ_WRITE);
+    if (config.accept_lz4) request_.set_accept_compression(v1::LZ4);
+    request_.mutable_limits()->set_max_output_bytes(config.max_output_bytes);
   }
   std::string Send() override {
     grpc::ClientContext context;
