@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/malloc_tuning.h"
 #include "server/pools_config.h"
 #include "server/server.h"
 
@@ -144,6 +145,7 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  execd::core::TuneMallocForStreams();
   absl::SetProgramUsageMessage(
       "execd: runs processes for remote callers over gRPC.\n"
       "  execd [--listen=127.0.0.1:50051] [--flagfile=execd.flags] [--helpfull]");

@@ -4,10 +4,12 @@
 #include <string>
 #include <vector>
 
+#include "core/malloc_tuning.h"
 #include "tools/execctl/args.h"
 #include "tools/execctl/execctl.h"
 
 int main(int argc, char** argv) {
+  execd::core::TuneMallocForStreams();
   const char* env_target = std::getenv("EXECD_TARGET");
   auto args = execd::execctl::ParseArgs(std::vector<std::string>(argv + 1, argv + argc),
                                         env_target == nullptr ? "" : env_target);
