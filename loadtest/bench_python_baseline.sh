@@ -58,6 +58,11 @@ measure() {  # label target|--local round
   [[ "$2" == --local ]] && where=--local
   c1=$("$loadtest" "$where" --requests="$n" --concurrency=1 --json -- /bin/true) || true
   c8=$("$loadtest" "$where" --duration="$d" --concurrency=8 --json -- /bin/true) || true
+  # A failed request still prints a report (and exits 1); no report is a usage error.
+  if [[ -z "$c1" || -z "$c8" ]]; then
+    echo "execd-loadtest printed no report: see its error above" >&2
+    exit 1
+  fi
   local errors=$(($(echo "$c1" | field errors) + $(echo "$c8" | field errors)))
   echo "$1 $3 $(echo "$c1" | field p50_ms) $(echo "$c8" | field requests_per_second)" \
     "$(echo "$c8" | field p50_ms) $(echo "$c8" | field p99_ms) $errors" | tee -a "$tmp/rows"
