@@ -88,8 +88,8 @@ class PingRequester final : public Requester {
 };
 
 // The baseline: what the same command costs spawned locally, output to /dev/null. With
-// `setsid`, the child gets a session of its own as execd's children do, and with it a
-// scheduler autogroup of its own where autogroups are enabled.
+// `setsid`, the child gets a session of its own (as a server that gives each child one
+// would), and with it a scheduler autogroup of its own where autogroups are enabled.
 class LocalSpawnRequester final : public Requester {
  public:
   LocalSpawnRequester(const std::vector<std::string>& argv, bool setsid) : argv_(argv) {

@@ -95,6 +95,19 @@ TEST_F(BinariesTest, FloodOnBothStreamsCompletesAndReportsTruncation) {
   EXPECT_EQ(r.exit_code, 128 + SIGKILL);
 }
 
+// The chunk size reaches the server: in range the output arrives whole, out of range the
+// server's reason is printed.
+TEST_F(BinariesTest, RunStreamChunkBytesGoesToTheServer) {
+  const std::string seq = testing::RunProcess({"/usr/bin/seq", "1", "20000"}).out;
+  ProcessResult r =
+      Execctl({"run", "--stream", "--stream_chunk_bytes=1000", "--", "/usr/bin/seq", "1", "20000"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(r.out == seq) << r.out.size() << " bytes, want " << seq.size();
+  r = Execctl({"run", "--stream", "--stream_chunk_bytes=1000000000", "--", "/bin/true"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_THAT(r.err, HasSubstr("stream_chunk_bytes"));
+}
+
 TEST_F(BinariesTest, StdinEnvAndStream) {
   ProcessResult r = Execctl({"run", "--stdin=-", "--env", "WHO=world", "--stream", "--", "/bin/sh",
                              "-c", "cat; echo \"hello $WHO\" >&2"},

@@ -24,6 +24,13 @@ TEST(ExecctlArgs, RunTakesFlagsThenTheCommandAfterDoubleDash) {
   EXPECT_THAT(a->argv, ElementsAre("/bin/echo", "--not-a-flag"));
 }
 
+TEST(ExecctlArgs, StreamChunkBytesIsACount) {
+  auto a = Parse({"run", "--stream", "--stream_chunk_bytes=1048576", "--", "/bin/true"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->stream_chunk_bytes, 1048576);
+  EXPECT_FALSE(Parse({"run", "--stream_chunk_bytes=lots", "--", "/bin/true"}).ok());
+}
+
 TEST(ExecctlArgs, CommandWithoutDoubleDashStartsAtTheFirstNonFlag) {
   auto a = Parse({"run", "/bin/ls", "-l"});
   ASSERT_TRUE(a.ok());

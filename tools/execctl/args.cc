@@ -31,6 +31,8 @@ const char kUsage[] =
     "      --cpu_time=2s --memory_bytes=N --max_processes=N --max_open_files=N\n"
     "      --max_file_size_bytes=N --cpu_affinity=0,1   resource limits\n"
     "      --stream              print output live (ExecuteStream)\n"
+    "      --stream_chunk_bytes=N   with --stream: largest output message (default: the\n"
+    "                            server's, 64 KiB)\n"
     "      --pipefail            a pipeline exits with its last failing program's code\n"
     "      --cache=read-write    answer from the server's result cache when an identical\n"
     "                            command succeeded; read-only, refresh, off (default)\n"
@@ -164,6 +166,7 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"pool", true, set(out.pool)},
           {"cache", true, [&out](const std::string& v) { return ParseCache(v, out); }},
           {"cache_ttl", true, DurationFlag("cache_ttl", out.cache_ttl)},
+          {"stream_chunk_bytes", true, CountFlag("stream_chunk_bytes", out.stream_chunk_bytes)},
       };
     case Args::Command::kAttach: {
       // run's flags, less those that make no sense for a session.

@@ -36,6 +36,7 @@ struct Args {
   long long max_file_size_bytes = 0;
   std::vector<int> cpu_affinity;
   bool stream = false;
+  long long stream_chunk_bytes = 0;  // Zero: the server default.
   // Programs after argv in a pipeline: the command line is split at "|" arguments.
   std::vector<std::vector<std::string>> pipe_to;
   bool pipefail = false;  // Exit with the last failing program's code, like bash's pipefail.

@@ -191,6 +191,7 @@ v1::ExecuteRequest RequestFromArgs(const Args& args) {
   if (args.cache == "read-only") request.set_cache_policy(v1::READ_ONLY);
   if (args.cache == "refresh") request.set_cache_policy(v1::REFRESH);
   SetDuration(args.cache_ttl, request.mutable_cache_ttl());
+  request.set_stream_chunk_bytes(args.stream_chunk_bytes);
   request.set_accept_compression(v1::LZ4);  // Decompressed when printed; less to move.
   return request;
 }
