@@ -225,7 +225,7 @@ class CgroupContainment::CgroupGroup final : public Containment::Group {
   ~CgroupGroup() override {
     // Kept for the next command without limits if it ended clean: empty, and no limit
     // event counted (the counters cannot be reset).
-    // Not after a cgroup.kill: on Linux 6.18 (this host) a child that clone3 creates in a
+    // Not after a cgroup.kill: on Linux 6.18 a child that clone3 creates in a
     // cgroup killed before is SIGKILLed at birth (see spawn.cc).
     if (reusable_ && !killed_ && Empty() && (checked_clean_ || Clean(ReadHits()))) {
       CgroupRecycler::Entry entry{v2_, std::move(v2_dir_), std::move(v2_procs_), std::move(events_),

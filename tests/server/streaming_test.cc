@@ -44,6 +44,19 @@ std::string WaitChannel(pid_t pid) {
   return s;
 }
 
+// Reads a stream's first event, which must be `started`; the child's pid, or 0.
+pid_t ReadStarted(grpc::ClientReaderInterface<v1::ExecuteEvent>& reader) {
+  v1::ExecuteEvent event;
+  if (!reader.Read(&event) || !event.has_started()) return 0;
+  return event.started().pid();
+}
+
+// Waits (bounded) until `pid` is blocked writing to its full pipe: wchan is "pipe_write"
+// (or "anon_pipe_write" on newer kernels) while blocked there.
+bool WaitBlockedOnPipe(pid_t pid) {
+  return WaitFor([&] { return absl::EndsWith(WaitChannel(pid), "pipe_write"); }, absl::Seconds(30));
+}
+
 // The rest of a stream, read to its end: the output bytes, and whether the exit came. Each
 // chunk holds at most `max_chunk` bytes (0: any number); the exit is the last event, a
 // clean EXITED with its stdout whole.
@@ -115,15 +128,11 @@ TEST_F(StreamingTest, ASlowReaderMakesTheChildWaitInsteadOfGrowingTheServer) {
   request.mutable_limits()->set_max_output_bytes(kTotal);
   grpc::ClientContext context;
   auto reader = server_->stub().ExecuteStream(&context, request);
-  v1::ExecuteEvent event;
-  ASSERT_TRUE(reader->Read(&event));
-  ASSERT_TRUE(event.has_started());
-  const pid_t pid = event.started().pid();
+  const pid_t pid = ReadStarted(*reader);
+  ASSERT_GT(pid, 0);
   // The test reads nothing more: the child must end up blocked on its full pipe, having
   // written only what the server buffers (~1 MiB) and gRPC's flow-control windows hold.
-  // wchan is "pipe_write" (or "anon_pipe_write" on newer kernels) while blocked there.
-  ASSERT_TRUE(
-      WaitFor([&] { return absl::EndsWith(WaitChannel(pid), "pipe_write"); }, absl::Seconds(30)))
+  ASSERT_TRUE(WaitBlockedOnPipe(pid))
       << "wchan " << WaitChannel(pid) << ", wrote " << BytesWritten(pid);
   const int64_t written = BytesWritten(pid);
   EXPECT_GT(written, 0);
@@ -147,10 +156,8 @@ TEST_F(StreamingTest, AnExitedChildsHeldOutputAllArrivesBeforeItsExit) {
   request.set_stream_chunk_bytes(64);
   grpc::ClientContext context;
   auto reader = server_->stub().ExecuteStream(&context, request);
-  v1::ExecuteEvent event;
-  ASSERT_TRUE(reader->Read(&event));
-  ASSERT_TRUE(event.has_started());
-  const pid_t pid = event.started().pid();
+  const pid_t pid = ReadStarted(*reader);
+  ASSERT_GT(pid, 0);
   ASSERT_TRUE(WaitFor([&] { return !testing::ProcessAlive(pid); }, absl::Seconds(30)));
   Rest rest;
   ASSERT_NO_FATAL_FAILURE(ReadRest(*reader, 64, &rest));
@@ -332,13 +339,10 @@ TEST_F(StreamingTest, AStreamToAReaderThatFellBehindIsCompressedInWholeFrames) {
   request.mutable_limits()->set_max_output_bytes(static_cast<int64_t>(seq.size()));
   grpc::ClientContext context;
   auto reader = server_->stub().ExecuteStream(&context, request);
+  const pid_t pid = ReadStarted(*reader);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitBlockedOnPipe(pid)) << "wchan " << WaitChannel(pid);
   v1::ExecuteEvent event;
-  ASSERT_TRUE(reader->Read(&event));
-  ASSERT_TRUE(event.has_started());
-  const pid_t pid = event.started().pid();
-  ASSERT_TRUE(
-      WaitFor([&] { return absl::EndsWith(WaitChannel(pid), "pipe_write"); }, absl::Seconds(30)))
-      << "wchan " << WaitChannel(pid);
   std::string out;
   int compressed = 0;
   while (reader->Read(&event)) {
