@@ -77,7 +77,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     v1::AttachEvent event;
     event.mutable_started()->set_pid(pid);
     DurationToProto(queued, event.mutable_started()->mutable_queued());
-    Enqueue(std::move(event), /*coalesce=*/false);
+    Enqueue(std::move(event));
     {
       absl::MutexLock lock(&mu_);
       started_ = true;
@@ -88,7 +88,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::AttachEvent event;
     OutputToProto(stream, data, event.mutable_output());
-    Enqueue(std::move(event), /*coalesce=*/true);
+    Enqueue(std::move(event));
   }
 
   void OnStdinWritten(size_t bytes) override {
@@ -112,7 +112,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     if (report) {
       v1::AttachEvent event;
       ToResponse(*std::move(result), event.mutable_exited());
-      Enqueue(std::move(event), /*coalesce=*/false);
+      Enqueue(std::move(event));
     }
     {
       absl::MutexLock lock(&mu_);
@@ -318,7 +318,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
     StartRead(&request_);
   }
 
-  void Enqueue(v1::AttachEvent event, bool coalesce) { writer_.Push(std::move(event), coalesce); }
+  void Enqueue(v1::AttachEvent event) { writer_.Push(std::move(event)); }
 
   // Set while the first message is handled, before the call can report.
   std::optional<core::TerminalSize> terminal_;  // Then read-only.

@@ -74,7 +74,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
       ResultToProto(*std::move(result), info.accept_lz4, Now() - info.started,
                     out.mutable_response());
     }
-    writer_.Push(std::move(out), /*coalesce=*/false);
+    writer_.Push(std::move(out));
   }
   void OnEnd(absl::Status status) override { writer_.Close(ToGrpcStatus(status)); }
 

@@ -58,16 +58,15 @@ class EventQueue {
   // Messages are never merged past `chunk_bytes` (the size the caller asked for).
   void set_chunk_bytes(size_t chunk_bytes) { chunk_bytes_ = chunk_bytes; }
 
-  // Adds `event`. With `coalesce`, uncompressed output of the same stream as the last
-  // queued event is merged into it (while a write is in flight, many small writes of a
-  // chatty child become one message). Returns true when the caller should now pause the
-  // child's output.
-  bool Push(Event event, bool coalesce) {
+  // Adds `event`. Output of the same stream as the last queued event is merged into it
+  // (while a write is in flight, many small writes of a chatty child become one message);
+  // queued output is always plain, as EventWriter compresses only as it writes. Returns
+  // true when the caller should now pause the child's output.
+  bool Push(Event event) {
     bool merge = false;
     if constexpr (CarriesOutput<Event>) {
-      merge = coalesce && !queue_.empty() && queue_.back().has_output() &&
+      merge = event.has_output() && !queue_.empty() && queue_.back().has_output() &&
               queue_.back().output().stream() == event.output().stream() &&
-              queue_.back().output().compression() == v1::COMPRESSION_NONE &&
               queue_.back().output().data().size() + event.output().data().size() <= chunk_bytes_;
       if (merge) {  // No message of its own: only its bytes count.
         bytes_ += event.output().data().size();
@@ -154,12 +153,12 @@ class EventWriter {
     }
     Take(action);
   }
-  void Push(Event event, bool coalesce) {
+  void Push(Event event) {
     Action action;
     {
       absl::MutexLock lock(&mu_);
       if (broken_) return;
-      if (queue_.Push(std::move(event), coalesce)) hooks_.pause_output(true);
+      if (queue_.Push(std::move(event))) hooks_.pause_output(true);
       action = NextLocked();
     }
     Take(action);

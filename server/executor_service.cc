@@ -81,13 +81,13 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     v1::ExecuteEvent event;
     event.mutable_started()->set_pid(pid);
     DurationToProto(queued, event.mutable_started()->mutable_queued());
-    writer_.Push(std::move(event), /*coalesce=*/false);
+    writer_.Push(std::move(event));
   }
 
   void OnOutput(core::OutputStream stream, absl::string_view data) override {
     v1::ExecuteEvent event;
     OutputToProto(stream, data, event.mutable_output());
-    writer_.Push(std::move(event), /*coalesce=*/true);
+    writer_.Push(std::move(event));
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
@@ -95,7 +95,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
     if (result.ok()) {
       v1::ExecuteEvent event;
       ToResponse(*std::move(result), event.mutable_exited());
-      writer_.Push(std::move(event), /*coalesce=*/false);
+      writer_.Push(std::move(event));
     }
     writer_.Close(result.ok() ? grpc::Status::OK : CallStatus(result.status()));
   }

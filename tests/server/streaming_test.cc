@@ -279,7 +279,7 @@ TEST(EventWriterRace, CloseLeavesTheWriterAloneOnceAnotherThreadMayFinish) {
         /*open=*/true);
     v1::ExecuteEvent started;
     started.mutable_started()->set_pid(1);
-    w->Push(started, /*coalesce=*/false);  // Its write is in flight.
+    w->Push(started);  // Its write is in flight.
     writer.store(w);
     finished_here = false;
     go.store(round, std::memory_order_release);
