@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/cache_key.h"
+#include "core/status_macros.h"
 
 namespace execd::core {
 namespace {
@@ -119,17 +121,22 @@ class Dispatcher::CallImpl final : public Call,
   }
 
   void WriteStdin(std::string data) override {
-    if (auto e = execution(); e != nullptr) dispatcher_.engine_.WriteStdin(e, std::move(data));
+    ToSession([data = std::move(data)](Engine& engine, const ExecutionPtr& e) mutable {
+      engine.WriteStdin(e, std::move(data));
+    });
   }
   void CloseStdin() override {
-    if (auto e = execution(); e != nullptr) dispatcher_.engine_.CloseStdin(e);
+    ToSession([](Engine& engine, const ExecutionPtr& e) { engine.CloseStdin(e); });
   }
   absl::Status Signal(int signal) override {
-    auto e = execution();
-    return e == nullptr ? absl::OkStatus() : dispatcher_.engine_.Signal(e, signal);
+    RETURN_IF_ERROR(Engine::CheckSignal(signal));
+    ToSession([signal](Engine& engine, const ExecutionPtr& e) {
+      engine.Signal(e, signal).IgnoreError();  // Checked above.
+    });
+    return absl::OkStatus();
   }
   void ResizeTerminal(TerminalSize size) override {
-    if (auto e = execution(); e != nullptr) dispatcher_.engine_.ResizeTerminal(e, size);
+    ToSession([size](Engine& engine, const ExecutionPtr& e) { engine.ResizeTerminal(e, size); });
   }
 
   // Engine::Observer.
@@ -191,9 +198,24 @@ class Dispatcher::CallImpl final : public Call,
            (options_.cache == CachePolicy::kReadWrite || options_.cache == CachePolicy::kRefresh);
   }
 
-  std::shared_ptr<Engine::Execution> execution() {
-    absl::MutexLock lock(&mu_);
-    return execution_;
+  using ExecutionPtr = std::shared_ptr<Engine::Execution>;
+  using SessionInput = absl::AnyInvocable<void(Engine&, const ExecutionPtr&) &&>;
+
+  // Hands session input to the engine. The command can start, and its sink ask for input,
+  // while the thread in Submit is still on its way back from the engine with the handle:
+  // input that comes first waits for the handle, in order; once the command has ended
+  // there is nothing to give it to.
+  void ToSession(SessionInput input) {
+    ExecutionPtr execution;
+    {
+      absl::MutexLock lock(&mu_);
+      if (execution_ == nullptr) {
+        if (!ended_) early_input_.push_back(std::move(input));
+        return;
+      }
+      execution = execution_;
+    }
+    std::move(input)(dispatcher_.engine_, execution);
   }
 
   // The cache settings a call asks for, and its key.
@@ -309,8 +331,11 @@ class Dispatcher::CallImpl final : public Call,
       if (ended_) return;  // It ended already; nothing to hold or cancel.
       execution_ = *std::move(execution);
       if (cancelled_) cancel = execution_;
-      // Output can outrun this thread: a pause asked for before now is applied now.
+      // Output and input can outrun this thread: what the sink asked for before now is
+      // applied now, under the lock, so that later requests follow it.
       if (output_paused_) dispatcher_.engine_.SetOutputPaused(execution_, true);
+      for (SessionInput& input : early_input_) std::move(input)(dispatcher_.engine_, execution_);
+      early_input_.clear();
     }
     // Not under the lock: cancelled while queued, the command ends here, on this thread.
     if (cancel != nullptr) dispatcher_.engine_.Cancel(cancel);
@@ -355,6 +380,7 @@ class Dispatcher::CallImpl final : public Call,
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;          // The engine has reported.
   bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the sink last asked for.
+  std::vector<SessionInput> early_input_ ABSL_GUARDED_BY(mu_);  // See ToSession.
   // A cache hit being streamed: the result, how far each stream has gone.
   std::unique_ptr<Result> replay_ ABSL_GUARDED_BY(mu_);
   size_t at_[2] ABSL_GUARDED_BY(mu_) = {0, 0};

@@ -398,6 +398,12 @@ void Engine::ResizeTerminal(const std::shared_ptr<Execution>& execution, Termina
 }
 
 absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int signal) {
+  RETURN_IF_ERROR(CheckSignal(signal));
+  loop_->Post([execution, signal]() mutable { execution->Signal(signal); });
+  return absl::OkStatus();
+}
+
+absl::Status Engine::CheckSignal(int signal) {
   static constexpr int kAllowed[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGKILL,
                                      SIGUSR1, SIGUSR2, SIGTERM, SIGWINCH};
   if (std::find(std::begin(kAllowed), std::end(kAllowed), signal) == std::end(kAllowed)) {
@@ -405,7 +411,6 @@ absl::Status Engine::Signal(const std::shared_ptr<Execution>& execution, int sig
         "signal ", signal, " may not be sent; allowed: SIGHUP (1), SIGINT (2), SIGQUIT (3), ",
         "SIGKILL (9), SIGUSR1 (10), SIGUSR2 (12), SIGTERM (15), SIGWINCH (28)"));
   }
-  loop_->Post([execution, signal]() mutable { execution->Signal(signal); });
   return absl::OkStatus();
 }
 

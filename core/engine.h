@@ -120,6 +120,8 @@ class Engine {
   void WriteStdin(const std::shared_ptr<Execution>& execution, std::string data);
   void CloseStdin(const std::shared_ptr<Execution>& execution);
   absl::Status Signal(const std::shared_ptr<Execution>& execution, int signal);
+  // Whether Signal may send `signal`, with the INVALID_ARGUMENT it would return.
+  static absl::Status CheckSignal(int signal);
   void ResizeTerminal(const std::shared_ptr<Execution>& execution, TerminalSize size);
 
   // A queue place for a request that waits outside the engine (for an identical request's

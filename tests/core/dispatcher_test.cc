@@ -30,6 +30,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/manual_clock.h"
+#include "tests/support/single_cpu.h"
 #include "tests/support/subprocess.h"
 
 namespace execd::core {
@@ -196,9 +197,27 @@ class Sink final : public CallSink {
     pause_ = std::move(call);
   }
 
-  void OnStarted(pid_t, absl::Duration) override {
+  // On OnStarted, from inside the callback, `call` gets `input` and end of file, as a
+  // session's transport sends what its client wrote as soon as the command has started.
+  void InputOnStart(std::weak_ptr<Call> call, std::string input) {
     absl::MutexLock lock(&mu_);
-    started_ = true;
+    input_to_ = std::move(call);
+    input_ = std::move(input);
+  }
+
+  void OnStarted(pid_t, absl::Duration) override {
+    std::shared_ptr<Call> input_to;
+    std::string input;
+    {
+      absl::MutexLock lock(&mu_);
+      started_ = true;
+      input_to = input_to_.lock();
+      input = std::move(input_);
+    }
+    if (input_to != nullptr) {
+      input_to->WriteStdin(std::move(input));
+      input_to->CloseStdin();
+    }
   }
   void OnOutput(OutputStream stream, absl::string_view data) override {
     std::shared_ptr<Call> pause;
@@ -262,6 +281,8 @@ class Sink final : public CallSink {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Chunk> chunks_ ABSL_GUARDED_BY(mu_);
   std::weak_ptr<Call> pause_ ABSL_GUARDED_BY(mu_);
+  std::weak_ptr<Call> input_to_ ABSL_GUARDED_BY(mu_);
+  std::string input_ ABSL_GUARDED_BY(mu_);
 };
 
 // A FIFO a command blocks on (`read x < fifo`) until the test writes it a line. The test
@@ -395,6 +416,35 @@ class DispatcherTest : public ::testing::Test {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Dispatcher> dispatcher_;
 };
+
+// The sink hears OnStarted from the engine's loop, which can come before the thread in
+// Start is back from the engine with its handle; input sent from that moment on reaches the
+// command, in order. Which comes first is up to the kernel's scheduler: on one CPU, threads
+// woken for the spawn and the start often run before the thread that woke them goes on,
+// and many sessions make that near certain.
+TEST_F(DispatcherTest, ASessionsInputSentOnItsStartReachesTheCommand) {
+  testing::ScopedSingleCpu one_cpu;
+  constexpr int kSessions = 100;
+  for (int i = 0; i < kSessions; ++i) {
+    CommandRequest request;
+    request.argv = {"/bin/cat"};
+    Command command = Prepare(std::move(request));
+    command.keep_stdin_open = true;
+    command.stream_output = true;
+    command.limits.timeout = absl::Seconds(10);  // Input lost: cat waits for it until then.
+    CallOptions options;
+    options.shape = CallShape::kSession;
+    Sink* sink = sinks_.emplace_back(std::make_unique<Sink>()).get();
+    std::shared_ptr<Call> call = dispatcher_->NewCall(std::move(options), sink);
+    const std::string input = absl::StrCat("session ", i, "\n");
+    sink->InputOnStart(call, input);
+    call->Start(std::move(command));
+    absl::StatusOr<Result> result = sink->Wait();
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->termination, Termination::kExited) << "session " << i;
+    ASSERT_EQ(sink->output(OutputStream::kStdout), input) << "session " << i;
+  }
+}
 
 TEST_F(DispatcherTest, PrepareNamesThePoolsThereAreWhenThePoolIsUnknown) {
   CommandRequest request;
