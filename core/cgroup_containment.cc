@@ -211,6 +211,33 @@ class CgroupContainment final : public Containment {
   bool sweeps_orphans() const override { return false; }
   OrphanSweep SweepOrphans(const absl::flat_hash_set<pid_t>&) override { return {}; }
 
+  std::optional<int64_t> CommandsMemoryBytes() const override {
+    int64_t bytes = 0;
+    if (dirs_.v2_memory &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(dirs_.v2 + "/memory.current")),
+                         &bytes)) {
+      return bytes;
+    }
+    if (dirs_.v2.empty()) return std::nullopt;
+    // Without v2's memory controller: the resident memory of each process in the commands'
+    // cgroups (one level: a command's cgroup under this server's directory).
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(dirs_.v2.c_str()), closedir);
+    if (dir == nullptr) return std::nullopt;
+    const int64_t page = sysconf(_SC_PAGESIZE);
+    while (dirent* e = readdir(dir.get())) {
+      if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
+      for (absl::string_view line :
+           absl::StrSplit(ReadFile(absl::StrCat(dirs_.v2, "/", e->d_name, "/cgroup.procs")), '\n',
+                          absl::SkipEmpty())) {
+        const std::vector<absl::string_view> statm =
+            absl::StrSplit(ReadFile(absl::StrCat("/proc/", line, "/statm")), ' ');
+        int64_t pages = 0;
+        if (statm.size() > 1 && absl::SimpleAtoi(statm[1], &pages)) bytes += pages * page;
+      }
+    }
+    return bytes;
+  }
+
  private:
   class CgroupGroup;
   const Dirs dirs_;

@@ -86,6 +86,10 @@ class Containment {
   virtual absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
                                                           int64_t max_processes) = 0;
 
+  // Memory the running commands use now, in bytes; none where this mechanism cannot tell.
+  // Reads the kernel's files: for a scrape now and then, not for every request.
+  virtual std::optional<int64_t> CommandsMemoryBytes() const { return std::nullopt; }
+
   // Whether SweepOrphans has work to do (process-group mode, where execd is subreaper).
   virtual bool sweeps_orphans() const = 0;
   // What a sweep left for later. A killed process takes a moment to die, and the children

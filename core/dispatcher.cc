@@ -66,8 +66,9 @@ class Dispatcher::CallImpl final : public Call,
     {
       absl::MutexLock lock(&mu_);
       if (waiting_ == nullptr) return;  // The leader landed already and took the command.
-      held = dispatcher_.engine_.HoldQueuePlace();
+      held = dispatcher_.engine_.HoldQueuePlace(waiting_->priority);
       holds_place_ = held.ok();
+      if (holds_place_) held_priority_ = waiting_->priority;
     }
     if (held.ok() || !dispatcher_.LeaveFlight(key_, this)) return;  // Waits, or has landed.
     {
@@ -79,7 +80,7 @@ class Dispatcher::CallImpl final : public Call,
 
   // Gives back the queue place a waiter held.
   void ReleasePlace() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (holds_place_) dispatcher_.engine_.ReleaseQueuePlace();
+    if (holds_place_) dispatcher_.engine_.ReleaseQueuePlace(held_priority_);
     holds_place_ = false;
   }
 
@@ -375,7 +376,8 @@ class Dispatcher::CallImpl final : public Call,
   absl::Mutex mu_;
   // Waiting on a leader (on the heap: a Command is large).
   std::unique_ptr<Command> waiting_ ABSL_GUARDED_BY(mu_);
-  bool holds_place_ ABSL_GUARDED_BY(mu_) = false;  // A queue place, while waiting.
+  bool holds_place_ ABSL_GUARDED_BY(mu_) = false;  // A queue place, while waiting,
+  int held_priority_ ABSL_GUARDED_BY(mu_) = 0;     // under this priority.
   std::shared_ptr<Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;          // The engine has reported.
@@ -394,7 +396,7 @@ Dispatcher::Dispatcher(Engine& engine, const RequestPolicy& policy, const CacheS
     : engine_(engine),
       policy_(policy),
       cache_settings_(cache),
-      budget_(memory_budget_bytes),
+      budget_(memory_budget_bytes, &engine.metrics()),
       executor_(std::make_unique<WorkStealingExecutor>(2)) {
   if (cache.max_bytes > 0) {
     ResultCache::Options options;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "core/execution.h"
+#include "core/errno_status.h"
 #include "core/status_macros.h"
 
 namespace execd::core {
@@ -151,6 +152,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   {
     absl::MutexLock lock(&mu_);
     if (draining_) {
+      options_.metrics->Shed(ShedReason::kDraining);
       return absl::UnavailableError("the server is shutting down; retry on another replica");
     }
     Id id = next_id_++;
@@ -163,7 +165,10 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       group = index + 1;
     }
     Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
-    if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
+    if (admission.kind == Scheduler::Admission::Kind::kRejected) {
+      options_.metrics->Shed(ShedReason::kQueueFull);
+      return Overloaded();
+    }
     execution = std::make_shared<Execution>(*this, id, std::move(command), observer, group,
                                             group > 0 ? pools_->at(group - 1) : nullptr, now);
     live_.emplace(id, execution);
@@ -181,6 +186,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
     }
   }
   if (displaced != nullptr) {
+    options_.metrics->Shed(ShedReason::kDisplaced);
     displaced->observer().OnFinished(absl::ResourceExhaustedError(
         "shed from a full queue for a higher-priority request; retry later"));
   }
@@ -224,6 +230,7 @@ void Engine::ExpireQueued() {
     ArmExpiryLocked();
   }
   for (auto& e : expired) {
+    options_.metrics->Shed(ShedReason::kQueueTimeout);
     absl::Duration waited = options_.clock->Now() - e->submitted();
     bool by_deadline = e->command().deadline <= options_.clock->Now();
     e->observer().OnFinished(absl::DeadlineExceededError(absl::StrCat(
@@ -294,7 +301,10 @@ void Engine::Spawn(std::shared_ptr<Execution> execution, ChildProcess::Options o
   }
   // A pipeline whose later program failed to spawn has had its earlier ones killed and
   // reaped; what they started outside their process groups came to execd meanwhile.
-  if (!child.ok()) orphans_->Sweep();
+  if (!child.ok()) {
+    orphans_->Sweep();
+    options_.metrics->SpawnFailed(ErrnoOf(child.status()));
+  }
   e.MarkSpawned(options_.clock->Now());
   e.CountHandoff();
   loop_->Post([this, execution = std::move(execution), child = std::move(child)]() mutable {
@@ -331,7 +341,10 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
     bool was_admitted = execution.state() == Execution::State::kAdmitted;
     execution.set_state(Execution::State::kDone);
     if (was_admitted) {
-      if (result.ok()) mean_run_ = (mean_run_ * 7 + result->run) / 8;
+      if (result.ok()) {
+        mean_run_ = (mean_run_ * 7 + result->run) / 8;
+        options_.metrics->CommandEnded(*result);
+      }
       scheduler_.Release(execution.group());
       StartRunnableLocked();
     }
@@ -373,6 +386,7 @@ void Engine::Cancel(const std::shared_ptr<Execution>& execution) {
     }
     scheduler_.Remove(execution->id());
   }
+  if (draining) options_.metrics->Shed(ShedReason::kDraining);
   Finish(*execution,
          absl::CancelledError(draining ? "the server is shutting down" : "cancelled while queued"));
 }
@@ -414,17 +428,22 @@ absl::Status Engine::CheckSignal(int signal) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::HoldQueuePlace() {
+absl::Status Engine::HoldQueuePlace(int priority) {
   absl::MutexLock lock(&mu_);
-  if (draining_)
+  if (draining_) {
+    options_.metrics->Shed(ShedReason::kDraining);
     return absl::UnavailableError("the server is shutting down; retry on another replica");
-  if (!scheduler_.HoldPlace()) return Overloaded();
+  }
+  if (!scheduler_.HoldPlace(priority)) {
+    options_.metrics->Shed(ShedReason::kQueueFull);
+    return Overloaded();
+  }
   return absl::OkStatus();
 }
 
-void Engine::ReleaseQueuePlace() {
+void Engine::ReleaseQueuePlace(int priority) {
   absl::MutexLock lock(&mu_);
-  scheduler_.ReleasePlace();
+  scheduler_.ReleasePlace(priority);
 }
 
 void Engine::SetConcurrencyLimit(int limit) {
@@ -469,7 +488,15 @@ void Engine::CutDrainShort() {
 
 Engine::Stats Engine::stats() const {
   absl::MutexLock lock(&mu_);
-  return Stats{scheduler_.running(), scheduler_.queued(), scheduler_.limit()};
+  Stats stats;
+  stats.running = scheduler_.running();
+  stats.queued = scheduler_.queued();
+  for (int p = 0; p < Scheduler::kPriorities; ++p) {
+    stats.queued_by_priority[p] = scheduler_.queued(p);
+  }
+  stats.queue_capacity = scheduler_.max_queue();
+  stats.limit = scheduler_.limit();
+  return stats;
 }
 
 }  // namespace execd::core

@@ -21,6 +21,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -37,6 +38,7 @@
 #include "core/command.h"
 #include "core/containment.h"
 #include "core/event_loop.h"
+#include "core/metrics.h"
 #include "core/orphan_sweep.h"
 #include "core/pool.h"
 #include "core/pool_set.h"
@@ -68,6 +70,8 @@ class Engine {
     const Clock* clock = &MonotonicClock::Get();
     // Worker pools, validated (names unique).
     std::vector<PoolSpec> pools;
+    // Where the engine reports sheds, spawn errors and commands' ends.
+    Metrics* metrics = &Metrics::Null();
   };
 
   class Observer {
@@ -127,8 +131,8 @@ class Engine {
   // A queue place for a request that waits outside the engine (for an identical request's
   // result): it counts in max_queue and in stats().queued until released. The refusal
   // when the queue is full, or UNAVAILABLE while draining.
-  absl::Status HoldQueuePlace();
-  void ReleaseQueuePlace();
+  absl::Status HoldQueuePlace(int priority);
+  void ReleaseQueuePlace(int priority);
 
   void SetConcurrencyLimit(int limit);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.
@@ -141,7 +145,9 @@ class Engine {
 
   struct Stats {
     int running = 0;
-    size_t queued = 0;  // Queued commands and held queue places.
+    size_t queued = 0;  // Queued commands and held queue places,
+    std::array<size_t, Scheduler::kPriorities> queued_by_priority = {};  // by priority.
+    size_t queue_capacity = 0;
     int limit = 0;
   };
   Stats stats() const;
@@ -163,6 +169,7 @@ class Engine {
   // caller asked for has reached it. It waits for the loop: not from a gRPC thread.
   void AwaitLoop();
   const Clock& clock() const { return *options_.clock; }
+  Metrics& metrics() const { return *options_.metrics; }
   const Containment& containment() const { return *containment_; }
   // Whether the orphan sweep counts `pid` as one of execd's own (a running command's
   // program or a pool's process, not yet reaped) and so leaves it alone.

@@ -3,10 +3,16 @@
 #include <cerrno>
 #include <cstring>
 
+#include <string>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace execd::core {
 namespace {
+
+constexpr absl::string_view kErrnoPayload = "execd/errno";
 
 absl::StatusCode CodeForErrno(int err) {
   switch (err) {
@@ -42,7 +48,16 @@ absl::StatusCode CodeForErrno(int err) {
 }  // namespace
 
 absl::Status ErrnoToStatus(int err, absl::string_view what) {
-  return absl::Status(CodeForErrno(err), absl::StrCat(what, ": ", std::strerror(err)));
+  absl::Status status(CodeForErrno(err), absl::StrCat(what, ": ", std::strerror(err)));
+  status.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(err)));
+  return status;
+}
+
+int ErrnoOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kErrnoPayload);
+  int err = 0;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &err)) return 0;
+  return err;
 }
 
 }  // namespace execd::core

@@ -9,6 +9,10 @@ namespace execd::core {
 // Maps `err` to a status code (ENOENT -> NOT_FOUND, EACCES -> PERMISSION_DENIED,
 // EMFILE/EAGAIN/ENOMEM -> RESOURCE_EXHAUSTED, ...) with the message
 // "<what>: <strerror>".
+// The errno rides along with the status (ErrnoOf reads it back).
 absl::Status ErrnoToStatus(int err, absl::string_view what);
+
+// The errno of a status made by ErrnoToStatus, or 0.
+int ErrnoOf(const absl::Status& status);
 
 }  // namespace execd::core

@@ -43,6 +43,7 @@ std::optional<MemoryGrant> MemoryBudget::TryReserve(int64_t bytes) {
 absl::StatusOr<MemoryGrant> MemoryBudget::Reserve(int64_t bytes, const std::string& what) {
   std::optional<MemoryGrant> grant = TryReserve(bytes);
   if (grant.has_value()) return *std::move(grant);
+  metrics_->Shed(ShedReason::kMemoryBudget);
   if (bytes > limit_) {
     return absl::ResourceExhaustedError(absl::StrCat(
         what, " needs up to ", bytes, " bytes of server memory, more than the whole budget of ",

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/metrics.h"
 
 namespace execd::core {
 
@@ -42,7 +43,9 @@ class MemoryGrant {
 class MemoryBudget {
  public:
   // `limit_bytes` <= 0: no bound (every reservation is granted, and still counted).
-  explicit MemoryBudget(int64_t limit_bytes) : limit_(limit_bytes) {}
+  // Refusals by Reserve are reported to `metrics` as sheds.
+  explicit MemoryBudget(int64_t limit_bytes, Metrics* metrics = &Metrics::Null())
+      : limit_(limit_bytes), metrics_(metrics) {}
 
   // `bytes` for `what` (named in the refusal), or RESOURCE_EXHAUSTED with a retry pushback
   // when they would take the budget past its limit. A single reservation larger than the
@@ -63,6 +66,7 @@ class MemoryBudget {
   void Release(int64_t bytes) { in_use_.fetch_sub(bytes, std::memory_order_relaxed); }
 
   const int64_t limit_;
+  Metrics* const metrics_;
   std::atomic<int64_t> in_use_{0};
 };
 

@@ -37,14 +37,17 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
   return admission;
 }
 
-bool Scheduler::HoldPlace() {
+bool Scheduler::HoldPlace(int priority) {
   if (queued() >= max_queue_) return false;
-  ++held_;
+  ++held_[priority];
+  ++held_total_;
   return true;
 }
 
-void Scheduler::ReleasePlace() {
-  if (held_ > 0) --held_;
+void Scheduler::ReleasePlace(int priority) {
+  if (held_[priority] == 0) return;
+  --held_[priority];
+  --held_total_;
 }
 
 void Scheduler::Enqueue(Id id, int priority, absl::Time expiry, int group) {

@@ -57,16 +57,19 @@ class Scheduler {
   // Queued entries, all removed (for shutdown).
   std::vector<Id> TakeAllQueued();
 
-  // A place in the queue held by a request that waits outside the scheduler (an identical
-  // request's result): it counts towards max_queue like a queued entry. False when full.
-  bool HoldPlace();
-  void ReleasePlace();
+  // A place in the queue held by a request of `priority` that waits outside the scheduler
+  // (an identical request's result): it counts towards max_queue like a queued entry, and
+  // under its priority. False when full.
+  bool HoldPlace(int priority);
+  void ReleasePlace(int priority);
 
   void SetLimit(int limit);
   int limit() const { return limit_; }
   int running() const { return running_; }
   // Queued entries and held places.
-  size_t queued() const { return index_.size() + held_; }
+  size_t queued() const { return index_.size() + held_total_; }
+  // Queued entries and held places of `priority`.
+  size_t queued(int priority) const { return queues_[priority].size() + held_[priority]; }
   size_t max_queue() const { return max_queue_; }
 
  private:
@@ -92,7 +95,8 @@ class Scheduler {
   std::vector<int> group_running_{0};
   std::vector<int> group_queued_{0};
   const size_t max_queue_;
-  size_t held_ = 0;  // Places held (HoldPlace).
+  size_t held_[kPriorities] = {};  // Places held (HoldPlace), by priority.
+  size_t held_total_ = 0;
   std::list<Entry> queues_[kPriorities];
   absl::flat_hash_map<Id, Position> index_;
   std::set<std::pair<absl::Time, Id>> expiries_;  // Finite expiries only.

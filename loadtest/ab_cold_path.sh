@@ -16,7 +16,7 @@ trap 'rm -f "$out"' EXIT
 
 measure() {  # build label round
   local port=$((20000 + RANDOM % 20000))
-  "$1/execd" --listen=127.0.0.1:$port --log_requests=false 2>/dev/null &
+  "$1/execd" --listen=127.0.0.1:$port --metrics_listen=127.0.0.1:0 --log_requests=false 2>/dev/null &
   local server=$!
   for _ in $(seq 100); do
     "$loadtest" --target=127.0.0.1:$port --ping --requests=1 >/dev/null 2>&1 && break

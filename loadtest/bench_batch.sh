@@ -9,7 +9,7 @@ rounds=${3:-3}
 p=$(nproc)
 port=$((20000 + RANDOM % 20000))
 target=127.0.0.1:$port
-"$build/execd" --listen="$target" --log_requests=false &
+"$build/execd" --listen="$target" --metrics_listen=127.0.0.1:0 --log_requests=false &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
 for _ in $(seq 100); do "$build/execctl" --target="$target" health >/dev/null 2>&1 && break; sleep 0.1; done

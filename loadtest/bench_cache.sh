@@ -9,7 +9,7 @@ rounds=${2:-3}
 concurrencies=${3:-8}
 duration=${4:-5s}
 port=$((20000 + RANDOM % 20000))
-"$build/execd" --listen="127.0.0.1:$port" --log_requests=false >/dev/null 2>&1 &
+"$build/execd" --listen="127.0.0.1:$port" --metrics_listen=127.0.0.1:0 --log_requests=false >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 until "$build/execctl" --target="127.0.0.1:$port" health >/dev/null 2>&1; do sleep 0.1; done

@@ -11,7 +11,7 @@ build=${1:-build}
 rounds=${2:-5}
 seconds=${3:-5}
 log=$(mktemp)
-"$build/execd" --listen=127.0.0.1:0 --log_requests=false 2>"$log" &
+"$build/execd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --log_requests=false 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 until grep -q ' port=' "$log"; do sleep 0.1; done

@@ -26,7 +26,7 @@ pool { name: "cxx" kind: PERSISTENT argv: "$PWD/$build/execd-test-worker"
 pool { name: "py" kind: PERSISTENT argv: "/usr/bin/python3"
        argv: "$PWD/examples/workers/python/echo_worker.py" min_idle: 8 max_size: 8 }
 CONFIG
-"$build/execd" --listen="$target" --log_requests=false --pools_config="$config" &
+"$build/execd" --listen="$target" --metrics_listen=127.0.0.1:0 --log_requests=false --pools_config="$config" &
 server=$!
 for _ in $(seq 100); do "$build/execctl" --target="$target" health >/dev/null 2>&1 && break; sleep 0.1; done
 lt() { "$build/execd-loadtest" --target="$target" --duration="$duration" "$@"; }

@@ -40,7 +40,7 @@ wait_ready() {  # target label
 
 "$here/py_baseline/gen_stubs.sh" "$tmp/stubs"
 execd_target=127.0.0.1:$(free_port)
-"$build/execd" --listen="$execd_target" --log_requests=false 2>"$tmp/execd.log" &
+"$build/execd" --listen="$execd_target" --metrics_listen=127.0.0.1:0 --log_requests=false 2>"$tmp/execd.log" &
 execd_pid=$!
 py_target=127.0.0.1:$(free_port)
 "$python" "$here/py_baseline/server.py" --stubs="$tmp/stubs" --port="${py_target#*:}" \

@@ -10,7 +10,7 @@ rounds=${2:-3}
 size=$((1 << 30))
 port=$((20000 + RANDOM % 20000))
 random=$(mktemp)
-"$build/execd" --listen="127.0.0.1:$port" >/dev/null 2>&1 &
+"$build/execd" --listen="127.0.0.1:$port" --metrics_listen=127.0.0.1:0 >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$random"' EXIT
 head -c "$size" /dev/urandom >"$random"

@@ -28,7 +28,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
                          public CallBase {
  public:
   AttachCall(ExecutorService& service, grpc::CallbackServerContext* context)
-      : CallBase(service, context, "Attach") {
+      : CallBase(service, context, core::Rpc::kAttach) {
+    writer_.set_metrics(&service.metrics());
     reading_ = true;
     StartRead(&request_);
   }
@@ -100,7 +101,6 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
-    Log(result);
     grpc::Status status;
     bool report;
     {
@@ -109,6 +109,7 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
       status = !error_.ok() ? ToGrpcStatus(error_)
                             : (result.ok() ? grpc::Status::OK : CallStatus(result.status()));
     }
+    Report(result, static_cast<absl::StatusCode>(status.error_code()));
     if (report) {
       v1::AttachEvent event;
       ToResponse(*std::move(result), event.mutable_exited());

@@ -32,6 +32,9 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     request_ = const_cast<v1::BatchRequest*>(request);
     absl::Status valid = Check(*request);
     if (!valid.ok()) {
+      // Counted and logged as one request: no item exists.
+      ReportCall(service_, core::Rpc::kExecuteBatch, CallInfo{}, context_,
+                 absl::StatusOr<core::Result>(valid), absl::ZeroDuration(), valid.code());
       writer_.Close(ToGrpcStatus(valid));
       return;
     }
@@ -65,14 +68,15 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
   // core::BatchSink.
   void OnItem(int index, absl::StatusOr<core::Result> result) override {
     const CallInfo& info = infos_[index];
-    LogCall(service_.log(), "ExecuteBatch", info, context_, result, Now() - info.started);
+    ReportCall(service_, core::Rpc::kExecuteBatch, info, context_, result, Now() - info.started,
+               result.status().code());
     v1::BatchResult out;
     out.set_index(index);
     out.set_status_code(static_cast<int>(result.status().code()));
     out.set_status_message(std::string(result.status().message()));
     if (result.ok()) {
       ResultToProto(*std::move(result), info.accept_lz4, Now() - info.started,
-                    out.mutable_response());
+                    out.mutable_response(), service_.metrics());
     }
     writer_.Push(std::move(out));
   }

@@ -61,17 +61,29 @@ inline absl::Time CallDeadline(core::Dispatcher& dispatcher,
                                           : dispatcher.engine().clock().Now() + left;
 }
 
-// The log line of a call of `rpc` that ended with `result` after `total`.
-inline void LogCall(RequestLog& log, absl::string_view rpc, const CallInfo& info,
-                    grpc::CallbackServerContext* context,
-                    const absl::StatusOr<core::Result>& result, absl::Duration total) {
-  log.WriteCall(
-      rpc, info.request_id, [context] { return context->peer(); }, info.argv0, result, total);
+// A call of `rpc` ended with `result` after `total`, its caller getting `code`: its log
+// line and its metrics, with the same stage timings.
+inline void ReportCall(ExecutorService& service, core::Rpc rpc, const CallInfo& info,
+                       grpc::CallbackServerContext* context,
+                       const absl::StatusOr<core::Result>& result, absl::Duration total,
+                       absl::StatusCode code) {
+  core::CallTimes times;
+  times.total = total;
+  if (result.ok() && !result->cache_hit) {
+    times.ran = true;
+    times.queue = result->queued;
+    times.spawn = result->spawn;
+    times.run = result->run;
+  }
+  service.metrics().CallEnded(rpc, code, times);
+  service.log().WriteCall(
+      core::RpcName(rpc), info.request_id, [context] { return context->peer(); }, info.argv0,
+      result, total);
 }
 
 class CallBase : public core::CallSink {
  protected:
-  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, absl::string_view rpc)
+  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, core::Rpc rpc)
       : service_(service), context_(context), rpc_(rpc), received_(Now()) {}
 
   absl::StatusOr<core::Command> Prepare(v1::ExecuteRequest& request, core::CallShape shape,
@@ -139,11 +151,15 @@ class CallBase : public core::CallSink {
 
   // The response for a result, with the call's time on the server so far.
   void ToResponse(core::Result result, v1::ExecuteResponse* response) {
-    ResultToProto(std::move(result), info_.accept_lz4, Now() - received_, response);
+    ResultToProto(std::move(result), info_.accept_lz4, Now() - received_, response,
+                  service_.metrics());
   }
 
-  void Log(const absl::StatusOr<core::Result>& result) {
-    LogCall(service_.log(), rpc_, info_, context_, result, Now() - received_);
+  // The call's log line and metrics; its caller gets `code` (by default, the result's).
+  void Report(const absl::StatusOr<core::Result>& result,
+              std::optional<absl::StatusCode> code = std::nullopt) {
+    ReportCall(service_, rpc_, info_, context_, result, Now() - received_,
+               code.value_or(result.status().code()));
   }
 
   // The engine's clock: monotonic, and a test's when it injects one.
@@ -153,7 +169,7 @@ class CallBase : public core::CallSink {
 
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
-  const absl::string_view rpc_;
+  const core::Rpc rpc_;
   const absl::Time received_;
   CallInfo info_;  // Set in Prepare, before the call can report.
 

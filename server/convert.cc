@@ -84,7 +84,7 @@ void SetNonZero(absl::Duration d, Message* message,
 }  // namespace
 
 void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
-                   v1::ExecuteResponse* response) {
+                   v1::ExecuteResponse* response, core::Metrics& metrics) {
   response->set_termination(TerminationToProto(result.termination));
   response->set_exit_code(result.status.exited ? result.status.code : 0);
   response->set_signal(result.status.signal);
@@ -110,10 +110,10 @@ void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
   usage->set_peak_memory_bytes(result.usage.peak_memory_bytes);
   SetNonZero(total, timings, &v1::Timings::mutable_total);
   v1::Compression stdout_compression, stderr_compression;
-  SetMaybeCompressed(accept_lz4, std::move(result.stdout_data), response->mutable_stdout(),
-                     &stdout_compression);
-  SetMaybeCompressed(accept_lz4, std::move(result.stderr_data), response->mutable_stderr(),
-                     &stderr_compression);
+  SetMaybeCompressed(core::OutputStream::kStdout, accept_lz4, std::move(result.stdout_data),
+                     response->mutable_stdout(), &stdout_compression, metrics);
+  SetMaybeCompressed(core::OutputStream::kStderr, accept_lz4, std::move(result.stderr_data),
+                     response->mutable_stderr(), &stderr_compression, metrics);
   response->set_stdout_compression(stdout_compression);
   response->set_stderr_compression(stderr_compression);
 }
@@ -172,13 +172,22 @@ void OutputToProto(core::OutputStream stream, absl::string_view data,
   output->set_compression(v1::COMPRESSION_NONE);
 }
 
-void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
-                        v1::Compression* compression) {
+void SetMaybeCompressed(core::OutputStream stream, bool accept_lz4, std::string data,
+                        std::string* field, v1::Compression* compression,
+                        core::Metrics& metrics) {
+  if (data.empty()) {
+    field->clear();
+    *compression = v1::COMPRESSION_NONE;
+    return;
+  }
+  metrics.Output(stream, core::OutputEncoding::kRaw, static_cast<int64_t>(data.size()));
   std::string frame;
   if (accept_lz4 && core::Lz4CompressIfSmaller(data, &frame)) {
+    metrics.Output(stream, core::OutputEncoding::kLz4, static_cast<int64_t>(frame.size()));
     *field = std::move(frame);
     *compression = v1::LZ4;
   } else {
+    metrics.Output(stream, core::OutputEncoding::kIdentity, static_cast<int64_t>(data.size()));
     *field = std::move(data);
     *compression = v1::COMPRESSION_NONE;
   }

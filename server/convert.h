@@ -22,9 +22,11 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request);
 
 // The response for `result`, every RPC's (Execute's, a batch item's, a stream's or a
 // session's last event): its outputs moved in, lz4-compressed when the caller accepts lz4
-// and it pays, and `total` as the call's time on the server (zero: unset).
+// and it pays, and `total` as the call's time on the server (zero: unset). The output's
+// bytes, before and after compression, are counted in `metrics`.
 void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
-                   v1::ExecuteResponse* response);
+                   v1::ExecuteResponse* response,
+                   core::Metrics& metrics = core::Metrics::Null());
 
 // The cache policy a request asks for; INVALID_ARGUMENT for a value the proto lacks.
 absl::StatusOr<core::CachePolicy> CachePolicyFromProto(int policy);
@@ -39,10 +41,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // standard `grpc-retry-pushback-ms` trailer, which gRPC's retry policy honours.
 grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* context);
 
-// Puts command output `data` into `field`, as an lz4 frame when the caller accepts lz4
-// and it pays (see accept_compression), and says which in `compression`.
-void SetMaybeCompressed(bool accept_lz4, std::string data, std::string* field,
-                        v1::Compression* compression);
+// Puts command output `data` of `stream` into `field`, as an lz4 frame when the caller
+// accepts lz4 and it pays (see accept_compression), says which in `compression`, and
+// counts the bytes in `metrics`.
+void SetMaybeCompressed(core::OutputStream stream, bool accept_lz4, std::string data,
+                        std::string* field, v1::Compression* compression,
+                        core::Metrics& metrics);
 
 // A chunk of streamed output as an event's `output` (ExecuteEvent and AttachEvent share
 // it), plain: EventWriter compresses it as it is written, when that pays.

@@ -143,6 +143,8 @@ class EventWriter {
   }
   // Before Open: the caller reads lz4 frames.
   void set_accept_lz4(bool accept) { accept_lz4_ = accept; }
+  // Before Open: where the output's bytes are counted, before and after compression.
+  void set_metrics(core::Metrics* metrics) { metrics_ = metrics; }
   // Writing may begin (a reactor may queue events before it is ready to write).
   void Open() {
     Action action;
@@ -222,14 +224,25 @@ class EventWriter {
   // The write of current_ is about to start: compress its output if that pays.
   void Compress() {
     if constexpr (CarriesOutput<Event>) {
-      if (!accept_lz4_ || !current_.has_output()) return;
+      if (!current_.has_output()) return;
       auto* output = current_.mutable_output();
-      std::string frame;
-      if (compressor_.Compress(output->data(), &frame)) {
-        *output->mutable_data() = std::move(frame);
-        output->set_compression(v1::LZ4);
+      const core::OutputStream stream = output->stream() == v1::ExecuteEvent::STDERR
+                                            ? core::OutputStream::kStderr
+                                            : core::OutputStream::kStdout;
+      const auto size = [](const std::string& s) { return static_cast<int64_t>(s.size()); };
+      metrics_->Output(stream, core::OutputEncoding::kRaw, size(output->data()));
+      if (accept_lz4_) {
+        std::string frame;
+        if (compressor_.Compress(output->data(), &frame)) {
+          *output->mutable_data() = std::move(frame);
+          output->set_compression(v1::LZ4);
+        }
+        write_started_ = core::MonotonicClock::Get().Now();
       }
-      write_started_ = core::MonotonicClock::Get().Now();
+      metrics_->Output(stream,
+                       output->compression() == v1::LZ4 ? core::OutputEncoding::kLz4
+                                                        : core::OutputEncoding::kIdentity,
+                       size(output->data()));
     }
   }
   // current_ was written: a plain one tells the compressor how fast the wire drains.
@@ -250,6 +263,7 @@ class EventWriter {
   Event current_;  // The message being written.
   // Used only by the thread writing current_, like current_.
   bool accept_lz4_ = false;
+  core::Metrics* metrics_ = &core::Metrics::Null();
   core::StreamCompressor compressor_;
   absl::Time write_started_;
   bool open_ ABSL_GUARDED_BY(mu_);

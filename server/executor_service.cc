@@ -21,7 +21,7 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
  public:
   ExecuteReactor(ExecutorService& service, grpc::CallbackServerContext* context,
                  v1::ExecuteResponse* response)
-      : CallBase(service, context, "Execute"), response_(response) {}
+      : CallBase(service, context, core::Rpc::kExecute), response_(response) {}
 
   // The call's status if it is answered already (a cache hit, a rejected request, or a
   // command that ended before Start returned): the response is complete and this reactor is
@@ -33,7 +33,7 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
-    Log(result);
+    Report(result);
     if (result.ok()) {
       ToResponse(*std::move(result), response_);
     } else {
@@ -67,7 +67,9 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
                                    public CallBase {
  public:
   ExecuteStreamReactor(ExecutorService& service, grpc::CallbackServerContext* context)
-      : CallBase(service, context, "ExecuteStream") {}
+      : CallBase(service, context, core::Rpc::kExecuteStream) {
+    writer_.set_metrics(&service.metrics());
+  }
 
   void Start(const v1::ExecuteRequest& request) {
     writer_.set_chunk_bytes(request.stream_chunk_bytes() > 0 ? request.stream_chunk_bytes()
@@ -91,7 +93,7 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
   }
 
   void OnFinished(absl::StatusOr<core::Result> result) override {
-    Log(result);
+    Report(result);
     if (result.ok()) {
       v1::ExecuteEvent event;
       ToResponse(*std::move(result), event.mutable_exited());
@@ -148,8 +150,9 @@ grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(
 }
 
 grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext* context,
-                                                     const v1::StatusRequest* /*request*/,
+                                                     const v1::StatusRequest* request,
                                                      v1::StatusResponse* response) {
+  const absl::Time received = dispatcher_.engine().clock().Now();
   const core::Dispatcher::Stats stats = dispatcher_.stats();
   response->set_running(stats.engine.running);
   response->set_queued(static_cast<int32_t>(stats.engine.queued));
@@ -172,6 +175,15 @@ grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext
 #undef EXECD_CACHE_STAT_TO_PROTO
     out->set_max_bytes(dispatcher_.cache_settings().max_bytes);
   }
+  if (request->include_metrics()) {
+    for (metrics::Sample& sample : metrics_.Samples()) {
+      v1::MetricSample* out = response->add_metrics();
+      out->set_name(std::move(sample.name));
+      for (auto& [name, value] : sample.labels) (*out->mutable_labels())[name] = std::move(value);
+      out->set_value(sample.value);
+    }
+  }
+  CountAnsweredAtOnce(core::Rpc::kGetStatus, received);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -180,7 +192,9 @@ grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ExecutorService::Ping(grpc::CallbackServerContext* context,
                                                 const v1::PingRequest* request,
                                                 v1::PingResponse* response) {
+  const absl::Time received = dispatcher_.engine().clock().Now();
   response->set_payload(request->payload());
+  CountAnsweredAtOnce(core::Rpc::kPing, received);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

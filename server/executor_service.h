@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "core/dispatcher.h"
+#include "metrics/registry.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "server/arena_allocator.h"
 #include "server/request_log.h"
@@ -15,8 +16,8 @@ namespace execd::server {
 
 class ExecutorService final : public v1::Executor::CallbackService {
  public:
-  ExecutorService(core::Dispatcher& dispatcher, RequestLog& log)
-      : dispatcher_(dispatcher), log_(log) {
+  ExecutorService(core::Dispatcher& dispatcher, RequestLog& log, metrics::Registry& metrics)
+      : dispatcher_(dispatcher), log_(log), metrics_(metrics) {
     SetMessageAllocatorFor_Execute(&execute_allocator_);
   }
 
@@ -38,11 +39,19 @@ class ExecutorService final : public v1::Executor::CallbackService {
 
   core::Dispatcher& dispatcher() { return dispatcher_; }
   RequestLog& log() { return log_; }
+  metrics::Registry& metrics() { return metrics_; }
+  // A call answered OK on gRPC's thread, without a core call: counted, not logged.
+  void CountAnsweredAtOnce(core::Rpc rpc, absl::Time received) {
+    core::CallTimes times;
+    times.total = dispatcher_.engine().clock().Now() - received;
+    metrics_.CallEnded(rpc, absl::StatusCode::kOk, times);
+  }
 
  private:
   ArenaMessageAllocator<v1::ExecuteRequest, v1::ExecuteResponse> execute_allocator_;
   core::Dispatcher& dispatcher_;
   RequestLog& log_;
+  metrics::Registry& metrics_;
 };
 
 }  // namespace execd::server

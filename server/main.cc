@@ -25,6 +25,9 @@
 static const execd::server::ServerConfig kDefaults;
 
 ABSL_FLAG(std::string, listen, kDefaults.listen, "host:port to serve gRPC on");
+ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
+          "host:port to serve Prometheus metrics on (/metrics); empty: none (GetStatus still "
+          "returns them)");
 ABSL_FLAG(int, max_concurrency, 0,
           "commands running at once; 0 means 4 per CPU core. More wait in a queue");
 ABSL_FLAG(int, max_queue, static_cast<int>(kDefaults.max_queue),
@@ -94,6 +97,8 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   if (!containment.ok()) return containment.status();
   c.containment = *containment;
   c.listen = absl::GetFlag(FLAGS_listen);
+  c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  c.version = EXECD_VERSION;
   c.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
   if (c.max_concurrency == 0) {
     c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

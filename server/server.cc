@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/status_macros.h"
 #include "server/pools_config.h"
 
 namespace execd::server {
@@ -50,8 +51,9 @@ absl::Status CheckNotNegative(const ServerConfig& c) {
 
 // gRPC quietly serves somewhere nobody asked for when the port is missing (443) or past
 // 65535 (taken modulo 65536), so a TCP address must end in a port in range.
-absl::Status CheckListenPort(const std::string& listen) {
-  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) {
+absl::Status CheckListenPort(absl::string_view flag, const std::string& listen) {
+  if (flag == "listen" &&
+      (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:"))) {
     return absl::OkStatus();
   }
   size_t colon = listen.rfind(':');
@@ -64,8 +66,8 @@ absl::Status CheckListenPort(const std::string& listen) {
   if (port.empty() || port.size() > 5 || !absl::c_all_of(port, absl::ascii_isdigit) ||
       !absl::SimpleAtoi(port, &value) || value > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--listen=", listen, " needs a port from 0 to 65535 (0: any free port), as in ",
-        "127.0.0.1:50051 or [::]:50051"));
+        "--", flag, "=", listen, " needs a port from 0 to 65535 (0: any free port), as in ",
+        flag == "listen" ? "127.0.0.1:50051 or [::]:50051" : "127.0.0.1:9464 or [::]:9464"));
   }
   return absl::OkStatus();
 }
@@ -113,12 +115,16 @@ absl::Status CheckConfig(const ServerConfig& c) {
                                                    ServerConfig::kMaxSpawnThreads,
                                                    " (0: one per core), got ", c.spawn_threads));
   }
-  return CheckListenPort(c.listen);
+  if (!c.metrics_listen.empty()) RETURN_IF_ERROR(CheckListenPort("metrics_listen", c.metrics_listen));
+  return CheckListenPort("listen", c.listen);
 }
 
 }  // namespace
 
-Server::Server(ServerConfig config) : config_(std::move(config)), log_(config_.log_requests) {}
+Server::Server(ServerConfig config)
+    : config_(std::move(config)),
+      log_(config_.log_requests),
+      metrics_(std::make_shared<metrics::Registry>(config_.version)) {}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   if (absl::Status s = CheckConfig(config); !s.ok()) return s;
@@ -135,6 +141,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   engine_options.containment = c.containment;
   engine_options.spawn_threads = c.spawn_threads;
   engine_options.pools = c.pools;
+  engine_options.metrics = server->metrics_.get();
   auto engine = core::Engine::Create(engine_options);
   if (!engine.ok()) return engine.status();
   server->engine_ = *std::move(engine);
@@ -142,7 +149,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
       c.memory_budget_bytes > 0 ? c.memory_budget_bytes : core::MemoryBudget::DefaultLimit();
   server->dispatcher_ =
       std::make_unique<core::Dispatcher>(*server->engine_, c.policy, c.cache, budget);
-  server->service_ = std::make_unique<ExecutorService>(*server->dispatcher_, server->log_);
+  server->metrics_->SetSource([s = server.get()] {
+    return metrics::Snapshot{s->dispatcher_->stats(), s->engine_->PoolStatuses(),
+                             s->engine_->containment().CommandsMemoryBytes()};
+  });
+  if (!c.metrics_listen.empty()) {
+    auto exposer = metrics::Exposer::Start(c.metrics_listen, server->metrics_);
+    if (!exposer.ok()) return exposer.status();
+    server->exposer_ = *std::move(exposer);
+  }
+  server->service_ =
+      std::make_unique<ExecutorService>(*server->dispatcher_, server->log_, *server->metrics_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -170,6 +187,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   server->log_.Event(absl::StrCat("event=containment mechanism=\"",
                                   server->engine_->containment().Describe(), "\""));
   server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
+                                  " metrics_port=", server->metrics_port(),
                                   " max_concurrency=", c.max_concurrency,
                                   " memory_budget_bytes=", budget));
   return server;

@@ -12,6 +12,8 @@
 #include "core/dispatcher.h"
 #include "core/engine.h"
 #include "core/validate.h"
+#include "metrics/exposer.h"
+#include "metrics/registry.h"
 #include "server/executor_service.h"
 #include "server/request_log.h"
 
@@ -19,6 +21,10 @@ namespace execd::server {
 
 struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
+  // host:port for Prometheus' scrapes (/metrics); empty: none. Metrics are recorded either
+  // way (GetStatus returns them).
+  std::string metrics_listen = "127.0.0.1:9464";
+  std::string version = "dev";  // execd_build_info's version.
   int max_concurrency = 8;
   size_t max_queue = 1024;
   int max_message_bytes = 64 << 20;
@@ -48,6 +54,9 @@ class Server {
 
   // The bound port (useful with a ":0" listen address).
   int port() const { return port_; }
+  // The metrics port, or 0 when none is served.
+  int metrics_port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }
+  metrics::Registry& metrics() { return *metrics_; }
 
   // Health turns NOT_SERVING, new calls are refused, running calls get up to the drain
   // timeout to finish, then the rest are cancelled and their processes killed. Idempotent.
@@ -69,8 +78,12 @@ class Server {
 
   ServerConfig config_;
   RequestLog log_;
+  // Outlives everything that reports to it.
+  std::shared_ptr<metrics::Registry> metrics_;
   std::unique_ptr<core::Engine> engine_;
   std::unique_ptr<core::Dispatcher> dispatcher_;
+  // Stops serving scrapes (which read the engine and dispatcher) before they go.
+  std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<ExecutorService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   int port_ = 0;

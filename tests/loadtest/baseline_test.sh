@@ -37,11 +37,11 @@ gone() {
 }
 
 # A free port: the server takes any (port 0) and logs the one it got.
-"$execd" --listen=127.0.0.1:0 --log_requests=false 2>"$dir/server.log" &
+"$execd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --log_requests=false 2>"$dir/server.log" &
 server=$!
 listening() { grep -q 'event=listening' "$dir/server.log"; }
 eventually listening || fail "execd did not start: $(cat "$dir/server.log")"
-port=$(sed -nE 's/.*event=listening .*port=([0-9]+).*/\1/p' "$dir/server.log")
+port=$(sed -nE 's/.*event=listening .* port=([0-9]+).*/\1/p' "$dir/server.log")
 target=127.0.0.1:$port
 
 echo "== --baseline with background loops in sessions of their own"

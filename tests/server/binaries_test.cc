@@ -531,7 +531,9 @@ TEST_F(BinariesTest, AttachWithTtyGivesTheCommandARemoteTerminal) {
 // types or write to it.
 TEST(ServerTerminal, CommandsCannotReachTheTerminalExecdWasStartedFrom) {
   OnTerminal t = StartOnTerminal(
-      {"/bin/sh", "-c", absl::StrCat(EXECD_BIN, " --listen=127.0.0.1:0 --log_requests=false; :")});
+      {"/bin/sh", "-c",
+       absl::StrCat(EXECD_BIN,
+                    " --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --log_requests=false; :")});
   ASSERT_GE(t.pid, 0);
   std::string seen;
   ASSERT_TRUE(ReadUntil(t.master, &seen, "event=listening", absl::Seconds(20))) << seen;

@@ -260,7 +260,8 @@ ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::s
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, err[1], 2);
-  std::vector<std::string> argv = {binary, "--listen=127.0.0.1:0"};
+  // A metrics port of its own too: servers of tests running side by side must not share one.
+  std::vector<std::string> argv = {binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0"};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> ptrs = Pointers(argv);
   int rc = posix_spawn(&pid_, ptrs[0], &actions, nullptr, ptrs.data(), environ);
@@ -292,6 +293,10 @@ ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::s
   if (at == std::string::npos) return;
   std::string port = text.substr(at + 6, text.find(' ', at + 6) - at - 6);
   absl::SimpleAtoi(port, &port_);
+  at = text.find(" metrics_port=");
+  if (at == std::string::npos) return;
+  port = text.substr(at + 14, text.find(' ', at + 14) - at - 14);
+  absl::SimpleAtoi(port, &metrics_port_);
 }
 
 ServerProcess::~ServerProcess() {

@@ -16,6 +16,7 @@ absl::StatusOr<std::unique_ptr<TestServer>> TestServer::Start(
     const std::function<void(server::ServerConfig&)>& adjust) {
   server::ServerConfig config;
   config.listen = "127.0.0.1:0";
+  config.metrics_listen = "127.0.0.1:0";
   config.max_concurrency = 4;
   config.kill_grace = absl::Milliseconds(200);
   config.drain_timeout = absl::Seconds(5);

@@ -1,0 +1,56 @@
+#include "core/metrics.h"
+
+namespace execd::core {
+
+Metrics& Metrics::Null() {
+  static Metrics null;
+  return null;
+}
+
+absl::string_view RpcName(Rpc rpc) {
+  switch (rpc) {
+    case Rpc::kExecute:
+      return "Execute";
+    case Rpc::kExecuteStream:
+      return "ExecuteStream";
+    case Rpc::kExecuteBatch:
+      return "ExecuteBatch";
+    case Rpc::kAttach:
+      return "Attach";
+    case Rpc::kPing:
+      return "Ping";
+    case Rpc::kGetStatus:
+      return "GetStatus";
+  }
+  return "unknown";
+}
+
+absl::string_view ShedReasonName(ShedReason reason) {
+  switch (reason) {
+    case ShedReason::kQueueFull:
+      return "queue_full";
+    case ShedReason::kDisplaced:
+      return "displaced";
+    case ShedReason::kQueueTimeout:
+      return "queue_timeout";
+    case ShedReason::kMemoryBudget:
+      return "memory_budget";
+    case ShedReason::kDraining:
+      return "draining";
+  }
+  return "unknown";
+}
+
+absl::string_view OutputEncodingName(OutputEncoding encoding) {
+  switch (encoding) {
+    case OutputEncoding::kRaw:
+      return "raw";
+    case OutputEncoding::kIdentity:
+      return "identity";
+    case OutputEncoding::kLz4:
+      return "lz4";
+  }
+  return "unknown";
+}
+
+}  // namespace execd::core

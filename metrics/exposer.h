@@ -1,0 +1,36 @@
+// Exposer: serves a Registry at http://<address>/metrics on a listener of its own (two
+// threads of prometheus-cpp's embedded web server), apart from the gRPC port.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "metrics/registry.h"
+
+namespace prometheus {
+class Exposer;
+}
+
+namespace execd::metrics {
+
+class Exposer {
+ public:
+  // Listens on `address` ("host:port"; port 0 picks a free one). FAILED_PRECONDITION naming
+  // the address when it cannot (taken, or not an address of this machine).
+  static absl::StatusOr<std::unique_ptr<Exposer>> Start(const std::string& address,
+                                                        std::shared_ptr<Registry> registry);
+  ~Exposer();
+
+  // The port it listens on.
+  int port() const { return port_; }
+
+ private:
+  Exposer(std::unique_ptr<prometheus::Exposer> exposer, std::shared_ptr<Registry> registry,
+          int port);
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::shared_ptr<Registry> registry_;
+  int port_;
+};
+
+}  // namespace execd::metrics
