@@ -168,9 +168,14 @@ void Registry::AddEvents(std::vector<MetricFamily>& out) const {
               static_cast<double>(n));
     }
   }
+  // Every histogram exists from start-up too: a series that first appears holding a burst
+  // loses that burst to rate() and increase(). Ping and GetStatus run no command, so they
+  // have only the total stage.
   for (int r = 0; r < core::kRpcCount; ++r) {
-    const absl::string_view rpc = core::RpcName(static_cast<core::Rpc>(r));
-    for (int s = 0; s < kStages; ++s) {
+    const auto rpc_id = static_cast<core::Rpc>(r);
+    const absl::string_view rpc = core::RpcName(rpc_id);
+    const bool runs = rpc_id != core::Rpc::kPing && rpc_id != core::Rpc::kGetStatus;
+    for (int s = runs ? 0 : kStages - 1; s < kStages; ++s) {
       const Histogram& h = *durations_[r][s];
       ClientMetric::Histogram out_h;
       uint64_t cumulative = 0;
@@ -179,7 +184,6 @@ void Registry::AddEvents(std::vector<MetricFamily>& out) const {
         out_h.bucket.push_back(ClientMetric::Bucket{
             cumulative, i < bounds_.size() ? bounds_[i] : std::numeric_limits<double>::infinity()});
       }
-      if (cumulative == 0) continue;  // Series appear once used.
       out_h.sample_count = cumulative;
       out_h.sample_sum = h.sum.load(std::memory_order_relaxed);
       b.Series(Family::kRequestDuration, {rpc, kStageNames[s]}).histogram = std::move(out_h);
