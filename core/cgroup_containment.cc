@@ -218,24 +218,9 @@ class CgroupContainment final : public Containment {
                          &bytes)) {
       return bytes;
     }
+    // Without v2's memory controller: the commands' processes' resident memory.
     if (dirs_.v2.empty()) return std::nullopt;
-    // Without v2's memory controller: the resident memory of each process in the commands'
-    // cgroups (one level: a command's cgroup under this server's directory).
-    std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(dirs_.v2.c_str()), closedir);
-    if (dir == nullptr) return std::nullopt;
-    const int64_t page = sysconf(_SC_PAGESIZE);
-    while (dirent* e = readdir(dir.get())) {
-      if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-      for (absl::string_view line :
-           absl::StrSplit(ReadFile(absl::StrCat(dirs_.v2, "/", e->d_name, "/cgroup.procs")), '\n',
-                          absl::SkipEmpty())) {
-        const std::vector<absl::string_view> statm =
-            absl::StrSplit(ReadFile(absl::StrCat("/proc/", line, "/statm")), ' ');
-        int64_t pages = 0;
-        if (statm.size() > 1 && absl::SimpleAtoi(statm[1], &pages)) bytes += pages * page;
-      }
-    }
-    return bytes;
+    return ResidentBytesInChildCgroups(dirs_.v2);
   }
 
  private:

@@ -48,8 +48,12 @@ absl::StatusCode CodeForErrno(int err) {
 }  // namespace
 
 absl::Status ErrnoToStatus(int err, absl::string_view what) {
-  absl::Status status(CodeForErrno(err), absl::StrCat(what, ": ", std::strerror(err)));
-  status.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(err)));
+  return WithErrno(absl::Status(CodeForErrno(err), absl::StrCat(what, ": ", std::strerror(err))),
+                   err);
+}
+
+absl::Status WithErrno(absl::Status status, int err) {
+  if (!status.ok()) status.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(err)));
   return status;
 }
 

@@ -12,7 +12,11 @@ namespace execd::core {
 // The errno rides along with the status (ErrnoOf reads it back).
 absl::Status ErrnoToStatus(int err, absl::string_view what);
 
-// The errno of a status made by ErrnoToStatus, or 0.
+// `status` carrying `err` as ErrnoToStatus's do, for a status whose message says more than
+// strerror would.
+absl::Status WithErrno(absl::Status status, int err);
+
+// The errno of a status made by ErrnoToStatus or WithErrno, or 0.
 int ErrnoOf(const absl::Status& status);
 
 }  // namespace execd::core

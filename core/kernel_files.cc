@@ -1,12 +1,17 @@
 #include "core/kernel_files.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/unique_fd.h"
 
@@ -36,6 +41,24 @@ std::string ReadSmallAt0(int fd) {
 std::string ReadFile(const std::string& path) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   return fd.valid() ? ReadAt0(fd.get()) : std::string();
+}
+
+int64_t ResidentBytesInChildCgroups(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
+  if (d == nullptr) return 0;
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  int64_t bytes = 0;
+  while (dirent* e = readdir(d.get())) {
+    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
+    const std::string procs = ReadFile(absl::StrCat(dir, "/", e->d_name, "/cgroup.procs"));
+    for (absl::string_view pid : absl::StrSplit(procs, '\n', absl::SkipEmpty())) {
+      const std::string text = ReadFile(absl::StrCat("/proc/", pid, "/statm"));
+      const std::vector<absl::string_view> statm = absl::StrSplit(text, ' ');
+      int64_t pages = 0;
+      if (statm.size() > 1 && absl::SimpleAtoi(statm[1], &pages)) bytes += pages * page;
+    }
+  }
+  return bytes;
 }
 
 bool WriteFile(const std::string& path, absl::string_view value) {

@@ -268,6 +268,12 @@ absl::Status ChildFailureStatus(const ChildArgs& args, const SpawnSpec& spec) {
     case ChildStep::kExec:
       switch (args.error) {
         case ENOENT:
+          if (access(path.c_str(), F_OK) == 0) {  // Then what is missing is what it needs.
+            return absl::NotFoundError(absl::StrCat(
+                "argv[0] \"", path,
+                "\" exists, but the interpreter its #! line names (or, for a binary, its "
+                "dynamic loader) was not found"));
+          }
           return absl::NotFoundError(absl::StrCat("argv[0] \"", path, "\" not found"));
         case EACCES:
           return absl::PermissionDeniedError(
@@ -411,7 +417,7 @@ class SystemOs final : public ProcessOs {
       int status;
       while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
       }
-      return ChildFailureStatus(args, spec);
+      return WithErrno(ChildFailureStatus(args, spec), args.error);
     }
     bool joined_by_write = false;
     for (size_t i = 0; i < args.join_count; ++i) {

@@ -27,9 +27,10 @@ class Exposer {
 
  private:
   Exposer(std::unique_ptr<prometheus::Exposer> exposer, std::shared_ptr<Registry> registry,
-          int port);
+          std::string host, int port);
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::shared_ptr<Registry> registry_;
+  std::string host_;  // Where a client reaches the listener (a wildcard made loopback).
   int port_;
 };
 

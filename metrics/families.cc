@@ -19,11 +19,10 @@ std::vector<double> DurationBuckets() {
 const std::vector<FamilySpec>& Families() {
   static const std::vector<FamilySpec>* const families = [] {
     auto* all = new std::vector<FamilySpec>;
-#define EXECD_METRIC_SPEC(id, name, type, buckets, labels, help)                       \
-  all->push_back(FamilySpec{Family::id, name, Type::type,                              \
-                            absl::StrSplit(labels, ',', absl::SkipEmpty()), help,      \
-                            Buckets::buckets == Buckets::kDuration ? DurationBuckets() \
-                                                                   : std::vector<double>{}});
+#define EXECD_METRIC_SPEC(id, name, type, buckets, labels, help)                          \
+  all->push_back(FamilySpec{                                                              \
+      Family::id, name, Type::type, absl::StrSplit(labels, ',', absl::SkipEmpty()), help, \
+      Buckets::buckets == Buckets::kDuration ? DurationBuckets() : std::vector<double>{}});
     EXECD_METRIC_FAMILIES(EXECD_METRIC_SPEC)
 #undef EXECD_METRIC_SPEC
     return all;

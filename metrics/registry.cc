@@ -13,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/kernel_files.h"
 #include "prometheus/text_serializer.h"
@@ -62,8 +63,8 @@ class Builder {
     ClientMetric& m = Of(id).metric.emplace_back();
     size_t i = 0;
     for (absl::string_view v : values) {
-      m.label.push_back(ClientMetric::Label{i < spec.labels.size() ? spec.labels[i] : "?",
-                                            std::string(v)});
+      m.label.push_back(
+          ClientMetric::Label{i < spec.labels.size() ? spec.labels[i] : "?", std::string(v)});
       ++i;
     }
     return m;
@@ -97,8 +98,7 @@ std::vector<std::string> ProcSelfStat() {
 
 }  // namespace
 
-Registry::Registry(std::string version)
-    : version_(std::move(version)), bounds_(DurationBuckets()) {
+Registry::Registry(std::string version) : version_(std::move(version)), bounds_(DurationBuckets()) {
   for (auto& stages : durations_) {
     for (auto& h : stages) h = std::make_unique<Histogram>(bounds_.size());
   }
@@ -113,8 +113,7 @@ void Registry::SetSource(Source source) {
 
 void Registry::Observe(Histogram& histogram, absl::Duration duration) {
   const double seconds = absl::ToDoubleSeconds(duration);
-  const size_t bucket =
-      std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin();
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin();
   histogram.counts[bucket].fetch_add(1, std::memory_order_relaxed);
   histogram.sum.fetch_add(seconds, std::memory_order_relaxed);
 }
@@ -122,8 +121,8 @@ void Registry::Observe(Histogram& histogram, absl::Duration duration) {
 void Registry::CallEnded(core::Rpc rpc, absl::StatusCode code, const core::CallTimes& times) {
   const int r = static_cast<int>(rpc);
   const int c = static_cast<int>(code);
-  requests_[r][c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown)]
-      .fetch_add(1, std::memory_order_relaxed);
+  requests_[r][c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown)].fetch_add(
+      1, std::memory_order_relaxed);
   auto& stages = durations_[r];
   if (times.ran) {
     Observe(*stages[0], times.queue);
@@ -163,8 +162,7 @@ void Registry::AddEvents(std::vector<MetricFamily>& out) const {
       const uint64_t n = requests_[r][c].load(std::memory_order_relaxed);
       // OK exists from start-up, so that a first scrape already has every RPC's series.
       if (n == 0 && c != 0) continue;
-      b.Value(Family::kRequests,
-              {rpc, absl::StatusCodeToString(static_cast<absl::StatusCode>(c))},
+      b.Value(Family::kRequests, {rpc, absl::StatusCodeToString(static_cast<absl::StatusCode>(c))},
               static_cast<double>(n));
     }
   }
@@ -317,7 +315,7 @@ std::vector<Sample> Registry::Samples() const {
             s.name = f.name + "_bucket";
             s.labels.emplace_back("le", std::isinf(bucket.upper_bound)
                                             ? std::string("+Inf")
-                                            : absl::StrCat(bucket.upper_bound));
+                                            : absl::StrFormat("%.17g", bucket.upper_bound));
             s.value = static_cast<double>(bucket.cumulative_count);
             samples.push_back(std::move(s));
           }

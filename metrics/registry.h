@@ -68,9 +68,9 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   std::string Text() const;
 
  private:
-  static constexpr int kCodes = 17;   // absl::StatusCode 0..16, as gRPC's.
-  static constexpr int kStages = 4;   // queue, spawn, run, total.
-  static constexpr int kErrnos = 134; // 0 ("none") .. 133; larger ones count as 0's "other".
+  static constexpr int kCodes = 17;    // absl::StatusCode 0..16, as gRPC's.
+  static constexpr int kStages = 4;    // queue, spawn, run, total.
+  static constexpr int kErrnos = 134;  // 0 ("none") .. 133; larger ones count as 0's "other".
   static constexpr int kTerminations = 9;
 
   struct Histogram {

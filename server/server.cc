@@ -115,7 +115,8 @@ absl::Status CheckConfig(const ServerConfig& c) {
                                                    ServerConfig::kMaxSpawnThreads,
                                                    " (0: one per core), got ", c.spawn_threads));
   }
-  if (!c.metrics_listen.empty()) RETURN_IF_ERROR(CheckListenPort("metrics_listen", c.metrics_listen));
+  if (!c.metrics_listen.empty())
+    RETURN_IF_ERROR(CheckListenPort("metrics_listen", c.metrics_listen));
   return CheckListenPort("listen", c.listen);
 }
 
@@ -187,9 +188,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   server->log_.Event(absl::StrCat("event=containment mechanism=\"",
                                   server->engine_->containment().Describe(), "\""));
   server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
-                                  " metrics_port=", server->metrics_port(),
-                                  " max_concurrency=", c.max_concurrency,
-                                  " memory_budget_bytes=", budget));
+                                  " metrics_port=", server->metrics_port(), " max_concurrency=",
+                                  c.max_concurrency, " memory_budget_bytes=", budget));
   return server;
 }
 
