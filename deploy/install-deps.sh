@@ -75,3 +75,11 @@ echo "install-deps: installing ${missing[*]}"
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+# The tests start their own Prometheus on a free port: the package's service would only take
+# port 9090 after the next boot, so it is not enabled for boot either.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+  if command -v deb-systemd-helper >/dev/null; then
+    $sudo deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
