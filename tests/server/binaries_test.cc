@@ -22,14 +22,19 @@
 #include "gtest/gtest.h"
 #include "reflection_client.grpc.pb.h"
 #include "tests/support/subprocess.h"
+#include "tests/support/terminal.h"
 
 namespace execd {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::OnTerminal;
 using testing::ProcessResult;
+using testing::ReadUntil;
 using testing::RunProcess;
 using testing::ServerProcess;
+using testing::StartOnTerminal;
+using testing::WaitEnd;
 
 // Waits (bounded) for a live child of `server` running the program named `comm`, and
 // returns its pid (0 if none came). A command's process, not any child: execd also starts
@@ -421,63 +426,8 @@ TEST_F(BinariesTest, AttachForwardsStdinPrintsOutputAndExitsWithTheCommandsCode)
   EXPECT_EQ(r.exit_code, 128 + SIGTERM);
 }
 
-// Reads the terminal `fd` into `*seen` until it contains `text`; false after `timeout`.
-bool ReadUntil(int fd, std::string* seen, const std::string& text, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (seen->find(text) == std::string::npos) {
-    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-    pollfd p{fd, POLLIN, 0};
-    if (ms <= 0 || poll(&p, 1, static_cast<int>(ms)) <= 0) return false;
-    char buf[4096];
-    ssize_t n = read(fd, buf, sizeof(buf));
-    if (n <= 0) return false;
-    seen->append(buf, static_cast<size_t>(n));
-  }
-  return true;
-}
-
 // A user at a terminal: execctl attach runs a remote Python REPL; Ctrl-C typed at the
 // terminal interrupts the remote statement, not execctl; Ctrl-D ends the session.
-// execctl run on a new pseudo-terminal of rows x columns, as from a user's terminal.
-struct OnTerminal {
-  pid_t pid = -1;
-  int master = -1;
-};
-OnTerminal StartOnTerminal(std::vector<std::string> args, int rows = 24, int columns = 80) {
-  OnTerminal t;
-  t.master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-  if (t.master < 0 || grantpt(t.master) != 0 || unlockpt(t.master) != 0) return t;
-  winsize ws{};
-  ws.ws_row = static_cast<unsigned short>(rows);
-  ws.ws_col = static_cast<unsigned short>(columns);
-  ioctl(t.master, TIOCSWINSZ, &ws);
-  const std::string tty = ptsname(t.master);
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  t.pid = fork();
-  if (t.pid == 0) {  // Async-signal-safe calls only, up to exec.
-    setsid();
-    int slave = open(tty.c_str(), O_RDWR);
-    if (slave < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) _exit(126);
-    for (int fd = 0; fd < 3; ++fd) dup2(slave, fd);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return t;
-}
-
-// Waits (bounded) for the process to end; its wait status, or -1 (then it is killed).
-int WaitEnd(pid_t pid) {
-  int status = 0;
-  if (!testing::WaitFor([&] { return waitpid(pid, &status, WNOHANG) == pid; }, absl::Seconds(30))) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-  }
-  return status;
-}
-
 TEST_F(BinariesTest, AttachDrivesARemoteReplFromATerminal) {
   OnTerminal t = StartOnTerminal({EXECCTL_BIN, "--target=" + server_.target(), "attach", "--",
                                   "/usr/bin/python3", "-i", "-q", "-u"});
