@@ -43,6 +43,15 @@ target_compile_definitions(binaries_test PRIVATE
   TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>")
 add_dependencies(binaries_test execd execctl execd-loadtest execd-test-worker)
 
+# execctl top on a terminal, piped, interrupted and losing its server.
+execd_test(top_test
+  SOURCES server/top_test.cc
+  LIBS test_support execd_proto gRPC::grpc++)
+target_compile_definitions(top_test PRIVATE
+  EXECD_BIN="$<TARGET_FILE:execd>"
+  EXECCTL_BIN="$<TARGET_FILE:execctl>")
+add_dependencies(top_test execd execctl)
+
 execd_test(drain_test
   SOURCES server/drain_test.cc
   LIBS test_server test_support)

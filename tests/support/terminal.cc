@@ -8,6 +8,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 
 #include "absl/time/clock.h"
@@ -51,6 +52,20 @@ bool ReadUntil(int fd, std::string* seen, const std::string& text, absl::Duratio
     seen->append(buf, static_cast<size_t>(n));
   }
   return true;
+}
+
+bool ReadToEnd(int fd, std::string* seen, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    pollfd p{fd, POLLIN, 0};
+    if (ms <= 0 || poll(&p, 1, static_cast<int>(ms)) <= 0) return false;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return true;  // EIO: the last holder of the terminal closed it.
+    seen->append(buf, static_cast<size_t>(n));
+  }
 }
 
 int WaitEnd(pid_t pid) {

@@ -26,6 +26,10 @@ OnTerminal StartOnTerminal(std::vector<std::string> args, int rows = 24, int col
 // when the terminal has no writer left.
 bool ReadUntil(int fd, std::string* seen, const std::string& text, absl::Duration timeout);
 
+// Reads the terminal `fd` into `*seen` until no process has it open any more (all it drew
+// is then in `*seen`); false after `timeout`.
+bool ReadToEnd(int fd, std::string* seen, absl::Duration timeout);
+
 // Waits (bounded) for the process to end; its wait status, or -1 (then it is killed).
 int WaitEnd(pid_t pid);
 

@@ -90,12 +90,29 @@ TEST(ExecctlArgs, ErrorsNameTheFlagAndTheValue) {
            {{"attach", "--stdin=-", "--", "cat"}, "unknown flag \"--stdin=-\" for attach"},
            {{"explode"}, "unknown command \"explode\""},
            {{"health", "extra"}, "unexpected argument \"extra\""},
+           {{"top", "--interval=0s"}, "--interval wants a positive duration"},
+           {{"top", "--interval=often"}, "--interval wants a positive duration"},
+           {{"top", "--iterations=-2"}, "--iterations wants a non-negative number"},
+           {{"top", "--timeout=1s"}, "unknown flag \"--timeout=1s\" for top"},
        }) {
     auto a = Parse(c.args);
     ASSERT_FALSE(a.ok()) << c.message;
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(a.status().message(), HasSubstr(c.message));
   }
+}
+
+TEST(ExecctlArgs, TopRefreshesEverySecondUntilInterruptedUnlessTold) {
+  auto a = Parse({"--target=h:1", "top"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->command, Args::Command::kTop);
+  EXPECT_EQ(a->target, "h:1");
+  EXPECT_EQ(a->interval, absl::Seconds(1));
+  EXPECT_EQ(a->iterations, 0);
+  a = Parse({"top", "--interval", "250ms", "--iterations=3"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->interval, absl::Milliseconds(250));
+  EXPECT_EQ(a->iterations, 3);
 }
 
 TEST(ExecctlArgs, AttachTakesRunsFlagsAndTheCommand) {

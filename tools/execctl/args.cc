@@ -49,6 +49,10 @@ const char kUsage[] =
     "  health [--service=NAME]            grpc.health.v1 check; exit 0 when SERVING\n"
     "  ping [--payload=TEXT]              round-trip a Ping RPC and print its latency\n"
     "  status                             running and queued commands, and each worker pool\n"
+    "  top [flags]                        the server's throughput, latency, errors, load,\n"
+    "                                     CPU, memory, cache and pools, refreshed like top(1)\n"
+    "      --interval=1s         time between frames (rates are over it)\n"
+    "      --iterations=N        stop after N frames (default 0: until Ctrl-C)\n"
     "\n"
     "--target defaults to $EXECD_TARGET, else 127.0.0.1:50051.\n"
     "exit codes: the command's own code; 128+N when killed by signal N; 124 timed out;\n"
@@ -188,6 +192,17 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
       return {{"service", true, set(out.service)}};
     case Args::Command::kPing:
       return {{"payload", true, set(out.payload)}};
+    case Args::Command::kTop:
+      return {
+          {"interval", true,
+           [&out](const std::string& v) {
+             if (!absl::ParseDuration(v, &out.interval) || out.interval <= absl::ZeroDuration()) {
+               return absl::InvalidArgumentError(absl::StrCat(
+                   "--interval wants a positive duration such as 1s or 500ms, got \"", v, "\""));
+             }
+             return absl::OkStatus();
+           }},
+          {"iterations", true, CountFlag("iterations", out.iterations)}};
     case Args::Command::kStatus:
     case Args::Command::kHelp:
       break;
@@ -248,6 +263,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
     out.command = Args::Command::kPing;
   } else if (command == "status") {
     out.command = Args::Command::kStatus;
+  } else if (command == "top") {
+    out.command = Args::Command::kTop;
   } else if (command == "help" || command == "--help" || command == "-h") {
     return out;
   } else {

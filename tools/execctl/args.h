@@ -12,7 +12,7 @@
 namespace execd::execctl {
 
 struct Args {
-  enum class Command { kRun, kAttach, kHealth, kPing, kStatus, kHelp };
+  enum class Command { kRun, kAttach, kHealth, kPing, kStatus, kTop, kHelp };
   Command command = Command::kHelp;
   std::string target = "127.0.0.1:50051";
   // run and attach
@@ -45,6 +45,9 @@ struct Args {
   std::string service;
   // ping
   std::string payload;
+  // top
+  absl::Duration interval = absl::Seconds(1);
+  long long iterations = 0;  // Frames to draw; 0: until Ctrl-C.
 };
 
 // `default_target` is used when --target is absent (execctl passes $EXECD_TARGET if set).

@@ -20,44 +20,17 @@
 #include <thread>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/compress.h"
 #include "execd/v1/execd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "tools/execctl/connect.h"
+#include "tools/execctl/top.h"
 
 namespace execd::execctl {
 namespace {
-
-std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
-  grpc::ChannelArguments channel_args;
-  channel_args.SetMaxReceiveMessageSize(-1);
-  channel_args.SetMaxSendMessageSize(-1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), channel_args);
-}
-
-int ExitForRpcError(const grpc::Status& status, const std::string& target) {
-  std::cerr << "execctl: "
-            << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": "
-            << status.error_message();
-  // A connection failure, not an UNAVAILABLE the server sent (draining, a worker crash).
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      (absl::StrContains(status.error_message(), "failed to connect") ||
-       absl::StrContains(status.error_message(), "Connection refused"))) {
-    std::cerr << " (is execd running at " << target << "?)";
-  }
-  std::cerr << "\n";
-  switch (status.error_code()) {
-    case grpc::StatusCode::NOT_FOUND:
-      return kExitNotFound;
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return kExitPermissionDenied;
-    default:
-      return kExitError;
-  }
-}
 
 bool WriteAll(int fd, const std::string& data) {
   size_t done = 0;
@@ -461,6 +434,8 @@ int RunCommand(const Args& args) {
       return Ping(args);
     case Args::Command::kStatus:
       return Status(args);
+    case Args::Command::kTop:
+      return Top(args);
     case Args::Command::kHelp:
       break;
   }
