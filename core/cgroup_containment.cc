@@ -218,9 +218,7 @@ class CgroupContainment final : public Containment {
                          &bytes)) {
       return bytes;
     }
-    // Without v2's memory controller: the commands' processes' resident memory.
-    if (dirs_.v2.empty()) return std::nullopt;
-    return ResidentBytesInChildCgroups(dirs_.v2);
+    return std::nullopt;
   }
 
  private:

@@ -86,8 +86,8 @@ class Containment {
   virtual absl::StatusOr<std::unique_ptr<Group>> NewGroup(int64_t memory_bytes,
                                                           int64_t max_processes) = 0;
 
-  // Memory the running commands use now, in bytes; none where this mechanism cannot tell.
-  // Reads the kernel's files: for a scrape now and then, not for every request.
+  // Memory all the running commands use now, in bytes, where one kernel file tells it (a
+  // memory controller over them all); none otherwise.
   virtual std::optional<int64_t> CommandsMemoryBytes() const { return std::nullopt; }
 
   // Whether SweepOrphans has work to do (process-group mode, where execd is subreaper).

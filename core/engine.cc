@@ -14,8 +14,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
-#include "core/execution.h"
 #include "core/errno_status.h"
+#include "core/execution.h"
+#include "core/kernel_files.h"
 #include "core/status_macros.h"
 
 namespace execd::core {
@@ -328,6 +329,16 @@ void Engine::ReapLater(UniqueFd pidfd, absl::AnyInvocable<void() &&> reaped) {
 }
 
 bool Engine::Tracks(pid_t pid) const { return orphans_->Tracks(pid); }
+
+int64_t Engine::CommandsMemoryBytes() const {
+  if (std::optional<int64_t> all = containment_->CommandsMemoryBytes()) return *all;
+  // Not the commands' cgroups' member lists: reading cgroup.procs contends with the clone3
+  // of every spawn for the kernel's cgroup locks (measured: 4% of Execute throughput when
+  // scraped once a second).
+  int64_t bytes = 0;
+  for (pid_t pid : orphans_->Tracked()) bytes += ResidentBytes(pid);
+  return bytes;
+}
 
 void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
   std::shared_ptr<Execution> keep;

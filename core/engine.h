@@ -171,6 +171,11 @@ class Engine {
   const Clock& clock() const { return *options_.clock; }
   Metrics& metrics() const { return *options_.metrics; }
   const Containment& containment() const { return *containment_; }
+  // Memory the running commands and pool workers use now: all of it where a memory
+  // controller over them tells (Containment::CommandsMemoryBytes); else the resident
+  // memory of their programs (each of a pipeline's), without what those fork. Reads
+  // /proc: for a scrape now and then.
+  int64_t CommandsMemoryBytes() const;
   // Whether the orphan sweep counts `pid` as one of execd's own (a running command's
   // program or a pool's process, not yet reaped) and so leaves it alone.
   bool Tracks(pid_t pid) const;

@@ -1,11 +1,9 @@
 #include "core/kernel_files.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -43,22 +41,12 @@ std::string ReadFile(const std::string& path) {
   return fd.valid() ? ReadAt0(fd.get()) : std::string();
 }
 
-int64_t ResidentBytesInChildCgroups(const std::string& dir) {
-  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
-  if (d == nullptr) return 0;
-  const int64_t page = sysconf(_SC_PAGESIZE);
-  int64_t bytes = 0;
-  while (dirent* e = readdir(d.get())) {
-    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-    const std::string procs = ReadFile(absl::StrCat(dir, "/", e->d_name, "/cgroup.procs"));
-    for (absl::string_view pid : absl::StrSplit(procs, '\n', absl::SkipEmpty())) {
-      const std::string text = ReadFile(absl::StrCat("/proc/", pid, "/statm"));
-      const std::vector<absl::string_view> statm = absl::StrSplit(text, ' ');
-      int64_t pages = 0;
-      if (statm.size() > 1 && absl::SimpleAtoi(statm[1], &pages)) bytes += pages * page;
-    }
-  }
-  return bytes;
+int64_t ResidentBytes(pid_t pid) {
+  const std::string text = ReadFile(absl::StrCat("/proc/", pid, "/statm"));
+  const std::vector<absl::string_view> statm = absl::StrSplit(text, ' ');
+  int64_t pages = 0;
+  if (statm.size() < 2 || !absl::SimpleAtoi(statm[1], &pages)) return 0;
+  return pages * sysconf(_SC_PAGESIZE);
 }
 
 bool WriteFile(const std::string& path, absl::string_view value) {

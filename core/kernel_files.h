@@ -20,9 +20,8 @@ std::string ReadSmallAt0(int fd);
 // The contents of the file at `path`, or "" when it cannot be opened.
 std::string ReadFile(const std::string& path);
 
-// The resident memory of the processes in the cgroups one level below `dir` (a server's
-// directory of command cgroups), from /proc/PID/statm; 0 when it cannot be read.
-int64_t ResidentBytesInChildCgroups(const std::string& dir);
+// The resident memory of process `pid` (/proc/PID/statm); 0 when it cannot be read.
+int64_t ResidentBytes(pid_t pid);
 // Writes `value` to the file at `path` in one call; whether all of it was written.
 bool WriteFile(const std::string& path, absl::string_view value);
 // The value of `key` in flat-keyed cgroup file contents ("oom_kill 3\nmax 0\n"), or 0.

@@ -20,6 +20,11 @@ bool OrphanSweeper::Tracks(pid_t pid) const {
   return tracked_.contains(pid);
 }
 
+std::vector<pid_t> OrphanSweeper::Tracked() const {
+  absl::MutexLock lock(&tracked_mu_);
+  return std::vector<pid_t>(tracked_.begin(), tracked_.end());
+}
+
 bool OrphanSweeper::Sweep() {
   if (!containment_.sweeps_orphans()) return true;
   Containment::OrphanSweep sweep;

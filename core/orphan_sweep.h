@@ -49,6 +49,8 @@ class OrphanSweeper {
   void Track(const std::vector<pid_t>& pids);
   void Untrack(const std::vector<pid_t>& pids);
   bool Tracks(pid_t pid) const;
+  // The pids tracked now.
+  std::vector<pid_t> Tracked() const;
 
   // Kills the orphans there are now and reaps those already dead; what is left is followed
   // up on the loop. False when some are left that only a timer will sweep again.

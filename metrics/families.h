@@ -17,7 +17,7 @@ enum class Buckets { kNone, kDuration };
 // (RPC names, status codes, enums) or the pools' configured names: never argv, paths or ids.
 #define EXECD_METRIC_FAMILIES(X)                                                                   \
   X(kRequests, "execd_requests_total", kCounter, kNone, "rpc,code",                                \
-    "Calls ended, by RPC and the gRPC status code the caller got.")                                \
+    "Calls ended, by RPC and the gRPC status code the caller got (ExecuteBatch: each item).")      \
   X(kRequestDuration, "execd_request_duration_seconds", kHistogram, kDuration, "rpc,stage",        \
     "Where calls' time went: queue (waiting for a slot), spawn (admission to running), run "       \
     "(running to exit and output drained), total (received to answered).")                         \
@@ -44,7 +44,7 @@ enum class Buckets { kNone, kDuration };
   X(kChildCpu, "execd_child_cpu_seconds_total", kCounter, kNone, "mode",                           \
     "CPU time the commands used, counted as each ends (user, system).")                            \
   X(kChildMemory, "execd_child_memory_bytes", kGauge, kNone, "",                                   \
-    "Memory the running commands use now, from their cgroups.")                                    \
+    "Memory the running commands and pool workers use now.")                                       \
   X(kCacheRequests, "execd_cache_requests_total", kCounter, kNone, "result",                       \
     "Result cache lookups: hit or miss.")                                                          \
   X(kCacheEvictions, "execd_cache_evictions_total", kCounter, kNone, "",                           \

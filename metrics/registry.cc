@@ -115,7 +115,7 @@ void Registry::Observe(Histogram& histogram, absl::Duration duration) {
   const double seconds = absl::ToDoubleSeconds(duration);
   const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin();
   histogram.counts[bucket].fetch_add(1, std::memory_order_relaxed);
-  histogram.sum.fetch_add(seconds, std::memory_order_relaxed);
+  histogram.sum_ns.fetch_add(absl::ToInt64Nanoseconds(duration), std::memory_order_relaxed);
 }
 
 void Registry::CallEnded(core::Rpc rpc, absl::StatusCode code, const core::CallTimes& times) {
@@ -183,7 +183,7 @@ void Registry::AddEvents(std::vector<MetricFamily>& out) const {
             cumulative, i < bounds_.size() ? bounds_[i] : std::numeric_limits<double>::infinity()});
       }
       out_h.sample_count = cumulative;
-      out_h.sample_sum = h.sum.load(std::memory_order_relaxed);
+      out_h.sample_sum = static_cast<double>(h.sum_ns.load(std::memory_order_relaxed)) / 1e9;
       b.Series(Family::kRequestDuration, {rpc, kStageNames[s]}).histogram = std::move(out_h);
     }
   }
@@ -315,7 +315,7 @@ std::vector<Sample> Registry::Samples() const {
             s.name = f.name + "_bucket";
             s.labels.emplace_back("le", std::isinf(bucket.upper_bound)
                                             ? std::string("+Inf")
-                                            : absl::StrFormat("%.17g", bucket.upper_bound));
+                                            : absl::StrFormat("%.16g", bucket.upper_bound));
             s.value = static_cast<double>(bucket.cumulative_count);
             samples.push_back(std::move(s));
           }

@@ -33,7 +33,7 @@ namespace execd::metrics {
 struct Snapshot {
   core::Dispatcher::Stats stats;
   std::vector<core::PoolStatus> pools;
-  std::optional<int64_t> child_memory_bytes;  // None: the containment cannot tell.
+  std::optional<int64_t> child_memory_bytes;  // None: not known.
 };
 
 // One sample as the text format shows it: a histogram gives its _bucket (with "le"), _sum
@@ -76,7 +76,9 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   struct Histogram {
     explicit Histogram(size_t buckets) : counts(buckets + 1) {}  // The last is +Inf.
     std::vector<std::atomic<uint64_t>> counts;
-    std::atomic<double> sum{0};
+    // Nanoseconds: an integer add is one instruction, where a double's is a compare-and-swap
+    // loop that concurrent calls make retry.
+    std::atomic<int64_t> sum_ns{0};
   };
 
   void Observe(Histogram& histogram, absl::Duration duration);

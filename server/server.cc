@@ -152,7 +152,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
       std::make_unique<core::Dispatcher>(*server->engine_, c.policy, c.cache, budget);
   server->metrics_->SetSource([s = server.get()] {
     return metrics::Snapshot{s->dispatcher_->stats(), s->engine_->PoolStatuses(),
-                             s->engine_->containment().CommandsMemoryBytes()};
+                             s->engine_->CommandsMemoryBytes()};
   });
   if (!c.metrics_listen.empty()) {
     auto exposer = metrics::Exposer::Start(c.metrics_listen, server->metrics_);

@@ -217,10 +217,6 @@ TEST_F(ServerMetricsTest, TheRunningCommandsMemoryIsShownWhileTheyRun) {
   std::string out;
   while (!absl::StrContains(out, "ready") && stream->Read(&event)) out += event.output().data();
   ASSERT_THAT(out, HasSubstr("ready"));
-  if (!server_->server().engine().containment().CommandsMemoryBytes().has_value()) {
-    GTEST_SKIP() << "this containment cannot tell the commands' memory: "
-                 << server_->server().engine().containment().Describe();
-  }
   EXPECT_GE(Metric("execd_child_memory_bytes"), 64 << 20);
   v1::AttachRequest close;
   close.mutable_close_stdin();
