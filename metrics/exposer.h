@@ -1,5 +1,5 @@
-// Exposer: serves a Registry at http://<address>/metrics on a listener of its own (two
-// threads of prometheus-cpp's embedded web server), apart from the gRPC port.
+// Exposer: serves a Registry at http://<address>/metrics on a listener of its own (a thread
+// of prometheus-cpp's embedded web server, one scrape at a time), apart from the gRPC port.
 #pragma once
 
 #include <memory>
