@@ -49,11 +49,26 @@ struct CallTimes {
   bool ran = false;      // Whether queue, spawn and run mean anything (a command ran).
 };
 
+// What the tuner reads of the metrics: cumulative since start-up, so that the difference of
+// two snapshots is what happened between them. Only commands that ran count (not cache
+// hits, not refusals).
+struct MetricsTotals {
+  int64_t completions = 0;       // Commands that ended.
+  absl::Duration service_time;   // Their spawn-to-exit times (spawn + run stages), summed.
+  absl::Duration queue_wait;     // Their waits for a slot, summed.
+  int64_t drops = 0;             // Requests shed from a full queue or expired in it.
+  int64_t resource_errors = 0;   // Spawns that failed with EAGAIN or ENOMEM.
+  double child_cpu_seconds = 0;  // CPU the commands used.
+};
+
 class Metrics {
  public:
   virtual ~Metrics() = default;
   // Records nothing.
   static Metrics& Null();
+
+  // The totals so far (all zero from Null()).
+  virtual MetricsTotals Totals() const { return {}; }
 
   // A call ended with `code` (the status its caller gets).
   virtual void CallEnded(Rpc rpc, absl::StatusCode code, const CallTimes& times) {

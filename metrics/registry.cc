@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <memory>
 #include <sstream>
 
@@ -152,6 +153,29 @@ void Registry::Shed(core::ShedReason reason) {
 void Registry::Output(core::OutputStream stream, core::OutputEncoding encoding, int64_t bytes) {
   output_[stream == core::OutputStream::kStdout ? 0 : 1][static_cast<int>(encoding)].fetch_add(
       static_cast<uint64_t>(bytes), std::memory_order_relaxed);
+}
+
+core::MetricsTotals Registry::Totals() const {
+  core::MetricsTotals totals;
+  for (const auto& t : terminations_) totals.completions += t.load(std::memory_order_relaxed);
+  int64_t service_ns = 0, queue_ns = 0;
+  for (int r = 0; r < core::kRpcCount; ++r) {
+    queue_ns += durations_[r][0]->sum_ns.load(std::memory_order_relaxed);
+    service_ns += durations_[r][1]->sum_ns.load(std::memory_order_relaxed) +
+                  durations_[r][2]->sum_ns.load(std::memory_order_relaxed);
+  }
+  totals.service_time = absl::Nanoseconds(service_ns);
+  totals.queue_wait = absl::Nanoseconds(queue_ns);
+  for (core::ShedReason reason : {core::ShedReason::kQueueFull, core::ShedReason::kDisplaced,
+                                  core::ShedReason::kQueueTimeout}) {
+    totals.drops += shed_[static_cast<int>(reason)].load(std::memory_order_relaxed);
+  }
+  totals.resource_errors = spawn_errors_[EAGAIN].load(std::memory_order_relaxed) +
+                           spawn_errors_[ENOMEM].load(std::memory_order_relaxed);
+  totals.child_cpu_seconds = static_cast<double>(child_user_ns_.load(std::memory_order_relaxed) +
+                                                 child_system_ns_.load(std::memory_order_relaxed)) /
+                             1e9;
+  return totals;
 }
 
 void Registry::AddEvents(std::vector<MetricFamily>& out) const {

@@ -54,6 +54,7 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   void SetSource(Source source);
 
   // core::Metrics.
+  core::MetricsTotals Totals() const override;
   void CallEnded(core::Rpc rpc, absl::StatusCode code, const core::CallTimes& times) override;
   void CommandEnded(const core::Result& result) override;
   void SpawnFailed(int error) override;

@@ -4,6 +4,7 @@
 // Prometheus reads them.
 #include "metrics/registry.h"
 
+#include <cerrno>
 #include <cmath>
 #include <map>
 #include <regex>
@@ -238,6 +239,27 @@ TEST(RegistryTest, LabelValuesStayBoundedWhateverIsReported) {
   size_t execute = 0;
   for (const auto& m : requests->metric) execute += m.label[0].value == "Execute";
   EXPECT_EQ(execute, 17u) << "the 17 gRPC codes, an unknown one counted as UNKNOWN";
+}
+
+// The tuner's view: the same events, summed, from one snapshot to the next.
+TEST(RegistryTest, TotalsSumWhatTheTunerReadsAndGrowByWhatHappenedSince) {
+  Registry r("dev");
+  EXPECT_EQ(r.Totals().completions, 0);
+  UseEverything(r);  // One Execute that ran (queue 10 us, spawn 1 ms, run 2 ms).
+  core::CallTimes ping;
+  ping.total = absl::Milliseconds(1);
+  r.CallEnded(core::Rpc::kPing, absl::StatusCode::kOk, ping);  // Ran nothing.
+  r.SpawnFailed(EAGAIN);
+  r.Shed(core::ShedReason::kQueueTimeout);
+  r.Shed(core::ShedReason::kMemoryBudget);  // Not a drop of the queue's.
+  const core::MetricsTotals t = r.Totals();
+  EXPECT_EQ(t.completions, 1);
+  EXPECT_EQ(t.service_time, absl::Milliseconds(3));
+  EXPECT_EQ(t.queue_wait, absl::Microseconds(10));
+  EXPECT_EQ(t.drops, 2);            // queue_full and queue_timeout.
+  EXPECT_EQ(t.resource_errors, 1);  // EAGAIN; the ENOENT of UseEverything is not one.
+  EXPECT_DOUBLE_EQ(t.child_cpu_seconds, 0.375);
+  EXPECT_EQ(core::Metrics::Null().Totals().completions, 0);
 }
 
 TEST(RegistryTest, ADurationCountsInTheFirstBucketWhoseBoundHoldsIt) {
