@@ -19,9 +19,12 @@ execd_test(worker_frame_test SOURCES core/worker_frame_test.cc LIBS core)
 execd_test(dispatcher_test SOURCES core/dispatcher_test.cc LIBS core test_support)
 execd_test(batch_core_test SOURCES core/batch_test.cc LIBS core test_support)
 
-# The auto-tuner's test bed: the reference controllers.
-add_library(tuner_testbed STATIC core/tuner_reference.cc)
+# The auto-tuner's test bed: the reference controllers, and a simulated service to compare
+# controllers on.
+add_library(tuner_testbed STATIC core/tuner_reference.cc core/tuner_scenarios.cc
+  core/tuner_sim.cc)
 target_include_directories(tuner_testbed PUBLIC ${CMAKE_SOURCE_DIR})
 target_compile_options(tuner_testbed PRIVATE ${EXECD_WARNINGS})
 target_link_libraries(tuner_testbed PUBLIC core)
 execd_test(tuner_reference_test SOURCES core/tuner_reference_test.cc LIBS tuner_testbed)
+execd_test(tuner_sim_test SOURCES core/tuner_sim_test.cc LIBS tuner_testbed)
