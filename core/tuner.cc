@@ -22,16 +22,31 @@ int ProcessLimit::Update(const TunerWindow& w) {
   if (w.resource_errors > 0) {
     // The machine ran out of processes or memory: back off below what was running, and do
     // not grow past it again for a while (then probe once more).
+    // The highest limit the commands reached without an error since the last one is safe;
+    // what runs when the window ends may be fewer than ran when the spawn failed.
     const double running = std::min<double>(limit_, w.in_flight);
-    ceiling_ = std::max<double>(options_.floor, running - std::max(1.0, running * 0.1));
-    limit_ = ceiling_;
-    ceiling_windows_ = options_.ceiling_windows;
+    const double safe = clean_limit_ < w.limit ? clean_limit_ : 0;
+    const bool probing = ceiling_ > 0 && w.limit == static_cast<int>(ceiling_) + 1;
+    ceiling_ = std::max<double>(
+        {static_cast<double>(options_.floor), safe, running - std::max(1.0, running * 0.1)});
+    limit_ = std::min(limit_, ceiling_);
+    clean_limit_ = 0;
+    // A probe a command past the ceiling failed: the cap is found, and holds a long while.
+    // After a larger step the ceiling is an estimate: probe again soon, a command at a time.
+    ceiling_windows_ = probing ? options_.ceiling_windows : options_.probe_every;
     hold_ = options_.hold_after_decrease;
     reason_ = "resource_error";
     return Clamp(limit_);
   }
-  const double cap = ceiling_windows_ > 0 ? std::min<double>(ceiling_, options_.cap)
-                                          : static_cast<double>(options_.cap);
+  if (w.in_flight >= w.limit) clean_limit_ = std::max<double>(clean_limit_, w.limit);
+  // Past a ceiling a fork error set, only after a while, and a command at a time.
+  if (ceiling_ > 0 && ceiling_windows_ == 0 && w.limit > ceiling_ && w.in_flight >= w.limit) {
+    ceiling_ = w.limit;  // The probe ran clean: the next may go one further.
+    ceiling_windows_ = options_.probe_every;
+  }
+  const double cap = ceiling_ == 0          ? static_cast<double>(options_.cap)
+                     : ceiling_windows_ > 0 ? std::min<double>(ceiling_, options_.cap)
+                                            : std::min<double>(ceiling_ + 1, options_.cap);
 
   const double utilisation = seconds > 0 ? w.child_cpu_seconds / (seconds * cores) : 0;
   const bool saturated = utilisation >= options_.saturated_utilisation &&

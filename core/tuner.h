@@ -47,8 +47,11 @@ class ProcessLimit final : public ConcurrencyController {
     double free_pressure = 0.1;
     // Windows without an increase after a decrease.
     int hold_after_decrease = 6;
-    // Windows a fork or memory error keeps the limit below what was running then.
-    int ceiling_windows = 60;
+    // Windows a fork or memory error keeps the limit below what was running then (two
+    // minutes: such caps seldom move; each probe past one costs a few failed spawns).
+    int ceiling_windows = 240;
+    // Windows between probes a command past an estimated ceiling.
+    int probe_every = 10;
   };
   explicit ProcessLimit(Options options);
 
@@ -66,7 +69,8 @@ class ProcessLimit final : public ConcurrencyController {
   std::deque<absl::Duration> recent_rtt_;  // Per window with completions, newest last.
   double cpu_per_command_ = 0;             // Seconds, smoothed.
   int hold_ = 0;
-  double ceiling_ = 0;
+  double ceiling_ = 0;      // 0: no fork or memory error yet.
+  double clean_limit_ = 0;  // The highest limit reached without an error since the last.
   int ceiling_windows_ = 0;
   std::string reason_;
 };

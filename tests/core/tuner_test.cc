@@ -4,8 +4,10 @@
 //
 // Where it stands: it outranks every reference on cpu_bound, mixed and sleep_to_cpu, and
 // matches the best (all at the cap) on sleep_bound and cpu_to_sleep. On noise (a CPU hog
-// for 40 s) and pids_cap (a process cap below what the load needs) it does not yet: those
-// are printed, not asserted, until it does.
+// for 40 s) it does not yet; on pids_cap (a process cap below what the load needs) it has
+// the highest power of the runs with few failed spawns, but its last probe of the cap
+// still fails a few spawns in the measured window, which ranks it below brpc (which never
+// moves). Both are printed, not asserted, until it wins them.
 #include "core/tuner.h"
 
 #include <cstdio>
@@ -74,6 +76,7 @@ TEST(ProcessLimitTest, AForkErrorBringsTheLimitBelowWhatRanAtOnce) {
   o.start = 40;
   o.floor = 2;
   o.cap = 64;
+  o.probe_every = 10;
   core::ProcessLimit tuner(o);
   core::TunerWindow w;
   w.length = absl::Milliseconds(500);
@@ -86,14 +89,16 @@ TEST(ProcessLimitTest, AForkErrorBringsTheLimitBelowWhatRanAtOnce) {
   EXPECT_LT(after, 40);
   EXPECT_GE(after, 2);
   EXPECT_EQ(tuner.last_reason(), "resource_error");
-  // Commands still queue, and the cores are idle: it does not grow past it for a while.
+  // Commands still queue, and the cores are idle: it does not grow past it for a while,
+  // then probes one command further at a time.
   w.resource_errors = 0;
   w.limit = after;
   w.in_flight = after;
   w.completions = 20;
   w.service_time_sum = absl::Seconds(4);
   w.child_cpu_seconds = 0.02;
-  for (int i = 0; i < 20; ++i) EXPECT_LE(tuner.Update(w), after);
+  for (int i = 0; i < 9; ++i) EXPECT_LE(tuner.Update(w), after) << "window " << i;
+  EXPECT_LE(tuner.Update(w), after + 1);
 }
 
 }  // namespace
