@@ -380,8 +380,8 @@ class Dispatcher::CallImpl final : public Call,
   int held_priority_ ABSL_GUARDED_BY(mu_) = 0;     // under this priority.
   std::shared_ptr<Engine::Execution> execution_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;          // The engine has reported.
-  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;  // What the sink last asked for.
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;                     // The engine has reported.
+  bool output_paused_ ABSL_GUARDED_BY(mu_) = false;             // What the sink last asked for.
   std::vector<SessionInput> early_input_ ABSL_GUARDED_BY(mu_);  // See ToSession.
   // A cache hit being streamed: the result, how far each stream has gone.
   std::unique_ptr<Result> replay_ ABSL_GUARDED_BY(mu_);

@@ -123,7 +123,13 @@ absl::Status Engine::CheckEnforceable(const Command& command) const {
   return absl::OkStatus();
 }
 
+absl::Status Engine::Draining() const {
+  options_.metrics->Shed(ShedReason::kDraining);
+  return absl::UnavailableError("the server is shutting down; retry on another replica");
+}
+
 absl::Status Engine::Overloaded() const {
+  options_.metrics->Shed(ShedReason::kQueueFull);
   // The time for the queue ahead to drain, roughly: how long a retry should wait.
   absl::Duration wait = mean_run_ * static_cast<double>(scheduler_.queued() + 1) /
                         static_cast<double>(scheduler_.limit());
@@ -152,10 +158,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   bool start_now = false;
   {
     absl::MutexLock lock(&mu_);
-    if (draining_) {
-      options_.metrics->Shed(ShedReason::kDraining);
-      return absl::UnavailableError("the server is shutting down; retry on another replica");
-    }
+    if (draining_) return Draining();
     Id id = next_id_++;
     int group = 0;
     if (!command.pool.empty()) {
@@ -166,10 +169,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       group = index + 1;
     }
     Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
-    if (admission.kind == Scheduler::Admission::Kind::kRejected) {
-      options_.metrics->Shed(ShedReason::kQueueFull);
-      return Overloaded();
-    }
+    if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
     execution = std::make_shared<Execution>(*this, id, std::move(command), observer, group,
                                             group > 0 ? pools_->at(group - 1) : nullptr, now);
     live_.emplace(id, execution);
@@ -441,14 +441,8 @@ absl::Status Engine::CheckSignal(int signal) {
 
 absl::Status Engine::HoldQueuePlace(int priority) {
   absl::MutexLock lock(&mu_);
-  if (draining_) {
-    options_.metrics->Shed(ShedReason::kDraining);
-    return absl::UnavailableError("the server is shutting down; retry on another replica");
-  }
-  if (!scheduler_.HoldPlace(priority)) {
-    options_.metrics->Shed(ShedReason::kQueueFull);
-    return Overloaded();
-  }
+  if (draining_) return Draining();
+  if (!scheduler_.HoldPlace(priority)) return Overloaded();
   return absl::OkStatus();
 }
 

@@ -203,7 +203,10 @@ class Engine {
   // (Re)arms the loop timer for the scheduler's next queue expiry.
   void ArmExpiryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireQueued();
+  // The refusals of a new request, each counted as a shed: the queue is full (with a retry
+  // pushback), or the server is draining.
   absl::Status Overloaded() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Draining() const;
   absl::Status CheckEnforceable(const Command& command) const;
 
   const Options options_;

@@ -173,8 +173,7 @@ void OutputToProto(core::OutputStream stream, absl::string_view data,
 }
 
 void SetMaybeCompressed(core::OutputStream stream, bool accept_lz4, std::string data,
-                        std::string* field, v1::Compression* compression,
-                        core::Metrics& metrics) {
+                        std::string* field, v1::Compression* compression, core::Metrics& metrics) {
   if (data.empty()) {
     field->clear();
     *compression = v1::COMPRESSION_NONE;

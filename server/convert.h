@@ -25,8 +25,7 @@ core::CommandRequest CommandRequestFromProto(v1::ExecuteRequest& request);
 // and it pays, and `total` as the call's time on the server (zero: unset). The output's
 // bytes, before and after compression, are counted in `metrics`.
 void ResultToProto(core::Result result, bool accept_lz4, absl::Duration total,
-                   v1::ExecuteResponse* response,
-                   core::Metrics& metrics = core::Metrics::Null());
+                   v1::ExecuteResponse* response, core::Metrics& metrics = core::Metrics::Null());
 
 // The cache policy a request asks for; INVALID_ARGUMENT for a value the proto lacks.
 absl::StatusOr<core::CachePolicy> CachePolicyFromProto(int policy);
@@ -45,8 +44,7 @@ grpc::Status ToCallStatus(const absl::Status& status, grpc::ServerContextBase* c
 // accepts lz4 and it pays (see accept_compression), says which in `compression`, and
 // counts the bytes in `metrics`.
 void SetMaybeCompressed(core::OutputStream stream, bool accept_lz4, std::string data,
-                        std::string* field, v1::Compression* compression,
-                        core::Metrics& metrics);
+                        std::string* field, v1::Compression* compression, core::Metrics& metrics);
 
 // A chunk of streamed output as an event's `output` (ExecuteEvent and AttachEvent share
 // it), plain: EventWriter compresses it as it is written, when that pays.

@@ -7,8 +7,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include "core/dispatcher.h"
-#include "metrics/registry.h"
 #include "execd/v1/execd.grpc.pb.h"
+#include "metrics/registry.h"
 #include "server/arena_allocator.h"
 #include "server/request_log.h"
 
