@@ -29,6 +29,15 @@
 
 namespace execd::core {
 
+// Why ProcessLimit moved the limit: a fixed set, since decisions are counted by reason.
+inline constexpr absl::string_view kLimitReasons[] = {
+    "queueing",        // commands queue while the cores have room: up
+    "cpu_saturated",   // the commands keep the cores busy and tasks wait for them: down
+    "over_cpu",        // far more allowed than the cores can serve: down
+    "resource_error",  // a spawn failed for lack of processes or memory: down
+    "latency_target",  // the window's p99 is above --tuner_target_p99: down
+};
+
 class ProcessLimit final : public ConcurrencyController {
  public:
   struct Options {
@@ -52,6 +61,10 @@ class ProcessLimit final : public ConcurrencyController {
     int ceiling_windows = 240;
     // Windows between probes a command past an estimated ceiling.
     int probe_every = 10;
+    // When set, the limit does not grow while a window's latency p99 is above it, and comes
+    // down (not below the floor) while it stays there and commands queue: a caller who
+    // prefers shedding to waiting. Zero for none.
+    absl::Duration target_p99 = absl::ZeroDuration();
   };
   explicit ProcessLimit(Options options);
 

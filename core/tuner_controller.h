@@ -24,6 +24,9 @@ struct TunerWindow {
   int64_t completions = 0;          // commands that ended in the window
   absl::Duration service_time_sum;  // their spawn-to-exit times, summed
   absl::Duration queue_wait_sum;    // their queue waits, summed
+  // The 99th percentile of their latency (queue wait and service), as the upper bound of
+  // the histogram bucket it falls in; zero when unknown or without completions.
+  absl::Duration latency_p99;
   int64_t drops = 0;                // requests shed or expired in the queue in the window
   int64_t resource_errors = 0;      // spawns that failed with EAGAIN/ENOMEM (fork, memory)
   double child_cpu_seconds = 0;     // CPU the commands used in the window
