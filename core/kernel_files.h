@@ -5,9 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace execd::core {
 
@@ -26,5 +28,21 @@ int64_t ResidentBytes(pid_t pid);
 bool WriteFile(const std::string& path, absl::string_view value);
 // The value of `key` in flat-keyed cgroup file contents ("oom_kill 3\nmax 0\n"), or 0.
 int64_t KeyedValueIn(const std::string& contents, absl::string_view key);
+
+// The smallest limit the cgroups this process is in set in `v2_file` (cgroup v2) or in
+// `v1_file` of the `v1_controller` hierarchy (v1); 0 when none is known ("max", unreadable).
+int64_t SelfCgroupLimit(absl::string_view v2_file, absl::string_view v1_controller,
+                        absl::string_view v1_file);
+// The same cgroups' current value of `v2_file` or `v1_file` (the largest), or 0.
+int64_t SelfCgroupValue(absl::string_view v2_file, absl::string_view v1_controller,
+                        absl::string_view v1_file);
+
+// How long, in all, at least one task on the machine has waited for a CPU
+// (/proc/pressure/cpu, "some"); none where the kernel has no pressure stall information.
+std::optional<absl::Duration> CpuStallTotal();
+
+// CPUs this process may use: its affinity, lowered to its cgroup's CPU quota (cpu.max,
+// cpu.cfs_quota_us) rounded up; at least 1.
+int UsableCores();
 
 }  // namespace execd::core

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "core/kernel_files.h"
 #include "core/retry.h"
 
 namespace execd::core {
@@ -59,49 +60,12 @@ absl::StatusOr<MemoryGrant> MemoryBudget::Reserve(int64_t bytes, const std::stri
       kPushbackMs);
 }
 
-namespace {
-
-// The first number in `path` ("max" or an unreadable file: none).
-int64_t ReadLimit(const std::string& path) {
-  std::ifstream in(path);
-  std::string text;
-  if (!(in >> text)) return 0;
-  int64_t value = 0;
-  return absl::SimpleAtoi(text, &value) && value > 0 ? value : 0;
-}
-
-// The memory limit of the cgroup this process is in, or 0 for none known.
-int64_t CgroupLimit() {
-  std::ifstream in("/proc/self/cgroup");
-  std::string line;
-  int64_t limit = 0;
-  while (std::getline(in, line)) {
-    // "0::/path" (v2) or "N:memory:/path" (v1).
-    const size_t a = line.find(':');
-    const size_t b = a == std::string::npos ? a : line.find(':', a + 1);
-    if (b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1);
-    const std::string path = line.substr(b + 1);
-    int64_t found = 0;
-    if (controllers.empty()) {
-      found = ReadLimit("/sys/fs/cgroup" + path + "/memory.max");
-    } else if (controllers.find("memory") != std::string::npos) {
-      found = ReadLimit("/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes");
-    }
-    // v1 reports "no limit" as a huge page-aligned number.
-    if (found > 0 && found < (int64_t{1} << 60))
-      limit = limit == 0 ? found : std::min(limit, found);
-  }
-  return limit;
-}
-
-}  // namespace
-
 int64_t MemoryBudget::DefaultLimit() {
   const int64_t pages = sysconf(_SC_PHYS_PAGES);
   const int64_t page = sysconf(_SC_PAGESIZE);
   int64_t memory = pages > 0 && page > 0 ? pages * page : int64_t{1} << 30;
-  if (int64_t cgroup = CgroupLimit(); cgroup > 0) memory = std::min(memory, cgroup);
+  if (int64_t cgroup = SelfCgroupLimit("memory.max", "memory", "memory.limit_in_bytes"); cgroup > 0)
+    memory = std::min(memory, cgroup);
   return memory / 2;
 }
 

@@ -1,10 +1,25 @@
 #include "core/metrics.h"
 
+#include <cmath>
+
 namespace execd::core {
 
 Metrics& Metrics::Null() {
   static Metrics null;
   return null;
+}
+
+const std::vector<double>& DurationBucketBounds() {
+  static const std::vector<double>* const bounds = [] {
+    auto* all = new std::vector<double>;
+    for (int k = 0;; ++k) {
+      const double bound = 100e-6 * std::exp2(k / 4.0);
+      if (bound > 60.0) break;
+      all->push_back(bound);
+    }
+    return all;
+  }();
+  return *bounds;
 }
 
 absl::string_view RpcName(Rpc rpc) {

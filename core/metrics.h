@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -49,13 +50,22 @@ struct CallTimes {
   bool ran = false;      // Whether queue, spawn and run mean anything (a command ran).
 };
 
+// The upper bounds, in seconds, of execd's duration histograms: 100 µs × 2^(k/4) up to 60 s
+// (each about 19% above the last, so a quantile interpolated within a bucket is within 20%
+// of the truth), and a last bucket past them. The Prometheus histograms and the tuner's
+// latency percentile share them.
+const std::vector<double>& DurationBucketBounds();
+
 // What the tuner reads of the metrics: cumulative since start-up, so that the difference of
 // two snapshots is what happened between them. Only commands that ran count (not cache
 // hits, not refusals).
 struct MetricsTotals {
-  int64_t completions = 0;       // Commands that ended.
-  absl::Duration service_time;   // Their spawn-to-exit times (spawn + run stages), summed.
-  absl::Duration queue_wait;     // Their waits for a slot, summed.
+  int64_t completions = 0;      // Commands that ended.
+  absl::Duration service_time;  // Their spawn-to-exit times (spawn + run stages), summed.
+  absl::Duration queue_wait;    // Their waits for a slot, summed.
+  // Their latencies (queue wait and service), counted by DurationBucketBounds() bucket,
+  // the one past the last bound included; empty when not recorded.
+  std::vector<int64_t> latency_buckets;
   int64_t drops = 0;             // Requests shed from a full queue or expired in it.
   int64_t resource_errors = 0;   // Spawns that failed with EAGAIN or ENOMEM.
   double child_cpu_seconds = 0;  // CPU the commands used.
@@ -79,6 +89,9 @@ class Metrics {
   // A command could not be started; `error` is the errno, 0 when there was none.
   virtual void SpawnFailed(int error) { (void)error; }
   virtual void Shed(ShedReason reason) { (void)reason; }
+  // The auto-tuner moved the concurrency limit, for `reason` (one of kLimitReasons in
+  // core/tuner.h).
+  virtual void LimitMoved(bool up, absl::string_view reason) { (void)up, (void)reason; }
   virtual void Output(OutputStream stream, OutputEncoding encoding, int64_t bytes) {
     (void)stream, (void)encoding, (void)bytes;
   }

@@ -30,6 +30,11 @@ enum class Buckets { kNone, kDuration };
     "Requests refused before they ran, by why.")                                                   \
   X(kConcurrencyLimit, "execd_concurrency_limit", kGauge, kNone, "",                               \
     "Commands allowed to run at once now.")                                                        \
+  X(kConcurrencyLimitBounds, "execd_concurrency_limit_bounds", kGauge, kNone, "bound",             \
+    "The auto-tuner's bounds on the limit (--tuner_min, and --tuner_max or a pids or memory "      \
+    "cap); absent with the tuner off.")                                                            \
+  X(kTunerDecisions, "execd_tuner_decisions_total", kCounter, kNone, "direction,reason",           \
+    "Times the auto-tuner moved the limit, up or down, by why.")                                   \
   X(kTerminations, "execd_terminations_total", kCounter, kNone, "kind",                            \
     "Commands that ran, by how they ended.")                                                       \
   X(kSpawnErrors, "execd_spawn_errors_total", kCounter, kNone, "errno",                            \
@@ -85,9 +90,5 @@ struct FamilySpec {
 // The table, in declaration order; Spec(id) is its row.
 const std::vector<FamilySpec>& Families();
 const FamilySpec& Spec(Family id);
-
-// Request durations: 100 µs × 2^(k/4) for k = 0, 1, ... up to 60 s. Neighbouring bounds
-// differ by 19%, so a quantile interpolated within a bucket is within 20% of the truth.
-std::vector<double> DurationBuckets();
 
 }  // namespace execd::metrics

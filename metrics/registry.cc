@@ -99,10 +99,12 @@ std::vector<std::string> ProcSelfStat() {
 
 }  // namespace
 
-Registry::Registry(std::string version) : version_(std::move(version)), bounds_(DurationBuckets()) {
+Registry::Registry(std::string version)
+    : version_(std::move(version)), bounds_(core::DurationBucketBounds()) {
   for (auto& stages : durations_) {
     for (auto& h : stages) h = std::make_unique<Histogram>(bounds_.size());
   }
+  command_latency_ = std::make_unique<Histogram>(bounds_.size());
 }
 
 Registry::~Registry() = default;
@@ -140,6 +142,18 @@ void Registry::CommandEnded(const core::Result& result) {
                            std::memory_order_relaxed);
   child_system_ns_.fetch_add(absl::ToInt64Nanoseconds(result.usage.system_cpu),
                              std::memory_order_relaxed);
+  Observe(*command_latency_, result.queued + result.spawn + result.run);
+  command_queue_ns_.fetch_add(absl::ToInt64Nanoseconds(result.queued), std::memory_order_relaxed);
+  command_service_ns_.fetch_add(absl::ToInt64Nanoseconds(result.spawn + result.run),
+                                std::memory_order_relaxed);
+}
+
+void Registry::LimitMoved(bool up, absl::string_view reason) {
+  const auto* it =
+      std::find(std::begin(core::kLimitReasons), std::end(core::kLimitReasons), reason);
+  if (it == std::end(core::kLimitReasons)) return;  // Not a reason the table counts.
+  limit_moves_[up ? 1 : 0][it - std::begin(core::kLimitReasons)].fetch_add(
+      1, std::memory_order_relaxed);
 }
 
 void Registry::SpawnFailed(int error) {
@@ -158,14 +172,12 @@ void Registry::Output(core::OutputStream stream, core::OutputEncoding encoding, 
 core::MetricsTotals Registry::Totals() const {
   core::MetricsTotals totals;
   for (const auto& t : terminations_) totals.completions += t.load(std::memory_order_relaxed);
-  int64_t service_ns = 0, queue_ns = 0;
-  for (int r = 0; r < core::kRpcCount; ++r) {
-    queue_ns += durations_[r][0]->sum_ns.load(std::memory_order_relaxed);
-    service_ns += durations_[r][1]->sum_ns.load(std::memory_order_relaxed) +
-                  durations_[r][2]->sum_ns.load(std::memory_order_relaxed);
+  totals.service_time = absl::Nanoseconds(command_service_ns_.load(std::memory_order_relaxed));
+  totals.queue_wait = absl::Nanoseconds(command_queue_ns_.load(std::memory_order_relaxed));
+  totals.latency_buckets.reserve(command_latency_->counts.size());
+  for (const auto& count : command_latency_->counts) {
+    totals.latency_buckets.push_back(static_cast<int64_t>(count.load(std::memory_order_relaxed)));
   }
-  totals.service_time = absl::Nanoseconds(service_ns);
-  totals.queue_wait = absl::Nanoseconds(queue_ns);
   for (core::ShedReason reason : {core::ShedReason::kQueueFull, core::ShedReason::kDisplaced,
                                   core::ShedReason::kQueueTimeout}) {
     totals.drops += shed_[static_cast<int>(reason)].load(std::memory_order_relaxed);
@@ -254,6 +266,17 @@ void Registry::AddCurrent(std::vector<MetricFamily>& out) const {
   }
   b.Value(Family::kQueueCapacity, {}, static_cast<double>(engine.queue_capacity));
   b.Value(Family::kConcurrencyLimit, {}, engine.limit);
+  if (now.limit_bounds.has_value()) {
+    b.Value(Family::kConcurrencyLimitBounds, {"min"}, now.limit_bounds->first);
+    b.Value(Family::kConcurrencyLimitBounds, {"max"}, now.limit_bounds->second);
+    // Every series from the start, zeros too: a first move is then an increase to rate().
+    for (int up = 0; up < 2; ++up) {
+      for (int r = 0; r < kLimitReasons; ++r) {
+        b.Value(Family::kTunerDecisions, {up ? "up" : "down", core::kLimitReasons[r]},
+                static_cast<double>(limit_moves_[up][r].load(std::memory_order_relaxed)));
+      }
+    }
+  }
   b.Value(Family::kMemoryBudgetUsed, {}, static_cast<double>(now.stats.memory_in_use));
   b.Value(Family::kMemoryBudget, {}, static_cast<double>(now.stats.memory_limit));
   if (now.child_memory_bytes.has_value()) {

@@ -23,6 +23,7 @@
 #include "core/dispatcher.h"
 #include "core/metrics.h"
 #include "core/pool_set.h"
+#include "core/tuner.h"
 #include "metrics/families.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
@@ -34,6 +35,8 @@ struct Snapshot {
   core::Dispatcher::Stats stats;
   std::vector<core::PoolStatus> pools;
   std::optional<int64_t> child_memory_bytes;  // None: not known.
+  // The auto-tuner's bounds on the concurrency limit; none with the tuner off.
+  std::optional<std::pair<int, int>> limit_bounds;
 };
 
 // One sample as the text format shows it: a histogram gives its _bucket (with "le"), _sum
@@ -59,6 +62,7 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   void CommandEnded(const core::Result& result) override;
   void SpawnFailed(int error) override;
   void Shed(core::ShedReason reason) override;
+  void LimitMoved(bool up, absl::string_view reason) override;
   void Output(core::OutputStream stream, core::OutputEncoding encoding, int64_t bytes) override;
 
   // Every family that has series, in the table's order (a scrape).
@@ -73,6 +77,7 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   static constexpr int kStages = 4;    // queue, spawn, run, total.
   static constexpr int kErrnos = 134;  // 0 ("none") .. 133; larger ones count as 0's "other".
   static constexpr int kTerminations = 9;
+  static constexpr int kLimitReasons = std::size(core::kLimitReasons);
 
   struct Histogram {
     explicit Histogram(size_t buckets) : counts(buckets + 1) {}  // The last is +Inf.
@@ -99,6 +104,11 @@ class Registry final : public core::Metrics, public prometheus::Collectable {
   std::array<std::array<std::atomic<uint64_t>, core::kOutputEncodingCount>, 2> output_{};
   std::atomic<int64_t> child_user_ns_{0};
   std::atomic<int64_t> child_system_ns_{0};
+  // Of each command that ran, for the tuner (CallEnded's stages count calls: a batch is one).
+  std::unique_ptr<Histogram> command_latency_;
+  std::atomic<int64_t> command_queue_ns_{0};
+  std::atomic<int64_t> command_service_ns_{0};
+  std::array<std::array<std::atomic<uint64_t>, kLimitReasons>, 2> limit_moves_{};  // [up][reason]
 
   mutable absl::Mutex mu_;
   Source source_ ABSL_GUARDED_BY(mu_);

@@ -30,6 +30,17 @@ ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
           "returns them)");
 ABSL_FLAG(int, max_concurrency, 0,
           "commands running at once; 0 means 4 per CPU core. More wait in a queue");
+ABSL_FLAG(bool, tuner, kDefaults.tuner.enabled,
+          "let the auto-tuner move the concurrency limit with the load, from --max_concurrency "
+          "within [--tuner_min, --tuner_max]; false pins it at --max_concurrency");
+ABSL_FLAG(int, tuner_min, kDefaults.tuner.min,
+          "lowest limit the tuner sets; 0: the CPU cores execd may use");
+ABSL_FLAG(int, tuner_max, kDefaults.tuner.max,
+          "highest limit the tuner sets; 0: 64 per core. A pids or memory limit of the "
+          "machine or cgroup lowers it");
+ABSL_FLAG(absl::Duration, tuner_target_p99, kDefaults.tuner.target_p99,
+          "with the tuner on, keep commands' p99 service time (spawn to exit) under this by "
+          "running fewer at once (more wait or are shed); 0: no target");
 ABSL_FLAG(int, max_queue, static_cast<int>(kDefaults.max_queue),
           "commands waiting for a slot; past this, requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_message_bytes, kDefaults.max_message_bytes,
@@ -103,6 +114,10 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   if (c.max_concurrency == 0) {
     c.max_concurrency = 4 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
+  c.tuner.enabled = absl::GetFlag(FLAGS_tuner);
+  c.tuner.min = absl::GetFlag(FLAGS_tuner_min);
+  c.tuner.max = absl::GetFlag(FLAGS_tuner_max);
+  c.tuner.target_p99 = absl::GetFlag(FLAGS_tuner_target_p99);
   c.spawn_threads = absl::GetFlag(FLAGS_spawn_threads);
   if (c.spawn_threads == 0) {  // Within the range the server accepts, on any machine.
     c.spawn_threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2,

@@ -11,7 +11,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/kernel_files.h"
 #include "core/status_macros.h"
 #include "server/pools_config.h"
 
@@ -115,12 +117,82 @@ absl::Status CheckConfig(const ServerConfig& c) {
                                                    ServerConfig::kMaxSpawnThreads,
                                                    " (0: one per core), got ", c.spawn_threads));
   }
+  if (c.tuner.min < 0 || c.tuner.max < 0 || (c.tuner.max > 0 && c.tuner.min > c.tuner.max)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tuner_min and --tuner_max must not be negative (0: the default) and --tuner_min (",
+        c.tuner.min, ") at most --tuner_max (", c.tuner.max, ")"));
+  }
+  if (c.tuner.target_p99 < absl::ZeroDuration() || c.tuner.window <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tuner_target_p99 must not be negative (0: none), got ",
+                     absl::FormatDuration(c.tuner.target_p99)));
+  }
   if (!c.metrics_listen.empty())
     RETURN_IF_ERROR(CheckListenPort("metrics_listen", c.metrics_listen));
   return CheckListenPort("listen", c.listen);
 }
 
+class EnginePlant final : public core::AutoTuner::Plant {
+ public:
+  explicit EnginePlant(core::Engine& engine) : engine_(engine) {}
+  Load load() const override {
+    const core::Engine::Stats s = engine_.stats();
+    return Load{s.limit, s.running, static_cast<int>(s.queued)};
+  }
+  void SetLimit(int limit) override { engine_.SetConcurrencyLimit(limit); }
+
+ private:
+  core::Engine& engine_;
+};
+
+std::string DescribeDecision(const core::AutoTuner::Decision& d) {
+  const core::TunerWindow& w = d.window;
+  const double seconds = absl::ToDoubleSeconds(w.length);
+  const double per = w.completions > 0 ? 1e3 / static_cast<double>(w.completions) : 0;
+  return absl::StrFormat(
+      "event=tuner from=%d to=%d reason=%s running=%d queued=%d completions=%d "
+      "service_ms=%.1f queue_ms=%.1f p99_ms=%.1f cpu_utilisation=%.2f cpu_pressure=%.2f "
+      "drops=%d resource_errors=%d",
+      d.from, d.to, d.reason, w.in_flight, w.queued, w.completions,
+      absl::ToDoubleSeconds(w.service_time_sum) * per,
+      absl::ToDoubleSeconds(w.queue_wait_sum) * per, absl::ToDoubleMilliseconds(w.latency_p99),
+      seconds > 0 ? w.child_cpu_seconds / (seconds * w.cores) : 0, w.cpu_pressure, w.drops,
+      w.resource_errors);
+}
+
 }  // namespace
+
+absl::Status Server::StartTuner() {
+  const ServerConfig::Tuner& t = config_.tuner;
+  core::AutoTuner::Options o;
+  o.cores = core::UsableCores();
+  o.max = t.max > 0 ? t.max : 64 * o.cores;
+  std::string max_from = t.max > 0 ? "tuner_max" : "default";
+  const int64_t memory_per_command = config_.policy.max_memory_bytes;
+  if (auto ceiling = core::MachineCommandCeiling(memory_per_command);
+      ceiling.has_value() && ceiling->commands < o.max) {
+    o.max = ceiling->commands;
+    max_from = ceiling->why;
+  }
+  o.min = t.min > 0 ? t.min : std::min(o.cores, o.max);
+  if (o.min > o.max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tuner_min=", o.min, " is above what this machine can run at once (", o.max,
+                     ", from its ", max_from, " limit): lower --tuner_min"));
+  }
+  o.target_p99 = t.target_p99;
+  o.window = t.window;
+  plant_ = std::make_unique<EnginePlant>(*engine_);
+  tuner_ = std::make_unique<core::AutoTuner>(
+      o, *plant_, *metrics_, engine_->clock(), core::CpuStallTotal,
+      [this](const core::AutoTuner::Decision& d) { log_.Event(DescribeDecision(d)); });
+  log_.Event(absl::StrCat("event=tuner_on start=", engine_->stats().limit, " min=", o.min,
+                          " max=", o.max, " max_from=", max_from, " cores=", o.cores,
+                          " target_p99_ms=", absl::ToInt64Milliseconds(o.target_p99),
+                          " window_ms=", absl::ToInt64Milliseconds(o.window), " cpu_pressure=",
+                          core::CpuStallTotal().has_value() ? "known" : "unknown"));
+  return absl::OkStatus();
+}
 
 Server::Server(ServerConfig config)
     : config_(std::move(config)),
@@ -150,9 +222,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
       c.memory_budget_bytes > 0 ? c.memory_budget_bytes : core::MemoryBudget::DefaultLimit();
   server->dispatcher_ =
       std::make_unique<core::Dispatcher>(*server->engine_, c.policy, c.cache, budget);
+  if (c.tuner.enabled) RETURN_IF_ERROR(server->StartTuner());
   server->metrics_->SetSource([s = server.get()] {
-    return metrics::Snapshot{s->dispatcher_->stats(), s->engine_->PoolStatuses(),
-                             s->engine_->CommandsMemoryBytes()};
+    metrics::Snapshot snapshot{s->dispatcher_->stats(), s->engine_->PoolStatuses(),
+                               s->engine_->CommandsMemoryBytes(), std::nullopt};
+    if (s->tuner_ != nullptr) snapshot.limit_bounds = {s->tuner_->min(), s->tuner_->max()};
+    return snapshot;
   });
   if (!c.metrics_listen.empty()) {
     auto exposer = metrics::Exposer::Start(c.metrics_listen, server->metrics_);
@@ -189,7 +264,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
                                   server->engine_->containment().Describe(), "\""));
   server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
                                   " metrics_port=", server->metrics_port(), " max_concurrency=",
-                                  c.max_concurrency, " memory_budget_bytes=", budget));
+                                  server->engine_->stats().limit, " memory_budget_bytes=", budget));
+  if (server->tuner_ != nullptr) server->tuner_->Start();
   return server;
 }
 
@@ -217,6 +293,8 @@ absl::Status Server::ReloadPools(const std::string& path) {
 void Server::Shutdown() {
   if (shut_down_ || grpc_server_ == nullptr) return;
   shut_down_ = true;
+  // A drain is no load to tune for.
+  if (tuner_ != nullptr) tuner_->Stop();
   log_.Event(
       absl::StrCat("event=draining drain_timeout=", absl::FormatDuration(config_.drain_timeout)));
   // Probes see NOT_SERVING at once, while gRPC keeps serving: load balancers move traffic

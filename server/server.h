@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/auto_tuner.h"
 #include "core/dispatcher.h"
 #include "core/engine.h"
 #include "core/validate.h"
@@ -25,7 +26,16 @@ struct ServerConfig {
   // way (GetStatus returns them).
   std::string metrics_listen = "127.0.0.1:9464";
   std::string version = "dev";  // execd_build_info's version.
-  int max_concurrency = 8;
+  int max_concurrency = 8;      // The limit; with the tuner on, where it starts.
+  // The auto-tuner (core/auto_tuner.h): moves the concurrency limit with the load.
+  struct Tuner {
+    bool enabled = false;
+    int min = 0;  // 0: the cores execd may use.
+    int max = 0;  // 0: 64 per core. Lowered to a pids or memory ceiling the machine has.
+    absl::Duration target_p99 = absl::ZeroDuration();  // Zero: none.
+    absl::Duration window = absl::Milliseconds(500);
+  };
+  Tuner tuner;
   size_t max_queue = 1024;
   int max_message_bytes = 64 << 20;
   absl::Duration kill_grace = absl::Milliseconds(500);
@@ -57,6 +67,8 @@ class Server {
   // The metrics port, or 0 when none is served.
   int metrics_port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }
   metrics::Registry& metrics() { return *metrics_; }
+  // The auto-tuner, or null when it is off.
+  core::AutoTuner* tuner() { return tuner_.get(); }
 
   // Health turns NOT_SERVING, new calls are refused, running calls get up to the drain
   // timeout to finish, then the rest are cancelled and their processes killed. Idempotent.
@@ -75,6 +87,8 @@ class Server {
 
  private:
   explicit Server(ServerConfig config);
+  // Builds the tuner from config_.tuner (it starts stepping once the server serves).
+  absl::Status StartTuner();
 
   ServerConfig config_;
   RequestLog log_;
@@ -82,6 +96,9 @@ class Server {
   std::shared_ptr<metrics::Registry> metrics_;
   std::unique_ptr<core::Engine> engine_;
   std::unique_ptr<core::Dispatcher> dispatcher_;
+  std::unique_ptr<core::AutoTuner::Plant> plant_;
+  // Steers the engine: stops before it goes.
+  std::unique_ptr<core::AutoTuner> tuner_;
   // Stops serving scrapes (which read the engine and dispatcher) before they go.
   std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<ExecutorService> service_;

@@ -136,6 +136,40 @@ TEST_F(BatchTest, NoMoreItemsRunAtOnceThanTheConcurrencyLimit) {
   EXPECT_EQ(prepared_, 5);
 }
 
+// The auto-tuner moves the limit while a batch runs: each item starts under the limit in
+// force when it starts, up or down.
+TEST_F(BatchTest, EachItemStartsUnderTheLimitInForceThen) {
+  StartEngine(/*max_concurrency=*/1);
+  Sink sink;
+  Batch::Options options;
+  options.total = 6;  // max_parallel unset: the concurrency limit.
+  auto batch = NewBatch(
+      options, [&](int) { return Gated(); }, &sink);
+  batch->Start();
+  ASSERT_TRUE(testing::WaitFor([&] { return engine_->stats().running == 1; }, absl::Seconds(30)));
+  auto end_one = [&](size_t reported) {
+    Open();
+    ASSERT_TRUE(testing::WaitFor([&] { return sink.reported() == reported; }, absl::Seconds(30)));
+    batch->Written(sink.items().back().first);
+    batch->Start();
+  };
+  engine_->SetConcurrencyLimit(3);
+  end_one(1);  // Items 1, 2 and 3 start under the raised limit.
+  ASSERT_TRUE(testing::WaitFor([&] { return engine_->stats().running == 3; }, absl::Seconds(30)));
+  EXPECT_EQ(prepared_, 4);
+  engine_->SetConcurrencyLimit(1);
+  end_one(2);  // Two still run, more than the lowered limit: nothing starts.
+  end_one(3);
+  EXPECT_EQ(prepared_, 4);
+  end_one(4);  // None runs: item 4 starts, alone.
+  ASSERT_TRUE(testing::WaitFor([&] { return engine_->stats().running == 1; }, absl::Seconds(30)));
+  EXPECT_EQ(prepared_, 5);
+  end_one(5);
+  end_one(6);
+  EXPECT_TRUE(sink.Wait().ok());
+  EXPECT_EQ(prepared_, 6);
+}
+
 TEST_F(BatchTest, FailFastStopsTheItemsAfterAFailure) {
   StartEngine(/*max_concurrency=*/4);
   Sink sink;

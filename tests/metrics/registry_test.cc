@@ -4,6 +4,7 @@
 // Prometheus reads them.
 #include "metrics/registry.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <map>
@@ -82,7 +83,7 @@ TEST(FamiliesTest, EachFamilyIsDeclaredOnceWellFormedAndInItsIdsPlace) {
 }
 
 TEST(FamiliesTest, DurationBucketsGrowByTheFourthRootOfTwoFrom100MicrosecondsTo60Seconds) {
-  const std::vector<double> b = DurationBuckets();
+  const std::vector<double> b = core::DurationBucketBounds();
   ASSERT_EQ(b.size(), 77u);  // 100 us x 2^(76/4) = 52.4 s; the next, 62.3 s, is past 60 s.
   EXPECT_DOUBLE_EQ(b.front(), 100e-6);
   EXPECT_LE(b.back(), 60.0);
@@ -94,7 +95,7 @@ TEST(FamiliesTest, DurationBucketsGrowByTheFourthRootOfTwoFrom100MicrosecondsTo6
 // estimate lies in (lower, upper], and so does the truth, so the error is at most
 // upper/lower - 1 = 2^(1/4) - 1 = 19% of the truth.
 TEST(FamiliesTest, AnEstimateWithinTheRightBucketIsWithin20PercentOfTheTruth) {
-  const std::vector<double> b = DurationBuckets();
+  const std::vector<double> b = core::DurationBucketBounds();
   double worst = 0;
   for (size_t i = 1; i < b.size(); ++i) {
     for (double truth : {b[i - 1] * 1.0000001, (b[i - 1] + b[i]) / 2, b[i]}) {
@@ -112,6 +113,7 @@ Snapshot FullSnapshot() {
   s.stats.engine.queued_by_priority = {1, 2, 0};
   s.stats.engine.queue_capacity = 64;
   s.stats.engine.limit = 8;
+  s.limit_bounds = std::make_pair(2, 128);
   s.stats.memory_in_use = 1000;
   s.stats.memory_limit = 5000;
   core::ResultCache::Stats cache;
@@ -145,7 +147,11 @@ void UseEverything(Registry& r) {
   result.termination = core::Termination::kTimedOut;
   result.usage.user_cpu = absl::Milliseconds(250);
   result.usage.system_cpu = absl::Milliseconds(125);
+  result.queued = times.queue;
+  result.spawn = times.spawn;
+  result.run = times.run;
   r.CommandEnded(result);
+  r.LimitMoved(/*up=*/true, "queueing");
   r.SpawnFailed(ENOENT);
   r.Shed(core::ShedReason::kQueueFull);
   r.Output(core::OutputStream::kStdout, core::OutputEncoding::kRaw, 100);
@@ -216,7 +222,7 @@ TEST(RegistryTest, EveryRpcHasItsOkSeriesAndHistogramsAtZeroFromStartUp) {
   EXPECT_EQ(durations->metric.size(), 4u * 4 + 2);
   for (const auto& m : durations->metric) {
     EXPECT_EQ(m.histogram.sample_count, 0u);
-    EXPECT_EQ(m.histogram.bucket.size(), DurationBuckets().size() + 1);
+    EXPECT_EQ(m.histogram.bucket.size(), core::DurationBucketBounds().size() + 1);
   }
   // Without a source: nothing current is made up.
   EXPECT_EQ(Find(families, "execd_running"), nullptr);
@@ -259,7 +265,65 @@ TEST(RegistryTest, TotalsSumWhatTheTunerReadsAndGrowByWhatHappenedSince) {
   EXPECT_EQ(t.drops, 2);            // queue_full and queue_timeout.
   EXPECT_EQ(t.resource_errors, 1);  // EAGAIN; the ENOENT of UseEverything is not one.
   EXPECT_DOUBLE_EQ(t.child_cpu_seconds, 0.375);
+  // Its latency, 3.01 ms, in the bucket of the first bound that holds it.
+  const std::vector<double>& bounds = core::DurationBucketBounds();
+  ASSERT_EQ(t.latency_buckets.size(), bounds.size() + 1);
+  const size_t b = std::lower_bound(bounds.begin(), bounds.end(), 0.00301) - bounds.begin();
+  for (size_t i = 0; i < t.latency_buckets.size(); ++i) {
+    EXPECT_EQ(t.latency_buckets[i], i == b ? 1 : 0) << "bucket " << i;
+  }
   EXPECT_EQ(core::Metrics::Null().Totals().completions, 0);
+}
+
+// A batch is one call but many commands: the tuner's figures are the commands'.
+TEST(RegistryTest, TotalsCountEachCommandNotEachCall) {
+  Registry r("dev");
+  core::Result item;
+  item.queued = absl::Milliseconds(1);
+  item.spawn = absl::Milliseconds(2);
+  item.run = absl::Milliseconds(3);
+  for (int i = 0; i < 4; ++i) r.CommandEnded(item);
+  const core::MetricsTotals t = r.Totals();
+  EXPECT_EQ(t.completions, 4);
+  EXPECT_EQ(t.service_time, absl::Milliseconds(20));
+  EXPECT_EQ(t.queue_wait, absl::Milliseconds(4));
+}
+
+TEST(RegistryTest, TunerDecisionsAreCountedByDirectionAndReasonOnlyWithTheTunerOn) {
+  Registry r("dev");
+  auto count = [&](absl::string_view direction, absl::string_view reason) {
+    double n = NAN;
+    for (const Sample& s : r.Samples()) {
+      std::map<std::string, std::string> labels(s.labels.begin(), s.labels.end());
+      if (s.name == "execd_tuner_decisions_total" && labels["direction"] == direction &&
+          labels["reason"] == reason) {
+        n = s.value;
+      }
+    }
+    return n;
+  };
+  r.SetSource([] { return Snapshot{}; });  // Tuner off: no bounds, no decisions family.
+  EXPECT_TRUE(std::isnan(count("up", "queueing")));
+  r.SetSource([] {
+    Snapshot s;
+    s.limit_bounds = std::make_pair(2, 128);
+    return s;
+  });
+  EXPECT_EQ(count("up", "queueing"), 0);  // Present before the first decision.
+  r.LimitMoved(/*up=*/true, "queueing");
+  r.LimitMoved(/*up=*/true, "queueing");
+  r.LimitMoved(/*up=*/false, "cpu_saturated");
+  r.LimitMoved(/*up=*/false, "not a reason");  // Outside the fixed set: not counted.
+  EXPECT_EQ(count("up", "queueing"), 2);
+  EXPECT_EQ(count("down", "cpu_saturated"), 1);
+  EXPECT_EQ(count("down", "queueing"), 0);
+  double bound_min = NAN, bound_max = NAN;
+  for (const Sample& s : r.Samples()) {
+    if (s.name != "execd_concurrency_limit_bounds") continue;
+    (s.labels.at(0).second == "min" ? bound_min : bound_max) = s.value;
+  }
+  EXPECT_EQ(bound_min, 2);
+  EXPECT_EQ(bound_max, 128);
 }
 
 TEST(RegistryTest, ADurationCountsInTheFirstBucketWhoseBoundHoldsIt) {
@@ -284,9 +348,9 @@ TEST(RegistryTest, ADurationCountsInTheFirstBucketWhoseBoundHoldsIt) {
     }
     return count;
   };
-  EXPECT_EQ(bucket(DurationBuckets()[0]), 1);
-  EXPECT_EQ(bucket(DurationBuckets()[1]), 2);
-  EXPECT_EQ(bucket(DurationBuckets().back()), 2);
+  EXPECT_EQ(bucket(core::DurationBucketBounds()[0]), 1);
+  EXPECT_EQ(bucket(core::DurationBucketBounds()[1]), 2);
+  EXPECT_EQ(bucket(core::DurationBucketBounds().back()), 2);
   EXPECT_EQ(bucket(INFINITY), 3);
   EXPECT_EQ(Value(r, "execd_request_duration_seconds_count", ping), 3);
   EXPECT_NEAR(Value(r, "execd_request_duration_seconds_sum", ping), 100.000201, 1e-9);

@@ -292,5 +292,66 @@ TEST(MetricsListenTest, APortAlreadyTakenStopsStartUpWithAClearError) {
   EXPECT_EQ((*none)->server().metrics_port(), 0);
 }
 
+// The tuner on: commands that queue while the cores are free raise the limit, within its
+// bounds, and each move is counted by direction and reason beside the bounds.
+TEST(ServerTunerTest, QueuedCommandsRaiseTheLimitWithinItsBoundsAndTheMoveIsCounted) {
+  auto started = TestServer::Start([](server::ServerConfig& c) {
+    c.max_concurrency = 1;
+    c.tuner.enabled = true;
+    c.tuner.min = 1;
+    c.tuner.max = 3;
+    c.tuner.window = absl::Milliseconds(50);
+  });
+  ASSERT_TRUE(started.ok()) << started.status();
+  TestServer& server = **started;
+  ASSERT_NE(server.server().tuner(), nullptr);
+  const std::string gate = ::testing::TempDir() + "tuner_gate_" + std::to_string(getpid());
+  unlink(gate.c_str());
+  AsyncCall calls[5];
+  for (AsyncCall& call : calls) {
+    call.request = TestServer::Request(
+        {"/bin/sh", "-c", absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.01; done")});
+    call.Start(server.stub());
+  }
+  // Three run (the most the tuner allows), two wait.
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        const core::Engine::Stats s = server.server().engine().stats();
+        return s.running == 3 && s.queued == 2;
+      },
+      absl::Seconds(20)));
+  EXPECT_EQ(server.server().engine().stats().limit, 3);
+  std::map<std::string, double> samples;
+  for (const metrics::Sample& s : server.server().metrics().Samples()) {
+    std::string key = s.name;
+    for (const auto& [k, v] : s.labels) absl::StrAppend(&key, ",", k, "=", v);
+    samples[key] = s.value;
+  }
+  EXPECT_EQ(samples["execd_concurrency_limit"], 3);
+  EXPECT_EQ(samples["execd_concurrency_limit_bounds,bound=min"], 1);
+  EXPECT_EQ(samples["execd_concurrency_limit_bounds,bound=max"], 3);
+  EXPECT_GE(samples["execd_tuner_decisions_total,direction=up,reason=queueing"], 1);
+  EXPECT_EQ(samples["execd_tuner_decisions_total,direction=down,reason=queueing"], 0);
+  std::ofstream(gate) << "open";
+  for (AsyncCall& call : calls) {
+    ASSERT_TRUE(call.Wait());
+    EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+  }
+  // No load, no move: the limit stays where the load left it.
+  EXPECT_EQ(server.server().engine().stats().limit, 3);
+  unlink(gate.c_str());
+}
+
+TEST(ServerTunerTest, WithTheTunerOffTheLimitIsPinnedAndNoBoundsAreExported) {
+  auto started = TestServer::Start([](server::ServerConfig& c) { c.max_concurrency = 2; });
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_EQ((*started)->server().tuner(), nullptr);
+  for (const metrics::Sample& s : (*started)->server().metrics().Samples()) {
+    EXPECT_NE(s.name, "execd_concurrency_limit_bounds");
+    EXPECT_NE(s.name, "execd_tuner_decisions_total");
+  }
+  EXPECT_EQ((*started)->server().engine().stats().limit, 2);
+}
+
 }  // namespace
 }  // namespace execd

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -316,6 +317,46 @@ TEST(ServerFlags, InconsistentFlagsStopStartUpWithAReason) {
   r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--spawn_threads=100000"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--spawn_threads must be from 1 to 256"));
+  r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--tuner", "--tuner_min=5", "--tuner_max=3"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--tuner_min (5) at most --tuner_max (3)"));
+  r = RunProcess({EXECD_BIN, "--listen=127.0.0.1:0", "--tuner", "--tuner_target_p99=-1s"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--tuner_target_p99 must not be negative"));
+}
+
+// What an operator reads: the tuner's bounds at start-up, then a line per move with the
+// window that decided it.
+TEST(ServerFlags, TheTunerLogsItsBoundsAndEveryMoveWithItsReason) {
+  ServerProcess server(EXECD_BIN, {"--tuner", "--max_concurrency=1", "--tuner_min=1",
+                                   "--tuner_max=2", "--metrics_listen="});
+  ASSERT_TRUE(server.ok()) << server.log();
+  EXPECT_THAT(server.log(), HasSubstr("event=tuner_on start=1 min=1 max=2 max_from=tuner_max"));
+  auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Executor::NewStub(channel);
+  const std::string gate = ::testing::TempDir() + "tuner_log_gate_" + std::to_string(getpid());
+  unlink(gate.c_str());
+  std::vector<grpc::Status> statuses(3);
+  std::vector<std::thread> calls;
+  for (grpc::Status& status : statuses) {
+    calls.emplace_back([&] {
+      v1::ExecuteRequest request;
+      request.add_argv("/bin/sh");
+      request.add_argv("-c");
+      request.add_argv("while [ ! -e " + gate + " ]; do sleep 0.01; done");
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::ExecuteResponse response;
+      status = stub->Execute(&context, request, &response);
+    });
+  }
+  EXPECT_TRUE(server.WaitForLog("event=tuner from=1 to=2 reason=queueing running=1 queued=2",
+                                absl::Seconds(20)))
+      << server.log();
+  std::ofstream(gate) << "open";
+  for (std::thread& call : calls) call.join();  // Bounded by the calls' deadline.
+  for (const grpc::Status& status : statuses) EXPECT_TRUE(status.ok()) << status.error_message();
+  unlink(gate.c_str());
 }
 
 TEST(ServerCrash, SigkillOfTheServerKillsItsDirectChildren) {
