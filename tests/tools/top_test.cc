@@ -1,5 +1,6 @@
 // execctl top's figures and frames, from snapshots built by hand: no server.
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -251,6 +252,33 @@ TEST(TopFigures, ShedAndErrorsListOnlyWhatHappenedErrorsByCode) {
   EXPECT_THAT(f.shed[0].second.per_second, Optional(3.0));
 }
 
+TEST(TopFigures, TheTunersBoundsAndItsMovesByDirectionAndReason) {
+  auto tuner = [](double up, double down) {
+    return std::vector<Sample>{
+        {"execd_concurrency_limit_bounds", {{"bound", "min"}}, 2},
+        {"execd_concurrency_limit_bounds", {{"bound", "max"}}, 128},
+        {"execd_tuner_decisions_total", {{"direction", "up"}, {"reason", "queueing"}}, up},
+        {"execd_tuner_decisions_total", {{"direction", "down"}, {"reason", "queueing"}}, 0},
+        {"execd_tuner_decisions_total",
+         {{"direction", "down"}, {"reason", "cpu_saturated"}},
+         down}};
+  };
+  const TopFigures f = ComputeFigures(Snapshot(absl::Seconds(1), tuner(1, 0)),
+                                      Snapshot(absl::Seconds(3), tuner(5, 1)));
+  ASSERT_TRUE(f.tuner.has_value());
+  EXPECT_EQ(f.tuner->min, 2);
+  EXPECT_EQ(f.tuner->max, 128);
+  ASSERT_EQ(f.tuner->moves.size(), 2u);  // Only the moves that happened.
+  std::map<std::string, CounterFigure> moves(f.tuner->moves.begin(), f.tuner->moves.end());
+  EXPECT_THAT(moves["up queueing"].per_second, Optional(2.0));
+  EXPECT_EQ(moves["up queueing"].total, 5);
+  EXPECT_THAT(moves["down cpu_saturated"].per_second, Optional(0.5));
+  EXPECT_THAT(FormatFrame(f, "x"), HasSubstr("tuner       limit in [2, 128], moves/s "));
+  EXPECT_FALSE(
+      ComputeFigures(Snapshot(absl::Seconds(1), Gauges(0)), Snapshot(absl::Seconds(2), Gauges(0)))
+          .tuner.has_value());
+}
+
 TEST(TopFigures, CacheHitRatioIsOverTheInterval) {
   auto cache = [](double hits, double misses) {
     return std::vector<Sample>{{"execd_cache_requests_total", {{"result", "hit"}}, hits},
@@ -338,6 +366,7 @@ TEST(TopFrame, ShowsEveryFigureOnItsLine) {
             "errors/s    NOT_FOUND 1.50 (3 total)\n"
             "shed/s      none\n"
             "running     2 of 8\n"
+            "tuner       off (the limit is pinned)\n"
             "queued      3 of 1024 (low 1, normal 2, high 0)\n"
             "cpu         execd 0.05 cores, commands 0.00 cores\n"
             "memory      execd 20.0 MiB, commands 5.0 MiB, budget 3.0 MiB of 1.0 GiB\n"

@@ -141,6 +141,19 @@ TopFigures ComputeFigures(const MetricsSnapshot& before, const MetricsSnapshot& 
 
   f.running = after.Sum("execd_running");
   f.concurrency_limit = after.Sum("execd_concurrency_limit");
+  if (after.Has("execd_concurrency_limit_bounds")) {
+    TunerFigures& tuner = f.tuner.emplace();
+    tuner.min = after.Sum("execd_concurrency_limit_bounds", {{"bound", "min"}});
+    tuner.max = after.Sum("execd_concurrency_limit_bounds", {{"bound", "max"}});
+    for (const std::string& direction :
+         after.LabelValues("execd_tuner_decisions_total", "direction")) {
+      for (const std::string& reason : after.LabelValues("execd_tuner_decisions_total", "reason")) {
+        CounterFigure moves = increases.Counter("execd_tuner_decisions_total",
+                                                {{"direction", direction}, {"reason", reason}});
+        if (moves.total > 0) tuner.moves.emplace_back(absl::StrCat(direction, " ", reason), moves);
+      }
+    }
+  }
   for (const std::string& priority : after.LabelValues("execd_queued", "priority")) {
     f.queued.emplace_back(priority, after.Sum("execd_queued", {{"priority", priority}}));
   }

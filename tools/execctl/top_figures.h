@@ -65,6 +65,13 @@ struct CacheFigures {
   double bytes = 0;
 };
 
+// The auto-tuner: its bounds, and the moves it made by direction and reason ("up queueing").
+struct TunerFigures {
+  double min = 0;
+  double max = 0;
+  std::vector<NamedCounter> moves;  // Only those that happened since the server started.
+};
+
 struct TopFigures {
   std::string version;
   absl::Duration interval;  // Between the snapshots.
@@ -83,6 +90,7 @@ struct TopFigures {
 
   double running = 0;
   double concurrency_limit = 0;
+  std::optional<TunerFigures> tuner;  // None: the tuner is off (the limit is pinned).
   std::vector<std::pair<std::string, double>> queued;  // By priority, as the server lists them.
   double queued_total = 0;
   double queue_capacity = 0;

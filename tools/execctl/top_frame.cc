@@ -87,6 +87,11 @@ std::string FormatFrame(const TopFigures& f, absl::string_view target) {
   AddLine(&frame, "errors/s", Named(f.errors));
   AddLine(&frame, "shed/s", Named(f.shed));
   AddLine(&frame, "running", absl::StrCat(Count(f.running), " of ", Count(f.concurrency_limit)));
+  AddLine(&frame, "tuner",
+          f.tuner.has_value()
+              ? absl::StrCat("limit in [", Count(f.tuner->min), ", ", Count(f.tuner->max),
+                             "], moves/s ", Named(f.tuner->moves))
+              : "off (the limit is pinned)");
   AddLine(&frame, "queued",
           absl::StrCat(Count(f.queued_total), " of ", Count(f.queue_capacity), " (",
                        absl::StrJoin(f.queued, ", ",
