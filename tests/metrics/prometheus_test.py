@@ -51,9 +51,10 @@ class Execd:
         with open(pools, "w") as f:
             f.write('pool { name: "cat" kind: PREWARMED argv: "/bin/cat" min_idle: 1 '
                     'max_size: 1 }\n')
+        # The tuner on, so that its families have series too.
         self.proc = subprocess.Popen(
             [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-             f"--pools_config={pools}"],
+             f"--pools_config={pools}", "--tuner"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
