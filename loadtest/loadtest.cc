@@ -12,16 +12,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "execd/v1/execd.grpc.pb.h"
+#include "loadtest/open_loop.h"
 #include "loadtest/requesters.h"
 
 namespace execd::loadtest {
 namespace {
-
-absl::Duration Percentile(const std::vector<absl::Duration>& sorted, double p) {
-  if (sorted.empty()) return absl::ZeroDuration();
-  size_t i = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
-  return sorted[std::min(i, sorted.size() - 1)];
-}
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
@@ -43,8 +38,12 @@ std::string ModeName(Mode mode) {
   return "unknown";
 }
 
-// Request count, goodput and latency percentiles from the successes' latencies, once
-// `report->elapsed` and `report->errors` are set.
+absl::Duration Percentile(const std::vector<absl::Duration>& sorted, double p) {
+  if (sorted.empty()) return absl::ZeroDuration();
+  size_t i = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
 void Summarize(std::vector<absl::Duration> latencies, Report* report) {
   report->requests = static_cast<int64_t>(latencies.size()) + report->errors;
   report->requests_per_second =
@@ -103,6 +102,7 @@ Report Run(const Config& config) {
 
 Report Run(const Config& config, ChannelPool& channels) {
   if (config.mode == Mode::kBatch) return RunBatch(config, channels);
+  if (config.open_loop) return RunOpenLoop(config, channels);
 
   std::atomic<int64_t> issued{0};
   std::atomic<int64_t> errors{0};
@@ -117,11 +117,12 @@ Report Run(const Config& config, ChannelPool& channels) {
     std::unique_ptr<Requester> requester = MakeRequester(config, channels);
     std::vector<absl::Duration> mine;
     std::vector<absl::Duration> mine_server;
-    // Open loop when a rate is set: each worker sends on its own schedule, and latency
-    // counts from the scheduled time, so a slow reply delays the measurement of the ones
-    // behind it instead of hiding them (no coordinated omission). The workers' schedules
-    // are staggered, so requests arrive evenly spaced at the rate, not in bursts of
-    // `concurrency` at once.
+    // Paced when a rate is set: each worker sends on its own schedule, and latency counts
+    // from the scheduled time, so a slow reply delays the measurement of the ones behind it
+    // instead of hiding them (no coordinated omission). The workers' schedules are
+    // staggered, so requests arrive evenly spaced at the rate, not in bursts of
+    // `concurrency` at once. A worker waiting for a reply still cannot send: when replies
+    // take longer than `concurrency` intervals, the offered rate falls (open_loop does not).
     const absl::Duration interval =
         config.rate > 0 ? absl::Seconds(config.concurrency / config.rate) : absl::ZeroDuration();
     absl::Time next = start + interval * index / config.concurrency;
@@ -171,9 +172,15 @@ Report Run(const Config& config, ChannelPool& channels) {
 }
 
 std::string FormatText(const Report& r) {
-  std::string out = absl::StrFormat(
-      "mode=%s concurrency=%d requests=%d succeeded=%d errors=%d elapsed=%.2fs\n", ModeName(r.mode),
-      r.concurrency, r.requests, r.succeeded(), r.errors, absl::ToDoubleSeconds(r.elapsed));
+  const std::string shape = r.open_loop ? absl::StrFormat("open_loop rate=%.1f/s", r.rate)
+                                        : absl::StrFormat("concurrency=%d", r.concurrency);
+  std::string out = absl::StrFormat("mode=%s %s requests=%d succeeded=%d errors=%d elapsed=%.2fs\n",
+                                    ModeName(r.mode), shape, r.requests, r.succeeded(), r.errors,
+                                    absl::ToDoubleSeconds(r.elapsed));
+  if (r.open_loop) {
+    absl::StrAppend(&out, absl::StrFormat("open loop: peak_outstanding=%d max_send_lag=%.3fms\n",
+                                          r.peak_outstanding, Ms(r.max_send_lag)));
+  }
   if (r.succeeded() == 0) {
     absl::StrAppend(&out, "no request succeeded: ", r.errors, " failed\n");
   } else {
@@ -205,6 +212,12 @@ std::string FormatJson(const Report& r) {
       "\"elapsed_s\":%.6f,",
       ModeName(r.mode), r.concurrency, r.requests, r.errors, r.succeeded(),
       absl::ToDoubleSeconds(r.elapsed));
+  if (r.open_loop) {
+    absl::StrAppend(&out,
+                    absl::StrFormat("\"open_loop\":true,\"rate\":%.3f,\"peak_outstanding\":%d,"
+                                    "\"max_send_lag_ms\":%.6f,",
+                                    r.rate, r.peak_outstanding, Ms(r.max_send_lag)));
+  }
   // No figures at all rather than zeros that a script would take for measurements.
   if (r.succeeded() > 0) {
     absl::StrAppend(

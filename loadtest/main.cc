@@ -1,7 +1,9 @@
-// execd-loadtest: closed-loop load against execd (Execute or Ping) or, as a baseline, the
-// same command spawned locally; with --baseline, all of them in interleaved rounds. Exits
-// non-zero when any request failed.
+// execd-loadtest: closed-loop or open-loop load against execd (Execute or Ping) or, as a
+// baseline, the same command spawned locally; with --baseline, all of them in interleaved
+// rounds. Exits non-zero when any request failed.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "loadtest/background.h"
 #include "loadtest/baseline.h"
 #include "loadtest/loadtest.h"
+#include "loadtest/open_loop.h"
 
 using execd::loadtest::BackgroundKind;
 using execd::loadtest::BackgroundSession;
@@ -43,8 +46,24 @@ ABSL_FLAG(bool, json, false, "print one JSON object instead of text");
 ABSL_FLAG(std::string, pool, "",
           "Execute in this worker pool (the arguments after -- go to the worker)");
 ABSL_FLAG(double, rate, 0,
-          "open loop: send this many requests per second in all, latency measured from each "
-          "request's scheduled time; 0 for closed loop (each worker sends as soon as answered)");
+          "send this many requests per second in all, latency measured from each request's "
+          "scheduled time, by --concurrency workers (each waits for its reply before its next "
+          "send) or, with --open_loop, whatever is unanswered; 0 for closed loop (each worker "
+          "sends as soon as answered)");
+ABSL_FLAG(bool, open_loop, false,
+          "with --rate (Execute or --ping): send every request at its scheduled time through "
+          "gRPC's async API, however many are unanswered; --concurrency is not used");
+ABSL_FLAG(int64_t, max_outstanding, 20000,
+          "--open_loop: a request due while this many are unanswered is not sent and counts "
+          "as an error");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
+          "--open_loop: after the last send, how long to wait for the replies still due; the "
+          "rest are cancelled and count as errors");
+ABSL_FLAG(std::string, timeline, "",
+          "--open_loop: write one CSV row per second of the run to this file: "
+          "t_s,sent,ok,errors,p50_ms,p99_ms,limit,completed (see the README)");
+ABSL_FLAG(absl::Duration, timeline_offset, absl::ZeroDuration(),
+          "added to the timeline's t_s, to concatenate runs against one server");
 ABSL_FLAG(int64_t, batch, 0,
           "send one ExecuteBatch of this many copies of the command, max_parallel = "
           "--concurrency, and report its wall time");
@@ -62,6 +81,18 @@ int UsageError(const char* message) {
   return 2;
 }
 
+bool WriteFile(const std::string& path, const std::string& text) {
+  FILE* file = fopen(path.c_str(), "w");
+  bool written = file != nullptr && fwrite(text.data(), 1, text.size(), file) == text.size();
+  if (file != nullptr && fclose(file) != 0) written = false;
+  if (!written) {
+    fprintf(stderr, "execd-loadtest: cannot write --timeline=%s: %s\n", path.c_str(),
+            strerror(errno));
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -69,6 +100,9 @@ int main(int argc, char** argv) {
       "execd-loadtest [--concurrency=8] [--duration=10s|--requests=N] [--ping|--local] "
       "[--pool=NAME] [--stdin_text=TEXT] [--channels=N] [--background=none|cpu|fork] [--json] "
       "-- PROGRAM ARGS...\n"
+      "execd-loadtest --open_loop --rate=R [--duration=10s|--requests=N] [--ping] "
+      "[--max_outstanding=20000] [--drain_timeout=30s] [--timeline=PATH "
+      "[--timeline_offset=0s]] [--channels=N] [--json] -- PROGRAM ARGS...\n"
       "execd-loadtest --baseline [--rounds=5] [--duration=2s] [--concurrency=8] "
       "[--background=none|cpu|fork] [--background_session=same|own] [-- PROGRAM ARGS...]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
@@ -91,6 +125,10 @@ int main(int argc, char** argv) {
   config.max_output_bytes = absl::GetFlag(FLAGS_max_output_bytes);
   config.stdin_data = absl::GetFlag(FLAGS_stdin_text);
   config.channels = absl::GetFlag(FLAGS_channels);
+  config.open_loop = absl::GetFlag(FLAGS_open_loop);
+  config.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
+  config.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
+  const std::string timeline = absl::GetFlag(FLAGS_timeline);
   const int rounds = absl::GetFlag(FLAGS_rounds);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     return UsageError("--ping and --local exclude each other");
@@ -102,6 +140,17 @@ int main(int argc, char** argv) {
         "--baseline measures every mode the same way: it excludes --ping, --local, --batch, "
         "--pool, --cache, --rate and --stdin_text");
   }
+  if (config.open_loop &&
+      (baseline || absl::GetFlag(FLAGS_local) || config.batch > 0 || config.rate <= 0)) {
+    return UsageError(
+        "--open_loop needs --rate > 0 and sends Execute or Ping: it excludes --baseline, "
+        "--local and --batch");
+  }
+  if (config.open_loop &&
+      (config.max_outstanding < 1 || config.drain_timeout < absl::ZeroDuration())) {
+    return UsageError("--max_outstanding must be >= 1 and --drain_timeout >= 0");
+  }
+  if (!timeline.empty() && !config.open_loop) return UsageError("--timeline needs --open_loop");
   if (baseline && rounds < 1) return UsageError("--rounds must be >= 1");
   if (baseline && config.argv.empty()) config.argv = {"/bin/true"};
   config.mode = absl::GetFlag(FLAGS_ping)    ? execd::loadtest::Mode::kPing
@@ -135,6 +184,7 @@ int main(int argc, char** argv) {
   const std::string background_text = background ? background->Describe() : "none";
   std::string out;
   int64_t errors = 0;
+  bool timeline_written = true;
   if (baseline) {
     execd::loadtest::BaselineReport report = execd::loadtest::RunBaseline(
         config, rounds, background_kind != BackgroundKind::kNone, background_text);
@@ -144,11 +194,15 @@ int main(int argc, char** argv) {
   } else {
     execd::loadtest::Report report = execd::loadtest::Run(config);
     errors = report.errors;
+    if (!timeline.empty()) {
+      timeline_written = WriteFile(timeline, execd::loadtest::FormatTimelineCsv(
+                                                 report, absl::GetFlag(FLAGS_timeline_offset)));
+    }
     out = absl::GetFlag(FLAGS_json) ? execd::loadtest::FormatJson(report)
                                     : execd::loadtest::FormatText(report);
     if (background && !absl::GetFlag(FLAGS_json)) out += "background: " + background_text + "\n";
   }
   if (background) background->Stop();
   fputs(out.c_str(), stdout);
-  return errors == 0 ? 0 : 1;
+  return errors == 0 && timeline_written ? 0 : 1;
 }

@@ -34,36 +34,48 @@ v1::Executor::Stub& ChannelPool::Next() {
 
 namespace {
 
+v1::ExecuteRequest ExecuteRequestOf(const Config& config) {
+  v1::ExecuteRequest request;
+  for (const std::string& a : config.argv) request.add_argv(a);
+  request.set_pool(config.pool);
+  request.set_stdin(config.stdin_data);
+  if (config.cache) request.set_cache_policy(v1::READ_WRITE);
+  if (config.accept_lz4) request.set_accept_compression(v1::LZ4);
+  request.mutable_limits()->set_max_output_bytes(config.max_output_bytes);
+  return request;
+}
+
+// A failed RPC and a command that did not exit 0 are both errors.
+std::string ExecuteError(const grpc::Status& status, const v1::ExecuteResponse& response) {
+  if (!status.ok()) return status.error_message();
+  if (response.termination() != v1::EXITED || response.exit_code() != 0) {
+    return absl::StrFormat("command ended with %s, exit %d",
+                           v1::Termination_Name(response.termination()), response.exit_code());
+  }
+  return "";
+}
+
+std::optional<absl::Duration> ServerTotal(const v1::ExecuteResponse& response) {
+  if (!response.timings().has_total()) return std::nullopt;
+  const google::protobuf::Duration& d = response.timings().total();
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
 class ExecuteRequester final : public Requester {
  public:
-  ExecuteRequester(ChannelPool& channels, const Config& config) : channels_(channels) {
-    for (const std::string& a : config.argv) request_.add_argv(a);
-    request_.set_pool(config.pool);
-    request_.set_stdin(config.stdin_data);
-    if (config.cache) request_.set_cache_policy(v1::READ_WRITE);
-    if (config.accept_lz4) request_.set_accept_compression(v1::LZ4);
-    request_.mutable_limits()->set_max_output_bytes(config.max_output_bytes);
-  }
+  ExecuteRequester(ChannelPool& channels, const Config& config)
+      : channels_(channels), request_(ExecuteRequestOf(config)) {}
   std::string Send() override {
     grpc::ClientContext context;
     response_.Clear();
     grpc::Status status = channels_.Next().Execute(&context, request_, &response_);
-    if (!status.ok()) return status.error_message();
-    if (response_.termination() != v1::EXITED || response_.exit_code() != 0) {
-      return absl::StrFormat("command ended with %s, exit %d",
-                             v1::Termination_Name(response_.termination()), response_.exit_code());
-    }
-    return "";
+    return ExecuteError(status, response_);
   }
-  std::optional<absl::Duration> ServerTime() const override {
-    if (!response_.timings().has_total()) return std::nullopt;
-    const google::protobuf::Duration& d = response_.timings().total();
-    return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-  }
+  std::optional<absl::Duration> ServerTime() const override { return ServerTotal(response_); }
 
  private:
   ChannelPool& channels_;
-  v1::ExecuteRequest request_;
+  const v1::ExecuteRequest request_;
   // Reused (cleared) for every call, as protobuf advises for hot loops: its sub-messages
   // and strings keep their memory. The same for Ping below.
   v1::ExecuteResponse response_;
@@ -135,7 +147,61 @@ class LocalSpawnRequester final : public Requester {
   posix_spawnattr_t attr_;
 };
 
+// The request is shared by every call: gRPC serialises it when the call starts and never
+// writes it. Each response lives until its call's callback has read it.
+class AsyncExecuteRequester final : public AsyncRequester {
+ public:
+  AsyncExecuteRequester(ChannelPool& channels, const Config& config)
+      : channels_(channels), request_(ExecuteRequestOf(config)) {}
+  void Start(grpc::ClientContext* context, std::function<void(Outcome)> done) override {
+    auto* response = new v1::ExecuteResponse;
+    channels_.Next().async()->Execute(
+        context, &request_, response, [response, done = std::move(done)](grpc::Status status) {
+          Outcome outcome{ExecuteError(status, *response), ServerTotal(*response)};
+          delete response;
+          done(std::move(outcome));
+        });
+  }
+
+ private:
+  ChannelPool& channels_;
+  const v1::ExecuteRequest request_;
+};
+
+class AsyncPingRequester final : public AsyncRequester {
+ public:
+  AsyncPingRequester(ChannelPool& channels, int payload_bytes) : channels_(channels) {
+    request_.set_payload(std::string(payload_bytes, 'x'));
+  }
+  void Start(grpc::ClientContext* context, std::function<void(Outcome)> done) override {
+    auto* response = new v1::PingResponse;
+    channels_.Next().async()->Ping(
+        context, &request_, response, [response, done = std::move(done)](grpc::Status status) {
+          delete response;
+          done(Outcome{status.ok() ? "" : status.error_message(), std::nullopt});
+        });
+  }
+
+ private:
+  ChannelPool& channels_;
+  v1::PingRequest request_;
+};
+
 }  // namespace
+
+std::unique_ptr<AsyncRequester> MakeAsyncRequester(const Config& config, ChannelPool& channels) {
+  switch (config.mode) {
+    case Mode::kExecute:
+      return std::make_unique<AsyncExecuteRequester>(channels, config);
+    case Mode::kPing:
+      return std::make_unique<AsyncPingRequester>(channels, config.payload_bytes);
+    case Mode::kLocalSpawn:
+    case Mode::kLocalSetsid:
+    case Mode::kBatch:
+      break;
+  }
+  return nullptr;
+}
 
 std::unique_ptr<Requester> MakeRequester(const Config& config, ChannelPool& channels) {
   switch (config.mode) {
