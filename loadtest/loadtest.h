@@ -47,6 +47,14 @@ struct Config {
   absl::Duration drain_timeout = absl::Seconds(30);
 };
 
+// One request of an open-loop run: its scheduled time from the start, the time from then to
+// its end (zero when it was not sent), and whether it succeeded.
+struct RequestRecord {
+  absl::Duration scheduled;
+  absl::Duration latency;
+  bool ok = false;
+};
+
 // One second of an open-loop run, counted from its start.
 struct TimelineSecond {
   // Of the requests scheduled in this second: sent, succeeded (however late), and failed
@@ -80,13 +88,14 @@ struct Report {
   absl::Duration server_p50;
   int64_t server_samples = 0;
   // Open loop: the offered rate, the most requests unanswered at once, how late after its
-  // scheduled time the latest send left (a measure of the client's own lag), and the run
-  // second by second.
+  // scheduled time the latest send left (a measure of the client's own lag), the run second
+  // by second, and every request in the order scheduled.
   bool open_loop = false;
   double rate = 0;
   int64_t peak_outstanding = 0;
   absl::Duration max_send_lag;
   std::vector<TimelineSecond> timeline;
+  std::vector<RequestRecord> requests_log;
 };
 
 Report Run(const Config& config);

@@ -62,8 +62,12 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(30),
 ABSL_FLAG(std::string, timeline, "",
           "--open_loop: write one CSV row per second of the run to this file: "
           "t_s,sent,ok,errors,p50_ms,p99_ms,limit,completed (see the README)");
+ABSL_FLAG(std::string, request_log, "",
+          "--open_loop: write one CSV row per request to this file: scheduled_s,latency_ms,ok "
+          "(latency from the scheduled time to the end, 0 when not sent)");
 ABSL_FLAG(absl::Duration, timeline_offset, absl::ZeroDuration(),
-          "added to the timeline's t_s, to concatenate runs against one server");
+          "added to the timeline's t_s and the request log's scheduled_s, to concatenate runs "
+          "against one server");
 ABSL_FLAG(int64_t, batch, 0,
           "send one ExecuteBatch of this many copies of the command, max_parallel = "
           "--concurrency, and report its wall time");
@@ -81,12 +85,12 @@ int UsageError(const char* message) {
   return 2;
 }
 
-bool WriteFile(const std::string& path, const std::string& text) {
+bool WriteFile(const char* flag, const std::string& path, const std::string& text) {
   FILE* file = fopen(path.c_str(), "w");
   bool written = file != nullptr && fwrite(text.data(), 1, text.size(), file) == text.size();
   if (file != nullptr && fclose(file) != 0) written = false;
   if (!written) {
-    fprintf(stderr, "execd-loadtest: cannot write --timeline=%s: %s\n", path.c_str(),
+    fprintf(stderr, "execd-loadtest: cannot write %s=%s: %s\n", flag, path.c_str(),
             strerror(errno));
     return false;
   }
@@ -101,8 +105,8 @@ int main(int argc, char** argv) {
       "[--pool=NAME] [--stdin_text=TEXT] [--channels=N] [--background=none|cpu|fork] [--json] "
       "-- PROGRAM ARGS...\n"
       "execd-loadtest --open_loop --rate=R [--duration=10s|--requests=N] [--ping] "
-      "[--max_outstanding=20000] [--drain_timeout=30s] [--timeline=PATH "
-      "[--timeline_offset=0s]] [--channels=N] [--json] -- PROGRAM ARGS...\n"
+      "[--max_outstanding=20000] [--drain_timeout=30s] [--timeline=PATH] "
+      "[--request_log=PATH] [--timeline_offset=0s] [--channels=N] [--json] -- PROGRAM ARGS...\n"
       "execd-loadtest --baseline [--rounds=5] [--duration=2s] [--concurrency=8] "
       "[--background=none|cpu|fork] [--background_session=same|own] [-- PROGRAM ARGS...]");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
   config.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
   config.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   const std::string timeline = absl::GetFlag(FLAGS_timeline);
+  const std::string request_log = absl::GetFlag(FLAGS_request_log);
   const int rounds = absl::GetFlag(FLAGS_rounds);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     return UsageError("--ping and --local exclude each other");
@@ -150,7 +155,9 @@ int main(int argc, char** argv) {
       (config.max_outstanding < 1 || config.drain_timeout < absl::ZeroDuration())) {
     return UsageError("--max_outstanding must be >= 1 and --drain_timeout >= 0");
   }
-  if (!timeline.empty() && !config.open_loop) return UsageError("--timeline needs --open_loop");
+  if ((!timeline.empty() || !request_log.empty()) && !config.open_loop) {
+    return UsageError("--timeline and --request_log need --open_loop");
+  }
   if (baseline && rounds < 1) return UsageError("--rounds must be >= 1");
   if (baseline && config.argv.empty()) config.argv = {"/bin/true"};
   config.mode = absl::GetFlag(FLAGS_ping)    ? execd::loadtest::Mode::kPing
@@ -184,7 +191,7 @@ int main(int argc, char** argv) {
   const std::string background_text = background ? background->Describe() : "none";
   std::string out;
   int64_t errors = 0;
-  bool timeline_written = true;
+  bool files_written = true;
   if (baseline) {
     execd::loadtest::BaselineReport report = execd::loadtest::RunBaseline(
         config, rounds, background_kind != BackgroundKind::kNone, background_text);
@@ -194,9 +201,14 @@ int main(int argc, char** argv) {
   } else {
     execd::loadtest::Report report = execd::loadtest::Run(config);
     errors = report.errors;
+    const absl::Duration offset = absl::GetFlag(FLAGS_timeline_offset);
     if (!timeline.empty()) {
-      timeline_written = WriteFile(timeline, execd::loadtest::FormatTimelineCsv(
-                                                 report, absl::GetFlag(FLAGS_timeline_offset)));
+      files_written =
+          WriteFile("--timeline", timeline, execd::loadtest::FormatTimelineCsv(report, offset));
+    }
+    if (!request_log.empty()) {
+      files_written &= WriteFile("--request_log", request_log,
+                                 execd::loadtest::FormatRequestLogCsv(report, offset));
     }
     out = absl::GetFlag(FLAGS_json) ? execd::loadtest::FormatJson(report)
                                     : execd::loadtest::FormatText(report);
@@ -204,5 +216,5 @@ int main(int argc, char** argv) {
   }
   if (background) background->Stop();
   fputs(out.c_str(), stdout);
-  return errors == 0 && timeline_written ? 0 : 1;
+  return errors == 0 && files_written ? 0 : 1;
 }

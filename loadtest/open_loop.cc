@@ -39,6 +39,10 @@ class OpenLoop {
         config_.requests > 0
             ? config_.requests
             : static_cast<int64_t>(absl::ToDoubleSeconds(config_.duration) * config_.rate);
+    {
+      absl::MutexLock lock(&mu_);
+      records_.resize(static_cast<size_t>(total));
+    }
     start_ = absl::Now();
     absl::Notification stop_sampling;
     std::thread sampler([&] { SampleLimits(stop_sampling); });
@@ -47,7 +51,7 @@ class OpenLoop {
       last_scheduled = start_ + absl::Seconds(static_cast<double>(i) / config_.rate);
       const absl::Duration wait = last_scheduled - absl::Now();
       if (wait > absl::ZeroDuration()) absl::SleepFor(wait);
-      Send(last_scheduled);
+      Send(static_cast<size_t>(i), last_scheduled);
     }
     Drain(std::max(last_scheduled, absl::Now()) + config_.drain_timeout);
     const absl::Time end = absl::Now();
@@ -59,6 +63,7 @@ class OpenLoop {
  private:
   struct Call {
     grpc::ClientContext context;
+    size_t index = 0;
     absl::Time scheduled;
     size_t second = 0;
     bool cancelled = false;  // By Drain, at the end of the run.
@@ -84,14 +89,16 @@ class OpenLoop {
     if (first_error_.empty()) first_error_ = error;
   }
 
-  void Send(absl::Time scheduled) {
+  void Send(size_t index, absl::Time scheduled) {
     max_send_lag_ = std::max(max_send_lag_, absl::Now() - scheduled);
     auto call = std::make_unique<Call>();
+    call->index = index;
     call->scheduled = scheduled;
     call->second = SecondOf(start_, scheduled);
     {
       absl::MutexLock lock(&mu_);
       Second& second = At(call->second);
+      records_[index].scheduled = scheduled - start_;
       if (static_cast<int64_t>(outstanding_.size()) >= config_.max_outstanding) {
         Fail(second, absl::StrFormat("not sent at its time: %d requests were unanswered "
                                      "(--max_outstanding=%d)",
@@ -113,6 +120,9 @@ class OpenLoop {
     absl::MutexLock lock(&mu_);
     outstanding_.erase(call);
     Second& second = At(call->second);
+    RequestRecord& record = records_[call->index];
+    record.latency = now - call->scheduled;
+    record.ok = !call->cancelled && outcome.error.empty();
     if (call->cancelled) {
       Fail(second, absl::StrFormat("unanswered %s after the last send; cancelled "
                                    "(--drain_timeout)",
@@ -188,6 +198,7 @@ class OpenLoop {
     report.first_error = first_error_;
     report.peak_outstanding = peak_outstanding_;
     report.max_send_lag = max_send_lag_;
+    report.requests_log = std::move(records_);
     Summarize(std::move(latencies_), &report);
     std::sort(server_times_.begin(), server_times_.end());
     report.server_p50 = Percentile(server_times_, 0.50);
@@ -213,6 +224,7 @@ class OpenLoop {
 
   absl::Mutex mu_;
   std::deque<Second> seconds_ ABSL_GUARDED_BY(mu_);
+  std::vector<RequestRecord> records_ ABSL_GUARDED_BY(mu_);  // One per request, by index.
   std::unordered_set<Call*> outstanding_ ABSL_GUARDED_BY(mu_);
   bool cancelling_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<Call>> ended_while_cancelling_ ABSL_GUARDED_BY(mu_);
@@ -244,6 +256,16 @@ std::string FormatTimelineCsv(const Report& report, absl::Duration offset) {
     }
     if (s.limit) absl::StrAppend(&out, *s.limit);
     absl::StrAppend(&out, ",", s.completed, "\n");
+  }
+  return out;
+}
+
+std::string FormatRequestLogCsv(const Report& report, absl::Duration offset) {
+  std::string out = "scheduled_s,latency_ms,ok\n";
+  for (const RequestRecord& r : report.requests_log) {
+    absl::StrAppend(&out,
+                    absl::StrFormat("%.6f,%.3f,%d\n", absl::ToDoubleSeconds(offset + r.scheduled),
+                                    Ms(r.latency), r.ok ? 1 : 0));
   }
   return out;
 }

@@ -24,4 +24,8 @@ Report RunOpenLoop(const Config& config, ChannelPool& channels);
 // sample) are empty.
 std::string FormatTimelineCsv(const Report& report, absl::Duration offset);
 
+// `report.requests_log` as CSV: the header `scheduled_s,latency_ms,ok`, then one row per
+// request in the order scheduled, scheduled_s plus `offset`; ok is 1 or 0.
+std::string FormatRequestLogCsv(const Report& report, absl::Duration offset);
+
 }  // namespace execd::loadtest

@@ -104,6 +104,13 @@ TEST_F(OpenLoopTest, KeepsSendingAtTheRateWhileTheServerHoldsEveryRequest) {
   EXPECT_GE(report.timeline[0].p50, absl::Seconds(1));
   EXPECT_GE(report.p99, absl::Seconds(1));
   EXPECT_GE(report.peak_outstanding, 40);
+  ASSERT_EQ(report.requests_log.size(), 40u);
+  for (size_t i = 0; i < report.requests_log.size(); ++i) {
+    const RequestRecord& r = report.requests_log[i];
+    EXPECT_EQ(r.scheduled, absl::Milliseconds(50) * static_cast<int64_t>(i));
+    EXPECT_TRUE(r.ok);
+    EXPECT_GE(r.scheduled + r.latency, absl::Milliseconds(1950));
+  }
   std::vector<int> limits;
   for (const TimelineSecond& s : report.timeline) {
     if (s.limit) limits.push_back(*s.limit);
@@ -128,6 +135,19 @@ TEST_F(OpenLoopTest, RefusesRequestsPastTheOutstandingBoundAndCancelsTheRestAtTh
   EXPECT_EQ(report.timeline[0].sent, 3);
   EXPECT_EQ(report.timeline[0].errors, 10);
   EXPECT_EQ(report.timeline[0].ok, 0);
+  ASSERT_EQ(report.requests_log.size(), 10u);
+  EXPECT_EQ(report.requests_log[9].latency, absl::ZeroDuration());  // Refused: never sent.
+  EXPECT_FALSE(report.requests_log[0].ok);
+}
+
+TEST(OpenLoopRequestLog, IsOneCsvRowPerRequestFromTheOffset) {
+  Report report;
+  report.requests_log = {{absl::ZeroDuration(), absl::Milliseconds(7.25), true},
+                         {absl::Milliseconds(500), absl::ZeroDuration(), false}};
+  EXPECT_EQ(FormatRequestLogCsv(report, absl::Seconds(60)),
+            "scheduled_s,latency_ms,ok\n"
+            "60.000000,7.250,1\n"
+            "60.500000,0.000,0\n");
 }
 
 TEST(OpenLoopTimeline, IsOneCsvRowPerSecondFromTheOffset) {
@@ -171,7 +191,7 @@ TEST(OpenLoopFlags, TimelineWithoutOpenLoopIsAUsageError) {
   testing::ProcessResult result =
       testing::RunProcess({LOADTEST_BIN, "--rate=10", "--timeline=/dev/null", "--", "/bin/true"});
   EXPECT_EQ(result.exit_code, 2);
-  EXPECT_THAT(result.err, HasSubstr("--timeline needs --open_loop"));
+  EXPECT_THAT(result.err, HasSubstr("--timeline and --request_log need --open_loop"));
 }
 
 TEST(OpenLoopFlags, OpenLoopWithoutRateIsAUsageError) {
