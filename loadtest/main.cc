@@ -155,6 +155,10 @@ int main(int argc, char** argv) {
       (config.max_outstanding < 1 || config.drain_timeout < absl::ZeroDuration())) {
     return UsageError("--max_outstanding must be >= 1 and --drain_timeout >= 0");
   }
+  if (config.open_loop && config.requests <= 0 &&
+      absl::ToDoubleSeconds(config.duration) * config.rate < 1) {
+    return UsageError("--open_loop: --duration x --rate schedules no request");
+  }
   if ((!timeline.empty() || !request_log.empty()) && !config.open_loop) {
     return UsageError("--timeline and --request_log need --open_loop");
   }
