@@ -12,9 +12,10 @@
 #   mixed  half of each at once: two loadtests against one server, the cpu command at 45% of
 #          the best throughput and `sleep 0.2` at 75/s.
 #   shift  cpu then sleep, and sleep then cpu: two consecutive loadtests against one tuner
-#          server, timelines concatenated (--timeline_offset); how long after the shift the
-#          throughput is back at 95% of the best static limit's for the new workload, and
-#          shift.png (gnuplot) of limit, throughput and p99 over time.
+#          server, the second started as the first's schedule ends, timelines concatenated
+#          (--timeline_offset); how long after the shift the new workload's throughput is
+#          back at 95% of the best static limit's for it, and shift.png (gnuplot) of limit,
+#          throughput (all replies) and p99 over time.
 #   noise  cpu with a one-core busy loop (the hog) from 25% to 65% of the run: direction
 #          changes of the limit a minute at steady state, its minimum, and the time to 95%
 #          of the best throughput after the hog stops.
@@ -58,7 +59,8 @@ die() {
   die "no $build/execd or $build/execd-loadtest: build them first"
 [[ $tuner_mode == on || $tuner_mode == off ]] || die "BENCH_TUNER must be on or off"
 tuner_flag=false
-if "$build/execd" --helpfull 2>&1 | grep -q -- '--tuner ('; then tuner_flag=true; fi
+flags=$("$build/execd" --helpfull 2>&1 || true)
+if grep -q -- '--tuner (' <<<"$flags"; then tuner_flag=true; fi
 if [[ $tuner_mode == on && $tuner_flag == false ]]; then
   die "$build/execd has no --tuner flag (BENCH_TUNER=off runs the static limits alone)"
 fi
@@ -169,12 +171,16 @@ finish_load() {  # NAME [PID]: waits for the load (default: $load) and checks it
   loads=("${kept[@]}")
   check_run "$1" "$status"
 }
-cpu_run() {  # NAME SECONDS [OFFSET]
-  open_load "$1" "$cpu_rate" "$2" "${3:-0}" -- "${cpu_cmd[@]}"
+# cpu_load, sleep_load NAME SECONDS [OFFSET]: the workload's open loop, in the background;
+# cpu_run, sleep_run: the same, waited for.
+cpu_load() { open_load "$1" "$cpu_rate" "$2" "${3:-0}" -- "${cpu_cmd[@]}"; }
+sleep_load() { open_load "$1" 150 "$2" "${3:-0}" -- "${sleep_cmd[@]}"; }
+cpu_run() {
+  cpu_load "$@"
   finish_load "$1"
 }
-sleep_run() {  # NAME SECONDS [OFFSET]
-  open_load "$1" 150 "$2" "${3:-0}" -- "${sleep_cmd[@]}"
+sleep_run() {
+  sleep_load "$@"
   finish_load "$1"
 }
 closed_run() {  # NAME CONCURRENCY SECONDS -- COMMAND...: prints the throughput
@@ -231,6 +237,37 @@ direction_changes() {
       last = $1 }
     END { printf "%.1f", n * 60 / span }'
 }
+# utc_seconds: now, in seconds of the UTC day (the server log's ts= has no date arithmetic
+# in awk).
+utc_seconds() { date -u +'%H %M %S.%N' | awk '{ printf "%.3f", $1 * 3600 + $2 * 60 + $3 }'; }
+# tuner_moves LOG START A B: "reversals-a-minute lowest" of the tuner's moves (event=tuner
+# lines: from=, to=) logged in [A, B) seconds after START (utc_seconds): exact, where the
+# timeline's 1 s samples can miss a move and its reversal within a second.
+tuner_moves() {
+  awk -v start="$2" -v a="$3" -v b="$4" '/event=tuner / {
+      match($0, /T[0-9:.]+Z/); split(substr($0, RSTART + 1, RLENGTH - 2), h, ":")
+      t = h[1] * 3600 + h[2] * 60 + h[3] - start
+      if (t < -43200) t += 86400
+      if (t < a || t >= b) next
+      match($0, / from=[0-9]+/); from = substr($0, RSTART + 6, RLENGTH - 6) + 0
+      match($0, / to=[0-9]+/); to = substr($0, RSTART + 4, RLENGTH - 4) + 0
+      d = to > from ? 1 : -1; if (dir && d != dir) n++; dir = d
+      if (low == "" || to < low) low = to }
+    END { printf "%.1f %s", n * 60 / (b - a), low == "" ? "-" : low }' "$1"
+}
+# merge_timelines FIRST SECOND: one timeline of two runs against one server, SECOND offset
+# to start where FIRST's schedule ends: in the seconds both cover (FIRST's late replies),
+# counts add up, percentiles come from SECOND (FIRST scheduled nothing then), the limit
+# from either.
+merge_timelines() {
+  awk -F, -v OFS=, 'FNR == 1 { if (NR == 1) print; next }
+    !($1 in seen) { seen[$1] = 1; order[++n] = $1; for (i = 2; i <= 8; i++) v[$1, i] = $i; next }
+    { v[$1, 2] += $2; v[$1, 3] += $3; v[$1, 4] += $4; v[$1, 8] += $8
+      if ($3 > 0) { v[$1, 5] = $5; v[$1, 6] = $6 }
+      if (v[$1, 7] == "") v[$1, 7] = $7 }
+    END { for (k = 1; k <= n; k++) { t = order[k]
+      print t, v[t, 2], v[t, 3], v[t, 4], v[t, 5], v[t, 6], v[t, 7], v[t, 8] } }' "$1" "$2"
+}
 # recovery TIMELINE FROM BAR: seconds from FROM until the first 3 s whose mean throughput
 # (completed) is >= BAR, or "never".
 recovery() {
@@ -265,7 +302,7 @@ verdict() {  # TEXT CONDITION...: one target's line, PASS or FAIL
   shift
   if "$@"; then say "  PASS $text"; else say "  FAIL $text"; fi
 }
-decisions() { grep -c 'event=tuner' "$out/$1.server.log" || true; }
+decisions() { grep -c 'event=tuner ' "$out/$1.server.log" || true; }
 
 say "output: $out"
 say "scale $scale: static ${static_s}s (warm-up ${warm_s}s), tuner ${tuner_s}s (warm-up" \
@@ -439,8 +476,7 @@ plot_shift() {
       plot data using 1:6 with lines lw 2 notitle
       "
   done
-  gnuplot <<GP 2>"$out/gnuplot.err" ||
-    say "gnuplot failed: no shift.png: $(tail -3 "$out/gnuplot.err")"
+  if ! gnuplot 2>"$out/gnuplot.err" <<GP; then
 set terminal pngcairo size 1400,1000
 set output '$out/shift.png'
 set datafile separator comma
@@ -450,7 +486,10 @@ set multiplot layout 3,2 columnsfirst
 $panels
 unset multiplot
 GP
-  [[ -f $out/shift.png ]] && say "shift plot: $out/shift.png"
+    say "gnuplot failed, no shift.png: $(tail -3 "$out/gnuplot.err")"
+    return
+  fi
+  say "shift plot: $out/shift.png"
 }
 
 if [[ $workloads == *" shift "* ]]; then
@@ -458,19 +497,25 @@ if [[ $workloads == *" shift "* ]]; then
   for dir in cpu-sleep sleep-cpu; do
     first=${dir%-*} second=${dir#*-}
     start_server "shift-$dir" $(tuner_flags 8 64)
-    "${first}_run" "shift-$dir.1" "$shift_s"
-    at=$(($(wc -l <"$out/shift-$dir.1.timeline.csv") - 1))
-    "${second}_run" "shift-$dir.2" "$shift_s" "$at"
+    # The second load starts as the first one's schedule ends, while its late replies are
+    # still due: the server sees the workload change, not a pause.
+    "${first}_load" "shift-$dir.1" "$shift_s"
+    first_load=$load
+    sleep "$shift_s"
+    at=$shift_s
+    "${second}_load" "shift-$dir.2" "$shift_s" "$at"
+    finish_load "shift-$dir.1" "$first_load"
+    finish_load "shift-$dir.2"
     stop_server
     echo "$at" >"$out/shift-$dir.at"
-    { cat "$out/shift-$dir.1.timeline.csv"; tail -n +2 "$out/shift-$dir.2.timeline.csv"; } \
+    merge_timelines "$out/shift-$dir.1.timeline.csv" "$out/shift-$dir.2.timeline.csv" \
       >"$out/shift-$dir.timeline.csv"
     # The bar: 95% of the best static limit's throughput for the new workload, measured in
     # this run's sweep, else of its offered rate.
     bar=${sleep_best_tput:-150}
     if [[ $second == cpu ]]; then bar=${cpu_best_tput:-$cpu_rate}; fi
     bar=$(calc "0.95 * $bar")
-    back=$(recovery "$out/shift-$dir.timeline.csv" "$at" "$bar")
+    back=$(recovery "$out/shift-$dir.2.timeline.csv" "$at" "$bar")
     row shift "$dir, $second side" \
       "$(stats "$at" "$((at + shift_s))" "$out/shift-$dir.2.requests.csv")" \
       "$(limit_column "$out/shift-$dir.timeline.csv" "$at" "$((at + shift_s))" | median)" \
@@ -487,6 +532,7 @@ if [[ $workloads == *" noise "* ]]; then
   section "noise: the cpu command at $cpu_rate/s for ${noise_s}s, a one-core hog from" \
     "${hog_from}s to ${hog_to}s"
   start_server noise $(tuner_flags 8 64)
+  noise_start=$(utc_seconds)
   open_load noise "$cpu_rate" "$noise_s" 0 -- "${cpu_cmd[@]}"
   noise_load=$load
   sleep "$hog_from"
@@ -500,10 +546,24 @@ if [[ $workloads == *" noise "* ]]; then
   stop_server
   tl=$out/noise.timeline.csv
   settle=$(seconds BENCH_NOISE_SETTLE 10)
-  before=$(direction_changes "$tl" "$settle" "$hog_from")
-  during=$(direction_changes "$tl" "$((hog_from + settle))" "$hog_to")
-  after=$(direction_changes "$tl" "$((hog_to + settle))" "$noise_s")
+  # Reversals a minute in each steady window: the tuner's logged moves, or without the
+  # tuner the limit's 1 s samples; the lowest limit over the whole run likewise.
+  windows=("$settle $hog_from" "$((hog_from + settle)) $hog_to" "$((hog_to + settle)) $noise_s")
+  changes=()
+  for window in "${windows[@]}"; do
+    if [[ $tuner_mode == on ]]; then
+      read -r c _ <<<"$(tuner_moves "$out/noise.server.log" "$noise_start" $window)"
+    else
+      c=$(direction_changes "$tl" $window)
+    fi
+    changes+=("$c")
+  done
+  before=${changes[0]} during=${changes[1]} after=${changes[2]}
   low=$(limit_column "$tl" 0 "$noise_s" | sort -g | head -1)
+  if [[ $tuner_mode == on ]]; then
+    read -r _ logged_low <<<"$(tuner_moves "$out/noise.server.log" "$noise_start" 0 "$noise_s")"
+    if [[ $logged_low != - ]] && ((logged_low < low)); then low=$logged_low; fi
+  fi
   bar=$(calc "0.95 * ${cpu_best_tput:-$cpu_rate}")
   back=$(recovery "$tl" "$hog_to" "$bar")
   row noise "before the hog" "$(stats "$settle" "$hog_from" "$out/noise.requests.csv")" \
