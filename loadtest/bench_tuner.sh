@@ -354,10 +354,6 @@ PY
   say "cpu: best closed-loop throughput $best_closed/s; open loop at 90%: $cpu_rate/s"
 fi
 
-# sweep WORKLOAD RATE-SPEC LIMITS TUNER_START TUNER_MAX TUNER_SECONDS TUNER_WARMUP: each
-# static limit then the tuner in the middle of the list; writes $out/WORKLOAD.static (one
-# "limit offered tput p50 p99 errors" line per limit) and $out/WORKLOAD.tuner (the same for
-# the tuner's window and its ramp).
 # run_workload NAME SECONDS: the workload's load(s) against $port; its request logs are
 # $out/NAME*.requests.csv.
 run_workload() {
@@ -384,6 +380,11 @@ logs_of() {
 }
 timeline_of() { logs_of "$1" | head -1 | sed 's/requests\.csv$/timeline.csv/'; }
 
+# sweep WORKLOAD LIMITS TUNER_START TUNER_MAX TUNER_SECONDS TUNER_WARMUP: a run for each
+# static limit, with the tuner's in the middle of the list; writes $out/WORKLOAD.static (one
+# "limit offered tput p50 p99 errors" line a limit), $out/WORKLOAD.tuner ("offered tput p50
+# p99 errors limit" after the warm-up) and $out/WORKLOAD.ramp (the same, before it), and
+# sets $best to the best static limit's line.
 sweep() {
   local w=$1 limits=($2) start=$3 max=$4 tsecs=$5 twarm=$6
   local half=$((${#limits[@]} / 2)) s
