@@ -14,6 +14,7 @@ build_packages=(
   lz4 clang python3
   python3-grpcio python3-protobuf
   prometheus  # a real Prometheus (and promtool) for the metrics tests; they start their own
+  gnuplot-nox  # loadtest/bench_tuner.sh's plot of the limit over time
 )
 runtime_packages=(
   libgrpc++1.51 libprotobuf32 libabsl20220623 liblz4-1 libssl3 tini ca-certificates
