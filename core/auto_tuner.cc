@@ -26,12 +26,12 @@ int Clamp(int limit, const AutoTuner::Options& o) { return std::clamp(limit, o.m
 }  // namespace
 
 AutoTuner::AutoTuner(Options options, Plant& plant, Metrics& metrics, const Clock& clock,
-                     StallSource stall, DecisionSink sink)
+                     CpuSource cpu, DecisionSink sink)
     : options_(options),
       plant_(plant),
       metrics_(metrics),
       clock_(clock),
-      stall_(std::move(stall)),
+      cpu_(std::move(cpu)),
       sink_(std::move(sink)),
       controller_(ControllerOptions(options, Clamp(plant.load().limit, options))) {
   plant_.SetLimit(Clamp(plant_.load().limit, options_));
@@ -40,7 +40,7 @@ AutoTuner::AutoTuner(Options options, Plant& plant, Metrics& metrics, const Cloc
 AutoTuner::~AutoTuner() { Stop(); }
 
 AutoTuner::Snapshot AutoTuner::Take() const {
-  return Snapshot{clock_.Now(), metrics_.Totals(), stall_ ? stall_() : std::nullopt};
+  return Snapshot{clock_.Now(), metrics_.Totals(), cpu_ ? cpu_() : CpuReading{}};
 }
 
 absl::Duration AutoTuner::Percentile99(const std::vector<int64_t>& buckets) {
@@ -77,9 +77,13 @@ std::optional<AutoTuner::Decision> AutoTuner::Step() {
   w.queue_wait_sum = now.totals.queue_wait - then.totals.queue_wait;
   w.drops = now.totals.drops - then.totals.drops;
   w.resource_errors = now.totals.resource_errors - then.totals.resource_errors;
-  w.child_cpu_seconds = now.totals.child_cpu_seconds - then.totals.child_cpu_seconds;
-  if (now.stall.has_value() && then.stall.has_value()) {
-    w.cpu_pressure = std::clamp(absl::FDivDuration(*now.stall - *then.stall, w.length), 0.0, 1.0);
+  w.child_cpu_seconds =
+      now.cpu.commands_used.has_value() && then.cpu.commands_used.has_value()
+          ? absl::ToDoubleSeconds(*now.cpu.commands_used - *then.cpu.commands_used)
+          : now.totals.child_cpu_seconds - then.totals.child_cpu_seconds;
+  if (now.cpu.stalled.has_value() && then.cpu.stalled.has_value()) {
+    w.cpu_pressure =
+        std::clamp(absl::FDivDuration(*now.cpu.stalled - *then.cpu.stalled, w.length), 0.0, 1.0);
   }
   w.cores = options_.cores;
   std::vector<int64_t> latencies = now.totals.latency_buckets;

@@ -57,13 +57,20 @@ class AutoTuner {
     TunerWindow window;  // What the window that decided it saw.
   };
   using DecisionSink = std::function<void(const Decision&)>;
-  // The machine's cumulative CPU stall time (CpuStallTotal() in the server); none where
-  // it is not known, and then the pressure the controller sees is 0.
-  using StallSource = std::function<std::optional<absl::Duration>()>;
+  // Cumulative CPU figures, read at each window's ends. Best, the commands' own (a cgroup v2
+  // over them all: Engine::CommandsCpu): their CPU as they use it, and the time some of them
+  // waited for a CPU, which other load on the machine does not count in unless it takes
+  // their CPU. Else the machine's stall (CpuStallTotal()), and the commands' CPU from the
+  // metrics, counted as each command ends.
+  struct CpuReading {
+    std::optional<absl::Duration> commands_used;  // None: from the metrics' totals.
+    std::optional<absl::Duration> stalled;        // None: not known; the pressure is then 0.
+  };
+  using CpuSource = std::function<CpuReading()>;
 
   // Applies the starting limit (the plant's, clamped to [min, max]) at once. `metrics`
   // gives the totals and counts the moves.
-  AutoTuner(Options options, Plant& plant, Metrics& metrics, const Clock& clock, StallSource stall,
+  AutoTuner(Options options, Plant& plant, Metrics& metrics, const Clock& clock, CpuSource cpu,
             DecisionSink sink);
   ~AutoTuner();  // Stops the thread.
   AutoTuner(const AutoTuner&) = delete;
@@ -91,7 +98,7 @@ class AutoTuner {
   struct Snapshot {
     absl::Time at;
     MetricsTotals totals;
-    std::optional<absl::Duration> stall;
+    CpuReading cpu;
   };
   Snapshot Take() const;
 
@@ -99,7 +106,7 @@ class AutoTuner {
   Plant& plant_;
   Metrics& metrics_;
   const Clock& clock_;
-  const StallSource stall_;
+  const CpuSource cpu_;
   const DecisionSink sink_;
   ProcessLimit controller_;
   std::optional<Snapshot> last_;

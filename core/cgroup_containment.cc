@@ -220,6 +220,7 @@ class CgroupContainment final : public Containment {
     }
     return std::nullopt;
   }
+  std::optional<CpuTotals> CommandsCpu() const override { return CgroupCpuTotals(dirs_.v2); }
 
  private:
   class CgroupGroup;

@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "core/kernel_files.h"
 #include "core/spawn.h"
 #include "core/unique_fd.h"
 
@@ -89,6 +90,10 @@ class Containment {
   // Memory all the running commands use now, in bytes, where one kernel file tells it (a
   // memory controller over them all); none otherwise.
   virtual std::optional<int64_t> CommandsMemoryBytes() const { return std::nullopt; }
+  // The CPU all the commands have used so far, and how long at least one of them has waited
+  // for a CPU (their own pressure stall, whoever else runs), where a cgroup v2 over them all
+  // tells it; none otherwise.
+  virtual std::optional<CpuTotals> CommandsCpu() const { return std::nullopt; }
 
   // Whether SweepOrphans has work to do (process-group mode, where execd is subreaper).
   virtual bool sweeps_orphans() const = 0;

@@ -176,6 +176,9 @@ class Engine {
   // memory of their programs (each of a pipeline's), without what those fork. Reads
   // /proc: for a scrape now and then.
   int64_t CommandsMemoryBytes() const;
+  // The commands' CPU use and stall so far, where the containment tells them
+  // (Containment::CommandsCpu); none otherwise.
+  std::optional<CpuTotals> CommandsCpu() const { return containment_->CommandsCpu(); }
   // Whether the orphan sweep counts `pid` as one of execd's own (a running command's
   // program or a pool's process, not yet reaped) and so leaves it alone.
   bool Tracks(pid_t pid) const;

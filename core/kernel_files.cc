@@ -121,9 +121,11 @@ int64_t SelfCgroupValue(absl::string_view v2_file, absl::string_view v1_controll
   return value;
 }
 
-std::optional<absl::Duration> CpuStallTotal() {
-  // "some avg10=0.00 avg60=0.00 avg300=0.00 total=12345" (microseconds).
-  const std::string text = ReadFile("/proc/pressure/cpu");
+namespace {
+
+// The "some" total of pressure file contents: "some avg10=0.00 avg60=0.00 avg300=0.00
+// total=12345" (microseconds).
+std::optional<absl::Duration> SomeStallIn(const std::string& text) {
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     if (!absl::ConsumePrefix(&line, "some ")) continue;
     for (absl::string_view field : absl::StrSplit(line, ' ')) {
@@ -134,6 +136,19 @@ std::optional<absl::Duration> CpuStallTotal() {
     }
   }
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<absl::Duration> CpuStallTotal() {
+  return SomeStallIn(ReadFile("/proc/pressure/cpu"));
+}
+
+std::optional<CpuTotals> CgroupCpuTotals(const std::string& dir) {
+  const std::optional<absl::Duration> stalled = SomeStallIn(ReadFile(dir + "/cpu.pressure"));
+  const std::string stat = ReadFile(dir + "/cpu.stat");
+  if (!stalled.has_value() || stat.find("usage_usec ") == std::string::npos) return std::nullopt;
+  return CpuTotals{absl::Microseconds(KeyedValueIn(stat, "usage_usec")), *stalled};
 }
 
 int UsableCores() {

@@ -37,6 +37,14 @@ int64_t SelfCgroupLimit(absl::string_view v2_file, absl::string_view v1_controll
 int64_t SelfCgroupValue(absl::string_view v2_file, absl::string_view v1_controller,
                         absl::string_view v1_file);
 
+// What a cgroup v2's cpu.stat and cpu.pressure say of the tasks in it and below.
+struct CpuTotals {
+  absl::Duration used;     // cpu.stat usage_usec
+  absl::Duration stalled;  // cpu.pressure "some" total: at least one waited for a CPU
+};
+// None when `dir` has not both files (not a cgroup v2, or no pressure stall information).
+std::optional<CpuTotals> CgroupCpuTotals(const std::string& dir);
+
 // How long, in all, at least one task on the machine has waited for a CPU
 // (/proc/pressure/cpu, "some"); none where the kernel has no pressure stall information.
 std::optional<absl::Duration> CpuStallTotal();

@@ -183,14 +183,27 @@ absl::Status Server::StartTuner() {
   o.target_p99 = t.target_p99;
   o.window = t.window;
   plant_ = std::make_unique<EnginePlant>(*engine_);
+  // The commands' own CPU figures where their cgroup tells them: on a shared machine the
+  // machine's pressure is mostly other tenants'.
+  const bool commands_cpu = engine_->CommandsCpu().has_value();
+  core::AutoTuner::CpuSource cpu = [engine = engine_.get(), commands_cpu] {
+    if (commands_cpu) {
+      if (std::optional<core::CpuTotals> c = engine->CommandsCpu()) {
+        return core::AutoTuner::CpuReading{c->used, c->stalled};
+      }
+    }
+    return core::AutoTuner::CpuReading{std::nullopt, core::CpuStallTotal()};
+  };
   tuner_ = std::make_unique<core::AutoTuner>(
-      o, *plant_, *metrics_, engine_->clock(), core::CpuStallTotal,
+      o, *plant_, *metrics_, engine_->clock(), std::move(cpu),
       [this](const core::AutoTuner::Decision& d) { log_.Event(DescribeDecision(d)); });
   log_.Event(absl::StrCat("event=tuner_on start=", engine_->stats().limit, " min=", o.min,
                           " max=", o.max, " max_from=", max_from, " cores=", o.cores,
                           " target_p99_ms=", absl::ToInt64Milliseconds(o.target_p99),
-                          " window_ms=", absl::ToInt64Milliseconds(o.window), " cpu_pressure=",
-                          core::CpuStallTotal().has_value() ? "known" : "unknown"));
+                          " window_ms=", absl::ToInt64Milliseconds(o.window), " cpu=",
+                          commands_cpu                        ? "commands_cgroup"
+                          : core::CpuStallTotal().has_value() ? "machine_pressure"
+                                                              : "no_pressure"));
   return absl::OkStatus();
 }
 

@@ -71,13 +71,17 @@ class AutoTunerTest : public ::testing::Test {
   }
   std::unique_ptr<AutoTuner> Make(AutoTuner::Options options) {
     return std::make_unique<AutoTuner>(
-        options, plant_, metrics_, clock_, [this] { return stall_; },
+        options, plant_, metrics_, clock_,
+        [this] {
+          return AutoTuner::CpuReading{used_, stall_};
+        },
         [this](const AutoTuner::Decision& d) { decisions_.push_back(d); });
   }
   testing::ManualClock clock_;
   FakePlant plant_;
   FakeMetrics metrics_;
   std::optional<absl::Duration> stall_ = absl::ZeroDuration();
+  std::optional<absl::Duration> used_;  // None: the CPU comes from the metrics.
   std::vector<AutoTuner::Decision> decisions_;
 };
 
@@ -185,6 +189,23 @@ TEST_F(AutoTunerTest, WithoutCpuPressureInformationThePressureIsZero) {
   EXPECT_EQ(d->window.cpu_pressure, 0);
 }
 
+// A cgroup over the commands tells their CPU as they use it: a long command's CPU falls in
+// the windows it was used in, not all in the one it ends in.
+TEST_F(AutoTunerTest, TheCommandsOwnCpuFiguresWinOverThoseCountedAtTheirEnd) {
+  plant_.load_ = {.limit = 4, .running = 4, .queued = 10};
+  used_ = absl::Seconds(100);
+  auto tuner = Make(Bounds(2, 64));
+  tuner->Step();
+  clock_.Advance(absl::Milliseconds(500));
+  used_ = *used_ + absl::Milliseconds(300);
+  MetricsTotals t;
+  t.child_cpu_seconds = 7;  // A command that ran for minutes ended: not this window's CPU.
+  metrics_.Set(t);
+  std::optional<AutoTuner::Decision> d = tuner->Step();
+  ASSERT_TRUE(d.has_value());
+  EXPECT_NEAR(d->window.child_cpu_seconds, 0.3, 1e-9);
+}
+
 TEST_F(AutoTunerTest, NothingMovesWhileNothingWaits) {
   plant_.load_ = {.limit = 4, .running = 1, .queued = 0};
   auto tuner = Make(Bounds(2, 64));
@@ -238,7 +259,7 @@ TEST(AutoTunerThreadTest, StepsEveryWindowUntilStopped) {
   int decisions = 0;
   absl::Notification reached_max;
   AutoTuner tuner(
-      o, plant, metrics, MonotonicClock::Get(), [] { return std::nullopt; },
+      o, plant, metrics, MonotonicClock::Get(), [] { return AutoTuner::CpuReading{}; },
       [&](const AutoTuner::Decision& d) {
         absl::MutexLock lock(&mu);
         ++decisions;
