@@ -135,12 +135,15 @@ class Model {
 
   int Runnable() const { return static_cast<int>(on_cpu_.size()) + (HogRuns() ? 1 : 0); }
 
-  // CPU each runnable task gets per second: the cores, shared equally, less what switching
-  // among more tasks than cores costs.
+  // The share of the cores each runnable task is charged per second.
+  double SharePerTask(int runnable) const {
+    return static_cast<double>(std::min(runnable, s_.cores)) / runnable;
+  }
+  // The work each runnable task gets done per second: its share, less what switching among
+  // more tasks than cores costs.
   double RatePerTask(int runnable) const {
     const int excess = std::max(0, runnable - s_.cores);
-    const double efficiency = 1 / (1 + s_.oversubscription_cost * excess);
-    return std::min(runnable, s_.cores) * efficiency / runnable;
+    return SharePerTask(runnable) / (1 + s_.oversubscription_cost * excess);
   }
 
   double NextCpuEnd() const {
@@ -154,7 +157,7 @@ class Model {
     if (dt > 0 && runnable > 0) {
       const double rate = RatePerTask(runnable);
       cpu_done_ += rate * dt;
-      totals_.child_cpu += rate * static_cast<double>(on_cpu_.size()) * dt;
+      totals_.child_cpu += SharePerTask(runnable) * static_cast<double>(on_cpu_.size()) * dt;
       if (runnable > s_.cores) totals_.pressure_time += dt;
     }
     now_ = t;
@@ -239,7 +242,11 @@ class Model {
     ++totals_.completions;
     totals_.service_time += now_ - c.start;
     totals_.queue_wait += c.start - c.arrival;
-    if (now_ >= Seconds(s_.measure_from)) latencies_.push_back(now_ - c.arrival);
+    window_latencies_.push_back(now_ - c.arrival);
+    if (now_ >= Seconds(s_.measure_from)) {
+      latencies_.push_back(now_ - c.arrival);
+      service_times_.push_back(now_ - c.start);
+    }
   }
 
   void EndWindow() {
@@ -257,7 +264,12 @@ class Model {
     w.child_cpu_seconds = totals_.child_cpu - last_.child_cpu;
     w.cpu_pressure = (totals_.pressure_time - last_.pressure_time) / Seconds(s_.window);
     w.cores = s_.cores;
+    if (!window_latencies_.empty()) {
+      w.latency_p99 = BucketBound(absl::Seconds(Quantile(window_latencies_, 0.99)));
+    }
+    window_latencies_.clear();
     last_ = totals_;
+    result_.windows.push_back(w);
     limit_ = controller_.Update(w);
     result_.limits.emplace_back(absl::Seconds(now_), limit_);
     StartQueued();
@@ -267,8 +279,9 @@ class Model {
     const double measured = Seconds(s_.length - s_.measure_from);
     result_.offered = static_cast<double>(arrived_measured_) / measured;
     result_.throughput = static_cast<double>(latencies_.size()) / measured;
-    result_.p50 = absl::Seconds(Quantile(0.50));
-    result_.p99 = absl::Seconds(Quantile(0.99));
+    result_.p50 = absl::Seconds(Quantile(latencies_, 0.50));
+    result_.p99 = absl::Seconds(Quantile(latencies_, 0.99));
+    result_.service_p99 = absl::Seconds(Quantile(service_times_, 0.99));
     const double p99 = Seconds(result_.p99);
     result_.power = p99 > 0 ? result_.throughput / p99 : 0;
     SummarizeLimits();
@@ -282,13 +295,12 @@ class Model {
     return std::move(result_);
   }
 
-  // Nearest rank.
-  double Quantile(double q) {
-    if (latencies_.empty()) return 0;
-    const size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(latencies_.size())));
-    const auto nth =
-        latencies_.begin() + static_cast<std::ptrdiff_t>(std::max<size_t>(rank, 1) - 1);
-    std::nth_element(latencies_.begin(), nth, latencies_.end());
+  // Nearest rank; reorders `values`.
+  static double Quantile(std::vector<double>& values, double q) {
+    if (values.empty()) return 0;
+    const size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
+    const auto nth = values.begin() + static_cast<std::ptrdiff_t>(std::max<size_t>(rank, 1) - 1);
+    std::nth_element(values.begin(), nth, values.end());
     return *nth;
   }
 
@@ -332,7 +344,9 @@ class Model {
   Counters totals_;
   Counters last_;  // at the previous window's end
   int64_t arrived_measured_ = 0;
-  std::vector<double> latencies_;  // of commands that ended in the steady-state window
+  std::vector<double> window_latencies_;  // of commands that ended in the current window
+  std::vector<double> latencies_;         // of commands that ended in the steady-state window
+  std::vector<double> service_times_;     // theirs, spawn to exit
   ScenarioResult result_;
 };
 
@@ -340,6 +354,18 @@ class Model {
 
 ScenarioResult RunScenario(const Scenario& scenario, ConcurrencyController& controller) {
   return Model(scenario, controller).Run();
+}
+
+absl::Duration BucketBound(absl::Duration latency) {
+  constexpr double kFirst = 100e-6;
+  const auto bound = [](int k) { return kFirst * std::exp2(k / 4.0); };
+  const double x = Seconds(latency);
+  if (x <= kFirst) return absl::Seconds(kFirst);
+  int k = static_cast<int>(std::ceil(4 * std::log2(x / kFirst)));
+  // The logarithm may round either way at a bound itself.
+  if (bound(k - 1) >= x) --k;
+  if (bound(k) < x) ++k;
+  return absl::Seconds(bound(k));
 }
 
 }  // namespace execd::testing

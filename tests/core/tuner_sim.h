@@ -3,8 +3,11 @@
 // so latency counts from arrival), wait in a bounded FIFO queue and run while fewer than the
 // controller's limit are running. A running command first needs CPU (its own work plus the cost
 // of spawning it), shared equally among every runnable task and the machine's cores, then
-// waits without CPU (sleep, I/O) and exits. Every control window the controller gets a
-// TunerWindow from the model's cumulative counters, and its answer is the limit from then on.
+// waits without CPU (sleep, I/O) and exits. Its CPU time is what the kernel would charge it:
+// its share of the cores while runnable, the part lost to switching among more tasks than
+// cores included (that time is spent on its behalf, in its context). Every control window the
+// controller gets a TunerWindow from the model's cumulative counters and the window's
+// latencies, and its answer is the limit from then on.
 //
 // Deterministic: a run is a function of the scenario (its seed included) and the controller.
 // All random draws happen on arrival, so every controller sees the same commands at the same
@@ -77,14 +80,17 @@ struct ScenarioResult {
   double throughput = 0;  // completions a second
   absl::Duration p50;     // arrival-to-exit latency of those completions
   absl::Duration p99;
-  double power = 0;  // throughput ÷ p99 in seconds; 0 without completions
+  absl::Duration service_p99;  // their spawn-to-exit time
+  double power = 0;            // throughput ÷ p99 in seconds; 0 without completions
   int64_t drops = 0;
   int64_t resource_errors = 0;
   double mean_limit = 0;
   double direction_changes_per_minute = 0;  // the limit turning from rising to falling or back
   int final_limit = 0;
-  // The whole run: the limit each window ended with, and where every command went.
+  // The whole run: the limit each window ended with, what the controller was shown at each
+  // window's end, and where every command went.
   std::vector<std::pair<absl::Duration, int>> limits;
+  std::vector<core::TunerWindow> windows;
   int64_t arrived = 0;
   int64_t completed = 0;
   int64_t dropped = 0;
@@ -95,5 +101,9 @@ struct ScenarioResult {
 
 // Runs `scenario` with `controller` deciding the limit after every window.
 ScenarioResult RunScenario(const Scenario& scenario, core::ConcurrencyController& controller);
+
+// A latency as execd's duration histograms report it: the upper bound of its bucket,
+// 100 µs × 2^(k/4) for the smallest k that holds it.
+absl::Duration BucketBound(absl::Duration latency);
 
 }  // namespace execd::testing

@@ -3,6 +3,7 @@
 #include "tests/core/tuner_sim.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iterator>
 #include <memory>
@@ -106,11 +107,36 @@ TEST(TunerSim, AHogTakesItsShareOfTheCores) {
   EXPECT_NEAR(limit.windows[1].child_cpu_seconds, 0, 1e-9);
 }
 
-TEST(TunerSim, RunningMoreThanTheCoresCostsCpu) {
+TEST(TunerSim, RunningMoreThanTheCoresCostsCpuChargedToTheCommands) {
   Scenario s = Exact(kCpu100ms, {0, 0}, 2);
   s.oversubscription_cost = 0.1;
   Recorder limit(2);
   EXPECT_NEAR(Ms(RunScenario(s, limit).p99), 220, 1e-6);
+  // The core was theirs for all of the 220 ms, switching included.
+  EXPECT_NEAR(limit.windows[0].child_cpu_seconds, 0.22, 1e-9);
+}
+
+TEST(TunerSim, BucketBoundRoundsUpToExecdsHistogramBuckets) {
+  EXPECT_EQ(BucketBound(absl::Microseconds(100)), absl::Microseconds(100));
+  EXPECT_NEAR(Ms(BucketBound(absl::Microseconds(101))), 0.1 * std::exp2(0.25), 1e-6);
+  EXPECT_NEAR(Ms(BucketBound(absl::Milliseconds(200))), 204.8, 1e-9);  // 100 µs × 2^11
+  EXPECT_NEAR(Ms(BucketBound(absl::Milliseconds(204.8))), 204.8, 1e-9);
+  EXPECT_EQ(BucketBound(absl::ZeroDuration()), absl::Microseconds(100));
+}
+
+TEST(TunerSim, AWindowsLatencyP99IsItsCompletionsRoundedUpToABucket) {
+  // One core, 100 ms each: 100 ms after arriving at 0, 200 ms (queued behind it), then
+  // 100 ms after arriving at 0.6, in the second window.
+  Recorder limit(1);
+  const ScenarioResult r = RunScenario(Exact(kCpu100ms, {0, 0, 0.6}, 1), limit);
+  ASSERT_GE(limit.windows.size(), 3u);
+  EXPECT_NEAR(Ms(limit.windows[0].latency_p99), 204.8, 1e-9);  // 200 ms's bucket
+  EXPECT_NEAR(Ms(limit.windows[1].latency_p99), 0.1 * std::exp2(40 / 4.0), 1e-9);  // 102.4 ms
+  EXPECT_EQ(limit.windows[2].latency_p99, absl::ZeroDuration());                   // no completions
+  // The result keeps what the controller was shown.
+  ASSERT_EQ(r.windows.size(), limit.windows.size());
+  EXPECT_EQ(r.windows[0].latency_p99, limit.windows[0].latency_p99);
+  EXPECT_NEAR(Ms(r.service_p99), 100, 1e-6);
 }
 
 TEST(TunerSim, DropsQueuedCommandsPastMaxQueueTimeAndShedsWhenTheQueueIsFull) {
