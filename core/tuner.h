@@ -7,20 +7,28 @@
 //   saturating = cores × d / c × headroom
 //
 // the concurrency at which the cores are just busy, from c, the CPU a command uses, and d,
-// its duration without contention (the shortest recent mean service time, or, when the CPU
-// is not contended, the part of today's duration not spent on a CPU). Within that bound the
-// limit grows, fast, only while commands queue; past it, a step at a time, only while
-// something else holds the cores (under a fair scheduler more commands win back share). It
-// steps down towards that bound, never below, when the commands keep the cores busy and
-// tasks wait for them (CPU pressure), and on a fork or memory error it drops at once to just
-// below what was running and stays under it for a while. Hysteresis between the saturated
-// and free thresholds and a hold after every decrease keep it from chasing noise.
+// its duration without contention: the shortest mean service time of recent windows, never
+// shorter than c, nor, while no task waits for a CPU, than the part of today's duration not
+// spent on one. That minimum is re-measured: it is taken afresh every epoch of a jittered
+// number of windows (seeded, so runs repeat), so a workload whose commands became slower
+// has its new duration within two epochs. Windows in which other programs held the cores
+// do not count: their service times measure those programs, not the commands.
+//
+// Within that bound the limit grows, fast, only while commands queue. Past it, only while
+// other programs hold more than a tenth of the cores, and fast too, until they hold no more
+// than that: under a fair scheduler more commands win back share. What others hold is
+// known from pressure: while a task waits for a CPU the cores are full, so what the
+// commands did not use of them others did. The limit steps down towards the bound, never
+// below, when the commands keep the cores busy, tasks wait for them and others hold too
+// little to win back; on a fork or memory error it drops at once to just below what was
+// running and stays under it for a while. Hysteresis between the thresholds (saturated and
+// free, win back and keep) and a hold after every decrease keep it from chasing noise.
 //
 // Not wired into the server yet: it is compared with the reference controllers in the
 // simulator (tests/core/tuner_test.cc).
 #pragma once
 
-#include <deque>
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/string_view.h"
@@ -44,9 +52,11 @@ class ProcessLimit final : public ConcurrencyController {
     int start = 8;
     int floor = 1;
     int cap = 64;
-    // Windows of the service-time minimum (d's lower bound): long enough to span a burst
-    // of contention, short enough to forget a workload that has gone.
+    // Windows with completions an epoch of the service-time minimum (d's lower bound) lasts
+    // at most; each lasts between half and all of it, drawn afresh. Long enough to span a
+    // burst of contention, short enough to forget a workload that has gone.
     int min_windows = 40;
+    uint64_t seed = 1;  // of the epochs' jitter
     double headroom = 1.25;
     // CPU counted as saturated at this utilisation of the cores with this much pressure,
     // and free below the lower pair.
@@ -54,16 +64,33 @@ class ProcessLimit final : public ConcurrencyController {
     double saturated_pressure = 0.3;
     double free_utilisation = 0.8;
     double free_pressure = 0.1;
+    // Past the saturating concurrency, while other programs hold the cores, the limit aims
+    // where they keep this share of them: under a fair scheduler k of them against n
+    // runnable commands keep k/(n+k), so each command added wins less, while every command
+    // runs longer the more share the cores. Below `others_noise` they are not worth it.
+    double others_share = 1.0 / 16;
+    double others_noise = 0.03;
     // Windows without an increase after a decrease.
     int hold_after_decrease = 6;
     // Windows a fork or memory error keeps the limit below what was running then (two
     // minutes: such caps seldom move; each probe past one costs a few failed spawns).
     int ceiling_windows = 240;
     // Windows between probes a command past an estimated ceiling.
-    int probe_every = 10;
-    // When set, the limit does not grow while a window's latency p99 is above it, and comes
-    // down (not below the floor) while it stays there and commands queue: a caller who
-    // prefers shedding to waiting. Zero for none.
+    int probe_every = 6;
+    // The p99 the commands' service time (spawn to exit) should stay under; zero for none.
+    // The limit only governs that part of latency: fewer commands at once share the machine,
+    // so each runs faster. How long commands wait for a slot is the queue's to bound
+    // (max_queue_time, its length), and a lower limit only lengthens it, so a target on
+    // latency with the wait in it would drive the limit down for nothing, as Netflix's and
+    // Envoy's limiters act on the protected service's own round trip and not on a queue in
+    // front of it. The window brings the p99 of latency, wait included; the service's part
+    // of it is taken as its share of the mean (exact when nothing waits, and shrinking as
+    // the wait grows, so the wait a lower limit causes does not push it lower still).
+    // While that part is above the target the limit does not grow, and while it stays
+    // above, commands queue and they run slower than without contention (so fewer at once
+    // would run faster), it comes down towards the floor, in proportion to the excess, a
+    // quarter at most a window: the extra demand waits in the queue or is shed by it. A
+    // target below the commands' own duration is out of reach and changes nothing else.
     absl::Duration target_p99 = absl::ZeroDuration();
   };
   explicit ProcessLimit(Options options);
@@ -73,14 +100,26 @@ class ProcessLimit final : public ConcurrencyController {
 
   // Why the last Update moved the limit ("" when it did not).
   absl::string_view last_reason() const { return reason_; }
+  // The commands' duration without contention as the limit last used it (d above); zero
+  // before the first completion.
+  absl::Duration no_load_service_time() const { return no_load_; }
 
  private:
   int Clamp(double limit) const;
+  // Takes a window's mean service time into the minimum, ending the epoch when it is full.
+  void AddServiceTime(absl::Duration rtt);
+  int NextEpochLength();
 
   const Options options_;
   double limit_;
-  std::deque<absl::Duration> recent_rtt_;  // Per window with completions, newest last.
-  double cpu_per_command_ = 0;             // Seconds, smoothed.
+  double cpu_per_command_ = 0;  // Seconds, smoothed.
+  // The minimum of mean service times over the previous epoch and the current one so far.
+  absl::Duration previous_min_ = absl::InfiniteDuration();
+  absl::Duration current_min_ = absl::InfiniteDuration();
+  int epoch_windows_ = 0;
+  int epoch_length_ = 0;
+  uint64_t jitter_state_;
+  absl::Duration no_load_;
   int hold_ = 0;
   double ceiling_ = 0;      // 0: no fork or memory error yet.
   double clean_limit_ = 0;  // The highest limit reached without an error since the last.
