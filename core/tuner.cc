@@ -14,6 +14,8 @@ uint64_t NextRandom(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
 }  // namespace
 
 ProcessLimit::ProcessLimit(Options options)
@@ -21,62 +23,104 @@ ProcessLimit::ProcessLimit(Options options)
   epoch_length_ = NextEpochLength();
 }
 
+double ProcessLimit::Saturating(double cores, double on_cpu) const {
+  // Each of n commands is on a CPU a share q of its time, so about n·q of them are, give or
+  // take √(n·q·(1 − q)); solve n·q − z·√(n·q·(1 − q)) = cores for √n.
+  const double q = std::clamp(on_cpu, 1e-6, 1.0);
+  const double spread = options_.slack_deviations * std::sqrt(q * (1 - q));
+  const double root = (spread + std::sqrt(spread * spread + 4 * q * cores)) / (2 * q);
+  return root * root;
+}
+
 int ProcessLimit::Clamp(double limit) const {
   return std::clamp(static_cast<int>(std::floor(limit)), options_.floor, options_.cap);
 }
 
 int ProcessLimit::NextEpochLength() {
-  const int longest = std::max(1, options_.min_windows);
+  const int longest = std::max(1, options_.epoch_windows);
   const int shortest = std::max(1, longest / 2);
   return shortest + static_cast<int>(NextRandom(jitter_state_) %
                                      static_cast<uint64_t>(longest - shortest + 1));
 }
 
-void ProcessLimit::AddServiceTime(absl::Duration rtt) {
-  current_min_ = std::min(current_min_, rtt);
+void ProcessLimit::AddServiceTime(absl::Duration sum, int64_t completions) {
+  epoch_sum_ += sum;
+  epoch_completions_ += completions;
+  if (epoch_completions_ < options_.sample_completions) return;
+  current_epoch_ = epoch_sum_ / epoch_completions_;
+}
+
+void ProcessLimit::EndWindowOfEpoch() {
+  // Commands that use a very different amount of CPU are another workload: what was
+  // measured of the last one says nothing of these.
+  if (cpu_at_epoch_ > 0 &&
+      (cpu_per_command_ > 2 * cpu_at_epoch_ || cpu_per_command_ < 0.5 * cpu_at_epoch_)) {
+    StartEpoch(absl::InfiniteDuration());
+    return;
+  }
   if (++epoch_windows_ < epoch_length_) return;
-  previous_min_ = current_min_;
-  current_min_ = absl::InfiniteDuration();
+  if (current_epoch_ != absl::InfiniteDuration()) {
+    StartEpoch(current_epoch_);
+  } else {
+    // Nothing could be measured all epoch: the last figure may be stale, and the limit it
+    // allows keeps the commands too crowded to measure another. Trust it less each epoch:
+    // the lower limit that follows makes room for a measurement.
+    StartEpoch(previous_epoch_ == absl::InfiniteDuration()
+                   ? previous_epoch_
+                   : std::max(previous_epoch_ * 0.75, absl::Seconds(cpu_per_command_)));
+  }
+}
+
+void ProcessLimit::StartEpoch(absl::Duration previous) {
+  previous_epoch_ = previous;
+  cpu_at_epoch_ = cpu_per_command_;
+  current_epoch_ = absl::InfiniteDuration();
+  epoch_sum_ = absl::ZeroDuration();
+  epoch_completions_ = 0;
   epoch_windows_ = 0;
   epoch_length_ = NextEpochLength();
 }
 
-int ProcessLimit::Update(const TunerWindow& w) {
-  reason_.clear();
-  const double seconds = absl::ToDoubleSeconds(w.length);
-  const double cores = std::max(1, w.cores);
-  const int before = Clamp(limit_);
-  if (hold_ > 0) --hold_;
+int ProcessLimit::OnResourceError(const TunerWindow& w) {
+  // The machine ran out of processes or memory: back off below what was running, and do
+  // not grow past it again for a while (then probe once more).
+  // The highest limit the commands reached without an error since the last one is safe;
+  // what runs when the window ends may be fewer than ran when the spawn failed.
+  const double running = std::min<double>(limit_, w.in_flight);
+  const double safe = clean_limit_ < w.limit ? clean_limit_ : 0;
+  const bool probing = ceiling_ > 0 && w.limit == static_cast<int>(ceiling_) + 1;
+  ceiling_ = std::max<double>(
+      {static_cast<double>(options_.floor), safe, running - std::max(1.0, running * 0.1)});
+  limit_ = std::min(limit_, ceiling_);
+  clean_limit_ = 0;
+  // A probe a command past the ceiling failed: the cap is found, and holds a long while.
+  // After a larger step the ceiling is an estimate: probe again soon, a command at a time.
+  ceiling_windows_ = probing ? options_.ceiling_windows : options_.probe_every;
+  hold_ = options_.hold_after_decrease;
+  reason_ = "resource_error";
+  return Clamp(limit_);
+}
 
-  if (ceiling_windows_ > 0) --ceiling_windows_;
-  if (w.resource_errors > 0) {
-    // The machine ran out of processes or memory: back off below what was running, and do
-    // not grow past it again for a while (then probe once more).
-    // The highest limit the commands reached without an error since the last one is safe;
-    // what runs when the window ends may be fewer than ran when the spawn failed.
-    const double running = std::min<double>(limit_, w.in_flight);
-    const double safe = clean_limit_ < w.limit ? clean_limit_ : 0;
-    const bool probing = ceiling_ > 0 && w.limit == static_cast<int>(ceiling_) + 1;
-    ceiling_ = std::max<double>(
-        {static_cast<double>(options_.floor), safe, running - std::max(1.0, running * 0.1)});
-    limit_ = std::min(limit_, ceiling_);
-    clean_limit_ = 0;
-    // A probe a command past the ceiling failed: the cap is found, and holds a long while.
-    // After a larger step the ceiling is an estimate: probe again soon, a command at a time.
-    ceiling_windows_ = probing ? options_.ceiling_windows : options_.probe_every;
-    hold_ = options_.hold_after_decrease;
-    reason_ = "resource_error";
-    return Clamp(limit_);
-  }
+double ProcessLimit::Ceiling(const TunerWindow& w) {
   if (w.in_flight >= w.limit) clean_limit_ = std::max<double>(clean_limit_, w.limit);
   // Past a ceiling a fork error set, only after a while, and a command at a time.
   if (ceiling_ > 0 && ceiling_windows_ == 0 && w.limit > ceiling_ && w.in_flight >= w.limit) {
     ceiling_ = w.limit;  // The probe ran clean: the next may go one further.
     ceiling_windows_ = options_.probe_every;
   }
-  const double cap = ceiling_ == 0          ? static_cast<double>(options_.cap)
-                     : ceiling_windows_ > 0 ? std::min<double>(ceiling_, options_.cap)
-                                            : std::min<double>(ceiling_ + 1, options_.cap);
+  if (ceiling_ == 0) return options_.cap;
+  return std::min<double>(ceiling_windows_ > 0 ? ceiling_ : ceiling_ + 1, options_.cap);
+}
+
+int ProcessLimit::Update(const TunerWindow& w) {
+  reason_.clear();
+  const double seconds = Seconds(w.length);
+  const double cores = std::max(1, w.cores);
+  const int before = Clamp(limit_);
+  if (hold_ > 0) --hold_;
+  if (ceiling_windows_ > 0) --ceiling_windows_;
+  if (w.resource_errors > 0) return OnResourceError(w);
+  const double cap = Ceiling(w);
 
   const double cpu = seconds > 0 ? w.child_cpu_seconds / seconds : 0;  // cores' worth
   const double utilisation = cpu / cores;
@@ -89,26 +133,31 @@ int ProcessLimit::Update(const TunerWindow& w) {
   // While a task waited for a CPU the cores were full: what the commands did not use of
   // them, other programs did.
   const double others = std::clamp((pressure * cores - cpu) / cores, 0.0, 1.0);
+  const bool alone = others < options_.others_noise;
 
-  double saturating = options_.cap;
   absl::Duration rtt;
+  double saturating = options_.cap;
   if (w.completions > 0) {
     rtt = w.service_time_sum / w.completions;
-    if (others < options_.others_noise) AddServiceTime(rtt);
-    const double c = w.child_cpu_seconds / static_cast<double>(w.completions);
-    cpu_per_command_ = cpu_per_command_ == 0 ? c : 0.7 * cpu_per_command_ + 0.3 * c;
-    const absl::Duration shortest = std::min(previous_min_, current_min_);
-    double d = shortest == absl::InfiniteDuration() ? absl::ToDoubleSeconds(rtt)
-                                                    : absl::ToDoubleSeconds(shortest);
-    const double rtt_s = absl::ToDoubleSeconds(rtt);
+    // Weighted by completions: a window of few commands says little.
+    cpu_sum_ = options_.cpu_decay * cpu_sum_ + w.child_cpu_seconds;
+    cpu_completions_ = options_.cpu_decay * cpu_completions_ + static_cast<double>(w.completions);
+    cpu_per_command_ = cpu_sum_ / cpu_completions_;
+    if (alone && !saturated) AddServiceTime(w.service_time_sum, w.completions);
+    EndWindowOfEpoch();
+
+    const absl::Duration measured = std::min(previous_epoch_, current_epoch_);
+    // Never shorter than its CPU; with nothing measured yet, no longer either, until a
+    // window with room on the cores shows time off them.
+    double d = measured == absl::InfiniteDuration() ? cpu_per_command_ : Seconds(measured);
     d = std::max(d, cpu_per_command_);
     if (!saturated) {
       // Uncontended, the part of a command's time not spent on a CPU is its own (a sleep,
-      // I/O): it belongs to its duration however long the minimum says it was.
-      d = std::max(d, rtt_s - std::min(rtt_s, cpu_per_command_));
+      // I/O): it belongs to its duration whatever the last epochs measured.
+      d = std::max(d, Seconds(rtt) - std::min(Seconds(rtt), cpu_per_command_));
     }
     no_load_ = absl::Seconds(d);
-    if (cpu_per_command_ > 0) saturating = cores * d / cpu_per_command_ * options_.headroom;
+    if (d > 0) saturating = Saturating(cores, cpu_per_command_ / d);
   }
 
   // The service's part of the window's latency p99, against the target.
@@ -116,23 +165,20 @@ int ProcessLimit::Update(const TunerWindow& w) {
   double target_ratio = 0;  // target ÷ that part
   if (options_.target_p99 > absl::ZeroDuration() && w.completions > 0 &&
       w.latency_p99 > absl::ZeroDuration()) {
-    const double wait = absl::ToDoubleSeconds(w.queue_wait_sum) / w.completions;
-    const double rtt_s = absl::ToDoubleSeconds(rtt);
-    const double service_p99 = absl::ToDoubleSeconds(w.latency_p99) * rtt_s / (rtt_s + wait);
-    target_ratio = absl::ToDoubleSeconds(options_.target_p99) / service_p99;
+    const double wait = Seconds(w.queue_wait_sum) / static_cast<double>(w.completions);
+    const double service_p99 = Seconds(w.latency_p99) * Seconds(rtt) / (Seconds(rtt) + wait);
+    target_ratio = Seconds(options_.target_p99) / service_p99;
     over_target = target_ratio < 1;
   }
   // The commands run slower than alone: fewer at once would run faster.
-  const bool contended =
-      w.completions > 0 &&
-      absl::ToDoubleSeconds(rtt) > absl::ToDoubleSeconds(no_load_) * options_.headroom;
+  const bool contended = w.completions > 0 && Seconds(rtt) > Seconds(no_load_) * options_.tolerance;
 
   // With other programs on the cores, the concurrency at which they would keep
-  // others_share: the commands' share grows with their number against the others' fixed one.
-  // The commands' mean concurrency over the window is their service time in it (Little).
+  // others_share: the commands' share grows with their number against the others' fixed
+  // one. Their mean concurrency over the window is their service time in it (Little).
   double win_back = 0;
-  if (others >= options_.others_noise && utilisation > 0 && seconds > 0) {
-    const double running = absl::ToDoubleSeconds(w.service_time_sum) / seconds;
+  if (!alone && utilisation > 0 && seconds > 0) {
+    const double running = Seconds(w.service_time_sum) / seconds;
     win_back = running * (1 - options_.others_share) / options_.others_share * others / utilisation;
   }
   const double bound = std::max(saturating, win_back);
@@ -141,8 +187,7 @@ int ProcessLimit::Update(const TunerWindow& w) {
     limit_ = std::max({static_cast<double>(options_.floor), limit_ * 0.75, limit_ * target_ratio});
     hold_ = options_.hold_after_decrease;
     reason_ = "latency_target";
-  } else if (saturated && limit_ > std::max<double>(options_.floor, bound) *
-                                       (win_back > saturating ? options_.headroom : 1)) {
+  } else if (saturated && limit_ > std::max<double>(options_.floor, bound) * options_.tolerance) {
     // Commands wait for the cores and more run than keep them busy (or than win back
     // share from other programs): come down to that at once (those running finish first;
     // the cores stay busy meanwhile), never below it.
@@ -150,14 +195,15 @@ int ProcessLimit::Update(const TunerWindow& w) {
     hold_ = options_.hold_after_decrease;
     reason_ = "cpu_saturated";
   } else if (w.queued > 0 && hold_ == 0 && !over_target && limit_ < std::min(cap, bound) &&
-             w.in_flight >= before && (cpu_free || win_back > limit_)) {
+             w.in_flight >= before && (cpu_free || win_back > limit_ * options_.tolerance)) {
     // Commands queue while the cores have room for them, up to the saturating concurrency,
-    // or while more would win back share from other programs.
-    // Share is won back at once: the estimate is Little's law and the fair share, not a
-    // guess to be tried in steps, and every window at too few slots adds to a backlog that
-    // a loaded machine may never work off.
+    // or while more would win back share from other programs. Share is won back at once:
+    // the estimate is Little's law and the fair share, not a guess to be tried in steps,
+    // and every window at too few slots adds to a backlog a loaded machine may never work
+    // off.
     const bool room = cpu_free && limit_ < saturating;
-    double next = std::max(room ? std::max(limit_ + 1, limit_ * 1.5) : limit_, win_back);
+    double next = std::max(room ? std::max(limit_ + 1, limit_ * 1.5) : limit_,
+                           win_back > limit_ * options_.tolerance ? win_back : 0);
     // With a target, past saturating only as far as service time, which grows in
     // proportion to the commands sharing the cores, stays under it.
     if (target_ratio > 0 && limit_ >= saturating) next = std::min(next, limit_ * target_ratio);

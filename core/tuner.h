@@ -2,27 +2,37 @@
 // RPC proxy: a CPU-bound command gains nothing from running past the core count (its
 // throughput is flat, its latency grows with every extra command), while a command that
 // mostly waits (sleeps, I/O, a network call) needs as many running as the offered rate
-// times its duration. So the limit follows the commands' own CPU demand:
+// times its duration. So the limit follows the commands' own CPU demand: the saturating
+// concurrency is the n at which the cores are just busy,
 //
-//   saturating = cores × d / c × headroom
+//   n·q − ½·√(n·q·(1 − q)) = cores,   q = c / d,
 //
-// the concurrency at which the cores are just busy, from c, the CPU a command uses, and d,
-// its duration without contention: the shortest mean service time of recent windows, never
-// shorter than c, nor, while no task waits for a CPU, than the part of today's duration not
-// spent on one. That minimum is re-measured: it is taken afresh every epoch of a jittered
-// number of windows (seeded, so runs repeat), so a workload whose commands became slower
-// has its new duration within two epochs. Windows in which other programs held the cores
-// do not count: their service times measure those programs, not the commands.
+// from c, the CPU a command uses, and d, its duration without contention: each running
+// command is on a CPU a share q of its time, so about n·q of n are, give or take the square
+// root term, and half a deviation of slack keeps the cores busy through the usual dips
+// without crowding them (for CPU-bound commands, q = 1, it is the core count).
+//
+// d is the mean service time of windows in which the commands had the cores to themselves
+// (no task kept waiting for a CPU, no other program holding them): a window in which they
+// crowded each other off the cores says how many ran, not how long one takes. It is never
+// shorter than c, nor, while the cores are not saturated, than the part of today's duration
+// spent off a CPU. It is re-measured: taken afresh every epoch of a jittered number of
+// windows (seeded, so runs repeat), the lower of the last epoch's and this one's, so a
+// workload whose commands became slower has its new duration within two epochs; commands
+// using twice or half the CPU are another workload and start over from c; and an epoch
+// without a window to measure trusts the old figure a quarter less, so the lower limit that
+// follows makes room to measure again.
 //
 // Within that bound the limit grows, fast, only while commands queue. Past it, only while
-// other programs hold more than a tenth of the cores, and fast too, until they hold no more
-// than that: under a fair scheduler more commands win back share. What others hold is
-// known from pressure: while a task waits for a CPU the cores are full, so what the
-// commands did not use of them others did. The limit steps down towards the bound, never
-// below, when the commands keep the cores busy, tasks wait for them and others hold too
-// little to win back; on a fork or memory error it drops at once to just below what was
-// running and stays under it for a while. Hysteresis between the thresholds (saturated and
-// free, win back and keep) and a hold after every decrease keep it from chasing noise.
+// other programs hold the cores: under a fair scheduler k of them against n runnable
+// commands keep k/(n+k), so more commands win back share. What others hold is known from
+// pressure: while a task waits for a CPU the cores are full, so what the commands did not
+// use of them others did; the limit goes at once to where they would keep a sixteenth,
+// scaling the commands' mean concurrency (Little's law) by the shares. It comes down at once
+// to the bound when the commands keep the cores busy, tasks wait for them and it is well
+// past it; on a fork or memory error it drops at once to just below what was running and
+// stays under it for a while. Hysteresis (saturated and free thresholds, a tolerance on
+// every estimate) and a hold after every decrease keep it from chasing noise.
 //
 // Not wired into the server yet: it is compared with the reference controllers in the
 // simulator (tests/core/tuner_test.cc).
@@ -52,12 +62,21 @@ class ProcessLimit final : public ConcurrencyController {
     int start = 8;
     int floor = 1;
     int cap = 64;
-    // Windows with completions an epoch of the service-time minimum (d's lower bound) lasts
-    // at most; each lasts between half and all of it, drawn afresh. Long enough to span a
-    // burst of contention, short enough to forget a workload that has gone.
-    int min_windows = 40;
+    // Windows with completions an epoch of the no-load duration d lasts at most; each lasts
+    // between half and all of it, drawn afresh. Long enough to span a burst of contention,
+    // short enough to forget a workload that has gone.
+    int epoch_windows = 40;
     uint64_t seed = 1;  // of the epochs' jitter
-    double headroom = 1.25;
+    // Completions an epoch's measurement of d needs before it counts: the mean of a few
+    // commands is the luck of which ones ended.
+    int64_t sample_completions = 100;
+    // Standard deviations of slack in the saturating concurrency (see Saturating).
+    double slack_deviations = 0.5;
+    // Each window's weight in the CPU a command uses, relative to the next one's.
+    double cpu_decay = 0.85;
+    // How far past an estimate a figure must be to count: a service time longer than the
+    // no-load one, a concurrency beyond the one that wins share back.
+    double tolerance = 1.25;
     // CPU counted as saturated at this utilisation of the cores with this much pressure,
     // and free below the lower pair.
     double saturated_utilisation = 0.9;
@@ -106,19 +125,35 @@ class ProcessLimit final : public ConcurrencyController {
 
  private:
   int Clamp(double limit) const;
-  // Takes a window's mean service time into the minimum, ending the epoch when it is full.
-  void AddServiceTime(absl::Duration rtt);
+  // The concurrency at which the commands keep `cores` busy, when each is on a CPU a share
+  // `on_cpu` of its time, with slack for how that share varies among those running.
+  double Saturating(double cores, double on_cpu) const;
+  // Takes the service times of a window in which the commands had the cores to themselves
+  // into the epoch's measurement of d.
+  void AddServiceTime(absl::Duration sum, int64_t completions);
+  // Counts a window with completions, ending the epoch when it is full.
+  void EndWindowOfEpoch();
+  // Starts an epoch of d after one that measured `previous`.
+  void StartEpoch(absl::Duration previous);
   int NextEpochLength();
+  int OnResourceError(const TunerWindow& w);
+  // The highest limit fork or memory errors allow now.
+  double Ceiling(const TunerWindow& w);
 
   const Options options_;
   double limit_;
-  double cpu_per_command_ = 0;  // Seconds, smoothed.
-  // The minimum of mean service times over the previous epoch and the current one so far.
-  absl::Duration previous_min_ = absl::InfiniteDuration();
-  absl::Duration current_min_ = absl::InfiniteDuration();
+  double cpu_per_command_ = 0;  // Seconds: cpu_sum_ ÷ cpu_completions_, each decayed.
+  double cpu_sum_ = 0;
+  double cpu_completions_ = 0;
+  // d as the previous epoch measured it, and as this one has so far (infinite: not yet).
+  absl::Duration previous_epoch_ = absl::InfiniteDuration();
+  absl::Duration current_epoch_ = absl::InfiniteDuration();
+  absl::Duration epoch_sum_;  // this epoch's measurement
+  int64_t epoch_completions_ = 0;
   int epoch_windows_ = 0;
   int epoch_length_ = 0;
   uint64_t jitter_state_;
+  double cpu_at_epoch_ = 0;  // cpu_per_command_ when the epoch started
   absl::Duration no_load_;
   int hold_ = 0;
   double ceiling_ = 0;      // 0: no fork or memory error yet.

@@ -70,6 +70,14 @@ std::vector<Scenario> Scenarios() {
   all.back().measure_from = absl::Seconds(30);
   all.back().hog_from = absl::Seconds(40);
   all.back().hog_until = absl::Seconds(80);
+  // Commands of widely varying length (CPU and waiting each with a coefficient of
+  // variation of 1.5, as in a build or a test suite): every window's figures are noisy.
+  const std::vector<CommandKind> varied = {{.cpu = absl::Milliseconds(10),
+                                            .cpu_cv = 1.5,
+                                            .sleep = absl::Milliseconds(40),
+                                            .sleep_cv = 1.5}};
+  all.push_back(Base("noisy_durations"));
+  all.back().load = {{.rate = 0.9 * PeakThroughput(Base(""), varied).throughput, .mix = varied}};
   // Sleep-bound where spawning a 37th command fails (a pids or memory limit).
   all.push_back(Base("pids_cap"));
   all.back().load = {sleep_load};

@@ -17,7 +17,8 @@ namespace execd::testing {
 CommandKind CpuCommand();
 CommandKind SleepCommand();
 
-// cpu_bound, sleep_bound, mixed, cpu_to_sleep, sleep_to_cpu, noise and pids_cap; see the .cc.
+// cpu_bound, sleep_bound, mixed, cpu_to_sleep, sleep_to_cpu, noise (a CPU hog appearing),
+// noisy_durations and pids_cap; see the .cc.
 // Where CPU bounds the load, it is offered at 90% of the best static limit's peak.
 std::vector<Scenario> Scenarios();
 
