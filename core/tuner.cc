@@ -151,7 +151,7 @@ int ProcessLimit::Update(const TunerWindow& w) {
     // window with room on the cores shows time off them.
     double d = measured == absl::InfiniteDuration() ? cpu_per_command_ : Seconds(measured);
     d = std::max(d, cpu_per_command_);
-    if (!saturated) {
+    if (alone && !saturated) {
       // Uncontended, the part of a command's time not spent on a CPU is its own (a sleep,
       // I/O): it belongs to its duration whatever the last epochs measured.
       d = std::max(d, Seconds(rtt) - std::min(Seconds(rtt), cpu_per_command_));
@@ -194,8 +194,9 @@ int ProcessLimit::Update(const TunerWindow& w) {
     limit_ = std::max<double>(options_.floor, bound);
     hold_ = options_.hold_after_decrease;
     reason_ = "cpu_saturated";
-  } else if (w.queued > 0 && hold_ == 0 && !over_target && limit_ < std::min(cap, bound) &&
-             w.in_flight >= before && (cpu_free || win_back > limit_ * options_.tolerance)) {
+  } else if (w.queued > 0 && hold_ == 0 && !(over_target && contended) &&
+             limit_ < std::min(cap, bound) && w.in_flight >= before &&
+             (cpu_free || win_back > limit_ * options_.tolerance)) {
     // Commands queue while the cores have room for them, up to the saturating concurrency,
     // or while more would win back share from other programs. Share is won back at once:
     // the estimate is Little's law and the fair share, not a guess to be tried in steps,
@@ -204,9 +205,11 @@ int ProcessLimit::Update(const TunerWindow& w) {
     const bool room = cpu_free && limit_ < saturating;
     double next = std::max(room ? std::max(limit_ + 1, limit_ * 1.5) : limit_,
                            win_back > limit_ * options_.tolerance ? win_back : 0);
-    // With a target, past saturating only as far as service time, which grows in
-    // proportion to the commands sharing the cores, stays under it.
-    if (target_ratio > 0 && limit_ >= saturating) next = std::min(next, limit_ * target_ratio);
+    // With a target, while they share the cores only as far as service time, which grows
+    // in proportion to the commands sharing them, stays under it.
+    if (target_ratio > 0 && contended) {
+      next = std::min(next, limit_ * target_ratio / options_.tolerance);
+    }
     limit_ = std::max(limit_, std::min({bound, cap, next}));
     reason_ = "queueing";
   } else if (limit_ > saturating * 1.5 && utilisation >= options_.free_utilisation &&

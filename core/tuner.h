@@ -100,16 +100,20 @@ class ProcessLimit final : public ConcurrencyController {
     // The limit only governs that part of latency: fewer commands at once share the machine,
     // so each runs faster. How long commands wait for a slot is the queue's to bound
     // (max_queue_time, its length), and a lower limit only lengthens it, so a target on
-    // latency with the wait in it would drive the limit down for nothing, as Netflix's and
-    // Envoy's limiters act on the protected service's own round trip and not on a queue in
-    // front of it. The window brings the p99 of latency, wait included; the service's part
-    // of it is taken as its share of the mean (exact when nothing waits, and shrinking as
-    // the wait grows, so the wait a lower limit causes does not push it lower still).
-    // While that part is above the target the limit does not grow, and while it stays
-    // above, commands queue and they run slower than without contention (so fewer at once
-    // would run faster), it comes down towards the floor, in proportion to the excess, a
-    // quarter at most a window: the extra demand waits in the queue or is shed by it. A
-    // target below the commands' own duration is out of reach and changes nothing else.
+    // latency with the wait in it would drive the limit down for nothing; Netflix's and
+    // Envoy's limiters likewise act on the protected service's own round trip, not on a
+    // queue in front of it. The window brings the p99 of latency, wait included; the
+    // service's part of it is taken as its share of the mean (exact when nothing waits,
+    // shrinking as the wait grows, so the wait a lower limit causes cannot push it lower
+    // still; under a deep queue it reads the tail of the whole, a little short of the
+    // service's own). While the commands run slower than alone (so fewer at once would run
+    // faster): the limit does not grow while that part is above the target, grows only as
+    // far as service time, in proportion to the commands sharing the cores, stays a
+    // tolerance under it, and, while it stays above and commands queue, comes down towards
+    // the floor in proportion to the excess, a quarter at most a window; the extra demand
+    // waits in the queue or is shed by it. A target below the commands' own duration is out
+    // of reach: it takes the limit only as far down as that makes them faster, to where they
+    // run about as fast as alone, and changes nothing for commands that already do.
     absl::Duration target_p99 = absl::ZeroDuration();
   };
   explicit ProcessLimit(Options options);
