@@ -13,10 +13,10 @@
 // without crowding them (for CPU-bound commands, q = 1, it is the core count).
 //
 // d is the mean service time of windows in which the commands had the cores to themselves
-// (no task kept waiting for a CPU, no other program holding them): a window in which they
+// (they did not saturate them, and no other program held them): a window in which they
 // crowded each other off the cores says how many ran, not how long one takes. It is never
-// shorter than c, nor, while the cores are not saturated, than the part of today's duration
-// spent off a CPU. It is re-measured: taken afresh every epoch of a jittered number of
+// shorter than c, nor, in such a window, than the part of today's duration spent off a
+// CPU. It is re-measured: taken afresh every epoch of a jittered number of
 // windows (seeded, so runs repeat), the lower of the last epoch's and this one's, so a
 // workload whose commands became slower has its new duration within two epochs; commands
 // using twice or half the CPU are another workload and start over from c; and an epoch
@@ -49,11 +49,11 @@ namespace execd::core {
 
 // Why ProcessLimit moved the limit: a fixed set, since decisions are counted by reason.
 inline constexpr absl::string_view kLimitReasons[] = {
-    "queueing",        // commands queue while the cores have room: up
+    "queueing",        // commands queue while the cores have room, or others' share to win: up
     "cpu_saturated",   // the commands keep the cores busy and tasks wait for them: down
     "over_cpu",        // far more allowed than the cores can serve: down
     "resource_error",  // a spawn failed for lack of processes or memory: down
-    "latency_target",  // the window's p99 is above --tuner_target_p99: down
+    "latency_target",  // the commands' service-time p99 is above --tuner_target_p99: down
 };
 
 class ProcessLimit final : public ConcurrencyController {
@@ -85,8 +85,8 @@ class ProcessLimit final : public ConcurrencyController {
     double free_pressure = 0.1;
     // Past the saturating concurrency, while other programs hold the cores, the limit aims
     // where they keep this share of them: under a fair scheduler k of them against n
-    // runnable commands keep k/(n+k), so each command added wins less, while every command
-    // runs longer the more share the cores. Below `others_noise` they are not worth it.
+    // runnable commands keep k/(n+k), so each command added wins less while making every
+    // command run longer. Below `others_noise` they are not worth winning from.
     double others_share = 1.0 / 16;
     double others_noise = 0.03;
     // Windows without an increase after a decrease.
