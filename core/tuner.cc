@@ -19,7 +19,10 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 }  // namespace
 
 ProcessLimit::ProcessLimit(Options options)
-    : options_(options), limit_(options.start), jitter_state_(options.seed) {
+    : options_(options),
+      limit_(options.start),
+      jitter_state_(options.seed),
+      saturating_(options.cap) {
   epoch_length_ = NextEpochLength();
 }
 
@@ -112,6 +115,41 @@ double ProcessLimit::Ceiling(const TunerWindow& w) {
   return std::min<double>(ceiling_windows_ > 0 ? ceiling_ : ceiling_ + 1, options_.cap);
 }
 
+void ProcessLimit::UpdateNoLoad(const TunerWindow& w, bool room) {
+  // Weighted by completions: a window of few commands says little.
+  cpu_sum_ = options_.cpu_decay * cpu_sum_ + w.child_cpu_seconds;
+  cpu_completions_ = options_.cpu_decay * cpu_completions_ + static_cast<double>(w.completions);
+  cpu_per_command_ = cpu_sum_ / cpu_completions_;
+  if (room) AddServiceTime(w.service_time_sum, w.completions);
+  EndWindowOfEpoch();
+
+  const absl::Duration measured = std::min(previous_epoch_, current_epoch_);
+  // Never shorter than its CPU; with nothing measured yet, no longer either, until a window
+  // with room on the cores shows time off them.
+  double d = measured == absl::InfiniteDuration() ? cpu_per_command_ : Seconds(measured);
+  d = std::max(d, cpu_per_command_);
+  if (room) {
+    // With room, the part of a command's time not spent on a CPU is its own (a sleep,
+    // I/O): it belongs to its duration whatever the last epochs measured.
+    const double rtt = Seconds(w.service_time_sum) / static_cast<double>(w.completions);
+    d = std::max(d, rtt - std::min(rtt, cpu_per_command_));
+  }
+  no_load_ = absl::Seconds(d);
+  saturating_ = d > 0 ? Saturating(std::max(1, w.cores), cpu_per_command_ / d) : options_.cap;
+}
+
+double ProcessLimit::TargetRatio(const TunerWindow& w) const {
+  if (options_.target_p99 <= absl::ZeroDuration() || w.completions <= 0 ||
+      w.latency_p99 <= absl::ZeroDuration()) {
+    return 0;
+  }
+  // The service's part of the window's latency p99: its share of the mean.
+  const double service = Seconds(w.service_time_sum);
+  const double wait = Seconds(w.queue_wait_sum);
+  const double service_p99 = Seconds(w.latency_p99) * service / (service + wait);
+  return service_p99 > 0 ? Seconds(options_.target_p99) / service_p99 : 0;
+}
+
 int ProcessLimit::Update(const TunerWindow& w) {
   reason_.clear();
   const double seconds = Seconds(w.length);
@@ -135,43 +173,13 @@ int ProcessLimit::Update(const TunerWindow& w) {
   const double others = std::clamp((pressure * cores - cpu) / cores, 0.0, 1.0);
   const bool alone = others < options_.others_noise;
 
-  absl::Duration rtt;
-  double saturating = options_.cap;
-  if (w.completions > 0) {
-    rtt = w.service_time_sum / w.completions;
-    // Weighted by completions: a window of few commands says little.
-    cpu_sum_ = options_.cpu_decay * cpu_sum_ + w.child_cpu_seconds;
-    cpu_completions_ = options_.cpu_decay * cpu_completions_ + static_cast<double>(w.completions);
-    cpu_per_command_ = cpu_sum_ / cpu_completions_;
-    if (alone && !saturated) AddServiceTime(w.service_time_sum, w.completions);
-    EndWindowOfEpoch();
-
-    const absl::Duration measured = std::min(previous_epoch_, current_epoch_);
-    // Never shorter than its CPU; with nothing measured yet, no longer either, until a
-    // window with room on the cores shows time off them.
-    double d = measured == absl::InfiniteDuration() ? cpu_per_command_ : Seconds(measured);
-    d = std::max(d, cpu_per_command_);
-    if (alone && !saturated) {
-      // Uncontended, the part of a command's time not spent on a CPU is its own (a sleep,
-      // I/O): it belongs to its duration whatever the last epochs measured.
-      d = std::max(d, Seconds(rtt) - std::min(Seconds(rtt), cpu_per_command_));
-    }
-    no_load_ = absl::Seconds(d);
-    if (d > 0) saturating = Saturating(cores, cpu_per_command_ / d);
-  }
-
-  // The service's part of the window's latency p99, against the target.
-  bool over_target = false;
-  double target_ratio = 0;  // target ÷ that part
-  if (options_.target_p99 > absl::ZeroDuration() && w.completions > 0 &&
-      w.latency_p99 > absl::ZeroDuration()) {
-    const double wait = Seconds(w.queue_wait_sum) / static_cast<double>(w.completions);
-    const double service_p99 = Seconds(w.latency_p99) * Seconds(rtt) / (Seconds(rtt) + wait);
-    target_ratio = Seconds(options_.target_p99) / service_p99;
-    over_target = target_ratio < 1;
-  }
+  if (w.completions > 0) UpdateNoLoad(w, alone && !saturated);
+  const double saturating = saturating_;
+  const double target_ratio = TargetRatio(w);  // 0: no target, or nothing to judge by
+  const bool over_target = target_ratio > 0 && target_ratio < 1;
   // The commands run slower than alone: fewer at once would run faster.
-  const bool contended = w.completions > 0 && Seconds(rtt) > Seconds(no_load_) * options_.tolerance;
+  const bool contended =
+      w.completions > 0 && w.service_time_sum / w.completions > no_load_ * options_.tolerance;
 
   // With other programs on the cores, the concurrency at which they would keep
   // others_share: the commands' share grows with their number against the others' fixed
@@ -184,6 +192,8 @@ int ProcessLimit::Update(const TunerWindow& w) {
   const double bound = std::max(saturating, win_back);
 
   if (over_target && w.queued > 0 && contended && limit_ > options_.floor) {
+    // Service time over the target while commands queue and crowd each other: fewer at
+    // once, in proportion to the excess; the rest waits in the queue or is shed by it.
     limit_ = std::max({static_cast<double>(options_.floor), limit_ * 0.75, limit_ * target_ratio});
     hold_ = options_.hold_after_decrease;
     reason_ = "latency_target";

@@ -143,6 +143,12 @@ class ProcessLimit final : public ConcurrencyController {
   int OnResourceError(const TunerWindow& w);
   // The highest limit fork or memory errors allow now.
   double Ceiling(const TunerWindow& w);
+  // Updates c, d and the saturating concurrency from a window with completions; `room`:
+  // the commands had the cores to themselves in it.
+  void UpdateNoLoad(const TunerWindow& w, bool room);
+  // The target over the service's part of the window's latency p99; 0 without a target
+  // or a p99 to judge by.
+  double TargetRatio(const TunerWindow& w) const;
 
   const Options options_;
   double limit_;
@@ -159,6 +165,7 @@ class ProcessLimit final : public ConcurrencyController {
   uint64_t jitter_state_;
   double cpu_at_epoch_ = 0;  // cpu_per_command_ when the epoch started
   absl::Duration no_load_;
+  double saturating_;  // the concurrency the last window with completions gave
   int hold_ = 0;
   double ceiling_ = 0;      // 0: no fork or memory error yet.
   double clean_limit_ = 0;  // The highest limit reached without an error since the last.
