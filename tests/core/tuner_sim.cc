@@ -8,6 +8,8 @@
 #include <queue>
 #include <random>
 
+#include "core/metrics.h"
+
 namespace execd::testing {
 namespace {
 
@@ -357,15 +359,10 @@ ScenarioResult RunScenario(const Scenario& scenario, ConcurrencyController& cont
 }
 
 absl::Duration BucketBound(absl::Duration latency) {
-  constexpr double kFirst = 100e-6;
-  const auto bound = [](int k) { return kFirst * std::exp2(k / 4.0); };
-  const double x = Seconds(latency);
-  if (x <= kFirst) return absl::Seconds(kFirst);
-  int k = static_cast<int>(std::ceil(4 * std::log2(x / kFirst)));
-  // The logarithm may round either way at a bound itself.
-  if (bound(k - 1) >= x) --k;
-  if (bound(k) < x) ++k;
-  return absl::Seconds(bound(k));
+  // As the server's tuner reads a p99 from its histogram (AutoTuner::Percentile99).
+  const std::vector<double>& bounds = core::DurationBucketBounds();
+  auto it = std::lower_bound(bounds.begin(), bounds.end(), Seconds(latency));
+  return absl::Seconds(it == bounds.end() ? bounds.back() : *it);
 }
 
 }  // namespace execd::testing
