@@ -34,8 +34,8 @@
 // stays under it for a while. Hysteresis (saturated and free thresholds, a tolerance on
 // every estimate) and a hold after every decrease keep it from chasing noise.
 //
-// Not wired into the server yet: it is compared with the reference controllers in the
-// simulator (tests/core/tuner_test.cc).
+// The server runs it through AutoTuner (core/auto_tuner.h) with --tuner; the simulator
+// (tests/core/tuner_test.cc) compares it with the reference controllers.
 #pragma once
 
 #include <cstdint>
