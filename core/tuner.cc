@@ -22,8 +22,32 @@ ProcessLimit::ProcessLimit(Options options)
     : options_(options),
       limit_(options.start),
       jitter_state_(options.seed),
-      saturating_(options.cap) {
+      saturating_(options.cap),
+      trial_backoff_(options.trial_backoff) {
   epoch_length_ = NextEpochLength();
+}
+
+void ProcessLimit::TrialWindow(const TunerWindow& w, double cpu) {
+  if (trial_left_ == 0) return;
+  if (limit_ < trial_to_) {  // Brought down meanwhile (saturated, an error): no verdict.
+    trial_left_ = 0;
+    return;
+  }
+  if (options_.trial_windows - trial_left_ >= options_.trial_settle) {
+    trial_cpu_ += cpu * Seconds(w.length);
+    trial_seconds_ += Seconds(w.length);
+  }
+  if (--trial_left_ > 0) return;
+  const double gained = trial_seconds_ > 0 ? trial_cpu_ / trial_seconds_ : 0;
+  if (gained >= trial_baseline_ * options_.trial_gain) {
+    trial_backoff_ = options_.trial_backoff;  // It paid: the next may come as soon as needed.
+    return;
+  }
+  limit_ = std::min(limit_, std::max<double>(options_.floor, trial_from_));
+  trial_blocked_ = trial_backoff_;
+  trial_backoff_ = std::min(options_.max_trial_backoff, trial_backoff_ * 2);
+  hold_ = options_.hold_after_decrease;
+  reason_ = "no_gain";
 }
 
 double ProcessLimit::Saturating(double cores, double on_cpu) const {
@@ -161,6 +185,13 @@ int ProcessLimit::Update(const TunerWindow& w) {
   const double cap = Ceiling(w);
 
   const double cpu = seconds > 0 ? w.child_cpu_seconds / seconds : 0;  // cores' worth
+  if (trial_blocked_ > 0) --trial_blocked_;
+  TrialWindow(w, cpu);
+  if (!reason_.empty()) {
+    const int after = Clamp(limit_);
+    if (after == before) reason_.clear();
+    return after;
+  }
   const double utilisation = cpu / cores;
   const double pressure = w.cpu_pressure;
   const bool saturated =
@@ -184,8 +215,9 @@ int ProcessLimit::Update(const TunerWindow& w) {
   // With other programs on the cores, the concurrency at which they would keep
   // others_share: the commands' share grows with their number against the others' fixed
   // one. Their mean concurrency over the window is their service time in it (Little).
+  // None while the last failed trial's back-off lasts.
   double win_back = 0;
-  if (!alone && utilisation > 0 && seconds > 0) {
+  if (!alone && utilisation > 0 && seconds > 0 && trial_blocked_ == 0) {
     const double running = Seconds(w.service_time_sum) / seconds;
     win_back = running * (1 - options_.others_share) / options_.others_share * others / utilisation;
   }
@@ -220,8 +252,18 @@ int ProcessLimit::Update(const TunerWindow& w) {
     if (target_ratio > 0 && contended) {
       next = std::min(next, limit_ * target_ratio / options_.tolerance);
     }
+    const double from = limit_;
     limit_ = std::max(limit_, std::min({bound, cap, next}));
     reason_ = "queueing";
+    if (limit_ > std::max(from, saturating * options_.tolerance) && win_back > 0 &&
+        trial_left_ == 0) {
+      trial_left_ = options_.trial_windows;
+      trial_to_ = limit_;
+      trial_from_ = std::max(from, std::min(limit_, saturating));
+      trial_baseline_ = cpu;
+      trial_cpu_ = 0;
+      trial_seconds_ = 0;
+    }
   } else if (limit_ > saturating * 1.5 && utilisation >= options_.free_utilisation &&
              pressure < options_.saturated_pressure) {
     // Far more allowed than the cores can serve and the cores busy: come down to it.

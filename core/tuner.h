@@ -54,6 +54,7 @@ inline constexpr absl::string_view kLimitReasons[] = {
     "over_cpu",        // far more allowed than the cores can serve: down
     "resource_error",  // a spawn failed for lack of processes or memory: down
     "latency_target",  // the commands' service-time p99 is above --tuner_target_p99: down
+    "no_gain",         // a raise to win share back won the commands no more CPU: back down
 };
 
 class ProcessLimit final : public ConcurrencyController {
@@ -89,6 +90,17 @@ class ProcessLimit final : public ConcurrencyController {
     // command run longer. Below `others_noise` they are not worth winning from.
     double others_share = 1.0 / 16;
     double others_noise = 0.03;
+    // Such a raise is a trial, since whether more commands win share depends on how the
+    // machine's scheduler weighs them against the others (autogroups, cgroups, nice), and
+    // every extra command makes each run longer: kept only when the commands' CPU over the
+    // trial's windows, the first `trial_settle` left out, is `trial_gain` times what it was
+    // before; else the limit goes back and the next trial waits `trial_backoff` windows,
+    // twice as long after each failure in a row.
+    int trial_windows = 8;
+    int trial_settle = 2;
+    double trial_gain = 1.1;
+    int trial_backoff = 120;
+    int max_trial_backoff = 1200;
     // Windows without an increase after a decrease.
     int hold_after_decrease = 6;
     // Windows a fork or memory error keeps the limit below what was running then (two
@@ -149,6 +161,9 @@ class ProcessLimit final : public ConcurrencyController {
   // The target over the service's part of the window's latency p99; 0 without a target
   // or a p99 to judge by.
   double TargetRatio(const TunerWindow& w) const;
+  // Counts a window of a running trial; at its end, whether the raise is kept. A limit
+  // brought down meanwhile ends the trial.
+  void TrialWindow(const TunerWindow& w, double cpu);
 
   const Options options_;
   double limit_;
@@ -170,6 +185,16 @@ class ProcessLimit final : public ConcurrencyController {
   double ceiling_ = 0;      // 0: no fork or memory error yet.
   double clean_limit_ = 0;  // The highest limit reached without an error since the last.
   int ceiling_windows_ = 0;
+  // A raise to win share back on trial (trial_left_ > 0): the limit before it, the
+  // commands' CPU (cores' worth) before it, and their CPU and time in it so far.
+  int trial_left_ = 0;
+  double trial_from_ = 0;
+  double trial_to_ = 0;
+  double trial_baseline_ = 0;
+  double trial_cpu_ = 0;
+  double trial_seconds_ = 0;
+  int trial_blocked_ = 0;  // windows before another trial may start
+  int trial_backoff_;
   std::string reason_;
 };
 

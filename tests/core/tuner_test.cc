@@ -382,6 +382,62 @@ TEST(ProcessLimitTest, CommandsUsingTwiceTheCpuAreAnotherWorkload) {
   EXPECT_EQ(limit, 2);
 }
 
+// Other programs hold a core. Whether more commands win it back depends on how the machine's
+// scheduler weighs them (autogroups, cgroups, nice): a raise is a trial, kept only when the
+// commands' CPU grew with it.
+TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
+  core::ProcessLimit::Options o;
+  o.start = 2;
+  o.floor = 2;
+  o.cap = 64;
+  core::ProcessLimit tuner(o);
+  const absl::Duration cpu = absl::Milliseconds(15);
+  // The commands use one core of two while some of them always wait for a CPU.
+  auto held = [&](int limit, double utilisation) {
+    core::TunerWindow w = Window(utilisation, 1.0, cpu * limit, cpu, limit);
+    w.queued = 20;
+    return w;
+  };
+  int limit = tuner.Update(held(2, 0.5));
+  ASSERT_GT(limit, 4) << "no raise to win share back";
+  EXPECT_EQ(tuner.last_reason(), "queueing");
+  const int raised = limit;
+  // It won nothing: after the trial's windows, back down, with the reason.
+  int windows = 0;
+  while (tuner.last_reason() != "no_gain" && windows < 20) {
+    limit = tuner.Update(held(limit, 0.5));
+    ++windows;
+  }
+  EXPECT_EQ(tuner.last_reason(), "no_gain");
+  EXPECT_EQ(windows, o.trial_windows);
+  EXPECT_LE(limit, 3);
+  // No new trial while the back-off lasts, then one; a second failure doubles the back-off.
+  int next_trial = 0;
+  for (int i = 1; i <= 3 * o.trial_backoff && next_trial == 0; ++i) {
+    const int before = limit;
+    limit = tuner.Update(held(limit, 0.5));
+    if (limit > before * 2) next_trial = i;
+  }
+  EXPECT_GE(next_trial, o.trial_backoff - o.hold_after_decrease);
+  EXPECT_LE(next_trial, o.trial_backoff + o.hold_after_decrease + 1);
+  for (int i = 0; i < o.trial_windows; ++i) limit = tuner.Update(held(limit, 0.5));
+  EXPECT_EQ(tuner.last_reason(), "no_gain");
+  for (int i = 0; i < 2 * o.trial_backoff - o.hold_after_decrease - 2; ++i) {
+    limit = tuner.Update(held(limit, 0.5));
+    ASSERT_LE(limit, 3) << "a trial " << i << " windows into a doubled back-off";
+  }
+
+  // Where the raise does win the commands CPU, it stays.
+  core::ProcessLimit winner(o);
+  limit = winner.Update(held(2, 0.5));
+  ASSERT_EQ(limit, raised);
+  for (int i = 0; i < 3 * o.trial_windows; ++i) {
+    limit = winner.Update(held(limit, 0.8));
+    EXPECT_NE(winner.last_reason(), "no_gain");
+  }
+  EXPECT_GE(limit, raised);
+}
+
 TEST(ProcessLimitTest, AForkErrorBringsTheLimitBelowWhatRanAtOnce) {
   core::ProcessLimit::Options o;
   o.start = 40;
