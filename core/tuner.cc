@@ -270,6 +270,15 @@ int ProcessLimit::Update(const TunerWindow& w) {
     limit_ = std::max<double>(options_.floor, saturating);
     hold_ = options_.hold_after_decrease;
     reason_ = "over_cpu";
+  } else if (limit_ > std::max<double>(options_.floor, bound) * 2 && w.queued == 0 &&
+             w.completions > 0 && seconds > 0 &&
+             Seconds(w.service_time_sum) / seconds < saturating) {
+    // Far more allowed than the commands use (Little's law: their mean concurrency) or the
+    // cores can serve: a burst would run them all at once, each the slower. Down to a
+    // tolerance over the saturating concurrency; a queue raises it again.
+    limit_ = std::max<double>(options_.floor, bound * options_.tolerance);
+    hold_ = options_.hold_after_decrease;
+    reason_ = "over_cpu";
   }
   const int after = Clamp(limit_);
   if (after == before) reason_.clear();

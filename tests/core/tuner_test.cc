@@ -438,6 +438,29 @@ TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
   EXPECT_GE(limit, raised);
 }
 
+// Started far too high for CPU-bound commands offered less than the cores serve: nothing
+// queues, so nothing says "up", but a burst would run them all at once, each the slower.
+TEST(ProcessLimitTest, ComesDownFromFarTooHighWithoutAQueue) {
+  core::ProcessLimit::Options o;
+  o.start = 32;
+  o.floor = 2;
+  o.cap = 64;
+  core::ProcessLimit tuner(o);
+  const absl::Duration cpu = absl::Milliseconds(15);
+  int limit = 32;
+  for (int i = 0; i < 4; ++i) limit = tuner.Update(Window(0.3, 0.05, cpu, cpu, limit));
+  EXPECT_LE(limit, 3);
+  EXPECT_GE(limit, 2);
+  // Commands that mostly sleep use their slots: 30 running on average, far under what the
+  // cores could serve of them. Nothing to cut.
+  core::ProcessLimit sleepers(o);
+  const absl::Duration sleep_rtt = absl::Milliseconds(200);
+  core::TunerWindow w = Window(0.05, 0, sleep_rtt, absl::Milliseconds(1), 32);
+  w.service_time_sum = sleep_rtt * 75;  // 150/s for half a second: 30 running on average.
+  w.completions = 75;
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(sleepers.Update(w), 32) << "window " << i;
+}
+
 TEST(ProcessLimitTest, AForkErrorBringsTheLimitBelowWhatRanAtOnce) {
   core::ProcessLimit::Options o;
   o.start = 40;
