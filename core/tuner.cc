@@ -194,18 +194,25 @@ int ProcessLimit::Update(const TunerWindow& w) {
   }
   const double utilisation = cpu / cores;
   const double pressure = w.cpu_pressure;
-  const bool saturated =
-      utilisation >= options_.saturated_utilisation && pressure >= options_.saturated_pressure;
-  // Free for the commands when they do not use the cores, whoever else does.
-  const bool cpu_free =
-      utilisation < options_.free_utilisation || pressure < options_.free_pressure;
   // While a task waited for a CPU the cores were full: what the commands did not use of
   // them, other programs did.
   const double others = std::clamp((pressure * cores - cpu) / cores, 0.0, 1.0);
   const bool alone = others < options_.others_noise;
+  // Once a trial has shown that more commands win no share from the others, the CPU the
+  // commands get is all they will: it is their cores, and they are saturated when they
+  // wait for it.
+  const bool share_fixed = trial_blocked_ > 0 && !alone;
+  const bool saturated = pressure >= options_.saturated_pressure &&
+                         (share_fixed || utilisation >= options_.saturated_utilisation);
+  // Free for the commands when they do not use the cores, whoever else does.
+  const bool cpu_free = !share_fixed && (utilisation < options_.free_utilisation ||
+                                         pressure < options_.free_pressure);
 
   if (w.completions > 0) UpdateNoLoad(w, alone && !saturated);
-  const double saturating = saturating_;
+  const double saturating =
+      share_fixed && no_load_ > absl::ZeroDuration()
+          ? Saturating(std::max(cpu, 0.1), cpu_per_command_ / Seconds(no_load_))
+          : saturating_;
   const double target_ratio = TargetRatio(w);  // 0: no target, or nothing to judge by
   const bool over_target = target_ratio > 0 && target_ratio < 1;
   // The commands run slower than alone: fewer at once would run faster.

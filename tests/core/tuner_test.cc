@@ -427,6 +427,18 @@ TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
     ASSERT_LE(limit, 3) << "a trial " << i << " windows into a doubled back-off";
   }
 
+  // From a limit far too high, a failed trial leaves it at the commands' share: they wait
+  // for the CPU they get, and that is all they will get.
+  o.start = 32;
+  core::ProcessLimit high(o);
+  limit = high.Update(held(32, 0.5));
+  ASSERT_EQ(high.last_reason(), "queueing");
+  for (int i = 0; i < o.trial_windows; ++i) limit = high.Update(held(limit, 0.5));
+  ASSERT_EQ(high.last_reason(), "no_gain");
+  for (int i = 0; i < 2 * o.hold_after_decrease; ++i) limit = high.Update(held(limit, 0.5));
+  EXPECT_LE(limit, 3);
+  o.start = 2;
+
   // Where the raise does win the commands CPU, it stays.
   core::ProcessLimit winner(o);
   limit = winner.Update(held(2, 0.5));
