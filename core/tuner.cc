@@ -27,20 +27,21 @@ ProcessLimit::ProcessLimit(Options options)
   epoch_length_ = NextEpochLength();
 }
 
-void ProcessLimit::TrialWindow(const TunerWindow& w, double cpu) {
+void ProcessLimit::TrialWindow(const TunerWindow& w) {
   if (trial_left_ == 0) return;
   if (limit_ < trial_to_) {  // Brought down meanwhile (saturated, an error): no verdict.
     trial_left_ = 0;
     return;
   }
   if (options_.trial_windows - trial_left_ >= options_.trial_settle) {
-    trial_cpu_ += cpu * Seconds(w.length);
+    trial_done_ += static_cast<double>(w.completions);
     trial_seconds_ += Seconds(w.length);
   }
   if (--trial_left_ > 0) return;
-  const double gained = trial_seconds_ > 0 ? trial_cpu_ / trial_seconds_ : 0;
+  const double gained = trial_seconds_ > 0 ? trial_done_ / trial_seconds_ : 0;
   if (gained >= trial_baseline_ * options_.trial_gain) {
     trial_backoff_ = options_.trial_backoff;  // It paid: the next may come as soon as needed.
+    won_limit_ = trial_to_;
     return;
   }
   limit_ = std::min(limit_, std::max<double>(options_.floor, trial_from_));
@@ -186,7 +187,7 @@ int ProcessLimit::Update(const TunerWindow& w) {
 
   const double cpu = seconds > 0 ? w.child_cpu_seconds / seconds : 0;  // cores' worth
   if (trial_blocked_ > 0) --trial_blocked_;
-  TrialWindow(w, cpu);
+  TrialWindow(w);
   if (!reason_.empty()) {
     const int after = Clamp(limit_);
     if (after == before) reason_.clear();
@@ -199,9 +200,10 @@ int ProcessLimit::Update(const TunerWindow& w) {
   const double others = std::clamp((pressure * cores - cpu) / cores, 0.0, 1.0);
   const bool alone = others < options_.others_noise;
   // Once a trial has shown that more commands win no share from the others, the CPU the
-  // commands get is all they will: it is their cores, and they are saturated when they
-  // wait for it.
+  // commands get is all they will: it is their cores (with the limit an earlier trial won
+  // at), and they are saturated when they wait for it.
   const bool share_fixed = trial_blocked_ > 0 && !alone;
+  if (alone) won_limit_ = 0;  // The others have gone, and with them the share won from them.
   const bool saturated = pressure >= options_.saturated_pressure &&
                          (share_fixed || utilisation >= options_.saturated_utilisation);
   // Free for the commands when they do not use the cores, whoever else does.
@@ -211,7 +213,8 @@ int ProcessLimit::Update(const TunerWindow& w) {
   if (w.completions > 0) UpdateNoLoad(w, alone && !saturated);
   const double saturating =
       share_fixed && no_load_ > absl::ZeroDuration()
-          ? Saturating(std::max(cpu, 0.1), cpu_per_command_ / Seconds(no_load_))
+          ? std::max(won_limit_,
+                     Saturating(std::max(cpu, 0.1), cpu_per_command_ / Seconds(no_load_)))
           : saturating_;
   const double target_ratio = TargetRatio(w);  // 0: no target, or nothing to judge by
   const bool over_target = target_ratio > 0 && target_ratio < 1;
@@ -243,7 +246,7 @@ int ProcessLimit::Update(const TunerWindow& w) {
     limit_ = std::max<double>(options_.floor, bound);
     hold_ = options_.hold_after_decrease;
     reason_ = "cpu_saturated";
-  } else if (w.queued > 0 && hold_ == 0 && !(over_target && contended) &&
+  } else if (w.queued > 0 && hold_ == 0 && trial_left_ == 0 && !(over_target && contended) &&
              limit_ < std::min(cap, bound) && w.in_flight >= before &&
              (cpu_free || win_back > limit_ * options_.tolerance)) {
     // Commands queue while the cores have room for them, up to the saturating concurrency,
@@ -262,13 +265,15 @@ int ProcessLimit::Update(const TunerWindow& w) {
     const double from = limit_;
     limit_ = std::max(limit_, std::min({bound, cap, next}));
     reason_ = "queueing";
-    if (limit_ > std::max(from, saturating * options_.tolerance) && win_back > 0 &&
-        trial_left_ == 0) {
+    // A raise past the saturating concurrency by half again or more is a trial; smaller
+    // steps, and those a latency target holds back, would each win too little to judge.
+    if (limit_ > std::max(from * 1.5, saturating * options_.tolerance) && win_back > 0 &&
+        trial_left_ == 0 && !(target_ratio > 0 && contended)) {
       trial_left_ = options_.trial_windows;
       trial_to_ = limit_;
       trial_from_ = std::max(from, std::min(limit_, saturating));
-      trial_baseline_ = cpu;
-      trial_cpu_ = 0;
+      trial_baseline_ = static_cast<double>(w.completions) / seconds;
+      trial_done_ = 0;
       trial_seconds_ = 0;
     }
   } else if (limit_ > saturating * 1.5 && utilisation >= options_.free_utilisation &&

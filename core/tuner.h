@@ -54,7 +54,7 @@ inline constexpr absl::string_view kLimitReasons[] = {
     "over_cpu",        // far more allowed than the cores can serve: down
     "resource_error",  // a spawn failed for lack of processes or memory: down
     "latency_target",  // the commands' service-time p99 is above --tuner_target_p99: down
-    "no_gain",         // a raise to win share back won the commands no more CPU: back down
+    "no_gain",         // a raise to win share back completed no more commands: back down
 };
 
 class ProcessLimit final : public ConcurrencyController {
@@ -92,10 +92,12 @@ class ProcessLimit final : public ConcurrencyController {
     double others_noise = 0.03;
     // Such a raise is a trial, since whether more commands win share depends on how the
     // machine's scheduler weighs them against the others (autogroups, cgroups, nice), and
-    // every extra command makes each run longer: kept only when the commands' CPU over the
-    // trial's windows, the first `trial_settle` left out, is `trial_gain` times what it was
-    // before; else the limit goes back and the next trial waits `trial_backoff` windows,
-    // twice as long after each failure in a row.
+    // every extra command makes each run longer and costs the cores switching between
+    // them: kept only when the commands completed a second over the trial's windows, the
+    // first `trial_settle` left out, are `trial_gain` times as many as in the window before
+    // (CPU is no judge: what the switching costs is charged to the commands too); else the
+    // limit goes back and the next trial waits `trial_backoff` windows, twice as long after
+    // each failure in a row. No other raise during a trial.
     int trial_windows = 8;
     int trial_settle = 2;
     double trial_gain = 1.1;
@@ -163,7 +165,7 @@ class ProcessLimit final : public ConcurrencyController {
   double TargetRatio(const TunerWindow& w) const;
   // Counts a window of a running trial; at its end, whether the raise is kept. A limit
   // brought down meanwhile ends the trial.
-  void TrialWindow(const TunerWindow& w, double cpu);
+  void TrialWindow(const TunerWindow& w);
 
   const Options options_;
   double limit_;
@@ -191,9 +193,10 @@ class ProcessLimit final : public ConcurrencyController {
   double trial_from_ = 0;
   double trial_to_ = 0;
   double trial_baseline_ = 0;
-  double trial_cpu_ = 0;
+  double trial_done_ = 0;
   double trial_seconds_ = 0;
   int trial_blocked_ = 0;  // windows before another trial may start
+  double won_limit_ = 0;   // the last limit a trial kept, while the others stay
   int trial_backoff_;
   std::string reason_;
 };

@@ -384,7 +384,7 @@ TEST(ProcessLimitTest, CommandsUsingTwiceTheCpuAreAnotherWorkload) {
 
 // Other programs hold a core. Whether more commands win it back depends on how the machine's
 // scheduler weighs them (autogroups, cgroups, nice): a raise is a trial, kept only when the
-// commands' CPU grew with it.
+// commands completed a second grew with it.
 TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
   core::ProcessLimit::Options o;
   o.start = 2;
@@ -402,7 +402,8 @@ TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
   ASSERT_GT(limit, 4) << "no raise to win share back";
   EXPECT_EQ(tuner.last_reason(), "queueing");
   const int raised = limit;
-  // It won nothing: after the trial's windows, back down, with the reason.
+  // It won nothing (completions track the CPU the commands get here): after the trial's
+  // windows, back down, with the reason.
   int windows = 0;
   while (tuner.last_reason() != "no_gain" && windows < 20) {
     limit = tuner.Update(held(limit, 0.5));
@@ -439,15 +440,20 @@ TEST(ProcessLimitTest, ARaiseToWinShareBackIsKeptOnlyWhenItWinsCpu) {
   EXPECT_LE(limit, 3);
   o.start = 2;
 
-  // Where the raise does win the commands CPU, it stays.
+  // Where the raise does complete more commands, it stays.
   core::ProcessLimit winner(o);
   limit = winner.Update(held(2, 0.5));
   ASSERT_EQ(limit, raised);
-  for (int i = 0; i < 3 * o.trial_windows; ++i) {
+  for (int i = 0; i < o.trial_windows; ++i) {
     limit = winner.Update(held(limit, 0.8));
     EXPECT_NE(winner.last_reason(), "no_gain");
   }
   EXPECT_GE(limit, raised);
+  // A further trial that completes no more comes back to the limit the first one won.
+  for (int i = 0; i < 3 * o.trial_windows; ++i) {
+    limit = winner.Update(held(limit, 0.8));
+    ASSERT_GE(limit, raised) << "window " << i << ", " << winner.last_reason();
+  }
 }
 
 // Started far too high for CPU-bound commands offered less than the cores serve: nothing
