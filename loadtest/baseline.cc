@@ -101,7 +101,7 @@ BaselineReport RunBaseline(const Config& config, int rounds, bool busy,
   report.config = config;
   report.background = background;
   report.busy = busy;
-  ChannelPool channels(config.target, config.channels);
+  ChannelPool channels(config.target, config.channels, config.auth);
   // Unmeasured warm-up: every connection made, the command's pages in the cache.
   for (Mode mode : kBaselineModes) {
     Config warm = config;

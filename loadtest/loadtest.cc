@@ -96,7 +96,7 @@ Report RunBatch(const Config& config, ChannelPool& channels) {
 }
 
 Report Run(const Config& config) {
-  ChannelPool channels(config.target, config.channels);
+  ChannelPool channels(config.target, config.channels, config.auth);
   return Run(config, channels);
 }
 

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,11 @@ using execd::loadtest::BackgroundKind;
 using execd::loadtest::BackgroundSession;
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "execd address");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "send the bearer token in this file with every call (default: $EXECD_TOKEN)");
+ABSL_FLAG(std::string, tls_ca, "", "connect over TLS, checking the server against these CAs");
+ABSL_FLAG(std::string, tls_cert, "", "client certificate for mutual TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "private key of --tls_cert");
 ABSL_FLAG(int, concurrency, 8, "requests in flight at once");
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(),
           "how long to run (unless --requests); with --baseline, each mode in each round; "
@@ -134,6 +140,12 @@ int main(int argc, char** argv) {
   config.drain_timeout = absl::GetFlag(FLAGS_drain_timeout);
   const std::string timeline = absl::GetFlag(FLAGS_timeline);
   const std::string request_log = absl::GetFlag(FLAGS_request_log);
+  absl::StatusOr<execd::client::ClientAuth> auth = execd::client::LoadClientAuth(
+      {absl::GetFlag(FLAGS_auth_token_file), absl::GetFlag(FLAGS_tls_ca),
+       absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key)},
+      std::getenv(execd::client::kTokenVariable));
+  if (!auth.ok()) return UsageError(std::string(auth.status().message()).c_str());
+  config.auth = *std::move(auth);
   const int rounds = absl::GetFlag(FLAGS_rounds);
   if (absl::GetFlag(FLAGS_ping) && absl::GetFlag(FLAGS_local)) {
     return UsageError("--ping and --local exclude each other");

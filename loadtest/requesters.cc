@@ -15,7 +15,7 @@ extern char** environ;
 
 namespace execd::loadtest {
 
-ChannelPool::ChannelPool(const std::string& target, int size) {
+ChannelPool::ChannelPool(const std::string& target, int size, const client::ClientAuth& auth) {
   for (int i = 0; i < size; ++i) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
@@ -23,8 +23,7 @@ ChannelPool::ChannelPool(const std::string& target, int size) {
     // global subchannel pool: a local pool and an argument of their own keep them apart.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("execd.channel_id", i);
-    stubs_.push_back(v1::Executor::NewStub(
-        grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args)));
+    stubs_.push_back(v1::Executor::NewStub(client::CreateChannel(target, auth, args)));
   }
 }
 

@@ -24,7 +24,7 @@ namespace execd::loadtest {
 // round-robin, one per request.
 class ChannelPool {
  public:
-  ChannelPool(const std::string& target, int size);
+  ChannelPool(const std::string& target, int size, const client::ClientAuth& auth = {});
   v1::Executor::Stub& Next();
   int size() const { return static_cast<int>(stubs_.size()); }
 

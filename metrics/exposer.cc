@@ -15,7 +15,8 @@
 namespace execd::metrics {
 
 absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& address,
-                                                        std::shared_ptr<Registry> registry) {
+                                                        std::shared_ptr<Registry> registry,
+                                                        BasicAuth basic_auth) {
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
     // One scrape at a time: a caller scraping in a loop costs the server at most one core
@@ -32,6 +33,8 @@ absl::StatusOr<std::unique_ptr<Exposer>> Exposer::Start(const std::string& addre
     return absl::FailedPreconditionError(
         absl::StrCat("--metrics_listen=", address, ": the metrics server listens on no port"));
   }
+  // Before the collectable, so that no scrape reads a metric before the check is in place.
+  if (basic_auth) exposer->RegisterAuth(std::move(basic_auth), "execd metrics");
   exposer->RegisterCollectable(registry);
   std::string host = address.substr(0, address.rfind(':'));
   if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);

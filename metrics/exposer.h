@@ -2,6 +2,7 @@
 // of prometheus-cpp's embedded web server, one scrape at a time), apart from the gRPC port.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,10 +17,16 @@ namespace execd::metrics {
 
 class Exposer {
  public:
+  // Whether a user and password of HTTP basic auth may scrape; called on the web server's
+  // thread for each scrape.
+  using BasicAuth = std::function<bool(const std::string& user, const std::string& password)>;
+
   // Listens on `address` ("host:port"; port 0 picks a free one). FAILED_PRECONDITION naming
-  // the address when it cannot (taken, or not an address of this machine).
+  // the address when it cannot (taken, or not an address of this machine). With
+  // `basic_auth`, a scrape without a user and password it accepts gets 401.
   static absl::StatusOr<std::unique_ptr<Exposer>> Start(const std::string& address,
-                                                        std::shared_ptr<Registry> registry);
+                                                        std::shared_ptr<Registry> registry,
+                                                        BasicAuth basic_auth = nullptr);
   ~Exposer();
 
   // The port it listens on.

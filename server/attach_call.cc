@@ -27,8 +27,8 @@ namespace {
 class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>,
                          public CallBase {
  public:
-  AttachCall(ExecutorService& service, grpc::CallbackServerContext* context)
-      : CallBase(service, context, core::Rpc::kAttach) {
+  AttachCall(ExecutorService& service, grpc::CallbackServerContext* context, std::string caller)
+      : CallBase(service, context, core::Rpc::kAttach, std::move(caller)) {
     writer_.set_metrics(&service.metrics());
     reading_ = true;
     StartRead(&request_);
@@ -347,8 +347,8 @@ class AttachCall final : public grpc::ServerBidiReactor<v1::AttachRequest, v1::A
 }  // namespace
 
 grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* NewAttachCall(
-    ExecutorService& service, grpc::CallbackServerContext* context) {
-  return new AttachCall(service, context);
+    ExecutorService& service, grpc::CallbackServerContext* context, std::string caller) {
+  return new AttachCall(service, context, std::move(caller));
 }
 
 }  // namespace execd::server

@@ -5,14 +5,17 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+
 #include "execd/v1/execd.grpc.pb.h"
 
 namespace execd::server {
 
 class ExecutorService;
 
-// The reactor of one Attach call; it deletes itself when the call is done.
+// The reactor of one Attach call from `caller` (its authenticated identity); it deletes
+// itself when the call is done.
 grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* NewAttachCall(
-    ExecutorService& service, grpc::CallbackServerContext* context);
+    ExecutorService& service, grpc::CallbackServerContext* context, std::string caller);
 
 }  // namespace execd::server

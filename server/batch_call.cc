@@ -23,8 +23,9 @@ namespace {
 class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResult>,
                                   public core::BatchSink {
  public:
-  ExecuteBatchReactor(ExecutorService& service, grpc::CallbackServerContext* context)
-      : service_(service), context_(context) {}
+  ExecuteBatchReactor(ExecutorService& service, grpc::CallbackServerContext* context,
+                      std::string caller)
+      : service_(service), context_(context), caller_(std::move(caller)) {}
 
   void Start(const v1::BatchRequest* request) {
     // gRPC owns the request until the call ends and reads it no more: items' fields (stdin
@@ -33,7 +34,9 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
     absl::Status valid = Check(*request);
     if (!valid.ok()) {
       // Counted and logged as one request: no item exists.
-      ReportCall(service_, core::Rpc::kExecuteBatch, CallInfo{}, context_,
+      CallInfo info;
+      info.identity = caller_;
+      ReportCall(service_, core::Rpc::kExecuteBatch, info, context_,
                  absl::StatusOr<core::Result>(valid), absl::ZeroDuration(), valid.code());
       writer_.Close(ToGrpcStatus(valid));
       return;
@@ -112,6 +115,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
       request = std::move(*request_->mutable_requests(index));
     }
     options->deadline = CallDeadline(service_.dispatcher(), *context_);
+    infos_[index].identity = caller_;
     return PrepareCall(service_.dispatcher(), request, core::CallShape::kUnary, options,
                        &infos_[index]);
   }
@@ -120,6 +124,7 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
 
   ExecutorService& service_;
   grpc::CallbackServerContext* const context_;
+  const std::string caller_;  // Every item's CallInfo::identity.
   v1::BatchRequest* request_ = nullptr;
   bool stdins_ = false;
   // One per item, each written by its Prepare before the item can report.
@@ -137,8 +142,9 @@ class ExecuteBatchReactor final : public grpc::ServerWriteReactor<v1::BatchResul
 
 grpc::ServerWriteReactor<v1::BatchResult>* NewBatchCall(ExecutorService& service,
                                                         grpc::CallbackServerContext* context,
-                                                        const v1::BatchRequest* request) {
-  auto* reactor = new ExecuteBatchReactor(service, context);
+                                                        const v1::BatchRequest* request,
+                                                        std::string caller) {
+  auto* reactor = new ExecuteBatchReactor(service, context, std::move(caller));
   reactor->Start(request);
   return reactor;
 }

@@ -5,15 +5,19 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+
 #include "execd/v1/execd.grpc.pb.h"
 
 namespace execd::server {
 
 class ExecutorService;
 
-// The reactor of one ExecuteBatch call; it deletes itself when the call is done.
+// The reactor of one ExecuteBatch call from `caller` (its authenticated identity, every
+// item's); it deletes itself when the call is done.
 grpc::ServerWriteReactor<v1::BatchResult>* NewBatchCall(ExecutorService& service,
                                                         grpc::CallbackServerContext* context,
-                                                        const v1::BatchRequest* request);
+                                                        const v1::BatchRequest* request,
+                                                        std::string caller);
 
 }  // namespace execd::server

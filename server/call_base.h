@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -24,6 +25,9 @@ namespace execd::server {
 
 // What the transport keeps of a request for its answer and its log line.
 struct CallInfo {
+  // Who asks, as the Authenticator found (server/auth.h); set before PrepareCall, which hands
+  // it to core as CallOptions::caller.
+  std::string identity;
   std::string request_id;
   std::string argv0;
   bool accept_lz4 = false;
@@ -36,6 +40,7 @@ inline absl::StatusOr<core::Command> PrepareCall(core::Dispatcher& dispatcher,
                                                  v1::ExecuteRequest& request, core::CallShape shape,
                                                  core::CallOptions* options, CallInfo* info) {
   info->started = dispatcher.engine().clock().Now();
+  options->caller = info->identity;
   core::CommandRequest command_request = CommandRequestFromProto(request);
   info->request_id = command_request.request_id;
   if (!command_request.argv.empty()) info->argv0 = command_request.argv[0];
@@ -77,14 +82,18 @@ inline void ReportCall(ExecutorService& service, core::Rpc rpc, const CallInfo& 
   }
   service.metrics().CallEnded(rpc, code, times);
   service.log().WriteCall(
-      core::RpcName(rpc), info.request_id, [context] { return context->peer(); }, info.argv0,
-      result, total);
+      core::RpcName(rpc), info.request_id, [context] { return context->peer(); }, info.identity,
+      info.argv0, result, total);
 }
 
 class CallBase : public core::CallSink {
  protected:
-  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, core::Rpc rpc)
-      : service_(service), context_(context), rpc_(rpc), received_(Now()) {}
+  // `caller`: the identity the service authenticated the call as.
+  CallBase(ExecutorService& service, grpc::CallbackServerContext* context, core::Rpc rpc,
+           std::string caller)
+      : service_(service), context_(context), rpc_(rpc), received_(Now()) {
+    info_.identity = std::move(caller);
+  }
 
   absl::StatusOr<core::Command> Prepare(v1::ExecuteRequest& request, core::CallShape shape,
                                         core::CallOptions* options) {
@@ -171,7 +180,8 @@ class CallBase : public core::CallSink {
   grpc::CallbackServerContext* const context_;
   const core::Rpc rpc_;
   const absl::Time received_;
-  CallInfo info_;  // Set in Prepare, before the call can report.
+  CallInfo info_;  // Its identity set at construction, the rest in Prepare, before the call
+                   // can report.
 
  private:
   absl::Mutex mu_;

@@ -20,8 +20,8 @@ namespace {
 class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
  public:
   ExecuteReactor(ExecutorService& service, grpc::CallbackServerContext* context,
-                 v1::ExecuteResponse* response)
-      : CallBase(service, context, core::Rpc::kExecute), response_(response) {}
+                 v1::ExecuteResponse* response, std::string caller)
+      : CallBase(service, context, core::Rpc::kExecute, std::move(caller)), response_(response) {}
 
   // The call's status if it is answered already (a cache hit, a rejected request, or a
   // command that ended before Start returned): the response is complete and this reactor is
@@ -66,8 +66,9 @@ class ExecuteReactor final : public grpc::ServerUnaryReactor, public CallBase {
 class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEvent>,
                                    public CallBase {
  public:
-  ExecuteStreamReactor(ExecutorService& service, grpc::CallbackServerContext* context)
-      : CallBase(service, context, core::Rpc::kExecuteStream) {
+  ExecuteStreamReactor(ExecutorService& service, grpc::CallbackServerContext* context,
+                       std::string caller)
+      : CallBase(service, context, core::Rpc::kExecuteStream, std::move(caller)) {
     writer_.set_metrics(&service.metrics());
   }
 
@@ -116,12 +117,41 @@ class ExecuteStreamReactor final : public grpc::ServerWriteReactor<v1::ExecuteEv
       /*open=*/false};
 };
 
+// A streaming call refused before it started: finished at once, deleted once gRPC is done.
+template <class Reactor>
+class RefusedCall final : public Reactor {
+ public:
+  explicit RefusedCall(const absl::Status& status) { this->Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+// The identity of the caller of `context`'s call of `rpc`. When there is none, the call is
+// counted and logged as refused, and the caller answers it with the error, having done
+// nothing else for it.
+absl::StatusOr<std::string> Authenticate(ExecutorService& service,
+                                         grpc::CallbackServerContext* context, core::Rpc rpc) {
+  absl::StatusOr<std::string> caller = service.authenticator().Authenticate(*context);
+  if (!caller.ok()) {
+    ReportCall(service, rpc, CallInfo{}, context, absl::StatusOr<core::Result>(caller.status()),
+               absl::ZeroDuration(), caller.status().code());
+  }
+  return caller;
+}
+
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* context,
                                                    const v1::ExecuteRequest* request,
                                                    v1::ExecuteResponse* response) {
-  auto* reactor = new ExecuteReactor(*this, context, response);
+  absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kExecute);
+  if (!caller.ok()) return Refuse(context, caller.status());
+  auto* reactor = new ExecuteReactor(*this, context, response, *std::move(caller));
   std::optional<grpc::Status> answered = reactor->Start(*request);
   if (!answered.has_value()) return reactor;
   // Answered at once: finish as Ping does, through gRPC's own inline reactor, which saves
@@ -134,24 +164,39 @@ grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* 
 
 grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
-  auto* reactor = new ExecuteStreamReactor(*this, context);
+  absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kExecuteStream);
+  if (!caller.ok())
+    return new RefusedCall<grpc::ServerWriteReactor<v1::ExecuteEvent>>(caller.status());
+  auto* reactor = new ExecuteStreamReactor(*this, context, *std::move(caller));
   reactor->Start(*request);
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* ExecutorService::Attach(
     grpc::CallbackServerContext* context) {
-  return NewAttachCall(*this, context);
+  absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kAttach);
+  if (!caller.ok()) {
+    return new RefusedCall<grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>>(
+        caller.status());
+  }
+  return NewAttachCall(*this, context, *std::move(caller));
 }
 
 grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(
     grpc::CallbackServerContext* context, const v1::BatchRequest* request) {
-  return NewBatchCall(*this, context, request);
+  absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kExecuteBatch);
+  if (!caller.ok())
+    return new RefusedCall<grpc::ServerWriteReactor<v1::BatchResult>>(caller.status());
+  return NewBatchCall(*this, context, request, *std::move(caller));
 }
 
 grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext* context,
                                                      const v1::StatusRequest* request,
                                                      v1::StatusResponse* response) {
+  if (absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kGetStatus);
+      !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   const absl::Time received = dispatcher_.engine().clock().Now();
   const core::Dispatcher::Stats stats = dispatcher_.stats();
   response->set_running(stats.engine.running);
@@ -192,6 +237,10 @@ grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ExecutorService::Ping(grpc::CallbackServerContext* context,
                                                 const v1::PingRequest* request,
                                                 v1::PingResponse* response) {
+  if (absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kPing);
+      !caller.ok()) {
+    return Refuse(context, caller.status());
+  }
   const absl::Time received = dispatcher_.engine().clock().Now();
   response->set_payload(request->payload());
   CountAnsweredAtOnce(core::Rpc::kPing, received);

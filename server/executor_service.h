@@ -1,7 +1,9 @@
 // ExecutorService implements execd.v1.Executor on gRPC's callback API: no thread per call.
 // It is a transport only: each handler turns its request into a core call, started on the
 // Dispatcher (core's one request path), and the call's events back into messages. Each
-// call's reactor finishes itself when the call reports its end. Thread-safe.
+// call's reactor finishes itself when the call reports its end. Every call is authenticated
+// first (server/auth.h): one that is not gets UNAUTHENTICATED before anything else happens,
+// and the identity of one that is goes with its core call. Thread-safe.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -10,14 +12,16 @@
 #include "execd/v1/execd.grpc.pb.h"
 #include "metrics/registry.h"
 #include "server/arena_allocator.h"
+#include "server/auth.h"
 #include "server/request_log.h"
 
 namespace execd::server {
 
 class ExecutorService final : public v1::Executor::CallbackService {
  public:
-  ExecutorService(core::Dispatcher& dispatcher, RequestLog& log, metrics::Registry& metrics)
-      : dispatcher_(dispatcher), log_(log), metrics_(metrics) {
+  ExecutorService(core::Dispatcher& dispatcher, RequestLog& log, metrics::Registry& metrics,
+                  const Authenticator& authenticator)
+      : dispatcher_(dispatcher), log_(log), metrics_(metrics), authenticator_(authenticator) {
     SetMessageAllocatorFor_Execute(&execute_allocator_);
   }
 
@@ -40,6 +44,7 @@ class ExecutorService final : public v1::Executor::CallbackService {
   core::Dispatcher& dispatcher() { return dispatcher_; }
   RequestLog& log() { return log_; }
   metrics::Registry& metrics() { return metrics_; }
+  const Authenticator& authenticator() const { return authenticator_; }
   // A call answered OK on gRPC's thread, without a core call: counted, not logged.
   void CountAnsweredAtOnce(core::Rpc rpc, absl::Time received) {
     core::CallTimes times;
@@ -52,6 +57,7 @@ class ExecutorService final : public v1::Executor::CallbackService {
   core::Dispatcher& dispatcher_;
   RequestLog& log_;
   metrics::Registry& metrics_;
+  const Authenticator& authenticator_;
 };
 
 }  // namespace execd::server

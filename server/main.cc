@@ -28,6 +28,24 @@ ABSL_FLAG(std::string, listen, kDefaults.listen, "host:port to serve gRPC on");
 ABSL_FLAG(std::string, metrics_listen, kDefaults.metrics_listen,
           "host:port to serve Prometheus metrics on (/metrics); empty: none (GetStatus still "
           "returns them)");
+ABSL_FLAG(std::string, health_listen, kDefaults.health_listen,
+          "host:port of a plaintext listener serving only grpc.health.v1 (for probes that can "
+          "do neither TLS nor tokens); empty: none. Required with --tls_cert");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain (leaf first) to serve gRPC over TLS with; needs --tls_key and "
+          "--health_listen. SIGHUP re-reads it");
+ABSL_FLAG(std::string, tls_key, "", "the unencrypted PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: require a client certificate they signed (mutual TLS); a "
+          "caller's identity is its certificate's subject CN. SIGHUP re-reads it");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens: lines `IDENTITY TOKEN` (# comments); callers send `authorization: "
+          "Bearer TOKEN`. SIGHUP re-reads it");
+ABSL_FLAG(std::string, metrics_auth_file, "",
+          "HTTP basic auth for /metrics: lines `USER PASSWORD` (# comments). SIGHUP re-reads it");
+ABSL_FLAG(bool, insecure, kDefaults.insecure,
+          "serve --listen or --metrics_listen on an address other machines can reach without "
+          "authentication (anyone who reaches --listen can run commands as execd's user)");
 ABSL_FLAG(int, max_concurrency, 0,
           "commands running at once; 0 means 4 per CPU core. More wait in a queue");
 ABSL_FLAG(bool, tuner, kDefaults.tuner.enabled,
@@ -109,6 +127,13 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.containment = *containment;
   c.listen = absl::GetFlag(FLAGS_listen);
   c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  c.health_listen = absl::GetFlag(FLAGS_health_listen);
+  c.auth.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  c.auth.tls_key = absl::GetFlag(FLAGS_tls_key);
+  c.auth.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  c.auth.tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  c.auth.metrics_auth_file = absl::GetFlag(FLAGS_metrics_auth_file);
+  c.insecure = absl::GetFlag(FLAGS_insecure);
   c.version = EXECD_VERSION;
   c.max_concurrency = absl::GetFlag(FLAGS_max_concurrency);
   if (c.max_concurrency == 0) {
@@ -181,7 +206,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGHUP);  // Reload --pools_config.
+  sigaddset(&stop_signals, SIGHUP);  // Reload --pools_config and the authentication files.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // A child closing its stdin early must not kill the server.
 
@@ -200,7 +225,9 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
     if (sig != SIGHUP) break;
-    (void)(*server)->ReloadPools(pools_path);  // It logs what it did, or why not.
+    // Each logs what it did, or why not.
+    (void)(*server)->ReloadPools(pools_path);
+    (void)(*server)->ReloadAuth();
   }
   // The drain runs on its own thread so that this one keeps listening: a second SIGTERM or
   // Ctrl-C cuts the drain short, as an operator who sent it expects.

@@ -24,7 +24,7 @@ std::string Timestamp(absl::Time now) {
 std::string RequestLog::Format(const Entry& e, absl::Time now) {
   std::string line =
       absl::StrCat("ts=", Timestamp(now), " rpc=", e.rpc, " request_id=", Quoted(e.request_id),
-                   " peer=", e.peer, " argv0=", Quoted(e.argv0));
+                   " peer=", e.peer, " identity=", Quoted(e.identity), " argv0=", Quoted(e.argv0));
   if (e.result != nullptr && e.result->ok()) {
     const core::Result& r = **e.result;
     absl::StrAppend(&line, " status=OK termination=", core::TerminationName(r.termination),
@@ -54,14 +54,16 @@ RequestLog::~RequestLog() {
 }
 
 void RequestLog::WriteCall(absl::string_view rpc, absl::string_view request_id,
-                           const std::function<std::string()>& peer, absl::string_view argv0,
-                           const absl::StatusOr<core::Result>& result, absl::Duration total) {
+                           const std::function<std::string()>& peer, absl::string_view identity,
+                           absl::string_view argv0, const absl::StatusOr<core::Result>& result,
+                           absl::Duration total) {
   if (!enabled_) return;
   const std::string peer_name = peer();
   Entry entry;
   entry.rpc = rpc;
   entry.request_id = request_id;
   entry.peer = peer_name;
+  entry.identity = identity;
   entry.argv0 = argv0;
   entry.result = &result;
   entry.total = total;

@@ -33,6 +33,7 @@ class RequestLog {
     absl::string_view rpc;
     absl::string_view request_id;
     absl::string_view peer;
+    absl::string_view identity;  // Who the caller proved to be (server/auth.h); empty: nobody.
     absl::string_view argv0;
     const absl::StatusOr<core::Result>* result = nullptr;  // Or the status it failed with.
     absl::Duration total;
@@ -41,8 +42,9 @@ class RequestLog {
   // The line of a finished call from `peer` that took `total` (called only when the log is
   // on: finding the peer costs an allocation).
   void WriteCall(absl::string_view rpc, absl::string_view request_id,
-                 const std::function<std::string()>& peer, absl::string_view argv0,
-                 const absl::StatusOr<core::Result>& result, absl::Duration total);
+                 const std::function<std::string()>& peer, absl::string_view identity,
+                 absl::string_view argv0, const absl::StatusOr<core::Result>& result,
+                 absl::Duration total);
 
   // A logfmt line for `entry` (exposed for tests).
   static std::string Format(const Entry& entry, absl::Time now);

@@ -2,6 +2,8 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 
 #include <utility>
 
@@ -67,9 +69,78 @@ absl::Status CheckListenPort(absl::string_view flag, const std::string& listen) 
   int value = -1;
   if (port.empty() || port.size() > 5 || !absl::c_all_of(port, absl::ascii_isdigit) ||
       !absl::SimpleAtoi(port, &value) || value > 65535) {
+    const absl::string_view example = flag == "listen"           ? "50051"
+                                      : flag == "metrics_listen" ? "9464"
+                                                                 : "50052";
     return absl::InvalidArgumentError(absl::StrCat(
         "--", flag, "=", listen, " needs a port from 0 to 65535 (0: any free port), as in ",
-        flag == "listen" ? "127.0.0.1:50051 or [::]:50051" : "127.0.0.1:9464 or [::]:9464"));
+        "127.0.0.1:", example, " or [::]:", example));
+  }
+  return absl::OkStatus();
+}
+
+// A listener on an address other machines can reach, which does not check who calls or
+// lets secrets cross the network unencrypted, and what to do about it.
+struct OpenListener {
+  absl::string_view flag;
+  std::string address;
+  std::string why;
+  std::string remedy;
+};
+
+std::vector<OpenListener> OpenListeners(const ServerConfig& c) {
+  std::vector<OpenListener> open;
+  if (!OnlyLocallyReachable(c.listen)) {
+    if (!c.auth.authenticates()) {
+      open.push_back({"listen", c.listen,
+                      "no authentication: anyone who reaches it can run commands as execd's user",
+                      "authenticate callers (--auth_tokens_file with --tls_cert and --tls_key, or "
+                      "mutual TLS with --tls_client_ca; see the README's Security section) or "
+                      "listen on 127.0.0.1"});
+    } else if (!c.auth.tls()) {
+      open.push_back({"listen", c.listen,
+                      "bearer tokens but no TLS: the tokens would cross the network unencrypted",
+                      "add --tls_cert and --tls_key"});
+    }
+  }
+  if (!c.metrics_listen.empty() && !OnlyLocallyReachable(c.metrics_listen) &&
+      c.auth.metrics_auth_file.empty()) {
+    open.push_back({"metrics_listen", c.metrics_listen,
+                    "no --metrics_auth_file: anyone who reaches it can read the metrics",
+                    "give --metrics_auth_file or serve metrics on 127.0.0.1"});
+  }
+  return open;
+}
+
+absl::Status CheckAuth(const ServerConfig& c) {
+  const AuthConfig& a = c.auth;
+  if (a.tls_cert.empty() != a.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert and --tls_key go together: give both (the certificate chain and its "
+        "private key) or neither");
+  }
+  if (a.mutual_tls() && !a.tls()) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca asks callers for certificates, which only TLS carries: give "
+        "--tls_cert and --tls_key too");
+  }
+  if (a.tls() && c.health_listen.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert: health probes (Kubernetes' gRPC probes among them) can do neither TLS nor "
+        "tokens; give --health_listen=HOST:PORT, a plaintext port that serves only "
+        "grpc.health.v1");
+  }
+  if (!a.metrics_auth_file.empty() && c.metrics_listen.empty()) {
+    return absl::InvalidArgumentError(
+        "--metrics_auth_file protects /metrics, but --metrics_listen is empty: serve metrics, "
+        "or drop --metrics_auth_file");
+  }
+  if (!c.health_listen.empty()) RETURN_IF_ERROR(CheckListenPort("health_listen", c.health_listen));
+  if (const std::vector<OpenListener> open = OpenListeners(c); !open.empty() && !c.insecure) {
+    const OpenListener& first = open.front();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", first.flag, "=", first.address, " is reachable from other machines with ", first.why,
+        ". To fix: ", first.remedy, "; or pass --insecure to serve it anyway"));
   }
   return absl::OkStatus();
 }
@@ -129,7 +200,38 @@ absl::Status CheckConfig(const ServerConfig& c) {
   }
   if (!c.metrics_listen.empty())
     RETURN_IF_ERROR(CheckListenPort("metrics_listen", c.metrics_listen));
-  return CheckListenPort("listen", c.listen);
+  RETURN_IF_ERROR(CheckListenPort("listen", c.listen));
+  return CheckAuth(c);
+}
+
+// gRPC 1.51 predates fixes for several HTTP/2 abuse CVEs: bound what one connection may ask
+// of a server.
+void LimitConnections(grpc::ServerBuilder& builder) {
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1024);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  // gRPC sets SO_REUSEPORT by default: a second execd on a busy port would start and take
+  // a share of its connections instead of failing.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+}
+
+// Once initialised, the reflection plugin joins every server built after; the health-only
+// server serves health and nothing else.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
+
+std::string AuthenticationMode(const AuthConfig& a) {
+  std::vector<absl::string_view> modes;
+  if (!a.tokens_file.empty()) modes.push_back("tokens");
+  if (a.mutual_tls()) modes.push_back("mutual_tls");
+  return modes.empty() ? "none" : absl::StrJoin(modes, ",");
 }
 
 class EnginePlant final : public core::AutoTuner::Plant {
@@ -219,6 +321,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   policy.max_stream_chunk_bytes = std::min<int64_t>(
       policy.max_stream_chunk_bytes, server->config_.max_message_bytes - kResponseOverhead);
   const ServerConfig& c = server->config_;
+  // First, as a file that does not check out should stop start-up before anything starts.
+  ASSIGN_OR_RETURN(server->authenticator_, Authenticator::Create(c.auth));
+  const Authenticator* authenticator = server->authenticator_.get();
 
   core::Engine::Options engine_options;
   engine_options.max_concurrency = c.max_concurrency;
@@ -243,46 +348,101 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
     return snapshot;
   });
   if (!c.metrics_listen.empty()) {
-    auto exposer = metrics::Exposer::Start(c.metrics_listen, server->metrics_);
+    metrics::Exposer::BasicAuth basic_auth;
+    if (!c.auth.metrics_auth_file.empty()) {
+      basic_auth = [authenticator](const std::string& user, const std::string& password) {
+        return authenticator->CheckMetricsUser(user, password);
+      };
+    }
+    auto exposer = metrics::Exposer::Start(c.metrics_listen, server->metrics_, basic_auth);
     if (!exposer.ok()) return exposer.status();
     server->exposer_ = *std::move(exposer);
   }
-  server->service_ =
-      std::make_unique<ExecutorService>(*server->dispatcher_, server->log_, *server->metrics_);
+  server->service_ = std::make_unique<ExecutorService>(*server->dispatcher_, server->log_,
+                                                       *server->metrics_, *authenticator);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(c.listen, authenticator->ServerCredentials(), &server->port_);
   builder.RegisterService(server->service_.get());
   builder.SetMaxReceiveMessageSize(c.max_message_bytes);
   builder.SetMaxSendMessageSize(c.max_message_bytes);
-  // gRPC 1.51 predates fixes for several HTTP/2 abuse CVEs: bound what one connection may
-  // ask of the server.
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1024);
-  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
-  // gRPC sets SO_REUSEPORT by default: a second execd on a busy port would start and take
-  // a share of its connections instead of failing.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  LimitConnections(builder);
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", c.listen,
                                                " (address in use, or not a valid host:port)"));
   }
-  grpc::HealthCheckServiceInterface* health = server->grpc_server_->GetHealthCheckService();
-  health->SetServingStatus(true);
-  health->SetServingStatus(v1::Executor::service_full_name(), true);
+  if (!c.health_listen.empty()) {
+    if (absl::Status s = server->StartHealthServer(); !s.ok()) {
+      server->grpc_server_.reset();  // It served nothing yet: no drain to wait for.
+      return s;
+    }
+  }
+  server->SetServing(true);
   server->log_.Event(absl::StrCat("event=containment mechanism=\"",
                                   server->engine_->containment().Describe(), "\""));
-  server->log_.Event(absl::StrCat("event=listening addr=", c.listen, " port=", server->port_,
-                                  " metrics_port=", server->metrics_port(), " max_concurrency=",
-                                  server->engine_->stats().limit, " memory_budget_bytes=", budget));
+  server->log_.Event(absl::StrCat("event=authentication mode=", AuthenticationMode(c.auth), " tls=",
+                                  c.auth.tls() ? "on " : "off ", authenticator->summary()));
+  if (c.insecure) {
+    for (const OpenListener& open : OpenListeners(c)) {
+      server->log_.Event(absl::StrCat("event=insecure level=warning listener=", open.flag,
+                                      " addr=", open.address, " reason=\"", open.why, "\""));
+    }
+  }
+  server->log_.Event(absl::StrCat(
+      "event=listening addr=", c.listen, " port=", server->port_,
+      " metrics_port=", server->metrics_port(), " health_port=", server->health_port_,
+      " max_concurrency=", server->engine_->stats().limit, " memory_budget_bytes=", budget));
   if (server->tuner_ != nullptr) server->tuner_->Start();
   return server;
 }
 
 Server::~Server() { Shutdown(); }
+
+absl::Status Server::StartHealthServer() {
+  health_fallback_ = std::make_unique<grpc::CallbackGenericService>();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config_.health_listen, grpc::InsecureServerCredentials(), &health_port_);
+  builder.RegisterCallbackGenericService(health_fallback_.get());
+  builder.SetOption(std::make_unique<WithoutReflection>());
+  builder.SetMaxReceiveMessageSize(4 << 10);  // A health request names a service.
+  LimitConnections(builder);
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ == nullptr || health_port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on --health_listen=", config_.health_listen,
+                     " (address in use, or not a valid host:port)"));
+  }
+  return absl::OkStatus();
+}
+
+void Server::SetServing(bool serving) {
+  for (grpc::Server* server : {grpc_server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus(serving);
+    health->SetServingStatus(v1::Executor::service_full_name(), serving);
+  }
+}
+
+absl::Status Server::ReloadAuth() {
+  absl::StatusOr<std::string> reloaded = authenticator_->Reload();
+  if (absl::IsFailedPrecondition(reloaded.status())) {
+    log_.Event(absl::StrCat("event=auth_reload_skipped reason=\"",
+                            absl::CEscape(reloaded.status().message()), "\""));
+    return reloaded.status();
+  }
+  if (!reloaded.ok()) {
+    log_.Event(absl::StrCat("event=auth_reload_failed error=\"",
+                            absl::CEscape(reloaded.status().message()),
+                            "\" kept=\"what was trusted before\""));
+    return reloaded.status();
+  }
+  log_.Event(absl::StrCat("event=auth_reloaded ", *reloaded));
+  return absl::OkStatus();
+}
 
 absl::Status Server::ReloadPools(const std::string& path) {
   if (path.empty()) {  // Said, so that an operator's SIGHUP is not met with silence.
@@ -316,7 +476,7 @@ void Server::Shutdown() {
   // to their callers as CANCELLED.
   // Refuse first, then announce: whoever sees NOT_SERVING can rely on being refused.
   engine_->StopAccepting();
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  SetServing(false);
   core::Engine::Stats before = engine_->stats();
   absl::Time start = absl::Now();
   engine_->Shutdown(config_.drain_timeout);
@@ -325,6 +485,11 @@ void Server::Shutdown() {
   // Every Execute call has its answer now; what is left (Ping, health) ends quickly.
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   grpc_server_->Wait();
+  // Probes see NOT_SERVING until the main listener is gone.
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    health_server_->Wait();
+  }
   log_.Event("event=stopped");
 }
 

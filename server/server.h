@@ -1,5 +1,6 @@
 // Server: builds the engine and the gRPC server (Executor, health, reflection) from a
-// ServerConfig, and tears them down in reverse order. Thread-safe.
+// ServerConfig, with its authentication and, when asked for, a plaintext listener for health
+// probes only; and tears them down in reverse order. Thread-safe.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -15,6 +16,7 @@
 #include "core/validate.h"
 #include "metrics/exposer.h"
 #include "metrics/registry.h"
+#include "server/auth.h"
 #include "server/executor_service.h"
 #include "server/request_log.h"
 
@@ -25,6 +27,14 @@ struct ServerConfig {
   // host:port for Prometheus' scrapes (/metrics); empty: none. Metrics are recorded either
   // way (GetStatus returns them).
   std::string metrics_listen = "127.0.0.1:9464";
+  // host:port of a plaintext listener that serves only grpc.health.v1, following the main
+  // listener's status: for probes that can do neither TLS nor tokens. Empty: none (required
+  // with TLS).
+  std::string health_listen;
+  // TLS, tokens, client certificates, the users of /metrics (server/auth.h).
+  AuthConfig auth;
+  // Serve on a non-loopback address without authentication, with a warning in the log.
+  bool insecure = false;
   std::string version = "dev";  // execd_build_info's version.
   int max_concurrency = 8;      // The limit; with the tuner on, where it starts.
   // The auto-tuner (core/auto_tuner.h): moves the concurrency limit with the load.
@@ -66,6 +76,8 @@ class Server {
   int port() const { return port_; }
   // The metrics port, or 0 when none is served.
   int metrics_port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }
+  // The health-only port, or 0 when none is served.
+  int health_port() const { return health_port_; }
   metrics::Registry& metrics() { return *metrics_; }
   // The auto-tuner, or null when it is off.
   core::AutoTuner* tuner() { return tuner_.get(); }
@@ -84,11 +96,18 @@ class Server {
   // workers and refill. Logs the outcome; on error the running pools stay as they were.
   // With no file (`path` empty) there is nothing to reload: FAILED_PRECONDITION, logged.
   absl::Status ReloadPools(const std::string& path);
+  // Re-reads the authentication files (SIGHUP), all or nothing; logs the outcome. On error
+  // what was trusted stays trusted. With no such file: FAILED_PRECONDITION, logged.
+  absl::Status ReloadAuth();
 
  private:
   explicit Server(ServerConfig config);
   // Builds the tuner from config_.tuner (it starts stepping once the server serves).
   absl::Status StartTuner();
+  // Starts the health-only listener of config_.health_listen.
+  absl::Status StartHealthServer();
+  // Every grpc.health.v1 service of ours says `serving`, for every service name.
+  void SetServing(bool serving);
 
   ServerConfig config_;
   RequestLog log_;
@@ -99,11 +118,18 @@ class Server {
   std::unique_ptr<core::AutoTuner::Plant> plant_;
   // Steers the engine: stops before it goes.
   std::unique_ptr<core::AutoTuner> tuner_;
+  // Outlives the gRPC servers and the exposer, which ask it who calls.
+  std::unique_ptr<Authenticator> authenticator_;
   // Stops serving scrapes (which read the engine and dispatcher) before they go.
   std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<ExecutorService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  // Gives the health-only server the callback machinery gRPC's own health service needs,
+  // and answers UNIMPLEMENTED for every other method.
+  std::unique_ptr<grpc::CallbackGenericService> health_fallback_;
+  std::unique_ptr<grpc::Server> health_server_;
   int port_ = 0;
+  int health_port_ = 0;
   bool shut_down_ = false;
 };
 

@@ -12,7 +12,8 @@
 namespace execd::execctl {
 
 const char kUsage[] =
-    "usage: execctl [--target=HOST:PORT] COMMAND [flags]\n"
+    "usage: execctl [--target=HOST:PORT] [--auth_token_file=FILE] [--tls_ca=FILE]\n"
+    "               [--tls_cert=FILE --tls_key=FILE] COMMAND [flags]\n"
     "\n"
     "commands:\n"
     "  run [flags] -- PROGRAM [ARGS...] ['|' PROGRAM [ARGS...]]...\n"
@@ -55,6 +56,10 @@ const char kUsage[] =
     "      --iterations=N        stop after N frames (default 0: until Ctrl-C)\n"
     "\n"
     "--target defaults to $EXECD_TARGET, else 127.0.0.1:50051.\n"
+    "authentication: --auth_token_file=FILE (default: $EXECD_TOKEN) sends the token in it as\n"
+    "  `authorization: Bearer TOKEN`; --tls_ca=FILE connects over TLS, checking the server's\n"
+    "  certificate against these CAs; --tls_cert and --tls_key present a client certificate\n"
+    "  (mutual TLS).\n"
     "exit codes: the command's own code; 128+N when killed by signal N; 124 timed out;\n"
     "  127 not found; 126 permission denied; 125 any other execctl or RPC error, or a\n"
     "  command execd stopped (a limit, a cancel) that exited 0 all the same.\n";
@@ -128,13 +133,15 @@ absl::Status ParsePriority(const std::string& value, Args& out) {
   return absl::OkStatus();
 }
 
-std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
-  auto set = [](std::string& field) {
-    return [&field](const std::string& v) {
-      field = v;
-      return absl::OkStatus();
-    };
+// A flag that sets `field` to its value.
+FlagHandler Set(std::string& field) {
+  return [&field](const std::string& v) {
+    field = v;
+    return absl::OkStatus();
   };
+}
+
+std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
   switch (command) {
     case Args::Command::kRun:
       return {
@@ -149,16 +156,16 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
              return absl::OkStatus();
            }},
           {"timeout", true, DurationFlag("timeout", out.timeout)},
-          {"stdin", true, set(out.stdin_path)},
+          {"stdin", true, Set(out.stdin_path)},
           {"env", true, [&out](const std::string& v) { return ParseEnv(v, out); }},
           {"inherit_env", true,
            [&out](const std::string& v) {
              out.inherit_env.push_back(v);
              return absl::OkStatus();
            }},
-          {"cwd", true, set(out.cwd)},
+          {"cwd", true, Set(out.cwd)},
           {"max_output_bytes", true, CountFlag("max_output_bytes", out.max_output_bytes)},
-          {"request_id", true, set(out.request_id)},
+          {"request_id", true, Set(out.request_id)},
           {"priority", true, [&out](const std::string& v) { return ParsePriority(v, out); }},
           {"max_queue_time", true, DurationFlag("max_queue_time", out.max_queue_time)},
           {"cpu_time", true, DurationFlag("cpu_time", out.cpu_time)},
@@ -167,7 +174,7 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
           {"max_open_files", true, CountFlag("max_open_files", out.max_open_files)},
           {"max_file_size_bytes", true, CountFlag("max_file_size_bytes", out.max_file_size_bytes)},
           {"cpu_affinity", true, [&out](const std::string& v) { return ParseAffinity(v, out); }},
-          {"pool", true, set(out.pool)},
+          {"pool", true, Set(out.pool)},
           {"cache", true, [&out](const std::string& v) { return ParseCache(v, out); }},
           {"cache_ttl", true, DurationFlag("cache_ttl", out.cache_ttl)},
           {"stream_chunk_bytes", true, CountFlag("stream_chunk_bytes", out.stream_chunk_bytes)},
@@ -189,9 +196,9 @@ std::vector<FlagSpec> FlagsFor(Args::Command command, Args& out) {
       return flags;
     }
     case Args::Command::kHealth:
-      return {{"service", true, set(out.service)}};
+      return {{"service", true, Set(out.service)}};
     case Args::Command::kPing:
-      return {{"payload", true, set(out.payload)}};
+      return {{"payload", true, Set(out.payload)}};
     case Args::Command::kTop:
       return {
           {"interval", true,
@@ -243,10 +250,11 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& args,
   Args out;
   if (!default_target.empty()) out.target = default_target;
   size_t i = 0;
-  std::vector<FlagSpec> global = {{"target", true, [&out](const std::string& v) {
-                                     out.target = v;
-                                     return absl::OkStatus();
-                                   }}};
+  std::vector<FlagSpec> global = {{"target", true, Set(out.target)},
+                                  {"auth_token_file", true, Set(out.auth.token_file)},
+                                  {"tls_ca", true, Set(out.auth.tls_ca)},
+                                  {"tls_cert", true, Set(out.auth.tls_cert)},
+                                  {"tls_key", true, Set(out.auth.tls_key)}};
   for (; i < args.size(); ++i) {
     ASSIGN_OR_RETURN(bool matched, ApplyFlag(global, args, i));
     if (!matched) break;

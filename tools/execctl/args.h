@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tools/client_auth.h"
 
 namespace execd::execctl {
 
@@ -15,6 +16,7 @@ struct Args {
   enum class Command { kRun, kAttach, kHealth, kPing, kStatus, kTop, kHelp };
   Command command = Command::kHelp;
   std::string target = "127.0.0.1:50051";
+  client::ClientAuthFiles auth;  // Global: how to authenticate to the target.
   // run and attach
   std::vector<std::string> argv;
   std::vector<std::pair<std::string, std::string>> env;

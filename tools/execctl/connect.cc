@@ -8,11 +8,11 @@
 
 namespace execd::execctl {
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
+std::shared_ptr<grpc::Channel> Connect(const std::string& target, const client::ClientAuth& auth) {
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(-1);
   channel_args.SetMaxSendMessageSize(-1);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), channel_args);
+  return client::CreateChannel(target, auth, channel_args);
 }
 
 int ExitForRpcError(const grpc::Status& status, const std::string& target) {
@@ -24,6 +24,14 @@ int ExitForRpcError(const grpc::Status& status, const std::string& target) {
       (absl::StrContains(status.error_message(), "failed to connect") ||
        absl::StrContains(status.error_message(), "Connection refused"))) {
     std::cerr << " (is execd running at " << target << "?)";
+  } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+             absl::StrContains(status.error_message(), "Ssl handshake failed")) {
+    std::cerr << " (TLS: did the CA of --tls_ca sign the server's certificate, and does the "
+                 "certificate name the host of --target?)";
+  } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+             absl::StrContains(status.error_message(), "Socket closed")) {
+    std::cerr << " (the server closed the connection: does it want TLS (--tls_ca) or a client "
+                 "certificate (--tls_cert and --tls_key)?)";
   }
   std::cerr << "\n";
   switch (status.error_code()) {

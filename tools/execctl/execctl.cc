@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -169,7 +170,7 @@ v1::ExecuteRequest RequestFromArgs(const Args& args) {
   return request;
 }
 
-int Run(const Args& args) {
+int Run(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
   v1::ExecuteRequest request = RequestFromArgs(args);
   auto stdin_data = ReadStdin(args.stdin_path);
   if (!stdin_data.ok()) {
@@ -178,7 +179,7 @@ int Run(const Args& args) {
   }
   request.set_stdin(*std::move(stdin_data));
 
-  auto stub = v1::Executor::NewStub(Connect(args.target));
+  auto stub = v1::Executor::NewStub(channel);
   grpc::ClientContext context;
   if (!args.stream) {
     v1::ExecuteResponse response;
@@ -306,7 +307,7 @@ void Forward(AttachStream& stream, grpc::ClientContext& context, int* ended_by) 
   }
 }
 
-int Attach(const Args& args) {
+int Attach(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
   v1::AttachRequest start;
   *start.mutable_start() = RequestFromArgs(args);
   const bool local_terminal = args.tty && isatty(STDIN_FILENO);
@@ -322,7 +323,7 @@ int Attach(const Args& args) {
   if (args.tty) sigaction(SIGWINCH, &action, nullptr);
   RawTerminal raw(local_terminal);
 
-  auto stub = v1::Executor::NewStub(Connect(args.target));
+  auto stub = v1::Executor::NewStub(channel);
   grpc::ClientContext context;
   std::unique_ptr<AttachStream> stream = stub->Attach(&context);
   int ended_by = 0;
@@ -362,8 +363,8 @@ int Attach(const Args& args) {
   return ExitForResult(exited, args.pipefail);
 }
 
-int Health(const Args& args) {
-  auto stub = grpc::health::v1::Health::NewStub(Connect(args.target));
+int Health(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::health::v1::HealthCheckRequest request;
@@ -375,8 +376,8 @@ int Health(const Args& args) {
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
-int Ping(const Args& args) {
-  auto stub = v1::Executor::NewStub(Connect(args.target));
+int Ping(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::Executor::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::PingRequest request;
@@ -390,8 +391,8 @@ int Ping(const Args& args) {
   return 0;
 }
 
-int Status(const Args& args) {
-  auto stub = v1::Executor::NewStub(Connect(args.target));
+int Status(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = v1::Executor::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::StatusResponse response;
@@ -423,23 +424,33 @@ int Status(const Args& args) {
 }  // namespace
 
 int RunCommand(const Args& args) {
+  if (args.command == Args::Command::kHelp) {
+    std::cout << kUsage;
+    return 0;
+  }
+  absl::StatusOr<client::ClientAuth> auth =
+      client::LoadClientAuth(args.auth, std::getenv(client::kTokenVariable));
+  if (!auth.ok()) {
+    std::cerr << "execctl: " << auth.status().message() << "\n";
+    return kExitError;
+  }
+  const std::shared_ptr<grpc::Channel> channel = Connect(args.target, *auth);
   switch (args.command) {
     case Args::Command::kRun:
-      return Run(args);
+      return Run(args, channel);
     case Args::Command::kAttach:
-      return Attach(args);
+      return Attach(args, channel);
     case Args::Command::kHealth:
-      return Health(args);
+      return Health(args, channel);
     case Args::Command::kPing:
-      return Ping(args);
+      return Ping(args, channel);
     case Args::Command::kStatus:
-      return Status(args);
+      return Status(args, channel);
     case Args::Command::kTop:
-      return Top(args);
+      return Top(args, channel);
     case Args::Command::kHelp:
       break;
   }
-  std::cout << kUsage;
   return 0;
 }
 

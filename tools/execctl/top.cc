@@ -87,14 +87,14 @@ void Draw(const std::string& frame, bool terminal, bool first) {
 
 }  // namespace
 
-int Top(const Args& args) {
+int Top(const Args& args, const std::shared_ptr<grpc::Channel>& channel) {
   if (!WatchInterrupt()) {
     std::cerr << "execctl: cannot watch for Ctrl-C: " << strerror(errno) << "\n";
     return kExitError;
   }
   const bool terminal = isatty(STDOUT_FILENO) == 1;
   const core::Clock& clock = core::MonotonicClock::Get();
-  auto stub = v1::Executor::NewStub(Connect(args.target));
+  auto stub = v1::Executor::NewStub(channel);
   MetricsSnapshot after;
   grpc::Status status = TakeSnapshot(*stub, clock, &after);
   if (!status.ok()) return ExitForRpcError(status, args.target);

@@ -3,12 +3,16 @@
 // redraws the screen in place, otherwise frames follow one another apart by a blank line.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+
 #include "tools/execctl/args.h"
 
 namespace execd::execctl {
 
 // Runs until --iterations frames are drawn or Ctrl-C (exit 0); when a snapshot cannot be
 // taken (the server went away), says why and returns the RPC error's exit code.
-int Top(const Args& args);
+int Top(const Args& args, const std::shared_ptr<grpc::Channel>& channel);
 
 }  // namespace execd::execctl
