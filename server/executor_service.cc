@@ -165,8 +165,9 @@ grpc::ServerUnaryReactor* ExecutorService::Execute(grpc::CallbackServerContext* 
 grpc::ServerWriteReactor<v1::ExecuteEvent>* ExecutorService::ExecuteStream(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
   absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kExecuteStream);
-  if (!caller.ok())
+  if (!caller.ok()) {
     return new RefusedCall<grpc::ServerWriteReactor<v1::ExecuteEvent>>(caller.status());
+  }
   auto* reactor = new ExecuteStreamReactor(*this, context, *std::move(caller));
   reactor->Start(*request);
   return reactor;
@@ -185,8 +186,9 @@ grpc::ServerBidiReactor<v1::AttachRequest, v1::AttachEvent>* ExecutorService::At
 grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(
     grpc::CallbackServerContext* context, const v1::BatchRequest* request) {
   absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kExecuteBatch);
-  if (!caller.ok())
+  if (!caller.ok()) {
     return new RefusedCall<grpc::ServerWriteReactor<v1::BatchResult>>(caller.status());
+  }
   return NewBatchCall(*this, context, request, *std::move(caller));
 }
 

@@ -429,7 +429,7 @@ void Server::SetServing(bool serving) {
 
 absl::Status Server::ReloadAuth() {
   absl::StatusOr<std::string> reloaded = authenticator_->Reload();
-  if (absl::IsFailedPrecondition(reloaded.status())) {
+  if (!authenticator_->config().any_file()) {
     log_.Event(absl::StrCat("event=auth_reload_skipped reason=\"",
                             absl::CEscape(reloaded.status().message()), "\""));
     return reloaded.status();

@@ -19,19 +19,18 @@ int ExitForRpcError(const grpc::Status& status, const std::string& target) {
   std::cerr << "execctl: "
             << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": "
             << status.error_message();
-  // A connection failure, not an UNAVAILABLE the server sent (draining, a worker crash).
-  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-      (absl::StrContains(status.error_message(), "failed to connect") ||
-       absl::StrContains(status.error_message(), "Connection refused"))) {
-    std::cerr << " (is execd running at " << target << "?)";
-  } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-             absl::StrContains(status.error_message(), "Ssl handshake failed")) {
+  // A connection failure, not an UNAVAILABLE the server sent (draining, a worker crash). A
+  // TLS handshake that failed reads as one too, so it is looked for first.
+  const bool unavailable = status.error_code() == grpc::StatusCode::UNAVAILABLE;
+  if (unavailable && absl::StrContains(status.error_message(), "Ssl handshake failed")) {
     std::cerr << " (TLS: did the CA of --tls_ca sign the server's certificate, and does the "
                  "certificate name the host of --target?)";
-  } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-             absl::StrContains(status.error_message(), "Socket closed")) {
+  } else if (unavailable && absl::StrContains(status.error_message(), "Socket closed")) {
     std::cerr << " (the server closed the connection: does it want TLS (--tls_ca) or a client "
                  "certificate (--tls_cert and --tls_key)?)";
+  } else if (unavailable && (absl::StrContains(status.error_message(), "failed to connect") ||
+                             absl::StrContains(status.error_message(), "Connection refused"))) {
+    std::cerr << " (is execd running at " << target << "?)";
   }
   std::cerr << "\n";
   switch (status.error_code()) {
