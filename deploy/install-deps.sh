@@ -12,6 +12,7 @@ build_packages=(
   libabsl-dev prometheus-cpp-dev liblz4-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   lz4 clang python3
+  openssl  # the tests make their TLS certificates with it
   python3-grpcio python3-protobuf
   prometheus  # a real Prometheus (and promtool) for the metrics tests; they start their own
   gnuplot-nox  # loadtest/bench_tuner.sh's plot of the limit over time

@@ -14,6 +14,10 @@ execd_test(arena_allocator_test
   SOURCES server/arena_allocator_test.cc
   LIBS server)
 
+execd_test(auth_test
+  SOURCES server/auth_test.cc
+  LIBS server test_support)
+
 execd_test(executor_service_test
   SOURCES server/executor_service_test.cc
   LIBS test_server test_support)
@@ -42,6 +46,17 @@ target_compile_definitions(binaries_test PRIVATE
   LOADTEST_BIN="$<TARGET_FILE:execd-loadtest>"
   TEST_WORKER_BIN="$<TARGET_FILE:execd-test-worker>")
 add_dependencies(binaries_test execd execctl execd-loadtest execd-test-worker)
+
+# Authentication end to end: TLS, mutual TLS, tokens, the health port, metrics' basic auth,
+# over certificates the test makes with openssl.
+execd_test(authentication_test
+  SOURCES server/authentication_test.cc
+  LIBS test_support execd_proto reflection_client_proto gRPC::grpc++)
+target_compile_definitions(authentication_test PRIVATE
+  EXECD_BIN="$<TARGET_FILE:execd>"
+  EXECCTL_BIN="$<TARGET_FILE:execctl>"
+  LOADTEST_BIN="$<TARGET_FILE:execd-loadtest>")
+add_dependencies(authentication_test execd execctl execd-loadtest)
 
 # execctl top on a terminal, piped, interrupted and losing its server.
 execd_test(top_test

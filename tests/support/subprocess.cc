@@ -289,6 +289,7 @@ ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::s
   // The server announces its port: "event=listening addr=127.0.0.1:0 port=NNNN ...".
   if (!WaitForLog("event=listening", absl::Seconds(20))) return;
   std::string text = log();
+  text = text.substr(text.find("event=listening"));
   size_t at = text.find(" port=");
   if (at == std::string::npos) return;
   std::string port = text.substr(at + 6, text.find(' ', at + 6) - at - 6);
@@ -297,6 +298,10 @@ ServerProcess::ServerProcess(const std::string& binary, const std::vector<std::s
   if (at == std::string::npos) return;
   port = text.substr(at + 14, text.find(' ', at + 14) - at - 14);
   absl::SimpleAtoi(port, &metrics_port_);
+  at = text.find(" health_port=");
+  if (at == std::string::npos) return;
+  port = text.substr(at + 13, text.find(' ', at + 13) - at - 13);
+  absl::SimpleAtoi(port, &health_port_);
 }
 
 ServerProcess::~ServerProcess() {

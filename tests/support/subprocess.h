@@ -79,6 +79,8 @@ class ServerProcess {
   int port() const { return port_; }
   // The port of its /metrics (0: none).
   int metrics_port() const { return metrics_port_; }
+  // The port of its health-only listener (0: none).
+  int health_port() const { return health_port_; }
   pid_t pid() const { return pid_; }
   std::string target() const { return "127.0.0.1:" + std::to_string(port_); }
   // Everything the server wrote to stderr so far.
@@ -93,6 +95,7 @@ class ServerProcess {
   int pidfd_ = -1;
   int port_ = 0;
   int metrics_port_ = 0;
+  int health_port_ = 0;
   absl::Mutex mu_;
   std::string log_ ABSL_GUARDED_BY(mu_);
   std::thread reader_;
