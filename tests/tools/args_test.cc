@@ -24,6 +24,18 @@ TEST(ExecctlArgs, RunTakesFlagsThenTheCommandAfterDoubleDash) {
   EXPECT_THAT(a->argv, ElementsAre("/bin/echo", "--not-a-flag"));
 }
 
+TEST(ExecctlArgs, CredentialsAreGlobalFlagsBeforeTheCommand) {
+  auto a = Parse({"--auth_token_file=/t", "--tls_ca", "/ca.pem", "--tls_cert=/c.pem",
+                  "--tls_key=/c.key", "ping"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->command, Args::Command::kPing);
+  EXPECT_EQ(a->auth.token_file, "/t");
+  EXPECT_EQ(a->auth.tls_ca, "/ca.pem");
+  EXPECT_EQ(a->auth.tls_cert, "/c.pem");
+  EXPECT_EQ(a->auth.tls_key, "/c.key");
+  EXPECT_FALSE(Parse({"ping", "--tls_ca=/ca.pem"}).ok());
+}
+
 TEST(ExecctlArgs, StreamChunkBytesIsACount) {
   auto a = Parse({"run", "--stream", "--stream_chunk_bytes=1048576", "--", "/bin/true"});
   ASSERT_TRUE(a.ok()) << a.status();
