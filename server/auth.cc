@@ -33,24 +33,9 @@ bool PrintableAscii(absl::string_view s, bool spaces) {
 
 absl::Status Unauthenticated(absl::string_view why) { return absl::UnauthenticatedError(why); }
 
-absl::StatusOr<std::string> ReadSecretsFile(absl::string_view flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, "=", path, ": cannot read it (", strerror(errno), ")"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().size() > kMaxSecretsFileBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, "=", path, ": larger than ", kMaxSecretsFileBytes, " bytes"));
-  }
-  return text.str();
-}
-
 absl::StatusOr<SecretTable> LoadSecrets(absl::string_view flag, const std::string& path,
                                         SecretTable::Kind kind) {
-  ASSIGN_OR_RETURN(std::string text, ReadSecretsFile(flag, path));
+  ASSIGN_OR_RETURN(std::string text, ReadFlagFile(flag, path, kMaxSecretsFileBytes));
   absl::StatusOr<SecretTable> table = SecretTable::Parse(text, path, kind);
   if (!table.ok()) {
     return absl::Status(table.status().code(),
@@ -83,6 +68,22 @@ absl::StatusOr<std::string> CertificateIdentity(const grpc::ServerContextBase& c
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path,
+                                         size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": cannot read it (", strerror(errno), ")"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().size() > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", path, ": larger than ", max_bytes, " bytes"));
+  }
+  return text.str();
+}
 
 SecretTable::Digest SecretTable::Sha256(absl::string_view data) {
   Digest digest;

@@ -85,6 +85,11 @@ class SecretTable {
 // what the value should look like, without quoting it.
 absl::StatusOr<absl::string_view> BearerToken(absl::string_view header);
 
+// The contents of the file `path` that the flag --`flag` names, at most `max_bytes` of it;
+// errors name the flag and the path.
+absl::StatusOr<std::string> ReadFlagFile(absl::string_view flag, const std::string& path,
+                                         size_t max_bytes);
+
 // Whether `address` (a --listen or --metrics_listen value) can be reached only from this
 // machine: a loopback address (127.0.0.0/8, ::1, localhost) or a Unix socket. Anything else,
 // including a host name, counts as reachable from the network.

@@ -14,19 +14,20 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <fstream>
-#include <sstream>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
 #include "core/status_macros.h"
+#include "server/auth.h"
 
 namespace execd::server {
 namespace {
 
-constexpr size_t kMaxFileBytes = 1 << 20;
+constexpr size_t kMaxFileBytes = 1 << 20;  // Far more than any PEM file needs.
 
 struct BioFree {
   void operator()(BIO* b) const { BIO_free(b); }
@@ -47,21 +48,6 @@ int NoPassphrase(char*, int, int, void*) { return -1; }
 
 std::string Flag(absl::string_view flag, const std::string& path) {
   return absl::StrCat("--", flag, "=", path);
-}
-
-absl::StatusOr<std::string> ReadFile(absl::string_view flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Flag(flag, path), ": cannot read it (", strerror(errno), ")"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().size() > kMaxFileBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Flag(flag, path), ": larger than ", kMaxFileBytes, " bytes; not a PEM file?"));
-  }
-  return text.str();
 }
 
 Bio MemoryBio(const std::string& data) {
@@ -156,8 +142,8 @@ absl::StatusOr<int> MemoryFile(const std::string& contents, int64_t seconds) {
 }  // namespace
 
 absl::StatusOr<ServerTls::Material> ServerTls::Read(const Paths& paths) {
-  ASSIGN_OR_RETURN(std::string chain_pem, ReadFile("tls_cert", paths.cert));
-  ASSIGN_OR_RETURN(std::string key_pem, ReadFile("tls_key", paths.key));
+  ASSIGN_OR_RETURN(std::string chain_pem, ReadFlagFile("tls_cert", paths.cert, kMaxFileBytes));
+  ASSIGN_OR_RETURN(std::string key_pem, ReadFlagFile("tls_key", paths.key, kMaxFileBytes));
   ASSIGN_OR_RETURN(std::vector<Certificate> chain, Certificates("tls_cert", paths.cert, chain_pem));
   X509* leaf = chain.front().get();
   if (X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0) {
@@ -182,7 +168,8 @@ absl::StatusOr<ServerTls::Material> ServerTls::Read(const Paths& paths) {
   material.summary = absl::StrCat("tls_subject=\"", Subject(leaf), "\" tls_not_after=\"",
                                   Time(X509_get0_notAfter(leaf)), "\"");
   if (!paths.client_ca.empty()) {
-    ASSIGN_OR_RETURN(material.client_ca, ReadFile("tls_client_ca", paths.client_ca));
+    ASSIGN_OR_RETURN(material.client_ca,
+                     ReadFlagFile("tls_client_ca", paths.client_ca, kMaxFileBytes));
     ASSIGN_OR_RETURN(std::vector<Certificate> cas,
                      Certificates("tls_client_ca", paths.client_ca, material.client_ca));
     absl::StrAppend(&material.summary, " tls_client_cas=", cas.size());
