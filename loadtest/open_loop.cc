@@ -32,7 +32,7 @@ class OpenLoop {
   OpenLoop(const Config& config, ChannelPool& channels)
       : config_(config),
         requester_(MakeAsyncRequester(config, channels)),
-        status_channel_(config.target, 1) {}
+        status_channel_(config.target, 1, config.auth) {}
 
   Report Run() {
     const int64_t total =
