@@ -125,6 +125,9 @@ struct Command {
   // program, the last program's stdout is the command's, every program writes the one
   // stderr. All share env, cwd and limits, and end together.
   std::vector<PipelineStage> pipe_to;
+  // Who asked (the caller's identity): its commands share its slots of the concurrency
+  // limit (Scheduler), and its results are stored apart from others' (CacheKey).
+  std::string caller;
 };
 
 enum class Termination {

@@ -35,6 +35,7 @@ class Dispatcher::CallImpl final : public Call,
   void Start(Command command) override {
     self_ = shared_from_this();
     if (Cancelled()) return End(absl::CancelledError("cancelled before it started"));
+    command.caller = options_.caller;
     command.deadline = std::min(command.deadline, options_.deadline);
     if (absl::Status s = CheckCacheUse(command); !s.ok()) return End(s);
     if (!grant_.has_value()) {

@@ -168,7 +168,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       }
       group = index + 1;
     }
-    Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group);
+    Scheduler::Admission admission = scheduler_.Submit(id, priority, expiry, group, command.caller);
     if (admission.kind == Scheduler::Admission::Kind::kRejected) return Overloaded();
     execution = std::make_shared<Execution>(*this, id, std::move(command), observer, group,
                                             group > 0 ? pools_->at(group - 1) : nullptr, now);
@@ -356,7 +356,7 @@ void Engine::Finish(Execution& execution, absl::StatusOr<Result> result) {
         mean_run_ = (mean_run_ * 7 + result->run) / 8;
         options_.metrics->CommandEnded(*result);
       }
-      scheduler_.Release(execution.group());
+      scheduler_.Release(execution.group(), execution.command().caller);
       StartRunnableLocked();
     }
   }
@@ -444,6 +444,11 @@ absl::Status Engine::HoldQueuePlace(int priority) {
   if (draining_) return Draining();
   if (!scheduler_.HoldPlace(priority)) return Overloaded();
   return absl::OkStatus();
+}
+
+void Engine::SetShares(absl::flat_hash_map<std::string, int> shares, int default_share) {
+  absl::MutexLock lock(&mu_);
+  scheduler_.SetShares(std::move(shares), default_share);
 }
 
 void Engine::ReleaseQueuePlace(int priority) {

@@ -135,6 +135,9 @@ class Engine {
   void ReleaseQueuePlace(int priority);
 
   void SetConcurrencyLimit(int limit);
+  // Callers' shares of the concurrency limit, by Command::caller; one not named has
+  // `default_share` (Scheduler::SetShares).
+  void SetShares(absl::flat_hash_map<std::string, int> shares, int default_share);
   // Refuses new work from now on (UNAVAILABLE); queued and running work goes on.
   void StopAccepting();
   // StopAccepting, then waits up to `drain` for admitted and queued work to end, then

@@ -3,19 +3,26 @@
 #include <algorithm>
 
 namespace execd::core {
+namespace {
+
+// Idle tenants are remembered (saving an allocation per request of a returning caller)
+// until there are this many tenants; past it, each is forgotten as it goes idle.
+constexpr size_t kMaxRememberedTenants = 1024;
+
+}  // namespace
 
 Scheduler::Scheduler(int limit, size_t max_queue)
     : limit_(std::max(1, limit)), max_queue_(max_queue) {}
 
-Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, int group) {
+Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, int group,
+                                       absl::string_view tenant_name) {
   priority = std::clamp(priority, 0, kPriorities - 1);
   if (group < 0 || group >= static_cast<int>(group_limits_.size())) group = 0;
   Admission admission;
   // A newcomer never overtakes a queued entry that could run now; entries held back only
   // by their full group do not hold it back.
   if (running_ < limit_ && GroupFree(group) && !AnyRunnableQueued()) {
-    ++running_;
-    ++group_running_[group];
+    Admit(TenantNamed(tenant_name), group);
     admission.kind = Admission::Kind::kRunNow;
     return admission;
   }
@@ -32,7 +39,7 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
     admission.displaced = queues_[victim_priority].back().id;
     Erase(*admission.displaced);
   }
-  Enqueue(id, priority, expiry, group);
+  Enqueue(id, priority, expiry, group, TenantNamed(tenant_name));
   admission.kind = Admission::Kind::kQueued;
   return admission;
 }
@@ -50,22 +57,75 @@ void Scheduler::ReleasePlace(int priority) {
   --held_total_;
 }
 
-void Scheduler::Enqueue(Id id, int priority, absl::Time expiry, int group) {
-  std::list<Entry>& queue = queues_[priority];
-  queue.push_back(Entry{id, expiry, group});
+int Scheduler::ShareOf(absl::string_view name) const {
+  auto it = shares_.find(name);
+  return it == shares_.end() ? default_share_ : it->second;
+}
+
+Scheduler::Tenant& Scheduler::TenantNamed(absl::string_view name) {
+  auto it = tenants_.find(name);
+  if (it != tenants_.end()) return it->second;
+  Tenant& tenant = tenants_[name];
+  tenant.name = std::string(name);
+  tenant.share = ShareOf(name);
+  return tenant;
+}
+
+Scheduler::TenantKey Scheduler::KeyOf(Tenant& tenant, int priority) {
+  return TenantKey{tenant.running, tenant.share, tenant.last_admitted,
+                   tenant.waiting[priority].front()->seq, &tenant};
+}
+
+void Scheduler::Unlist(Tenant& tenant, int priority) {
+  if (!tenant.waiting[priority].empty()) waiting_[priority].erase(KeyOf(tenant, priority));
+}
+
+void Scheduler::Relist(Tenant& tenant, int priority) {
+  if (!tenant.waiting[priority].empty()) waiting_[priority].insert(KeyOf(tenant, priority));
+}
+
+void Scheduler::MaybeForget(Tenant& tenant) {
+  if (tenant.running > 0 || tenant.queued > 0 || tenants_.size() <= kMaxRememberedTenants) return;
+  tenants_.erase(tenants_.find(tenant.name));
+}
+
+void Scheduler::Admit(Tenant& tenant, int group) {
+  for (int p = 0; p < kPriorities; ++p) Unlist(tenant, p);
+  ++tenant.running;
+  tenant.last_admitted = ++admissions_;
+  for (int p = 0; p < kPriorities; ++p) Relist(tenant, p);
+  ++running_;
+  ++group_running_[group];
+}
+
+void Scheduler::Enqueue(Id id, int priority, absl::Time expiry, int group, Tenant& tenant) {
+  Queue& queue = queues_[priority];
+  queue.push_back(Entry{id, expiry, group, next_seq_++, &tenant});
+  Unlist(tenant, priority);
+  tenant.waiting[priority].push_back(std::prev(queue.end()));
+  Relist(tenant, priority);
+  ++tenant.queued;
   ++group_queued_[group];
-  index_[id] = Position{priority, std::prev(queue.end())};
+  index_[id] =
+      Position{priority, std::prev(queue.end()), std::prev(tenant.waiting[priority].end())};
   if (expiry != absl::InfiniteFuture()) expiries_.emplace(expiry, id);
 }
 
 void Scheduler::Erase(Id id) {
   auto it = index_.find(id);
   if (it == index_.end()) return;
-  const Entry& entry = *it->second.it;
+  const Position pos = it->second;
+  const Entry& entry = *pos.it;
+  Tenant& tenant = *entry.tenant;
   if (entry.expiry != absl::InfiniteFuture()) expiries_.erase({entry.expiry, id});
   --group_queued_[entry.group];
-  queues_[it->second.priority].erase(it->second.it);
+  Unlist(tenant, pos.priority);
+  tenant.waiting[pos.priority].erase(pos.mine);
+  Relist(tenant, pos.priority);
+  --tenant.queued;
+  queues_[pos.priority].erase(pos.it);
   index_.erase(it);
+  MaybeForget(tenant);
 }
 
 bool Scheduler::AnyRunnableQueued() const {
@@ -75,11 +135,18 @@ bool Scheduler::AnyRunnableQueued() const {
   return false;
 }
 
-void Scheduler::Release(int group) {
+void Scheduler::Release(int group, absl::string_view tenant_name) {
   if (running_ > 0) --running_;
   if (group > 0 && group < static_cast<int>(group_running_.size()) && group_running_[group] > 0) {
     --group_running_[group];
   }
+  auto it = tenants_.find(tenant_name);
+  if (it == tenants_.end() || it->second.running == 0) return;
+  Tenant& tenant = it->second;
+  for (int p = 0; p < kPriorities; ++p) Unlist(tenant, p);
+  --tenant.running;
+  for (int p = 0; p < kPriorities; ++p) Relist(tenant, p);
+  MaybeForget(tenant);
 }
 
 void Scheduler::SetGroupLimit(int group, int limit) {
@@ -92,17 +159,45 @@ void Scheduler::SetGroupLimit(int group, int limit) {
   group_limits_[group] = std::max(1, limit);
 }
 
+void Scheduler::SetShares(absl::flat_hash_map<std::string, int> shares, int default_share) {
+  shares_ = std::move(shares);
+  for (auto& [name, share] : shares_) share = std::max(1, share);
+  default_share_ = std::max(1, default_share);
+  for (auto& [name, tenant] : tenants_) {
+    for (int p = 0; p < kPriorities; ++p) Unlist(tenant, p);
+    tenant.share = ShareOf(name);
+    for (int p = 0; p < kPriorities; ++p) Relist(tenant, p);
+  }
+}
+
+int Scheduler::running(absl::string_view tenant) const {
+  auto it = tenants_.find(tenant);
+  return it == tenants_.end() ? 0 : it->second.running;
+}
+
 std::vector<Scheduler::Id> Scheduler::TakeRunnable() {
   std::vector<Id> out;
   for (int p = kPriorities - 1; p >= 0 && running_ < limit_; --p) {
-    // Entries of a full group are passed over, not waited behind.
-    for (auto it = queues_[p].begin(); it != queues_[p].end() && running_ < limit_;) {
-      const Entry entry = *it++;
-      if (!GroupFree(entry.group)) continue;
-      Erase(entry.id);
-      ++running_;
-      ++group_running_[entry.group];
-      out.push_back(entry.id);
+    while (running_ < limit_) {
+      // The first tenant in fair order with an entry whose group has room; entries of a
+      // full group are passed over, not waited behind.
+      const Entry* next = nullptr;
+      for (const TenantKey& key : waiting_[p]) {
+        for (Queue::iterator it : key.tenant->waiting[p]) {
+          if (GroupFree(it->group)) {
+            next = &*it;
+            break;
+          }
+        }
+        if (next != nullptr) break;
+      }
+      if (next == nullptr) break;
+      const Id id = next->id;
+      const int group = next->group;
+      // Counted as running before it leaves the queue, so its tenant is not forgotten.
+      Admit(*next->tenant, group);
+      Erase(id);
+      out.push_back(id);
     }
   }
   return out;

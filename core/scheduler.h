@@ -1,11 +1,22 @@
 // Scheduler: admission control in front of the spawner. A limit on running commands
 // (changeable at run time, for the auto-tuner), and a bounded wait queue ordered by
-// priority, FIFO within a priority. Queued entries can expire (max queue time, call
-// deadline) or be removed (cancel). When the queue is full, a newcomer displaces the newest
-// entry of a lower priority, if any; otherwise it is rejected.
+// priority. Queued entries can expire (max queue time, call deadline) or be removed
+// (cancel). When the queue is full, a newcomer displaces the newest entry of a lower
+// priority, if any; otherwise it is rejected.
+//
+// Fair between tenants (callers' identities) inside a priority: the next entry to run is
+// the oldest of the tenant whose running entries divided by its share are fewest. Ties go
+// to the tenant that started an entry least recently, then to the oldest entry: ties by
+// age alone would be first come, first served whenever the running counts are equal, as
+// they always are (at zero) under a limit of one. With one tenant this is first come, first
+// served. A tenant that floods the queue takes its share of the slots that free up, not all
+// of them. Shares are weights (SetShares), 1 by default.
 //
 // Entries may belong to a group (a worker pool) with its own limit on running entries: an
 // entry whose group is full waits without holding up entries of other groups behind it.
+//
+// Costs: submitting, removing and expiring an entry are O(log n); picking the next entry
+// is O(log t) for t tenants waiting, plus the entries passed over for their full groups.
 //
 // Not thread-safe: the engine calls it under its own lock. Time is passed in by the caller,
 // so tests drive it with plain values.
@@ -16,10 +27,13 @@
 #include <list>
 #include <optional>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace execd::core {
@@ -40,12 +54,16 @@ class Scheduler {
   };
   // `expiry`: when a still-queued entry is dropped (InfiniteFuture for never).
   // `group`: 0 for none, else a group made with SetGroupLimit.
-  Admission Submit(Id id, int priority, absl::Time expiry, int group = 0);
+  // `tenant`: who asked; entries of one tenant share its slots (see above).
+  Admission Submit(Id id, int priority, absl::Time expiry, int group = 0,
+                   absl::string_view tenant = {});
 
-  // A running entry (of `group`) ended and frees its slot.
-  void Release(int group = 0);
+  // A running entry (of `group`, submitted by `tenant`) ended and frees its slot.
+  void Release(int group = 0, absl::string_view tenant = {});
   // Creates or resizes group `group` (1, 2, ...): at most `limit` of its entries run.
   void SetGroupLimit(int group, int limit);
+  // Tenants' shares of the slots; one not named has `default_share`. Each at least 1.
+  void SetShares(absl::flat_hash_map<std::string, int> shares, int default_share = 1);
   // Queued entries that may start now, best first; each now counts as running.
   std::vector<Id> TakeRunnable();
   // Removes a queued entry; false when it is not queued.
@@ -66,6 +84,8 @@ class Scheduler {
   void SetLimit(int limit);
   int limit() const { return limit_; }
   int running() const { return running_; }
+  // Running entries of `tenant`.
+  int running(absl::string_view tenant) const;
   // Queued entries and held places.
   size_t queued() const { return index_.size() + held_total_; }
   // Queued entries and held places of `priority`.
@@ -73,21 +93,61 @@ class Scheduler {
   size_t max_queue() const { return max_queue_; }
 
  private:
+  struct Tenant;
   struct Entry {
     Id id;
     absl::Time expiry;
     int group;
+    uint64_t seq;  // Arrival order, unique.
+    Tenant* tenant;
   };
+  using Queue = std::list<Entry>;  // One priority's entries in arrival order.
+  struct Tenant {
+    std::string name;
+    int share = 1;
+    int running = 0;
+    uint64_t last_admitted = 0;  // When it last started an entry (Scheduler::admissions_).
+    size_t queued = 0;
+    std::list<Queue::iterator> waiting[kPriorities];  // Its entries, oldest first.
+  };
+  // A tenant's place among those waiting at one priority: fewest running per share first,
+  // then least recently started, then oldest entry first. Computed from the tenant's state,
+  // so a tenant leaves its sets (Unlist) before that state changes and comes back after
+  // (Relist).
+  struct TenantKey {
+    int64_t running;
+    int64_t share;
+    uint64_t last_admitted;
+    uint64_t oldest;
+    Tenant* tenant;
+    bool operator<(const TenantKey& o) const {
+      const int64_t mine = running * o.share, theirs = o.running * share;
+      if (mine != theirs) return mine < theirs;
+      if (last_admitted != o.last_admitted) return last_admitted < o.last_admitted;
+      return oldest < o.oldest;
+    }
+  };
+  struct Position {
+    int priority;
+    Queue::iterator it;
+    std::list<Queue::iterator>::iterator mine;  // In its tenant's waiting list.
+  };
+
   bool GroupFree(int group) const {
     return group == 0 || group_running_[group] < group_limits_[group];
   }
-  struct Position {
-    int priority;
-    std::list<Entry>::iterator it;
-  };
-  void Enqueue(Id id, int priority, absl::Time expiry, int group);
+  void Enqueue(Id id, int priority, absl::Time expiry, int group, Tenant& tenant);
   bool AnyRunnableQueued() const;
   void Erase(Id id);
+  // Counts an admitted entry of `tenant` in `group` as running.
+  void Admit(Tenant& tenant, int group);
+  Tenant& TenantNamed(absl::string_view name);
+  int ShareOf(absl::string_view name) const;
+  static TenantKey KeyOf(Tenant& tenant, int priority);
+  void Unlist(Tenant& tenant, int priority);
+  void Relist(Tenant& tenant, int priority);
+  // Drops an idle tenant's state once many are kept.
+  void MaybeForget(Tenant& tenant);
 
   int limit_;
   int running_ = 0;
@@ -97,9 +157,17 @@ class Scheduler {
   const size_t max_queue_;
   size_t held_[kPriorities] = {};  // Places held (HoldPlace), by priority.
   size_t held_total_ = 0;
-  std::list<Entry> queues_[kPriorities];
+  uint64_t next_seq_ = 0;
+  uint64_t admissions_ = 0;
+  Queue queues_[kPriorities];
   absl::flat_hash_map<Id, Position> index_;
   std::set<std::pair<absl::Time, Id>> expiries_;  // Finite expiries only.
+  // Tenants with running or queued entries (and idle ones, up to a bound); stable nodes,
+  // which entries and keys point to.
+  absl::node_hash_map<std::string, Tenant> tenants_;
+  std::set<TenantKey> waiting_[kPriorities];  // Tenants with entries queued at a priority.
+  absl::flat_hash_map<std::string, int> shares_;
+  int default_share_ = 1;
 };
 
 }  // namespace execd::core

@@ -1,5 +1,10 @@
 #include "core/scheduler.h"
 
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -190,6 +195,126 @@ TEST(SchedulerGroups, AnEntryPassedOverKeepsItsPlaceInTheQueue) {
   EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(4));
   s.Release(1);  // Entry 1 ends: now 3.
   EXPECT_THAT(s.TakeRunnable(), ::testing::ElementsAre(3));
+}
+
+}  // namespace
+}  // namespace execd::core
+
+namespace execd::core {
+namespace {
+
+using ::testing::ElementsAre;
+using Kind = Scheduler::Admission::Kind;
+const absl::Time kForever = absl::InfiniteFuture();
+
+// Frees one slot of `tenant` and returns the one entry that takes it.
+Scheduler::Id ReleaseAndTakeOne(Scheduler& s, absl::string_view tenant) {
+  s.Release(0, tenant);
+  std::vector<Scheduler::Id> next = s.TakeRunnable();
+  EXPECT_EQ(next.size(), 1u);
+  return next.empty() ? 0 : next[0];
+}
+
+TEST(SchedulerFairness, OneTenantFloodingDoesNotTakeEveryFreedSlot) {
+  Scheduler s(/*limit=*/2, /*max_queue=*/100);
+  ASSERT_EQ(s.Submit(1, kNormal, kForever, 0, "flood").kind, Kind::kRunNow);
+  ASSERT_EQ(s.Submit(2, kNormal, kForever, 0, "flood").kind, Kind::kRunNow);
+  for (Scheduler::Id id = 3; id < 50; ++id) s.Submit(id, kNormal, kForever, 0, "flood");
+  s.Submit(100, kNormal, kForever, 0, "other");  // Queued behind 47 of flood's.
+  // flood runs 1 after the release, other 0: other goes next.
+  EXPECT_EQ(ReleaseAndTakeOne(s, "flood"), 100u);
+  EXPECT_EQ(s.running("flood"), 1);
+  EXPECT_EQ(s.running("other"), 1);
+  // Then flood's, oldest first.
+  EXPECT_EQ(ReleaseAndTakeOne(s, "other"), 3u);
+  EXPECT_EQ(ReleaseAndTakeOne(s, "flood"), 4u);
+}
+
+TEST(SchedulerFairness, SlotsAlternateBetweenTwoBusyTenants) {
+  Scheduler s(1, 100);
+  s.Submit(1, kNormal, kForever, 0, "a");
+  for (Scheduler::Id id = 10; id < 14; ++id) s.Submit(id, kNormal, kForever, 0, "a");
+  for (Scheduler::Id id = 20; id < 24; ++id) s.Submit(id, kNormal, kForever, 0, "b");
+  std::vector<Scheduler::Id> order;
+  std::string last = "a";
+  for (int i = 0; i < 8; ++i) {
+    const Scheduler::Id id = ReleaseAndTakeOne(s, last);
+    order.push_back(id);
+    last = id < 20 ? "a" : "b";
+  }
+  // Under a limit of one both always run nothing when a slot frees: the tie goes to the
+  // one that started something least recently (b, which never has), not to the oldest entry.
+  EXPECT_THAT(order, ElementsAre(20, 10, 21, 11, 22, 12, 23, 13));
+}
+
+TEST(SchedulerFairness, SharesAreWeights) {
+  Scheduler s(/*limit=*/3, 100);
+  s.SetShares({{"big", 2}}, /*default_share=*/1);
+  for (Scheduler::Id id = 1; id <= 3; ++id) s.Submit(id, kNormal, kForever, 0, "small");
+  for (Scheduler::Id id = 10; id < 20; ++id) s.Submit(id, kNormal, kForever, 0, "big");
+  for (Scheduler::Id id = 30; id < 40; ++id) s.Submit(id, kNormal, kForever, 0, "small");
+  // As small's commands end, the slots settle at two for big (share 2), one for small.
+  std::vector<Scheduler::Id> order;
+  for (int i = 0; i < 3; ++i) order.push_back(ReleaseAndTakeOne(s, "small"));
+  EXPECT_THAT(order, ElementsAre(10, 11, 30));
+  EXPECT_EQ(s.running("big"), 2);
+  EXPECT_EQ(s.running("small"), 1);
+  EXPECT_EQ(ReleaseAndTakeOne(s, "big"), 12u);    // big 1/2 < small 1/1.
+  EXPECT_EQ(ReleaseAndTakeOne(s, "small"), 31u);  // small 0/1 < big 2/2.
+}
+
+TEST(SchedulerFairness, ChangedSharesApplyToQueuedEntries) {
+  Scheduler s(/*limit=*/3, 100);
+  s.Submit(1, kNormal, kForever, 0, "a");
+  s.Submit(3, kNormal, kForever, 0, "b");
+  s.Submit(2, kNormal, kForever, 0, "a");
+  s.Submit(20, kNormal, kForever, 0, "b");
+  s.Submit(10, kNormal, kForever, 0, "a");
+  // Equal shares: a 1/1 = b 1/1 after a's release, and b started one less recently. With a
+  // share of 3, a's 1/3 comes first.
+  s.SetShares({{"a", 3}});
+  EXPECT_EQ(ReleaseAndTakeOne(s, "a"), 10u);
+}
+
+TEST(SchedulerFairness, PriorityComesBeforeFairness) {
+  Scheduler s(1, 100);
+  s.Submit(1, kNormal, kForever, 0, "flood");
+  s.Submit(10, kLow, kForever, 0, "other");
+  s.Submit(20, kHigh, kForever, 0, "flood");
+  EXPECT_EQ(ReleaseAndTakeOne(s, "flood"), 20u);
+  EXPECT_EQ(ReleaseAndTakeOne(s, "flood"), 10u);
+}
+
+TEST(SchedulerFairness, ATenantsEntryOfAFullGroupDoesNotHoldUpItsOthers) {
+  Scheduler s(/*limit=*/3, 100);
+  s.SetGroupLimit(1, 1);
+  s.Submit(1, kNormal, kForever, 1, "a");  // Runs; group 1 is full.
+  s.Submit(2, kNormal, kForever, 0, "b");
+  s.Submit(3, kNormal, kForever, 0, "b");
+  s.Submit(10, kNormal, kForever, 1, "a");  // Waits for its group,
+  s.Submit(11, kNormal, kForever, 0, "a");  // and its tenant's next entry goes past it.
+  EXPECT_EQ(ReleaseAndTakeOne(s, "b"), 11u);
+  s.Release(1, "a");
+  EXPECT_THAT(s.TakeRunnable(), ElementsAre(10));
+}
+
+TEST(SchedulerFairness, ThousandsQueuedFromManyTenantsAllRunOnceEach) {
+  Scheduler s(/*limit=*/4, /*max_queue=*/20000);
+  for (Scheduler::Id id = 0; id < 4; ++id) s.Submit(id, kNormal, kForever, 0, "t0");
+  for (Scheduler::Id id = 4; id < 20000; ++id) {
+    s.Submit(id, static_cast<int>(id % 3), kForever, 0, absl::StrCat("t", id % 500));
+  }
+  absl::flat_hash_set<Scheduler::Id> ran;
+  std::vector<std::string> running = {"t0", "t0", "t0", "t0"};
+  while (s.queued() > 0) {
+    s.Release(0, running.back());
+    running.pop_back();
+    for (Scheduler::Id id : s.TakeRunnable()) {
+      EXPECT_TRUE(ran.insert(id).second);
+      running.insert(running.begin(), absl::StrCat("t", id % 500));
+    }
+  }
+  EXPECT_EQ(ran.size(), 19996u);
 }
 
 }  // namespace
