@@ -70,6 +70,7 @@ class Encoder {
     Int(id.ino);
     Int(id.size);
     Int(id.mtime_ns);
+    Int(id.ctime_ns);
     Int(static_cast<int64_t>(argv.size()));
     for (const std::string& a : argv) Bytes(a);
     return absl::OkStatus();
@@ -123,8 +124,9 @@ class Encoder {
 
 absl::StatusOr<std::string> CacheKey(const Command& command, absl::string_view salt) {
   Encoder e;
-  e.Bytes("execd-cache-v1");
+  e.Bytes("execd-cache-v2");
   e.Bytes(salt);
+  e.Bytes(command.caller);
   RETURN_IF_ERROR(e.Program(command.executable, command.executable_id, command.argv));
   e.Int(static_cast<int64_t>(command.pipe_to.size()));
   for (const PipelineStage& stage : command.pipe_to) {

@@ -5,9 +5,12 @@
 namespace execd::core {
 
 FileIdentity FileIdentity::FromStat(const struct stat& st) {
-  return FileIdentity{true, static_cast<int64_t>(st.st_dev), static_cast<int64_t>(st.st_ino),
+  return FileIdentity{true,
+                      static_cast<int64_t>(st.st_dev),
+                      static_cast<int64_t>(st.st_ino),
                       static_cast<int64_t>(st.st_size),
-                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec};
+                      st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec,
+                      st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec};
 }
 
 FileIdentity FileIdentity::Of(const std::string& path) {

@@ -62,12 +62,15 @@ struct Limits {
 };
 
 // Which file a path named when it was checked: a rebuilt binary at the same path differs.
+// The change time is in it because no caller can set it: `touch -d` (utimensat) sets the
+// modification time to any value, and the change time to now.
 struct FileIdentity {
   bool known = false;
   int64_t dev = 0;
   int64_t ino = 0;
   int64_t size = 0;
   int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
   bool operator==(const FileIdentity&) const = default;
 
   static FileIdentity FromStat(const struct stat& st);

@@ -11,9 +11,9 @@
 // request finds none idle and halves after an idle_timeout without such a miss (PHP-FPM's
 // dynamic spawn rate), refilled between requests: each worker taken is replaced at once,
 // or in batches when spawns join a cgroup by a write (see Refill). Idle workers above the
-// reserve exit after idle_timeout. When the executable's identity (device, inode, size,
-// mtime) changes, every worker of the old generation is retired: idle ones at once, busy
-// ones when they finish.
+// reserve exit after idle_timeout. When the executable's identity (FileIdentity: device,
+// inode, size, modification and change times) changes, every worker of the old generation
+// is retired: idle ones at once, busy ones when they finish.
 //
 // The engine admits at most max_size requests of a pool at once (its scheduler group), so
 // a request that reaches the pool always gets a worker: an idle one, one already starting,

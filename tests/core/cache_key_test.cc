@@ -43,6 +43,9 @@ TEST(CacheKey, DiffersInEveryFieldForShortAndLongEncodings) {
        }},
       {"executable", [](Command& c) { c.executable = "/bin/true"; }},
       {"executable identity", [](Command& c) { c.executable_id.mtime_ns += 1; }},
+      // What `touch -d` cannot forge: a rewritten file set back to its old mtime.
+      {"executable change time", [](Command& c) { c.executable_id.ctime_ns += 1; }},
+      {"caller", [](Command& c) { c.caller = "someone else"; }},
       {"env", [](Command& c) { c.env = {"X=1"}; }},
       {"cwd", [](Command& c) { c.cwd = "/tmp"; }},
       {"stdin", [](Command& c) { c.stdin_data += "x"; }},

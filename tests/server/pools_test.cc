@@ -32,6 +32,7 @@
 #include "server/convert.h"
 #include "server/pools_config.h"
 #include "tests/support/deadline.h"
+#include "tests/support/file_times.h"
 #include "tests/support/freezer.h"
 #include "tests/support/manual_clock.h"
 #include "tests/support/subprocess.h"
@@ -947,6 +948,23 @@ TEST_F(PoolsTest, ANewExecutableRetiresTheOldWorkers) {
   EXPECT_EQ(s.generation, 1);
   EXPECT_GE(s.recycled, 1);
   EXPECT_NE(WorkerPid("w"), old_pid);  // Only the new generation serves from now on.
+  EXPECT_EQ(Stats("w").generation, 1);
+}
+
+// `touch -d` sets a file's modification time to anything, so a binary rewritten in place
+// could keep its old one (and its size and inode); its change time it cannot keep. A running
+// worker's binary cannot be rewritten (ETXTBSY): forging the time alone changes the same.
+TEST_F(PoolsTest, AForgedModificationTimeDoesNotHideAChangedExecutable) {
+  testing::ScopedTempDir dir("pools");
+  const std::string binary = dir.path() + "/worker";
+  std::filesystem::copy_file(TEST_WORKER_BIN, binary);
+  std::filesystem::permissions(binary, std::filesystem::perms::owner_all);
+  struct stat before;
+  ASSERT_EQ(stat(binary.c_str(), &before), 0);
+  StartWith(PersistentPool("w", "min_idle: 1 max_size: 1", binary));
+  const pid_t old_pid = WorkerPid("w");
+  ASSERT_TRUE(testing::ForgeModificationTime(binary, before.st_mtim, before.st_ctim));
+  EXPECT_NE(WorkerPid("w"), old_pid);
   EXPECT_EQ(Stats("w").generation, 1);
 }
 
