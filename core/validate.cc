@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -283,7 +284,14 @@ absl::Status CheckPayload(const CommandRequest& request, const RequestPolicy& po
     }
     arg_bytes += name.size() + value.size() + 2;
   }
-  for (const auto& name : request.inherit_env) RETURN_IF_ERROR(CheckEnvName("inherit_env", name));
+  for (const auto& name : request.inherit_env) {
+    RETURN_IF_ERROR(CheckEnvName("inherit_env", name));
+    if (!absl::c_linear_search(policy.inheritable_env, name)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "inherit_env ", Quote(name), " is not inheritable on this server (--inheritable_env=",
+          absl::StrJoin(policy.inheritable_env, ","), "); pass a value in env instead"));
+    }
+  }
   if (arg_bytes > policy.max_argv_env_bytes) {
     return InvalidArgument("argv and env",
                            absl::StrCat("total ", arg_bytes, " bytes, over the limit of ",

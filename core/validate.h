@@ -41,6 +41,10 @@ struct RequestPolicy {
   std::vector<int> allowed_cpus;
   // The server's own environment, for `inherit_env` and PATH lookup; snapshot at start-up.
   absl::flat_hash_map<std::string, std::string> server_env;
+  // The server variables a request may name in `inherit_env` (PERMISSION_DENIED for
+  // others): the rest of the server's environment (credentials, its own settings) is not
+  // the callers' to read.
+  std::vector<std::string> inheritable_env = {"PATH", "LANG", "LC_ALL", "TZ", "TERM", "HOME"};
 
   // A policy over this process's environment (environ read once) and CPU affinity.
   static RequestPolicy FromProcessEnvironment();

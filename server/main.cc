@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -94,6 +95,9 @@ ABSL_FLAG(std::string, containment, "auto",
 ABSL_FLAG(std::string, pools_config, "",
           "worker pools: a PoolsConfig in protobuf text format (see deploy/pools.textproto); "
           "empty for none");
+ABSL_FLAG(std::vector<std::string>, inheritable_env, kDefaults.policy.inheritable_env,
+          "server environment variables a request may pass on with inherit_env (comma-separated; "
+          "empty: none)");
 ABSL_FLAG(int64_t, cache_max_bytes, kDefaults.cache.max_bytes,
           "bytes of results the result cache may hold (0: no cache)");
 ABSL_FLAG(std::string, cache_salt, kDefaults.cache.salt,
@@ -179,6 +183,7 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   c.policy.server_maximum = absl::GetFlag(FLAGS_##server_maximum);
   EXECD_COUNT_LIMITS(EXECD_FROM_FLAG)
 #undef EXECD_FROM_FLAG
+  c.policy.inheritable_env = absl::GetFlag(FLAGS_inheritable_env);
   if (const std::string path = absl::GetFlag(FLAGS_pools_config); !path.empty()) {
     auto pools = execd::server::LoadPoolsConfig(path, c.policy);
     if (!pools.ok()) return pools.status();

@@ -87,6 +87,7 @@ TEST_F(ValidateTest, RejectsBadEnvironmentNames) {
 }
 
 TEST_F(ValidateTest, EnvironmentIsExactlyTheGivenPlusInheritedSorted) {
+  policy_.inheritable_env.push_back("NOT_ON_SERVER");
   CommandRequest r = Request({"/bin/true"});
   r.env = {{"ZED", "1"}, {"HOME", "/custom"}};
   r.inherit_env = {"HOME", "LANG", "NOT_ON_SERVER"};
@@ -94,6 +95,18 @@ TEST_F(ValidateTest, EnvironmentIsExactlyTheGivenPlusInheritedSorted) {
   ASSERT_TRUE(cmd.ok()) << cmd.status();
   // env wins over inherited; unknown inherited names are skipped; PATH is not passed.
   EXPECT_THAT(cmd->env, ElementsAre("HOME=/custom", "LANG=C.UTF-8", "ZED=1"));
+}
+
+TEST_F(ValidateTest, OnlyInheritableServerVariablesMayBeInherited) {
+  policy_.server_env["SECRET_TOKEN"] = "hunter2";
+  CommandRequest r = Request({"/bin/true"});
+  r.inherit_env = {"PATH", "SECRET_TOKEN"};
+  ExpectError(r, absl::StatusCode::kPermissionDenied,
+              "inherit_env \"SECRET_TOKEN\" is not inheritable on this server "
+              "(--inheritable_env=PATH,LANG,LC_ALL,TZ,TERM,HOME)");
+  policy_.inheritable_env = {};
+  r.inherit_env = {"PATH"};
+  ExpectError(r, absl::StatusCode::kPermissionDenied, "(--inheritable_env=)");
 }
 
 TEST_F(ValidateTest, CwdMustBeAnExistingAbsoluteDirectory) {

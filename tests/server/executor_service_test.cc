@@ -120,13 +120,24 @@ TEST_F(ExecutorServiceTest, StdinEnvAndCwdReachTheChild) {
   EXPECT_LE(count, 4);
 }
 
-TEST_F(ExecutorServiceTest, InheritEnvPassesOnlyNamedServerVariables) {
-  v1::ExecuteRequest request = Request({"/usr/bin/env"});
+TEST(ExecutorService, InheritEnvPassesOnlyNamedServerVariables) {
+  auto server = testing::TestServer::Start([](server::ServerConfig& c) {
+    c.policy.inheritable_env.push_back("EXECD_SURELY_UNSET_VARIABLE");
+    c.policy.server_env["EXECD_SECRET"] = "hunter2";
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::ExecuteRequest request = testing::TestServer::Request({"/usr/bin/env"});
   request.add_inherit_env("PATH");
   request.add_inherit_env("EXECD_SURELY_UNSET_VARIABLE");
   v1::ExecuteResponse response;
-  ASSERT_TRUE(Execute(request, &response).ok());
+  ASSERT_TRUE((*server)->Execute(request, &response).ok());
   EXPECT_EQ(response.stdout(), "PATH=/usr/bin:/bin\n");
+  // A server variable outside --inheritable_env is not the caller's to read.
+  request.add_inherit_env("EXECD_SECRET");
+  grpc::Status status = (*server)->Execute(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(),
+              ::testing::HasSubstr("inherit_env \"EXECD_SECRET\" is not inheritable"));
 }
 
 TEST_F(ExecutorServiceTest, TimeoutStopsTheCommandPromptly) {
