@@ -408,8 +408,57 @@ Dispatcher::Dispatcher(Engine& engine, const RequestPolicy& policy, const CacheS
 
 Dispatcher::~Dispatcher() = default;
 
-absl::StatusOr<Command> Dispatcher::Prepare(CommandRequest request,
-                                            const std::string& pool_name) const {
+absl::StatusOr<Command> Dispatcher::Prepare(CommandRequest request, const std::string& pool,
+                                            const CallOptions& options) const {
+  const std::shared_ptr<const AuthzPolicy> authz = authz_policy();
+  std::optional<Access> access;
+  if (authz != nullptr) {
+    access = Access::Of(request, pool, options.cache, options.caller);
+    RETURN_IF_ERROR(Authorize(*authz, *access));
+  }
+  ASSIGN_OR_RETURN(Command command, Validate(std::move(request), pool));
+  command.caller = options.caller;
+  if (authz == nullptr) return command;
+  ApplyRuleDefaults(*authz, *access, &command);
+  ASSIGN_OR_RETURN(std::vector<ProgramPath> programs, RealProgramPaths(command));
+  RETURN_IF_ERROR(AuthorizePrograms(*authz, options.caller, programs));
+  // What runs is what was checked: a symlink changed from now on cannot redirect it.
+  if (command.pool.empty()) {
+    command.executable = programs[0].real;
+    for (size_t i = 0; i < command.pipe_to.size(); ++i) {
+      command.pipe_to[i].executable = programs[i + 1].real;
+    }
+  }
+  return command;
+}
+
+void Dispatcher::SetAuthzPolicy(std::shared_ptr<const AuthzPolicy> policy) {
+  if (policy == nullptr) {
+    engine_.SetShares({}, 1);
+  } else {
+    engine_.SetShares(policy->Shares(), policy->DefaultShare());
+  }
+  absl::MutexLock lock(&authz_mu_);
+  authz_ = std::move(policy);
+}
+
+std::shared_ptr<const AuthzPolicy> Dispatcher::authz_policy() const {
+  absl::ReaderMutexLock lock(&authz_mu_);
+  return authz_;
+}
+
+absl::Status Dispatcher::CheckGetStatus(absl::string_view caller) const {
+  const std::shared_ptr<const AuthzPolicy> authz = authz_policy();
+  return authz == nullptr ? absl::OkStatus() : AuthorizeStatus(*authz, caller);
+}
+
+absl::Status Dispatcher::CheckReflection(absl::string_view caller) const {
+  const std::shared_ptr<const AuthzPolicy> authz = authz_policy();
+  return authz == nullptr ? absl::OkStatus() : AuthorizeReflection(*authz, caller);
+}
+
+absl::StatusOr<Command> Dispatcher::Validate(CommandRequest request,
+                                             const std::string& pool_name) const {
   if (pool_name.empty()) return ValidateRequest(std::move(request), policy_);
   std::shared_ptr<const PoolSpec> pool = engine_.FindPool(pool_name);
   if (pool == nullptr) {

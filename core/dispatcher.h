@@ -22,7 +22,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/authz.h"
 #include "core/cache.h"
+#include "core/cache_policy.h"
 #include "core/clock.h"
 #include "core/command.h"
 #include "core/engine.h"
@@ -31,14 +33,6 @@
 #include "core/validate.h"
 
 namespace execd::core {
-
-// How a call uses the result cache.
-enum class CachePolicy {
-  kOff,
-  kReadWrite,  // Answer from the cache; store a clean success; identical calls share a run.
-  kReadOnly,   // Answer from the cache; store nothing.
-  kRefresh,    // Run, and store a clean success.
-};
 
 // The result cache's settings (flags --cache_*).
 struct CacheSettings {
@@ -68,7 +62,8 @@ struct CallOptions {
   absl::Duration cache_ttl = absl::ZeroDuration();  // Zero: the default TTL.
   // The caller's deadline on the engine's clock.
   absl::Time deadline = absl::InfiniteFuture();
-  // Who asks: opaque here, for authorization and per-caller budgets.
+  // Who asks (the caller's identity; "anonymous" without authentication): authorization
+  // applies its rule, the scheduler its share, and the cache keeps its results apart.
   std::string caller;
   // Memory reserved for this call already (a batch reserves before it starts an item);
   // without one the call reserves its own worst case.
@@ -105,8 +100,21 @@ class Dispatcher {
   ~Dispatcher();
 
   // The command a request asks for: validated for a fresh spawn, or for the worker pool
-  // `pool` (NOT_FOUND naming the pools there are when there is no such pool).
-  absl::StatusOr<Command> Prepare(CommandRequest request, const std::string& pool) const;
+  // `pool` (NOT_FOUND naming the pools there are when there is no such pool), and
+  // authorized for `options.caller` under the authorization policy, if there is one
+  // (core/authz.h): refused before validation when the request itself asks for what the
+  // caller may not have, after it when a program it would run is not allowed. Under a
+  // policy the command's programs are their canonical paths, the ones checked.
+  absl::StatusOr<Command> Prepare(CommandRequest request, const std::string& pool,
+                                  const CallOptions& options = {}) const;
+
+  // The authorization policy in force from now on; null: none, everything is allowed.
+  // Callers' shares of the concurrency limit follow it.
+  void SetAuthzPolicy(std::shared_ptr<const AuthzPolicy> policy);
+  std::shared_ptr<const AuthzPolicy> authz_policy() const;
+  // Whether `caller` may read the server's status, and use server reflection.
+  absl::Status CheckGetStatus(absl::string_view caller) const;
+  absl::Status CheckReflection(absl::string_view caller) const;
 
   // A call for `sink`, to be started with Call::Start. The handle exists before anything
   // reaches the sink, so a sink can pause or cancel from its first event on. The sink
@@ -147,6 +155,11 @@ class Dispatcher {
   MemoryBudget budget_;
   // Replays cache hits to streaming readers as they take them.
   std::unique_ptr<TaskPool> executor_;
+  // The command `request` asks for, validated.
+  absl::StatusOr<Command> Validate(CommandRequest request, const std::string& pool) const;
+
+  mutable absl::Mutex authz_mu_;
+  std::shared_ptr<const AuthzPolicy> authz_ ABSL_GUARDED_BY(authz_mu_);
   absl::Mutex flights_mu_;
   absl::flat_hash_map<std::string, std::vector<std::shared_ptr<CallImpl>>> flights_
       ABSL_GUARDED_BY(flights_mu_);

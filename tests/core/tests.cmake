@@ -30,3 +30,5 @@ execd_test(tuner_reference_test SOURCES core/tuner_reference_test.cc LIBS tuner_
 execd_test(tuner_sim_test SOURCES core/tuner_sim_test.cc LIBS tuner_testbed)
 execd_test(tuner_test SOURCES core/tuner_test.cc LIBS tuner_testbed)
 execd_test(auto_tuner_test SOURCES core/auto_tuner_test.cc LIBS core)
+execd_test(authz_test SOURCES core/authz_test.cc LIBS core test_support)
+execd_test(dispatcher_authz_test SOURCES core/dispatcher_authz_test.cc LIBS core test_support)
