@@ -53,7 +53,7 @@ inline absl::StatusOr<core::Command> PrepareCall(core::Dispatcher& dispatcher,
   options->cache = *cache;
   options->cache_ttl = DurationFromProto(request.cache_ttl());
   absl::StatusOr<core::Command> command =
-      dispatcher.Prepare(std::move(command_request), request.pool());
+      dispatcher.Prepare(std::move(command_request), request.pool(), *options);
   if (command.ok()) command->stream_output = shape != core::CallShape::kUnary;
   return command;
 }

@@ -195,11 +195,16 @@ grpc::ServerWriteReactor<v1::BatchResult>* ExecutorService::ExecuteBatch(
 grpc::ServerUnaryReactor* ExecutorService::GetStatus(grpc::CallbackServerContext* context,
                                                      const v1::StatusRequest* request,
                                                      v1::StatusResponse* response) {
-  if (absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kGetStatus);
-      !caller.ok()) {
-    return Refuse(context, caller.status());
-  }
+  absl::StatusOr<std::string> caller = Authenticate(*this, context, core::Rpc::kGetStatus);
+  if (!caller.ok()) return Refuse(context, caller.status());
   const absl::Time received = dispatcher_.engine().clock().Now();
+  if (absl::Status allowed = dispatcher_.CheckGetStatus(*caller); !allowed.ok()) {
+    CallInfo info;
+    info.identity = *std::move(caller);
+    ReportCall(*this, core::Rpc::kGetStatus, info, context, absl::StatusOr<core::Result>(allowed),
+               dispatcher_.engine().clock().Now() - received, allowed.code());
+    return Refuse(context, allowed);
+  }
   const core::Dispatcher::Stats stats = dispatcher_.stats();
   response->set_running(stats.engine.running);
   response->set_queued(static_cast<int32_t>(stats.engine.queued));

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/malloc_tuning.h"
+#include "server/authz_config.h"
 #include "server/pools_config.h"
 #include "server/server.h"
 
@@ -95,6 +96,10 @@ ABSL_FLAG(std::string, containment, "auto",
 ABSL_FLAG(std::string, pools_config, "",
           "worker pools: a PoolsConfig in protobuf text format (see deploy/pools.textproto); "
           "empty for none");
+ABSL_FLAG(std::string, authz_policy, "",
+          "authorization: an AuthzPolicy in protobuf text format (see deploy/policy.textproto) "
+          "saying what each caller's identity may do; once given, what it does not allow is "
+          "refused. SIGHUP re-reads it. Empty: every caller may do everything");
 ABSL_FLAG(std::vector<std::string>, inheritable_env, kDefaults.policy.inheritable_env,
           "server environment variables a request may pass on with inherit_env (comma-separated; "
           "empty: none)");
@@ -184,6 +189,11 @@ absl::StatusOr<execd::server::ServerConfig> ConfigFromFlags() {
   EXECD_COUNT_LIMITS(EXECD_FROM_FLAG)
 #undef EXECD_FROM_FLAG
   c.policy.inheritable_env = absl::GetFlag(FLAGS_inheritable_env);
+  if (const std::string path = absl::GetFlag(FLAGS_authz_policy); !path.empty()) {
+    auto authz = execd::server::LoadAuthzPolicy(path, c.policy);
+    if (!authz.ok()) return authz.status();
+    c.authz_policy = *std::move(authz);
+  }
   if (const std::string path = absl::GetFlag(FLAGS_pools_config); !path.empty()) {
     auto pools = execd::server::LoadPoolsConfig(path, c.policy);
     if (!pools.ok()) return pools.status();
@@ -211,7 +221,8 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGHUP);  // Reload --pools_config and the authentication files.
+  // Reload --pools_config, the authentication files and --authz_policy.
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // A child closing its stdin early must not kill the server.
 
@@ -226,6 +237,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string pools_path = absl::GetFlag(FLAGS_pools_config);
+  const std::string authz_path = absl::GetFlag(FLAGS_authz_policy);
   for (;;) {
     int sig = 0;
     sigwait(&stop_signals, &sig);
@@ -233,6 +245,7 @@ int main(int argc, char** argv) {
     // Each logs what it did, or why not.
     (void)(*server)->ReloadPools(pools_path);
     (void)(*server)->ReloadAuth();
+    (void)(*server)->ReloadAuthzPolicy(authz_path);
   }
   // The drain runs on its own thread so that this one keeps listening: a second SIGTERM or
   // Ctrl-C cuts the drain short, as an operator who sent it expects.

@@ -17,7 +17,9 @@
 #include "absl/strings/str_join.h"
 #include "core/kernel_files.h"
 #include "core/status_macros.h"
+#include "server/authz_config.h"
 #include "server/pools_config.h"
+#include "server/reflection_authz.h"
 
 namespace execd::server {
 namespace {
@@ -340,6 +342,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
       c.memory_budget_bytes > 0 ? c.memory_budget_bytes : core::MemoryBudget::DefaultLimit();
   server->dispatcher_ =
       std::make_unique<core::Dispatcher>(*server->engine_, c.policy, c.cache, budget);
+  server->dispatcher_->SetAuthzPolicy(c.authz_policy);
   if (c.tuner.enabled) RETURN_IF_ERROR(server->StartTuner());
   server->metrics_->SetSource([s = server.get()] {
     metrics::Snapshot snapshot{s->dispatcher_->stats(), s->engine_->PoolStatuses(),
@@ -369,6 +372,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
   builder.SetMaxReceiveMessageSize(c.max_message_bytes);
   builder.SetMaxSendMessageSize(c.max_message_bytes);
   LimitConnections(builder);
+  // Only under a policy: with any interceptor, gRPC asks for one on every call.
+  if (c.authz_policy != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(std::make_unique<ReflectionAuthz>(*server->dispatcher_, *authenticator));
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on --listen=", c.listen,
@@ -390,6 +399,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config) {
       server->log_.Event(absl::StrCat("event=insecure level=warning listener=", open.flag,
                                       " addr=", open.address, " reason=\"", open.why, "\""));
     }
+  }
+  if (c.authz_policy != nullptr) {
+    server->log_.Event(absl::StrCat(
+        "event=authz_policy rules=", c.authz_policy->rules.size(),
+        " default_rule=", c.authz_policy->default_rule.has_value() ? "true" : "false"));
   }
   server->log_.Event(absl::StrCat(
       "event=listening addr=", c.listen, " port=", server->port_,
@@ -461,6 +475,29 @@ absl::Status Server::ReloadPools(const std::string& path) {
   }
   log_.Event(absl::StrCat("event=pools_reloaded changed=\"", absl::StrJoin(*changed, ","), "\""));
   return absl::OkStatus();
+}
+
+absl::Status Server::ReloadAuthzPolicy(const std::string& path) {
+  if (path.empty()) return absl::OkStatus();
+  absl::Status status = [&]() -> absl::Status {
+    if (config_.authz_policy == nullptr) {
+      return absl::FailedPreconditionError(
+          "the server started without --authz_policy; starting with one takes a restart");
+    }
+    absl::StatusOr<std::shared_ptr<const core::AuthzPolicy>> policy =
+        LoadAuthzPolicy(path, config_.policy);
+    if (!policy.ok()) return policy.status();
+    log_.Event(
+        absl::StrCat("event=authz_policy_reloaded rules=", (*policy)->rules.size(),
+                     " default_rule=", (*policy)->default_rule.has_value() ? "true" : "false"));
+    dispatcher_->SetAuthzPolicy(*std::move(policy));
+    return absl::OkStatus();
+  }();
+  if (!status.ok()) {
+    log_.Event(absl::StrCat("event=authz_policy_reload_failed error=\"",
+                            absl::CEscape(status.message()), "\" kept=previous"));
+  }
+  return status;
 }
 
 void Server::Shutdown() {

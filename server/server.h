@@ -60,6 +60,9 @@ struct ServerConfig {
   // Worker pools (from --pools_config).
   std::vector<core::PoolSpec> pools;
   core::CacheSettings cache;
+  // The authorization policy (--authz_policy, server/authz_config.h); null: none, every
+  // caller may do everything.
+  std::shared_ptr<const core::AuthzPolicy> authz_policy;
   // Server memory all calls together may reserve (core::MemoryBudget); 0: the default,
   // half of the smaller of the machine's memory and this process's cgroup limit.
   int64_t memory_budget_bytes = 0;
@@ -99,6 +102,10 @@ class Server {
   // Re-reads the authentication files (SIGHUP), all or nothing; logs the outcome. On error
   // what was trusted stays trusted. With no such file: FAILED_PRECONDITION, logged.
   absl::Status ReloadAuth();
+  // Re-reads the authorization policy (SIGHUP), all or nothing: a file that does not load
+  // keeps the policy in force. Logs the outcome. Nothing to do without a file (`path`
+  // empty); FAILED_PRECONDITION if the server started without a policy.
+  absl::Status ReloadAuthzPolicy(const std::string& path);
 
  private:
   explicit Server(ServerConfig config);

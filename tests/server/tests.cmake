@@ -118,3 +118,19 @@ execd_test(memory_test
   LIBS test_support execd_proto gRPC::grpc++)
 target_compile_definitions(memory_test PRIVATE EXECD_BIN="$<TARGET_FILE:execd>")
 add_dependencies(memory_test execd)
+
+execd_test(authz_config_test
+  SOURCES server/authz_config_test.cc
+  LIBS server test_support)
+target_compile_definitions(authz_config_test PRIVATE SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+
+execd_test(authz_server_test
+  SOURCES server/authz_test.cc
+  LIBS test_server test_support)
+
+# The shipped binary under --authz_policy: start-up, SIGHUP, reflection.
+execd_test(authz_binary_test
+  SOURCES server/authz_binary_test.cc
+  LIBS test_support execd_proto reflection_client_proto gRPC::grpc++)
+target_compile_definitions(authz_binary_test PRIVATE EXECD_BIN="$<TARGET_FILE:execd>")
+add_dependencies(authz_binary_test execd)
