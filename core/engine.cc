@@ -189,7 +189,8 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   if (displaced != nullptr) {
     options_.metrics->Shed(ShedReason::kDisplaced);
     displaced->observer().OnFinished(absl::ResourceExhaustedError(
-        "shed from a full queue for a higher-priority request; retry later"));
+        "shed from a full queue for a request of a higher priority, or of a caller with fewer "
+        "queued; retry later"));
   }
   if (start_now) {
     // A fresh spawn goes from this thread straight to a spawn thread: the loop has nothing

@@ -26,7 +26,7 @@ absl::string_view RpcName(Rpc rpc);
 // Why a request was refused before it ran.
 enum class ShedReason {
   kQueueFull,     // The queue was full (RESOURCE_EXHAUSTED).
-  kDisplaced,     // Dropped from a full queue for a higher-priority request.
+  kDisplaced,     // Dropped from a full queue for a higher-priority or fairer request.
   kQueueTimeout,  // Its deadline or max_queue_time passed while queued.
   kMemoryBudget,  // The server's memory budget could not hold its worst case.
   kDraining,      // The server was shutting down.

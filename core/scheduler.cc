@@ -27,21 +27,39 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
     return admission;
   }
   if (queued() >= max_queue_) {
-    // Shed the newest entry of the lowest priority below this one, if there is one.
-    int victim_priority = -1;
-    for (int p = 0; p < priority; ++p) {
-      if (!queues_[p].empty()) {
-        victim_priority = p;
-        break;
-      }
-    }
-    if (victim_priority < 0) return admission;  // kRejected.
-    admission.displaced = queues_[victim_priority].back().id;
+    admission.displaced = Victim(priority, tenant_name);
+    if (!admission.displaced.has_value()) return admission;  // kRejected.
     Erase(*admission.displaced);
   }
   Enqueue(id, priority, expiry, group, TenantNamed(tenant_name));
   admission.kind = Admission::Kind::kQueued;
   return admission;
+}
+
+std::optional<Scheduler::Id> Scheduler::Victim(int priority, absl::string_view tenant_name) const {
+  // The newest entry of the lowest priority below this one, if there is one.
+  for (int p = 0; p < priority; ++p) {
+    if (!queues_[p].empty()) return queues_[p].back().id;
+  }
+  // Else the newest of this priority's tenant with the most queued for its share (m / s),
+  // if that is more than the newcomer's tenant would have (n / t): m * t > n * s.
+  auto it = tenants_.find(tenant_name);
+  const Tenant* newcomer = it == tenants_.end() ? nullptr : &it->second;
+  const int64_t n = newcomer == nullptr ? 1 : newcomer->waiting[priority].size() + 1;
+  const int64_t t = newcomer == nullptr ? ShareOf(tenant_name) : newcomer->share;
+  const Tenant* most = nullptr;
+  for (const TenantKey& key : waiting_[priority]) {
+    const Tenant* other = key.tenant;
+    if (other == newcomer) continue;
+    const int64_t m = other->waiting[priority].size();
+    if (m * t <= n * other->share) continue;
+    if (most == nullptr ||
+        m * most->share > static_cast<int64_t>(most->waiting[priority].size()) * other->share) {
+      most = other;
+    }
+  }
+  if (most == nullptr) return std::nullopt;
+  return most->waiting[priority].back()->id;
 }
 
 bool Scheduler::HoldPlace(int priority) {

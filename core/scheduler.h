@@ -2,7 +2,9 @@
 // (changeable at run time, for the auto-tuner), and a bounded wait queue ordered by
 // priority. Queued entries can expire (max queue time, call deadline) or be removed
 // (cancel). When the queue is full, a newcomer displaces the newest entry of a lower
-// priority, if any; otherwise it is rejected.
+// priority, if any; else the newest entry of its own priority of the tenant with the most
+// entries queued there for its share, if that tenant has more than the newcomer's would;
+// otherwise it is rejected. So a tenant that fills the queue cannot keep others out of it.
 //
 // Fair between tenants (callers' identities) inside a priority: the next entry to run is
 // the oldest of the tenant whose running entries divided by its share are fewest. Ties go
@@ -137,6 +139,8 @@ class Scheduler {
     return group == 0 || group_running_[group] < group_limits_[group];
   }
   void Enqueue(Id id, int priority, absl::Time expiry, int group, Tenant& tenant);
+  // The entry a newcomer of `priority` and `tenant` displaces from a full queue, if any.
+  std::optional<Id> Victim(int priority, absl::string_view tenant) const;
   bool AnyRunnableQueued() const;
   void Erase(Id id);
   // Counts an admitted entry of `tenant` in `group` as running.

@@ -319,3 +319,41 @@ TEST(SchedulerFairness, ThousandsQueuedFromManyTenantsAllRunOnceEach) {
 
 }  // namespace
 }  // namespace execd::core
+
+namespace execd::core {
+namespace {
+
+TEST(SchedulerFairness, AFullQueueMakesRoomForACallerWithFewerQueued) {
+  Scheduler s(/*limit=*/1, /*max_queue=*/4);
+  const absl::Time never = absl::InfiniteFuture();
+  s.Submit(1, kNormal, never, 0, "flood");
+  for (Scheduler::Id id = 2; id <= 5; ++id) s.Submit(id, kNormal, never, 0, "flood");
+  // flood has 4 queued; other would have 1: flood's newest makes room.
+  Scheduler::Admission a = s.Submit(10, kNormal, never, 0, "other");
+  EXPECT_EQ(a.kind, Scheduler::Admission::Kind::kQueued);
+  ASSERT_TRUE(a.displaced.has_value());
+  EXPECT_EQ(*a.displaced, 5u);
+  a = s.Submit(11, kNormal, never, 0, "other");
+  ASSERT_EQ(a.kind, Scheduler::Admission::Kind::kQueued);
+  EXPECT_EQ(*a.displaced, 4u);
+  // 2 each: another of other's would leave it more than flood; and flood's own newcomer
+  // displaces nothing of its own.
+  EXPECT_EQ(s.Submit(12, kNormal, never, 0, "other").kind, Scheduler::Admission::Kind::kRejected);
+  EXPECT_EQ(s.Submit(6, kNormal, never, 0, "flood").kind, Scheduler::Admission::Kind::kRejected);
+  // A lower priority's entries still go first, and a higher priority's are never taken.
+  EXPECT_EQ(s.Submit(20, kLow, never, 0, "third").kind, Scheduler::Admission::Kind::kRejected);
+}
+
+TEST(SchedulerFairness, AFullQueueMakesRoomByShare) {
+  Scheduler s(/*limit=*/1, /*max_queue=*/4);
+  s.SetShares({{"big", 3}});
+  const absl::Time never = absl::InfiniteFuture();
+  s.Submit(1, kNormal, never, 0, "big");
+  for (Scheduler::Id id = 2; id <= 4; ++id) s.Submit(id, kNormal, never, 0, "big");
+  s.Submit(10, kNormal, never, 0, "small");
+  // big has 3 for a share of 3, small would have 2 for 1: nothing to take.
+  EXPECT_EQ(s.Submit(11, kNormal, never, 0, "small").kind, Scheduler::Admission::Kind::kRejected);
+}
+
+}  // namespace
+}  // namespace execd::core
