@@ -13,20 +13,21 @@ if [[ -z "$cxx" ]]; then
   echo "SKIPPED: clang++ not installed (deploy/install-deps.sh installs it)"
   exit 77
 fi
-targets=(worker_frames execute_request pools_config lz4)
+targets=(worker_frames execute_request pools_config authz_policy lz4)
 
 build() {
   mkdir -p "$out/gen" "$out/obj"
   protoc --proto_path="$src/protos" --cpp_out="$out/gen" \
-    execd/v1/execd.proto execd/v1/pools.proto execd/worker/v1/worker.proto
+    execd/v1/execd.proto execd/v1/pools.proto execd/v1/policy.proto execd/worker/v1/worker.proto
   local flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer "-fsanitize=address,undefined"
                -fno-sanitize-recover=all -I"$src" -I"$out/gen")
   # Our code and the generated code get coverage; the fuzzer's main comes at link time.
   local sources=(
     "$out/gen/execd/v1/execd.pb.cc" "$out/gen/execd/v1/pools.pb.cc"
-    "$out/gen/execd/worker/v1/worker.pb.cc"
-    "$src/core/command.cc" "$src/core/compress.cc" "$src/core/validate.cc"
-    "$src/core/worker_frame.cc" "$src/server/convert.cc" "$src/server/pools_config.cc")
+    "$out/gen/execd/v1/policy.pb.cc" "$out/gen/execd/worker/v1/worker.pb.cc"
+    "$src/core/authz.cc" "$src/core/command.cc" "$src/core/compress.cc" "$src/core/validate.cc"
+    "$src/core/worker_frame.cc" "$src/server/authz_config.cc" "$src/server/convert.cc"
+    "$src/server/pools_config.cc")
   for t in "${targets[@]}"; do sources+=("$src/tests/fuzz/${t}_fuzzer.cc"); done
   # Two compilers at once: CI has two cores.
   local running=() f
