@@ -154,6 +154,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   absl::Time expiry = std::min(command.deadline, now + command.max_queue_time);
   int priority = command.priority;
   std::shared_ptr<Execution> displaced;
+  bool displaced_for_fairness = false;
   std::shared_ptr<Execution> execution;
   bool start_now = false;
   {
@@ -180,6 +181,7 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
       ArmExpiryLocked();
     }
     if (admission.displaced.has_value()) {
+      displaced_for_fairness = admission.for_fairness;
       auto it = live_.find(*admission.displaced);
       displaced = std::move(it->second);
       live_.erase(it);
@@ -189,8 +191,10 @@ absl::StatusOr<std::shared_ptr<Engine::Execution>> Engine::Submit(Command comman
   if (displaced != nullptr) {
     options_.metrics->Shed(ShedReason::kDisplaced);
     displaced->observer().OnFinished(absl::ResourceExhaustedError(
-        "shed from a full queue for a request of a higher priority, or of a caller with fewer "
-        "queued; retry later"));
+        displaced_for_fairness
+            ? "shed from a full queue for another caller's request: this caller had the most "
+              "queued; retry later"
+            : "shed from a full queue for a higher-priority request; retry later"));
   }
   if (start_now) {
     // A fresh spawn goes from this thread straight to a spawn thread: the loop has nothing

@@ -27,7 +27,7 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
     return admission;
   }
   if (queued() >= max_queue_) {
-    admission.displaced = Victim(priority, tenant_name);
+    admission.displaced = Victim(priority, tenant_name, &admission.for_fairness);
     if (!admission.displaced.has_value()) return admission;  // kRejected.
     Erase(*admission.displaced);
   }
@@ -36,7 +36,8 @@ Scheduler::Admission Scheduler::Submit(Id id, int priority, absl::Time expiry, i
   return admission;
 }
 
-std::optional<Scheduler::Id> Scheduler::Victim(int priority, absl::string_view tenant_name) const {
+std::optional<Scheduler::Id> Scheduler::Victim(int priority, absl::string_view tenant_name,
+                                               bool* for_fairness) const {
   // The newest entry of the lowest priority below this one, if there is one.
   for (int p = 0; p < priority; ++p) {
     if (!queues_[p].empty()) return queues_[p].back().id;
@@ -59,6 +60,7 @@ std::optional<Scheduler::Id> Scheduler::Victim(int priority, absl::string_view t
     }
   }
   if (most == nullptr) return std::nullopt;
+  *for_fairness = true;
   return most->waiting[priority].back()->id;
 }
 

@@ -51,8 +51,10 @@ class Scheduler {
   struct Admission {
     enum class Kind { kRunNow, kQueued, kRejected };
     Kind kind = Kind::kRejected;
-    // An entry that was queued and has been dropped to make room for this one.
+    // An entry that was queued and has been dropped to make room for this one: for its
+    // higher priority, or (`for_fairness`) for its tenant's having fewer queued.
     std::optional<Id> displaced;
+    bool for_fairness = false;
   };
   // `expiry`: when a still-queued entry is dropped (InfiniteFuture for never).
   // `group`: 0 for none, else a group made with SetGroupLimit.
@@ -139,8 +141,9 @@ class Scheduler {
     return group == 0 || group_running_[group] < group_limits_[group];
   }
   void Enqueue(Id id, int priority, absl::Time expiry, int group, Tenant& tenant);
-  // The entry a newcomer of `priority` and `tenant` displaces from a full queue, if any.
-  std::optional<Id> Victim(int priority, absl::string_view tenant) const;
+  // The entry a newcomer of `priority` and `tenant` displaces from a full queue, if any;
+  // `for_fairness` tells which kind (see Admission).
+  std::optional<Id> Victim(int priority, absl::string_view tenant, bool* for_fairness) const;
   bool AnyRunnableQueued() const;
   void Erase(Id id);
   // Counts an admitted entry of `tenant` in `group` as running.

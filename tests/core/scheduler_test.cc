@@ -79,6 +79,7 @@ TEST(Scheduler, FullQueueShedsNewestOfLowestPriorityForAHigherOne) {
   EXPECT_EQ(a.kind, Kind::kQueued);
   ASSERT_TRUE(a.displaced.has_value());
   EXPECT_EQ(*a.displaced, 11u);
+  EXPECT_FALSE(a.for_fairness);
   EXPECT_EQ(s.queued(), 3u);
 }
 
@@ -333,6 +334,7 @@ TEST(SchedulerFairness, AFullQueueMakesRoomForACallerWithFewerQueued) {
   EXPECT_EQ(a.kind, Scheduler::Admission::Kind::kQueued);
   ASSERT_TRUE(a.displaced.has_value());
   EXPECT_EQ(*a.displaced, 5u);
+  EXPECT_TRUE(a.for_fairness);
   a = s.Submit(11, kNormal, never, 0, "other");
   ASSERT_EQ(a.kind, Scheduler::Admission::Kind::kQueued);
   EXPECT_EQ(*a.displaced, 4u);

@@ -329,6 +329,35 @@ TEST_F(AuthzServerTest, ACallerThatFloodsTheQueueDoesNotTakeEveryFreedSlot) {
   }
 }
 
+// One slot, a queue of two, both flood's: other's request takes the place of flood's newest.
+TEST_F(AuthzServerTest, ACallerThatFillsTheQueueDoesNotKeepOthersOut) {
+  StartWith(kPolicy, [](server::ServerConfig& c) {
+    c.max_concurrency = 1;
+    c.max_queue = 2;
+  });
+  const std::string stop = dir_.path() + "/stop";
+  const v1::ExecuteRequest waiting = TestServer::Request(
+      {"/bin/sh", "-c", absl::StrCat("until [ -e ", stop, " ]; do sleep 0.01; done")});
+  std::unique_ptr<AsyncCall> running = StartAs("flood", waiting);
+  ASSERT_TRUE(WaitForEngine([](const core::Engine::Stats& s) { return s.running == 1; }));
+  std::unique_ptr<AsyncCall> older = StartAs("flood", waiting);
+  ASSERT_TRUE(WaitForEngine([](const core::Engine::Stats& s) { return s.queued == 1; }));
+  std::unique_ptr<AsyncCall> newest = StartAs("flood", waiting);
+  ASSERT_TRUE(WaitForEngine([](const core::Engine::Stats& s) { return s.queued == 2; }));
+  std::unique_ptr<AsyncCall> other = StartAs("other", TestServer::Request({"/bin/echo", "in"}));
+  ASSERT_TRUE(newest->Wait());
+  EXPECT_EQ(newest->status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(newest->status.error_message(),
+            "shed from a full queue for another caller's request: this caller had the most "
+            "queued; retry later");
+  std::ofstream(stop) << "stop";
+  for (AsyncCall* call : {running.get(), older.get(), other.get()}) {
+    ASSERT_TRUE(call->Wait());
+    EXPECT_TRUE(call->status.ok()) << call->status.error_message();
+  }
+  EXPECT_EQ(other->response.stdout(), "in\n");
+}
+
 // ---- The result cache ----
 
 TEST_F(AuthzServerTest, ACallersCacheEntriesAreItsOwn) {
