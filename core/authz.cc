@@ -1,16 +1,17 @@
 #include "core/authz.h"
 
-#include <limits.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <memory>
 
 #include "absl/algorithm/container.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/errno_status.h"
+#include "core/status_macros.h"
 
 namespace execd::core {
 namespace {
@@ -47,23 +48,12 @@ absl::Status CheckMaximum(const AuthzRule& rule, const Access& access, absl::str
 absl::Status CheckLimits(const AuthzRule& rule, const Access& a) {
   auto duration = [](absl::Duration d) { return absl::FormatDuration(d); };
   auto number = [](int64_t n) { return absl::StrCat(n); };
-  if (absl::Status s = CheckMaximum(rule, a, "timeout", a.timeout, rule.max_timeout, duration);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckMaximum(rule, a, "max_output_bytes", a.max_output_bytes,
-                                    rule.max_output_bytes, number);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckMaximum(rule, a, "cpu_time", a.cpu_time, rule.max_cpu_time, duration);
-      !s.ok()) {
-    return s;
-  }
-#define EXECD_CHECK_MAX(field, server_maximum, what)                                          \
-  if (absl::Status s = CheckMaximum(rule, a, #field, a.field, rule.field, number); !s.ok()) { \
-    return s;                                                                                 \
-  }
+  RETURN_IF_ERROR(CheckMaximum(rule, a, "timeout", a.timeout, rule.max_timeout, duration));
+  RETURN_IF_ERROR(
+      CheckMaximum(rule, a, "max_output_bytes", a.max_output_bytes, rule.max_output_bytes, number));
+  RETURN_IF_ERROR(CheckMaximum(rule, a, "cpu_time", a.cpu_time, rule.max_cpu_time, duration));
+#define EXECD_CHECK_MAX(field, server_maximum, what) \
+  RETURN_IF_ERROR(CheckMaximum(rule, a, #field, a.field, rule.field, number));
   EXECD_COUNT_LIMITS(EXECD_CHECK_MAX)
 #undef EXECD_CHECK_MAX
   return absl::OkStatus();
@@ -154,7 +144,7 @@ absl::Status Authorize(const AuthzPolicy& policy, const Access& a) {
         absl::StrCat("cache_policy ", kCacheNames[static_cast<size_t>(a.cache)], " is not in rule ",
                      r, ".cache (allowed: ", Listed(allowed, absl::AlphaNumFormatter()), ")"));
   }
-  if (absl::Status s = CheckLimits(*rule, a); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckLimits(*rule, a));
   if (!rule->AnyExecutable()) {
     for (const std::string& name : a.env) {
       if (!IsLoaderVariable(name)) continue;
@@ -224,8 +214,7 @@ absl::StatusOr<std::vector<ProgramPath>> RealProgramPaths(const Command& command
   auto add = [&](std::string what, const std::string& path) -> absl::Status {
     std::unique_ptr<char, decltype(&free)> real(realpath(path.c_str(), nullptr), &free);
     if (real == nullptr) {
-      return absl::NotFoundError(
-          absl::StrCat(what, ": cannot resolve ", path, ": ", std::strerror(errno)));
+      return ErrnoToStatus(errno, absl::StrCat(what, ": realpath ", path));
     }
     programs.push_back(ProgramPath{std::move(what), real.get()});
     return absl::OkStatus();
@@ -234,15 +223,12 @@ absl::StatusOr<std::vector<ProgramPath>> RealProgramPaths(const Command& command
       command.pool.empty()
           ? absl::StrCat("argv[0] \"", command.argv.empty() ? "" : command.argv[0], "\"")
           : absl::StrCat("the program of pool \"", command.pool, "\"");
-  if (absl::Status s = add(first, command.executable); !s.ok()) return s;
+  RETURN_IF_ERROR(add(first, command.executable));
   for (size_t i = 0; i < command.pipe_to.size(); ++i) {
     const PipelineStage& stage = command.pipe_to[i];
-    if (absl::Status s =
-            add(absl::StrCat("pipe_to[", i, "] \"", stage.argv.empty() ? "" : stage.argv[0], "\""),
-                stage.executable);
-        !s.ok()) {
-      return s;
-    }
+    const absl::string_view name =
+        stage.argv.empty() ? absl::string_view() : absl::string_view(stage.argv[0]);
+    RETURN_IF_ERROR(add(absl::StrCat("pipe_to[", i, "] \"", name, "\""), stage.executable));
   }
   return programs;
 }

@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "execd/v1/policy.pb.h"
 #include "server/convert.h"
 
@@ -202,29 +203,16 @@ absl::StatusOr<core::AuthzRule> ToRule(const v1::AuthzRule& r, bool is_default,
     return absl::OkStatus();
   };
   rule.max_timeout = DurationFromProto(l.timeout());
-  if (absl::Status s = bounded("timeout", rule.max_timeout, server.max_timeout, "--max_timeout");
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(bounded("timeout", rule.max_timeout, server.max_timeout, "--max_timeout"));
   rule.max_output_bytes = l.max_output_bytes();
-  if (absl::Status s = bounded("max_output_bytes", rule.max_output_bytes,
-                               std::max(server.max_output_bytes, server.max_stream_output_bytes),
-                               "--max_output_bytes, --max_stream_output_bytes");
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(bounded("max_output_bytes", rule.max_output_bytes,
+                          std::max(server.max_output_bytes, server.max_stream_output_bytes),
+                          "--max_output_bytes, --max_stream_output_bytes"));
   rule.max_cpu_time = DurationFromProto(l.cpu_time());
-  if (absl::Status s =
-          bounded("cpu_time", rule.max_cpu_time, server.max_cpu_time, "--max_cpu_time");
-      !s.ok()) {
-    return s;
-  }
-#define EXECD_RULE_LIMIT(field, server_maximum, what)                                            \
-  rule.field = l.field();                                                                        \
-  if (absl::Status s = bounded(#field, rule.field, server.server_maximum, "--" #server_maximum); \
-      !s.ok()) {                                                                                 \
-    return s;                                                                                    \
-  }
+  RETURN_IF_ERROR(bounded("cpu_time", rule.max_cpu_time, server.max_cpu_time, "--max_cpu_time"));
+#define EXECD_RULE_LIMIT(field, server_maximum, what) \
+  rule.field = l.field();                             \
+  RETURN_IF_ERROR(bounded(#field, rule.field, server.server_maximum, "--" #server_maximum));
   EXECD_COUNT_LIMITS(EXECD_RULE_LIMIT)
 #undef EXECD_RULE_LIMIT
   rule.get_status = r.get_status();

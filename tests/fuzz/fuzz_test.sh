@@ -25,9 +25,9 @@ build() {
   local sources=(
     "$out/gen/execd/v1/execd.pb.cc" "$out/gen/execd/v1/pools.pb.cc"
     "$out/gen/execd/v1/policy.pb.cc" "$out/gen/execd/worker/v1/worker.pb.cc"
-    "$src/core/authz.cc" "$src/core/command.cc" "$src/core/compress.cc" "$src/core/validate.cc"
-    "$src/core/worker_frame.cc" "$src/server/authz_config.cc" "$src/server/convert.cc"
-    "$src/server/pools_config.cc")
+    "$src/core/authz.cc" "$src/core/command.cc" "$src/core/compress.cc"
+    "$src/core/errno_status.cc" "$src/core/validate.cc" "$src/core/worker_frame.cc"
+    "$src/server/authz_config.cc" "$src/server/convert.cc" "$src/server/pools_config.cc")
   for t in "${targets[@]}"; do sources+=("$src/tests/fuzz/${t}_fuzzer.cc"); done
   # Two compilers at once: CI has two cores.
   local running=() f
