@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/subprocess.h"
@@ -231,6 +233,16 @@ TEST(Authz, LoaderVariablesAreTheDocumentedList) {
   EXPECT_FALSE(IsLoaderVariable("ld_preload"));
   EXPECT_FALSE(IsLoaderVariable("BASH_ENVX"));
   EXPECT_FALSE(IsLoaderVariable(""));
+}
+
+// The README's list is the one users read: it must be this one.
+TEST(Authz, TheReadmeListsEveryLoaderVariable) {
+  std::ifstream in(std::string(SOURCE_DIR) + "/README.md");
+  const std::string readme((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(readme.empty());
+  for (absl::string_view name : kLoaderVariables) {
+    EXPECT_NE(readme.find(absl::StrCat("`", name, "`")), std::string::npos) << name;
+  }
 }
 
 TEST(Authz, StatusAndReflectionFollowTheRule) {
