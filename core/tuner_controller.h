@@ -27,12 +27,12 @@ struct TunerWindow {
   // The 99th percentile of their latency (queue wait and service), as the upper bound of
   // the histogram bucket it falls in; zero when unknown or without completions.
   absl::Duration latency_p99;
-  int64_t drops = 0;                // requests shed or expired in the queue in the window
-  int64_t resource_errors = 0;      // spawns that failed with EAGAIN/ENOMEM (fork, memory)
-  double child_cpu_seconds = 0;     // CPU the commands used in the window
-  double cpu_pressure = 0;          // share of the window some task waited for a CPU
-                                    // (/proc/pressure/cpu "some"), 0..1; 0 where unknown
-  int cores = 1;                    // CPUs the machine has
+  int64_t drops = 0;             // requests shed or expired in the queue in the window
+  int64_t resource_errors = 0;   // spawns that failed with EAGAIN/ENOMEM (fork, memory)
+  double child_cpu_seconds = 0;  // CPU the commands used in the window
+  double cpu_pressure = 0;       // share of the window some task waited for a CPU
+                                 // (/proc/pressure/cpu "some"), 0..1; 0 where unknown
+  int cores = 1;                 // CPUs the machine has
 };
 
 class ConcurrencyController {

@@ -46,7 +46,7 @@ struct Config {
   // Open loop: how long after the last send the replies still due are waited for; the rest
   // are cancelled and count as errors.
   absl::Duration drain_timeout = absl::Seconds(30);
-  client::ClientAuth auth;       // TLS and token for the target.
+  client::ClientAuth auth;  // TLS and token for the target.
 };
 
 // One request of an open-loop run: its scheduled time from the start, the time from then to

@@ -3,8 +3,8 @@
 // rounds. Exits non-zero when any request failed.
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
